@@ -1,0 +1,1 @@
+"""Private mechanics shared by every public class (not part of the public API)."""

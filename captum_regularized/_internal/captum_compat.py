@@ -1,0 +1,127 @@
+"""The one place that touches Captum's private helpers.
+
+Captum's ``_utils`` are not public API and move between releases. Everything this
+package needs from them is wrapped here, so a Captum upgrade is fixed in one file.
+Supported: ``captum>=0.8,<0.10``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Union
+
+import torch
+from captum._utils.common import (
+    _expand_additional_forward_args,
+    _expand_target,
+    _format_additional_forward_args,
+    _format_output,
+    _format_tensor_into_tuples,
+    _is_tuple,
+)
+from captum.attr._utils.common import _format_input_baseline, _tensorize_baseline
+from captum.log import log_usage
+
+TensorOrTuple = Union[torch.Tensor, tuple[torch.Tensor, ...]]
+TargetType = Union[None, int, tuple[int, ...], torch.Tensor, list[int], list[tuple[int, ...]]]
+BaselineType = Union[None, torch.Tensor, int, float, tuple[Union[torch.Tensor, int, float], ...]]
+
+__all__ = [
+    "BaselineType",
+    "TargetType",
+    "TensorOrTuple",
+    "expand_additional_args",
+    "expand_target",
+    "format_additional_args",
+    "format_baselines",
+    "format_inputs",
+    "format_output",
+    "log_usage",
+    "run_forward",
+]
+
+
+def format_inputs(inputs: TensorOrTuple) -> tuple[tuple[torch.Tensor, ...], bool]:
+    """Return ``(inputs_as_tuple, was_tuple)``; raise ``TypeError`` for anything else.
+
+    Examples
+    --------
+    >>> t, was_tuple = format_inputs(torch.zeros(2, 3))
+    >>> len(t), was_tuple
+    (1, False)
+    """
+    if isinstance(inputs, torch.Tensor):
+        return (inputs,), False
+    if isinstance(inputs, tuple) and inputs and all(isinstance(t, torch.Tensor) for t in inputs):
+        return _format_tensor_into_tuples(inputs), _is_tuple(inputs)
+    raise TypeError(
+        "inputs must be a torch.Tensor or a non-empty tuple of tensors, "
+        f"got {type(inputs).__name__}"
+    )
+
+
+def format_output(was_tuple: bool, output: tuple[torch.Tensor, ...]) -> TensorOrTuple:
+    """Mirror the input form: a tuple in gives a tuple out, a tensor gives a tensor."""
+    return _format_output(was_tuple, output)
+
+
+def format_additional_args(additional_forward_args: Any) -> tuple[Any, ...] | None:
+    """Captum's normalisation of ``additional_forward_args`` into a tuple (or ``None``)."""
+    return _format_additional_forward_args(additional_forward_args)
+
+
+def expand_target(target: TargetType, n: int) -> TargetType:
+    """Repeat a per-example target ``n`` times along the batch (Captum's repeat order)."""
+    return _expand_target(target, n)
+
+
+def expand_additional_args(args: tuple[Any, ...] | None, n: int) -> tuple[Any, ...] | None:
+    """Repeat per-example additional forward args ``n`` times along the batch."""
+    return _expand_additional_forward_args(args, n)
+
+
+def format_baselines(
+    inputs: tuple[torch.Tensor, ...], baselines: BaselineType
+) -> tuple[torch.Tensor, ...]:
+    """Turn Captum's baseline forms into one tensor per input, broadcastable to it.
+
+    ``None`` means zeros; a number means a constant; a tensor must either match the
+    input's shape or have a batch of one with the per-example shape.
+
+    Raises
+    ------
+    ValueError
+        When a baseline's shape fits neither form.
+    """
+    _, formatted = _format_input_baseline(inputs, baselines)
+    if len(formatted) != len(inputs):
+        raise ValueError(
+            f"baselines must give one baseline per input tensor ({len(inputs)}), "
+            f"got {len(formatted)}"
+        )
+    for index, (inp, base) in enumerate(zip(inputs, formatted)):
+        if isinstance(base, torch.Tensor):
+            same = base.shape == inp.shape
+            one_for_all = base.shape[0] == 1 and base.shape[1:] == inp.shape[1:]
+            if not (same or one_for_all):
+                raise ValueError(
+                    f"baselines[{index}] has shape {tuple(base.shape)}; expected "
+                    f"{tuple(inp.shape)} or (1, *{tuple(inp.shape[1:])})"
+                )
+    tensors = _tensorize_baseline(inputs, formatted)
+    return tuple(b.to(device=i.device, dtype=i.dtype) for b, i in zip(tensors, inputs))
+
+
+def run_forward(
+    forward_func: Callable[..., Any],
+    inputs: tuple[torch.Tensor, ...],
+    additional_forward_args: tuple[Any, ...] | None = None,
+) -> torch.Tensor:
+    """Call ``forward_func(*inputs, *additional_forward_args)`` and check it returns a tensor."""
+    args = () if additional_forward_args is None else additional_forward_args
+    output = forward_func(*inputs, *args)
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(
+            f"forward_func must return a torch.Tensor, got {type(output).__name__}"
+        )
+    return output

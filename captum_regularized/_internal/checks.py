@@ -1,0 +1,70 @@
+"""Input checks shared by every public entry point: clear errors, never silent garbage."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from captum_regularized._internal.model_state import model_device
+
+
+def check_floating(inputs: Sequence[torch.Tensor], name: str = "inputs") -> None:
+    """Raise ``TypeError`` unless every tensor has a floating dtype.
+
+    Examples
+    --------
+    >>> check_floating((torch.zeros(1),))
+    >>> check_floating((torch.zeros(1, dtype=torch.long),))
+    Traceback (most recent call last):
+    ...
+    TypeError: inputs[0] must be a floating-point tensor (gradients need one), got torch.int64
+    """
+    for index, tensor in enumerate(inputs):
+        if not tensor.is_floating_point():
+            raise TypeError(
+                f"{name}[{index}] must be a floating-point tensor (gradients need one), "
+                f"got {tensor.dtype}"
+            )
+
+
+def check_finite(inputs: Sequence[torch.Tensor], name: str = "inputs") -> None:
+    """Raise ``ValueError`` when any tensor holds NaN or infinity (one check per call)."""
+    for index, tensor in enumerate(inputs):
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{name}[{index}] contains NaN or infinite values")
+
+
+def check_batch_sizes(inputs: Sequence[torch.Tensor], name: str = "inputs") -> int:
+    """Return the shared batch size; raise ``ValueError`` when the tensors disagree."""
+    sizes = {t.shape[0] if t.dim() > 0 else None for t in inputs}
+    if None in sizes:
+        raise ValueError(f"{name} must have a batch dimension (dim 0); got a 0-d tensor")
+    if len(sizes) != 1:
+        raise ValueError(f"{name} must share one batch size in dim 0, got {sorted(sizes)}")
+    return sizes.pop()
+
+
+def check_same_device(
+    inputs: Sequence[torch.Tensor], model: nn.Module | None, name: str = "inputs"
+) -> None:
+    """Raise ``ValueError`` when an input lives on another device than the model."""
+    device = model_device(model)
+    for index, tensor in enumerate(inputs):
+        if device is not None and tensor.device != device:
+            raise ValueError(
+                f"{name}[{index}] is on {tensor.device} but the model is on {device}; "
+                "move them to the same device"
+            )
+
+
+def check_attribution_inputs(
+    inputs: Sequence[torch.Tensor], model: nn.Module | None, name: str = "inputs"
+) -> int:
+    """All the checks above, in order; returns the batch size."""
+    check_floating(inputs, name)
+    batch = check_batch_sizes(inputs, name)
+    check_same_device(inputs, model, name)
+    check_finite(inputs, name)
+    return batch

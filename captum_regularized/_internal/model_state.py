@@ -1,0 +1,129 @@
+"""Leave the model as found: train/eval mode, ``requires_grad`` flags and hooks.
+
+Every public class that touches a model runs its work inside :func:`preserved_model`
+and registers its hooks through the :class:`HookBag` it yields. Whatever happens
+inside, including an exception, the model's modes and flags are restored and every
+hook that was registered through the bag is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+
+def find_module(forward_func: Callable[..., Any]) -> nn.Module | None:
+    """Return the ``nn.Module`` behind ``forward_func`` (the module itself or a bound method).
+
+    Examples
+    --------
+    >>> m = nn.Linear(2, 3)
+    >>> find_module(m) is m and find_module(m.forward) is m
+    True
+    >>> find_module(lambda x: x) is None
+    True
+    """
+    if isinstance(forward_func, nn.Module):
+        return forward_func
+    owner = getattr(forward_func, "__self__", None)
+    if isinstance(owner, nn.Module):
+        return owner
+    return None
+
+
+class HookBag:
+    """Collects hook handles so they can all be removed in one place.
+
+    Examples
+    --------
+    >>> m = nn.ReLU()
+    >>> bag = HookBag()
+    >>> bag.add(m.register_forward_hook(lambda *a: None))
+    >>> len(m._forward_hooks)
+    1
+    >>> bag.remove_all()
+    >>> len(m._forward_hooks)
+    0
+    """
+
+    def __init__(self) -> None:
+        self._handles: list[RemovableHandle] = []
+
+    def add(self, handle: RemovableHandle) -> None:
+        """Keep ``handle`` for removal."""
+        self._handles.append(handle)
+
+    def remove_all(self) -> None:
+        """Remove every handle collected so far (idempotent)."""
+        while self._handles:
+            self._handles.pop().remove()
+
+
+@contextlib.contextmanager
+def preserved_model(model: nn.Module | None, *, eval_mode: bool = False) -> Iterator[HookBag]:
+    """Run a block and restore ``model``'s modes, ``requires_grad`` flags and hooks afterwards.
+
+    Parameters
+    ----------
+    model : nn.Module or None
+        The model to protect. ``None`` (a plain function) protects nothing but still
+        yields a :class:`HookBag`.
+    eval_mode : bool
+        Switch every submodule to eval mode for the duration of the block.
+
+    Yields
+    ------
+    HookBag
+        Register hooks through it; they are removed when the block ends.
+
+    Examples
+    --------
+    >>> m = nn.Sequential(nn.Linear(2, 2), nn.ReLU()).train()
+    >>> with preserved_model(m, eval_mode=True) as hooks:
+    ...     hooks.add(m[1].register_forward_hook(lambda *a: None))
+    ...     m.training
+    False
+    >>> m.training, len(m[1]._forward_hooks)
+    (True, 0)
+    """
+    bag = HookBag()
+    if model is None:
+        try:
+            yield bag
+        finally:
+            bag.remove_all()
+        return
+    modes = [(module, module.training) for module in model.modules()]
+    flags = [(param, param.requires_grad) for param in model.parameters()]
+    try:
+        if eval_mode:
+            model.eval()
+        yield bag
+    finally:
+        bag.remove_all()
+        for module, training in modes:
+            module.training = training
+        for param, requires_grad in flags:
+            param.requires_grad_(requires_grad)
+
+
+def model_device(model: nn.Module | None) -> torch.device | None:
+    """Device of the model's first parameter or buffer, ``None`` when it has neither.
+
+    Examples
+    --------
+    >>> model_device(nn.Linear(1, 1))
+    device(type='cpu')
+    """
+    if model is None:
+        return None
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return None

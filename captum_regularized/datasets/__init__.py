@@ -1,0 +1,3 @@
+"""captum_regularized.datasets."""
+
+__all__: list[str] = []

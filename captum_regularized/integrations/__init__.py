@@ -1,0 +1,3 @@
+"""captum_regularized.integrations."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""captum_regularized.metrics."""
+
+__all__: list[str] = []

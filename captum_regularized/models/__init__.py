@@ -1,0 +1,3 @@
+"""captum_regularized.models."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""captum_regularized.regularizers."""
+
+__all__: list[str] = []
