@@ -5,4 +5,25 @@ layer methods) so it composes with ``NoiseTunnel``, ``captum.metrics`` and
 ``captum.attr.visualization``.
 """
 
+from captum_regularized.attr.map_postprocessing import normalize_per_example, reduce_channels
+from captum_regularized.attr.reshape_transforms import vit_tokens_to_map
+from captum_regularized.attr.rsi_grad_cam import LayerRSIGradCam
+from captum_regularized.attr.signed_maps import signed_saliency_maps
+from captum_regularized.attr.signed_saliency import (
+    ActiveSaliency,
+    InactiveSaliency,
+    NegativeSaliency,
+    PositiveSaliency,
+)
+
 __all__: list[str] = []
+__all__ += [
+    "ActiveSaliency",
+    "InactiveSaliency",
+    "NegativeSaliency",
+    "PositiveSaliency",
+    "normalize_per_example",
+    "reduce_channels",
+    "signed_saliency_maps",
+]
+__all__ += ["LayerRSIGradCam", "vit_tokens_to_map"]

@@ -1,3 +1,7 @@
-"""captum_regularized.datasets."""
+"""Synthetic images with ground-truth evidence masks, and a loader for real image folders."""
 
-__all__: list[str] = []
+from captum_regularized.datasets.shape_layout import ShapesLayout
+from captum_regularized.datasets.shapes import SHAPE_NAMES
+from captum_regularized.datasets.synthetic_shapes import SyntheticShapes
+
+__all__ = ["SHAPE_NAMES", "ShapesLayout", "SyntheticShapes"]

@@ -1,3 +1,75 @@
-"""captum_regularized.metrics."""
+"""Evaluation of attribution maps: faithfulness, localisation, sparsity (torch, batched).
 
-__all__: list[str] = []
+Every metric takes a batch and returns per-example values (``.mean()`` gives the
+number papers report), computed on the inputs' device with a bounded number of
+images per forward pass (``internal_batch_size``). :func:`evaluate_dataset` runs
+them over a ``DataLoader``, also under ``torch.distributed``.
+
+=========================  ===================================================  ========
+metric                     what it measures                                     better
+=========================  ===================================================  ========
+deletion_auc               probability while top pixels are removed (RISE)      lower
+insertion_auc              probability while top pixels are put back (RISE)     higher
+average_drop               confidence lost on the map-masked image              lower
+average_gain               confidence gained on the map-masked image            higher
+increase_in_confidence     share of images whose confidence rises when masked   higher
+allegiance_deletion_auc    prediction kept while top pixels are deleted         lower
+gini_sparseness            Gini index of the absolute map                       higher
+pointing_game              map maximum inside the object mask                   higher
+energy_pointing_game       share of positive attribution inside the mask        higher
+gradient_alignment         cosine of plain and guided-backprop gradients        higher
+=========================  ===================================================  ========
+"""
+
+from captum_regularized.metrics.allegiance import (
+    ALLEGIANCE_FRACTIONS,
+    AllegianceCurve,
+    allegiance_deletion_auc,
+)
+from captum_regularized.metrics.confidence_change import (
+    ConfidenceChange,
+    average_drop,
+    average_gain,
+    confidence_change,
+    increase_in_confidence,
+)
+from captum_regularized.metrics.dataset_evaluation import (
+    BUILTIN_METRICS,
+    DatasetEvaluation,
+    MetricBatch,
+    evaluate_dataset,
+)
+from captum_regularized.metrics.deletion_insertion import (
+    PerturbationCurve,
+    deletion_auc,
+    deletion_curve,
+    insertion_auc,
+    insertion_curve,
+)
+from captum_regularized.metrics.gradient_alignment import gradient_alignment
+from captum_regularized.metrics.pointing_game import energy_pointing_game, pointing_game
+from captum_regularized.metrics.sparseness import gini_sparseness
+
+__all__ = [
+    "ALLEGIANCE_FRACTIONS",
+    "BUILTIN_METRICS",
+    "AllegianceCurve",
+    "ConfidenceChange",
+    "DatasetEvaluation",
+    "MetricBatch",
+    "PerturbationCurve",
+    "allegiance_deletion_auc",
+    "average_drop",
+    "average_gain",
+    "confidence_change",
+    "deletion_auc",
+    "deletion_curve",
+    "energy_pointing_game",
+    "evaluate_dataset",
+    "gini_sparseness",
+    "gradient_alignment",
+    "increase_in_confidence",
+    "insertion_auc",
+    "insertion_curve",
+    "pointing_game",
+]

@@ -1,0 +1,124 @@
+"""Speed and peak memory of LayerRSIGradCam against its peers, printed as ratios.
+
+Setting (the issue's): torchvision ``resnet18`` (random weights, 10 classes) at
+``layer4``, batch 4, 96x96 images, ``n_steps=50``, target scored after a softmax.
+Peers, all on the same inputs and device:
+
+* ``layer_ig``: Captum's ``LayerIntegratedGradients`` with the same steps and
+  ``method="riemann_trapezoid"`` (its path runs in layer space, a different method
+  with the same cost profile: the whole model runs on every path point).
+* ``loop``: RSI-Grad-CAM the way the authors publish it: one forward and one backward
+  pass per path point, then the trapezoidal sum.
+* ``grad_cam``: one call of Captum's ``LayerGradCam`` (one forward and backward).
+
+``rsi`` is ``LayerRSIGradCam`` with all points in one pass; ``rsi[ibs=64]`` bounds a
+pass to 64 rows. Peak memory is measured as in ``bench_signed_saliency.py`` (CUDA
+allocator peak, or the peak of live tensor bytes on CPU), in a separate untimed run.
+
+Run ``python benchmarks/bench_rsi_gradcam.py [--device auto|cpu|cuda] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torchvision
+from bench_signed_saliency import peak_bytes, seconds  # shared timing/memory helpers
+from captum.attr import LayerGradCam, LayerIntegratedGradients
+from torch import nn
+
+from captum_regularized.attr import LayerRSIGradCam
+
+
+def author_loop(
+    model: nn.Module, layer: nn.Module, x: torch.Tensor, target: torch.Tensor, n_steps: int
+) -> torch.Tensor:
+    """RSI-Grad-CAM with one forward/backward pass per path point (zero baseline)."""
+    captured: dict[str, torch.Tensor] = {}
+    handle = layer.register_forward_hook(lambda m, i, o: captured.__setitem__("a", o))
+    try:
+        previous = None
+        rsi = torch.zeros((), device=x.device)
+        for step in range(n_steps + 1):
+            point = (step / n_steps) * x
+            probs = torch.softmax(model(point), dim=1)
+            score = probs.gather(1, target[:, None]).sum()
+            (grad,) = torch.autograd.grad(score, captured["a"])
+            act = captured["a"].detach()
+            if previous is not None:
+                rsi = rsi + 0.5 * (previous[1] + grad) * (act - previous[0])
+            previous = (act, grad)
+    finally:
+        handle.remove()
+    weights = rsi.mean(dim=(2, 3), keepdim=True)
+    return torch.relu((weights * previous[0]).sum(dim=1, keepdim=True))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--quick", action="store_true", help="one timed repeat, no ibs row")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--n-steps", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--size", type=int, default=96)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    name = auto if args.device == "auto" else args.device
+    device = torch.device(name)
+    repeats = args.repeats or (1 if args.quick else 3)
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).to(device).eval()
+    x = torch.rand(args.batch, 3, args.size, args.size, device=device)
+    target = model(x).argmax(dim=1)
+    steps = args.n_steps
+
+    def probabilities(inp: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(model(inp), dim=1)
+
+    rsi = LayerRSIGradCam(model, model.layer4)
+    layer_ig = LayerIntegratedGradients(probabilities, model.layer4)
+    grad_cam = LayerGradCam(probabilities, model.layer4)
+    methods: dict[str, Callable[[], Any]] = {
+        "rsi": lambda: rsi.attribute(x, target=target, n_steps=steps, output_transform="softmax"),
+        "layer_ig": lambda: layer_ig.attribute(
+            x, target=target, n_steps=steps, method="riemann_trapezoid"
+        ),
+        "loop": lambda: author_loop(model, model.layer4, x, target, steps),
+        "grad_cam": lambda: grad_cam.attribute(x, target=target),
+    }
+    if not args.quick:
+        methods["rsi[ibs=64]"] = lambda: rsi.attribute(
+            x, target=target, n_steps=steps, output_transform="softmax", internal_batch_size=64
+        )
+    print(
+        f"resnet18/layer4 batch={args.batch} {args.size}x{args.size} n_steps={steps} "
+        f"device={device} threads={torch.get_num_threads()} repeats={repeats} (median)"
+    )
+    measured = {
+        key: (seconds(fn, device, repeats), peak_bytes(fn, device)) for key, fn in methods.items()
+    }
+    peers = ("layer_ig", "loop", "grad_cam")
+    print(f"{'method':12s} {'time ms':>9s} {'peak MiB':>9s} " + " ".join(
+        f"{'t/' + p:>10s} {'m/' + p:>10s}" for p in peers
+    ))
+    for key, (t, m) in measured.items():
+        ratios = " ".join(
+            f"{t / measured[p][0]:10.2f} {m / measured[p][1]:10.2f}" for p in peers
+        )
+        print(f"{key:12s} {t * 1e3:9.1f} {m / 2**20:9.1f} {ratios}")
+    t_rsi, t_ig, t_loop = measured["rsi"][0], measured["layer_ig"][0], measured["loop"][0]
+    print(
+        f"targets: rsi/layer_ig time {t_rsi / t_ig:.2f} (CPU goal <= 0.60); "
+        f"loop/rsi speed-up {t_loop / t_rsi:.1f}x (CUDA goal >= 5x)"
+    )
+
+
+if __name__ == "__main__":
+    main()

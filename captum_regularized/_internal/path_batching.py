@@ -1,0 +1,271 @@
+"""Step batching along a straight input-space path, with a layer tap.
+
+Path methods (Integrated Gradients and its layer-level relatives) evaluate a model at
+``m + 1`` points ``x_l = x' + (l/m)(x - x')``, ``l = 0..m``. Doing that one point per
+forward/backward pass is slow; doing all of them at once may not fit in memory. This
+module holds the mechanics every such method shares:
+
+* :func:`plan_path` splits the work into passes of at most ``internal_batch_size``
+  rows: groups of examples, and per group runs of consecutive path points. Points are
+  visited from the real input (``l = m``) down to the baseline (``l = 0``), so the first
+  pass of every group sees the real input (handy for ``target=None`` = predicted class).
+* :func:`take_examples` / :func:`path_points` / :func:`expand_for_steps` build the rows
+  of one pass (step-major: row ``s * g + e`` is point ``steps[s]`` of example ``e``).
+* :class:`LayerTap` runs one pass and returns the model output together with the layer's
+  activation as a fresh leaf, so the gradient of any score with respect to the activation
+  costs only a backward pass through the part of the model *after* the layer.
+
+Nothing here reduces over the path; the public classes own their reduction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from captum_regularized._internal.captum_compat import (
+    TargetType,
+    expand_additional_args,
+    expand_target,
+    run_forward,
+)
+from captum_regularized._internal.model_state import HookBag
+
+__all__ = [
+    "LayerTap",
+    "PathPlan",
+    "expand_for_steps",
+    "path_points",
+    "plan_path",
+    "take_examples",
+]
+
+
+@dataclass(frozen=True)
+class PathPlan:
+    """Which rows go into which pass.
+
+    Attributes
+    ----------
+    example_groups : list of slice
+        Consecutive groups of examples, processed one after another.
+    step_chunks : list of list of int
+        Path-point indices of each pass within a group, descending from ``n_steps``
+        to ``0`` and together covering every point exactly once.
+    """
+
+    example_groups: list[slice]
+    step_chunks: list[list[int]]
+
+
+def plan_path(batch: int, n_steps: int, internal_batch_size: int | None) -> PathPlan:
+    """Split ``batch`` examples times ``n_steps + 1`` path points into bounded passes.
+
+    ``internal_batch_size=None`` puts everything into one pass. Otherwise every pass
+    holds at most ``internal_batch_size`` rows: groups of ``min(batch, internal_batch_size)``
+    examples, each pass holding as many consecutive points of its group as fit.
+
+    Examples
+    --------
+    >>> plan = plan_path(batch=2, n_steps=4, internal_batch_size=6)
+    >>> plan.example_groups, plan.step_chunks
+    ([slice(0, 2, None)], [[4, 3, 2], [1, 0]])
+    >>> plan_path(batch=3, n_steps=1, internal_batch_size=2).example_groups
+    [slice(0, 2, None), slice(2, 3, None)]
+    """
+    if internal_batch_size is None:
+        group, per_pass = batch, n_steps + 1
+    else:
+        if isinstance(internal_batch_size, bool) or not isinstance(internal_batch_size, int):
+            raise TypeError(
+                "internal_batch_size must be a positive int or None, "
+                f"got {type(internal_batch_size).__name__}"
+            )
+        if internal_batch_size < 1:
+            raise ValueError(
+                f"internal_batch_size must be a positive int or None, got {internal_batch_size}"
+            )
+        group = min(batch, internal_batch_size)
+        per_pass = max(1, internal_batch_size // group)
+    groups = [slice(start, min(start + group, batch)) for start in range(0, batch, group)]
+    descending = list(range(n_steps, -1, -1))
+    chunks = [descending[i : i + per_pass] for i in range(0, len(descending), per_pass)]
+    return PathPlan(groups, chunks)
+
+
+def _is_per_example(value: Any, batch: int) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch
+
+
+def take_examples(
+    target: TargetType, additional_args: tuple[Any, ...] | None, rows: slice, batch: int
+) -> tuple[TargetType, tuple[Any, ...] | None]:
+    """Restrict a per-example ``target`` and per-example additional args to ``rows``.
+
+    Shared targets (an int, a tuple, a one-element tensor, ``None``) and non-tensor args
+    stay as they are; a list or 1-D tensor target must have one entry per example.
+
+    Raises
+    ------
+    ValueError
+        When a list or tensor target does not have ``batch`` entries.
+
+    Examples
+    --------
+    >>> take_examples([3, 1, 2], None, slice(1, 3), 3)
+    ([1, 2], None)
+    >>> t, args = take_examples(4, (torch.arange(3), "x"), slice(0, 1), 3)
+    >>> t, args[0].tolist(), args[1]
+    (4, [0], 'x')
+    """
+    if isinstance(target, list):
+        if len(target) != batch:
+            raise ValueError(
+                f"a list target needs one entry per example ({batch}), got {len(target)}"
+            )
+        target = target[rows]
+    elif isinstance(target, torch.Tensor) and target.numel() > 1:
+        if target.dim() != 1 or target.shape[0] != batch:
+            raise ValueError(
+                f"a tensor target must be a scalar or 1-D with one entry per example ({batch}), "
+                f"got shape {tuple(target.shape)}"
+            )
+        target = target[rows]
+    if additional_args is not None:
+        additional_args = tuple(
+            arg[rows] if _is_per_example(arg, batch) else arg for arg in additional_args
+        )
+    return target, additional_args
+
+
+def path_points(
+    inputs: Sequence[torch.Tensor],
+    baselines: Sequence[torch.Tensor],
+    steps: Sequence[int],
+    n_steps: int,
+) -> tuple[torch.Tensor, ...]:
+    """Rows ``x' + (l/m)(x - x')`` for ``l`` in ``steps``, step-major, one tensor per input.
+
+    Uses ``torch.lerp``, which is exact at both ends: point ``m`` is the input itself and
+    point ``0`` the baseline. Baselines broadcast against their inputs (batch of one).
+
+    Examples
+    --------
+    >>> x, b = torch.tensor([[2.0]]), torch.zeros(1, 1)
+    >>> path_points((x,), (b,), [2, 1, 0], n_steps=2)[0].flatten().tolist()
+    [2.0, 1.0, 0.0]
+    """
+    points = []
+    for inp, base in zip(inputs, baselines):
+        alphas = torch.tensor(steps, device=inp.device, dtype=inp.dtype) / n_steps
+        alphas = alphas.view(-1, *([1] * inp.dim()))
+        base = base.expand_as(inp)
+        rows = torch.lerp(base.unsqueeze(0), inp.unsqueeze(0), alphas)
+        points.append(rows.reshape(len(steps) * inp.shape[0], *inp.shape[1:]))
+    return tuple(points)
+
+
+def expand_for_steps(
+    target: TargetType, additional_args: tuple[Any, ...] | None, n_points: int
+) -> tuple[TargetType, tuple[Any, ...] | None]:
+    """Repeat a group's per-example target and args for ``n_points`` step-major rows.
+
+    Examples
+    --------
+    >>> expand_for_steps([1, 2], None, 2)
+    ([1, 2, 1, 2], None)
+    """
+    return expand_target(target, n_points), expand_additional_args(additional_args, n_points)
+
+
+class LayerTap:
+    """Run a forward pass and hand back one layer's activation as a differentiable leaf.
+
+    The forward pass runs without autograd up to ``layer``; the hook swaps the layer's
+    output (or, with ``use_input=True``, its first positional input) for a detached leaf
+    that requires grad and turns autograd on for the rest of the pass. Gradients of the
+    output with respect to the leaf are then exactly ``∂output/∂activation`` and cost
+    only the backward pass through the part after the layer; nothing before the layer
+    keeps saved tensors. The hook is registered through ``hooks`` (a
+    :class:`~captum_regularized._internal.model_state.HookBag`), so its owner removes it.
+
+    Parameters
+    ----------
+    layer : nn.Module
+        The layer to tap. It must run exactly once per forward pass.
+    hooks : HookBag
+        Where the hook handle is kept for removal.
+    use_input : bool
+        Tap the layer's input instead of its output.
+
+    Examples
+    --------
+    >>> from captum_regularized._internal.model_state import HookBag
+    >>> model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    >>> bag = HookBag()
+    >>> tap = LayerTap(model[0], bag)
+    >>> out, act = tap.run(model, (torch.ones(3, 2),), None)
+    >>> grad, = torch.autograd.grad(out.sum(), act)
+    >>> torch.allclose(grad, model[1].weight.expand(3, 2))
+    True
+    >>> bag.remove_all()
+    """
+
+    def __init__(self, layer: nn.Module, hooks: HookBag, use_input: bool = False) -> None:
+        self._captured: list[torch.Tensor] = []
+        self._calls = 0
+        if use_input:
+            hooks.add(layer.register_forward_pre_hook(self._swap_input))
+        else:
+            hooks.add(layer.register_forward_hook(self._swap_output))
+
+    def _leaf(self, value: Any, what: str) -> torch.Tensor:
+        self._calls += 1
+        if self._calls > 1:
+            raise ValueError(
+                "layer ran more than once in one forward pass; choose a layer (module) "
+                "that is used exactly once"
+            )
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"the layer's {what} must be a tensor, got {type(value).__name__}")
+        leaf = value.detach().requires_grad_()
+        self._captured.append(leaf)
+        torch.set_grad_enabled(True)  # the rest of the pass builds a graph back to the leaf
+        return leaf.clone()  # a non-leaf copy, so in-place ops downstream are allowed
+
+    def _swap_output(self, module: nn.Module, args: Any, output: Any) -> torch.Tensor:
+        return self._leaf(output, "output")
+
+    def _swap_input(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        if not args:
+            raise TypeError("the layer was called without positional inputs to attribute to")
+        return (self._leaf(args[0], "input"), *args[1:])
+
+    def run(
+        self,
+        forward_func: Callable[..., Any],
+        inputs: tuple[torch.Tensor, ...],
+        additional_args: tuple[Any, ...] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass; returns ``(output, activation_leaf)``.
+
+        Raises
+        ------
+        ValueError
+            When the layer does not run, or runs more than once, during the pass.
+        """
+        self._captured.clear()
+        self._calls = 0
+        with torch.enable_grad():
+            with torch.no_grad():
+                output = run_forward(forward_func, inputs, additional_args)
+        if not self._captured:
+            raise ValueError(
+                "layer never ran during the forward pass; it must be a module that "
+                "forward_func calls"
+            )
+        return output, self._captured[0]

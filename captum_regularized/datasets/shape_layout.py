@@ -1,0 +1,180 @@
+"""Where the objects of a :class:`SyntheticShapes` image go: kinds, places, sizes, colours.
+
+Everything is drawn from counter-based hashes of the item keys, so the layout of item
+``i`` depends on ``(seed, i)`` only. Slot 0 of every item is the *target* (its shape is
+the label, its colour is always red); slots ``1..D`` are distractors with other shapes of
+the class set and other colours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from captum_regularized.datasets.counter_hash import Stream, bits_to_unit, hashed_bits, item_keys
+
+RADIUS_RANGE = (0.16, 0.24)
+"""Object radius as a fraction of the image side (every shape fits inside its radius)."""
+MAX_TURN = 0.13165249758739583
+"""``tan(7.5 deg)``: rotations are ``2 * atan(turn)``, so at most 15 degrees either way."""
+PLACEMENT_CANDIDATES = 6
+"""Candidate centres tried per distractor (the first one that overlaps nothing wins)."""
+TARGET_COLOUR = (0.85, 0.12, 0.12)
+DISTRACTOR_COLOURS = (
+    (0.15, 0.72, 0.2),  # green
+    (0.15, 0.35, 0.9),  # blue
+    (0.9, 0.82, 0.12),  # yellow
+    (0.1, 0.78, 0.85),  # cyan
+    (0.78, 0.2, 0.85),  # magenta
+)
+COLOUR_JITTER = 0.08
+"""Each colour channel of each object moves by up to this much."""
+
+
+@dataclass(frozen=True)
+class ShapesLayout:
+    """Everything that decides the objects of a batch of :class:`SyntheticShapes` items.
+
+    Object slot 0 is the target; slots ``1..D`` are distractors. Slot ``D`` is drawn
+    first and the target last, so the target is never occluded (a distractor may be
+    partly hidden behind a lower-numbered distractor or the target).
+
+    Attributes
+    ----------
+    labels : torch.Tensor
+        ``(B,)`` class index, equal to the target's shape index.
+    kinds : torch.Tensor
+        ``(B, 1 + D)`` shape index per object (``kinds[:, 0] == labels``).
+    centers : torch.Tensor
+        ``(B, 1 + D, 2)`` centres ``(x, y)`` in pixels (pixel ``(row, col)`` has its centre
+        at ``x = col + 0.5``, ``y = row + 0.5``).
+    radii : torch.Tensor
+        ``(B, 1 + D)`` radii in pixels.
+    turns : torch.Tensor
+        ``(B, 1 + D)`` rotations as ``tan(angle / 2)`` (counter-clockwise on screen).
+    colours : torch.Tensor
+        ``(B, 1 + D, 3)`` RGB fill colours in ``[0, 1]``.
+
+    Examples
+    --------
+    >>> from captum_regularized.datasets import SyntheticShapes
+    >>> layout = SyntheticShapes(num_samples=4, num_distractors=1).layout([0, 1])
+    >>> layout.kinds.shape, bool((layout.kinds[:, 0] != layout.kinds[:, 1]).all())
+    (torch.Size([2, 2]), True)
+    """
+
+    labels: torch.Tensor
+    kinds: torch.Tensor
+    centers: torch.Tensor
+    radii: torch.Tensor
+    turns: torch.Tensor
+    colours: torch.Tensor
+
+
+def balanced_labels(seed_key: int, indices: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Labels that are a random permutation of ``0..num_classes-1`` in every index block.
+
+    Block ``b`` holds indices ``b * num_classes .. (b + 1) * num_classes - 1``; its
+    permutation is the argsort of hashes of ``(seed, b)``, so any ``n`` consecutive
+    indices starting at a block boundary hold every class ``n // num_classes`` or one
+    more times.
+
+    Examples
+    --------
+    >>> from captum_regularized.datasets.counter_hash import fold_seed
+    >>> labels = balanced_labels(fold_seed(0), torch.arange(6), num_classes=3)
+    >>> sorted(labels[:3].tolist()), sorted(labels[3:].tolist())
+    ([0, 1, 2], [0, 1, 2])
+    """
+    block_keys = item_keys(seed_key, indices // num_classes)
+    order = torch.argsort(hashed_bits(block_keys, Stream.LABELS, num_classes), dim=1, stable=True)
+    return order.gather(1, (indices % num_classes)[:, None]).squeeze(1)
+
+
+def _first_free_candidate(
+    candidates: torch.Tensor,
+    radius: torch.Tensor,
+    placed_centers: torch.Tensor,
+    placed_radii: torch.Tensor,
+) -> torch.Tensor:
+    """The first candidate whose disk misses every placed disk, else the least-overlapping."""
+    gap = candidates[:, :, None, :] - placed_centers[:, None, :, :]  # (B, K, P, 2)
+    distance2 = gap[..., 0] * gap[..., 0] + gap[..., 1] * gap[..., 1]
+    reach = radius[:, None, None] + placed_radii[:, None, :]
+    clearance = (distance2 / (reach * reach)).amin(2)  # (B, K); >= 1 means no overlap
+    count = candidates.shape[1]
+    rank = torch.arange(count, 0, -1, device=candidates.device, dtype=torch.float32) + 1.0
+    best = torch.where(clearance >= 1.0, rank, clearance).argmax(1)
+    return candidates[torch.arange(len(candidates), device=candidates.device), best]
+
+
+def _object_colours(keys: torch.Tensor, slots: int) -> torch.Tensor:
+    """Target red in slot 0; distractors cycle through the palette from a random start."""
+    bits = hashed_bits(keys, Stream.COLOURS, 1 + 3 * slots)
+    jitter = (bits_to_unit(bits[:, 1:]).view(len(keys), slots, 3) * 2.0 - 1.0) * COLOUR_JITTER
+    palette = torch.tensor((TARGET_COLOUR,) + DISTRACTOR_COLOURS, device=keys.device)
+    start = bits[:, :1] % len(DISTRACTOR_COLOURS)
+    slot = torch.arange(slots, device=keys.device)[None, :]
+    choice = torch.where(slot == 0, 0, (start + slot - 1) % len(DISTRACTOR_COLOURS) + 1)
+    return (palette[choice] + jitter).clamp(0.0, 1.0)
+
+
+def sample_layout(
+    seed_key: int,
+    indices: torch.Tensor,
+    image_size: int,
+    num_classes: int,
+    num_distractors: int,
+) -> ShapesLayout:
+    """Draw the objects of the given items (a pure function of ``(seed_key, index)``).
+
+    Radii are uniform in ``RADIUS_RANGE * image_size``, rotations within 15 degrees,
+    centres uniform among the positions that keep the object inside the image.
+    Distractor ``j`` takes the first of ``PLACEMENT_CANDIDATES`` centres whose disk misses
+    the target and distractors ``1..j-1`` (or, failing that, the least overlapping one).
+
+    Examples
+    --------
+    >>> from captum_regularized.datasets.counter_hash import fold_seed
+    >>> layout = sample_layout(fold_seed(0), torch.arange(3), 32, 10, 2)
+    >>> layout.centers.shape, bool((layout.radii <= 0.24 * 32).all())
+    (torch.Size([3, 3, 2]), True)
+    """
+    keys = item_keys(seed_key, indices)
+    count, size = len(indices), float(image_size)
+    low, high = RADIUS_RANGE
+
+    def radius(bits: torch.Tensor) -> torch.Tensor:
+        return (bits_to_unit(bits) * (high - low) + low) * size
+
+    def turn(bits: torch.Tensor) -> torch.Tensor:
+        return (bits_to_unit(bits) * 2.0 - 1.0) * MAX_TURN
+
+    def position(bits: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return bits_to_unit(bits) * (size - r * 2.0) + r  # the unit disk stays inside
+
+    labels = balanced_labels(seed_key, indices, num_classes)
+    target = hashed_bits(keys, Stream.TARGET, 4)
+    radii, turns, kinds = [radius(target[:, 0])], [turn(target[:, 1])], [labels]
+    centers = [position(target[:, 2:4], radii[0][:, None])]
+    per_slot = 3 + 2 * PLACEMENT_CANDIDATES
+    bits = hashed_bits(keys, Stream.DISTRACTORS, per_slot * num_distractors)
+    for slot_bits in bits.view(count, num_distractors, per_slot).unbind(1):
+        r = radius(slot_bits[:, 0])
+        other_class = slot_bits[:, 1] % (num_classes - 1) + 1  # offset: never the label
+        candidates = position(slot_bits[:, 3:].view(count, -1, 2), r[:, None, None])
+        centers.append(
+            _first_free_candidate(candidates, r, torch.stack(centers, 1), torch.stack(radii, 1))
+        )
+        radii.append(r)
+        turns.append(turn(slot_bits[:, 2]))
+        kinds.append((labels + other_class) % num_classes)
+    return ShapesLayout(
+        labels=labels,
+        kinds=torch.stack(kinds, 1),
+        centers=torch.stack(centers, 1),
+        radii=torch.stack(radii, 1),
+        turns=torch.stack(turns, 1),
+        colours=_object_colours(keys, 1 + num_distractors),
+    )

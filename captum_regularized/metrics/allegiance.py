@@ -1,0 +1,195 @@
+"""Allegiance under deletion: the signed-saliency paper's faithfulness protocol.
+
+Llorente et al. (arXiv 2309.12913) delete, for every fraction ``p`` in
+``{0, .03, .05, .07, .1, .2, ..., .9}``, the ``round(p * H * W)`` pixels with the
+highest map value (all channels of a pixel), fill them with black (0) or white (1),
+and measure the *allegiance*: the fraction of examples whose predicted class is still
+the class predicted on the clean image. Pixels whose map value is exactly 0 are never
+deleted (a sparse map deletes fewer pixels). The score is the trapezoid area under
+allegiance over ``p``; it lies in ``[0, 0.9]`` and lower is better (the map found the
+pixels the decision depends on).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Union
+
+import torch
+
+from captum_regularized._internal.checks import check_finite, check_same_device
+from captum_regularized._internal.model_state import find_module
+from captum_regularized.metrics._batched_forward import (
+    clean_outputs,
+    pixel_ranks,
+    ranked_perturbation_scores,
+)
+from captum_regularized.metrics._map_shapes import check_image_batch, per_pixel_map
+
+__all__ = ["ALLEGIANCE_FRACTIONS", "AllegianceCurve", "allegiance_deletion_auc"]
+
+ALLEGIANCE_FRACTIONS: tuple[float, ...] = (
+    0.0, 0.03, 0.05, 0.07, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
+)
+"""The deletion fractions of the signed-saliency paper."""
+
+Fill = Union[str, float]
+
+
+class AllegianceCurve(NamedTuple):
+    """The allegiance protocol's result.
+
+    Attributes
+    ----------
+    fractions : Tensor
+        ``(P,)`` deletion fractions ``p``.
+    kept : Tensor
+        ``(B, P)`` bool: the example still predicts its original class at ``p``.
+    allegiance : Tensor
+        ``(P,)`` fraction of examples kept at every ``p`` (the paper's curve).
+    auc : Tensor
+        Scalar: trapezoid area under ``allegiance`` over ``fractions`` (lower is better).
+    per_example_auc : Tensor
+        ``(B,)`` area under each example's 0/1 curve; its mean equals ``auc``.
+    """
+
+    fractions: torch.Tensor
+    kept: torch.Tensor
+    allegiance: torch.Tensor
+    auc: torch.Tensor
+    per_example_auc: torch.Tensor
+
+
+def _fill_value(fill: Fill) -> float:
+    if isinstance(fill, str):
+        if fill == "black":
+            return 0.0
+        if fill == "white":
+            return 1.0
+        raise ValueError(f"fill must be 'black', 'white' or a number, got {fill!r}")
+    if isinstance(fill, bool) or not isinstance(fill, (int, float)):
+        raise TypeError(f"fill must be 'black', 'white' or a number, got {type(fill).__name__}")
+    return float(fill)
+
+
+def _check_fractions(fractions: Sequence[float]) -> list[float]:
+    values = [float(p) for p in fractions]
+    if not values:
+        raise ValueError("fractions must hold at least one deletion fraction")
+    if any(not 0.0 <= p <= 1.0 for p in values):
+        raise ValueError(f"fractions must lie in [0, 1], got {values}")
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise ValueError(f"fractions must be strictly increasing, got {values}")
+    return values
+
+
+def allegiance_deletion_auc(
+    forward_func: Callable[..., Any],
+    inputs: torch.Tensor,
+    attributions: torch.Tensor,
+    *,
+    fill: Fill = "black",
+    fractions: Sequence[float] = ALLEGIANCE_FRACTIONS,
+    channel_reduction: str = "max",
+    internal_batch_size: int | None = None,
+    additional_forward_args: Any = None,
+) -> AllegianceCurve:
+    """Allegiance curve and its area when the top pixels of each map are deleted.
+
+    Parameters
+    ----------
+    forward_func : callable
+        The model (eval mode, restored afterwards, no gradients); the prediction is
+        the argmax of its ``(B, classes)`` output.
+    inputs : Tensor
+        Images ``(B, C, H, W)`` with ``B >= 1``.
+    attributions : Tensor
+        Per-pixel maps (any form :func:`~captum_regularized.attr.reduce_channels`
+        and resizing bring to ``(B, 1, H, W)``). Pixels are ranked by value, ties in
+        raster order; pixels with value 0 are never deleted.
+    fill : {"black", "white"} or float
+        Value written into every channel of a deleted pixel (0, 1 or the number).
+    fractions : sequence of float
+        Increasing deletion fractions in ``[0, 1]``; default the paper's.
+    channel_reduction : {"max", "sum", "mean"}
+        How channels of an input-shaped map are collapsed (the paper: max of |.|).
+    internal_batch_size : int, optional
+        Images per forward pass (default 128).
+    additional_forward_args : Any
+        Extra forward arguments.
+
+    Returns
+    -------
+    AllegianceCurve
+
+    Raises
+    ------
+    ValueError
+        For an empty batch (allegiance is a fraction of examples), bad fractions or
+        fill.
+
+    Examples
+    --------
+    >>> from captum_regularized.models import SimpleCNN
+    >>> model = SimpleCNN(3, width=4)
+    >>> result = allegiance_deletion_auc(model, torch.rand(2, 3, 8, 8), torch.rand(2, 8, 8))
+    >>> result.kept.shape, bool(result.kept[:, 0].all()), 0.0 <= float(result.auc) <= 0.9
+    (torch.Size([2, 13]), True, True)
+    """
+    batch, _, height, width = check_image_batch(inputs)
+    values = _check_fractions(fractions)
+    fill_value = _fill_value(fill)
+    if batch == 0:
+        raise ValueError("allegiance needs at least one example; inputs has batch size 0")
+    check_same_device((inputs,), find_module(forward_func))
+    check_finite((inputs,))
+    maps = per_pixel_map(
+        attributions,
+        batch,
+        (height, width),
+        channel_reduction=channel_reduction,
+        device=inputs.device,
+    )
+    inputs = inputs.detach()
+    device = inputs.device
+    pixels = height * width
+    wanted = [round(p * pixels) for p in values]
+    active = [i for i, count in enumerate(wanted) if count > 0]
+    nonzero = (maps.reshape(batch, -1) != 0).sum(dim=1)
+    counts = torch.minimum(
+        torch.tensor([wanted[i] for i in active], device=device, dtype=torch.long)[:, None],
+        nonzero[None, :],
+    )  # (active P, B)
+    original = clean_outputs(
+        forward_func,
+        inputs,
+        internal_batch_size=internal_batch_size,
+        additional_forward_args=additional_forward_args,
+    ).argmax(dim=1)
+
+    def still_original(output: torch.Tensor, example: torch.Tensor) -> torch.Tensor:
+        return output.argmax(dim=1) == original[example]
+
+    # An image with nothing deleted is the clean image: kept by definition, no forward.
+    kept = torch.ones(len(values), batch, dtype=torch.bool, device=device)
+    if active:
+        evaluated = ranked_perturbation_scores(
+            forward_func,
+            pixel_ranks(maps, zeros_last=True),
+            counts,
+            torch.full_like(inputs, fill_value),
+            inputs,
+            still_original,
+            internal_batch_size=internal_batch_size,
+            additional_forward_args=additional_forward_args,
+        )
+        kept[active] = evaluated | (counts == 0)
+    kept = kept.T
+    # Areas in float64, so that a curve kept at 1 throughout gives exactly 0.9.
+    x = torch.tensor(values, device=device, dtype=torch.float64)
+    per_example_auc = torch.trapezoid(kept.double(), x, dim=1)
+    allegiance = kept.double().mean(dim=0)
+    auc = torch.trapezoid(allegiance, x)
+    return AllegianceCurve(
+        x.float(), kept, allegiance.float(), auc.float(), per_example_auc.float()
+    )

@@ -1,0 +1,111 @@
+"""Localisation against ground-truth masks: the pointing game and its energy version.
+
+* Pointing game (Zhang et al., ECCV 2016): a hit when the map's maximum lies inside
+  the object's mask (with ties, when any maximal pixel does, as Quantus counts it).
+  A constant map, all-zero included, points nowhere and is a miss.
+* Energy-based pointing game (Score-CAM, Wang et al., 2020): the share of the map's
+  positive mass inside the mask, ``sum(relu(m) * mask) / sum(relu(m))``; 0 when the
+  map has no positive value.
+
+Maps are brought to the mask's resolution (channels collapsed with
+:func:`~captum_regularized.attr.reduce_channels`, bilinear resizing).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from captum_regularized.metrics._map_shapes import per_pixel_map
+
+__all__ = ["energy_pointing_game", "pointing_game"]
+
+
+def _maps_and_masks(
+    attributions: torch.Tensor, masks: torch.Tensor, channel_reduction: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flattened ``(B, H*W)`` maps and boolean masks at the mask's resolution."""
+    if not isinstance(masks, torch.Tensor):
+        raise TypeError(f"masks must be a torch.Tensor, got {type(masks).__name__}")
+    if masks.dim() == 4 and masks.shape[1] == 1:
+        masks = masks[:, 0]
+    if masks.dim() != 3:
+        raise ValueError(
+            f"masks must have shape (B, H, W) or (B, 1, H, W), got shape {tuple(masks.shape)}"
+        )
+    batch, height, width = masks.shape
+    if batch == 0:
+        raise ValueError("masks must hold at least one example, got batch size 0")
+    if attributions.device != masks.device:
+        raise ValueError(
+            f"attributions are on {attributions.device} but masks are on {masks.device}"
+        )
+    maps = per_pixel_map(attributions, batch, (height, width), channel_reduction=channel_reduction)
+    return maps.reshape(batch, -1), masks.reshape(batch, -1) != 0
+
+
+def pointing_game(
+    attributions: torch.Tensor, masks: torch.Tensor, *, channel_reduction: str = "max"
+) -> torch.Tensor:
+    """1.0 where the map's maximum falls inside the mask, else 0.0; shape ``(B,)``.
+
+    Parameters
+    ----------
+    attributions : Tensor
+        ``(B, C, h, w)``, ``(B, 1, h, w)``, ``(B, h, w)`` or ``(h, w)`` maps.
+    masks : Tensor
+        ``(B, H, W)`` or ``(B, 1, H, W)``; non-zero = object.
+    channel_reduction : {"max", "sum", "mean"}
+        How channels are collapsed (``"max"`` = max of absolute values).
+
+    Returns
+    -------
+    Tensor
+        ``(B,)`` float hits; its mean is the pointing-game accuracy.
+
+    Examples
+    --------
+    >>> maps = torch.tensor([[[0.1, 0.9], [0.2, 0.3]], [[1.0, 1.0], [1.0, 1.0]]])
+    >>> masks = torch.tensor([[[0, 1], [0, 0]], [[1, 1], [1, 1]]])
+    >>> pointing_game(maps, masks).tolist()
+    [1.0, 0.0]
+    """
+    maps, inside = _maps_and_masks(attributions, masks, channel_reduction)
+    top = maps.amax(dim=1, keepdim=True)
+    constant = maps.amin(dim=1) == top[:, 0]
+    hit = ((maps == top) & inside).any(dim=1) & ~constant
+    return hit.float()
+
+
+def energy_pointing_game(
+    attributions: torch.Tensor, masks: torch.Tensor, *, channel_reduction: str = "max"
+) -> torch.Tensor:
+    """Share of positive attribution inside the mask, shape ``(B,)``, in ``[0, 1]``.
+
+    Parameters
+    ----------
+    attributions : Tensor
+        Maps as for :func:`pointing_game`. Use ``channel_reduction="sum"`` to keep the
+        sign of input-shaped maps (``"max"`` takes absolute values).
+    masks : Tensor
+        ``(B, H, W)`` or ``(B, 1, H, W)``; non-zero = object.
+    channel_reduction : {"max", "sum", "mean"}
+        How channels are collapsed.
+
+    Returns
+    -------
+    Tensor
+        ``(B,)``; 0 for a map without positive values.
+
+    Examples
+    --------
+    >>> maps = torch.tensor([[[3.0, 1.0], [-2.0, 0.0]]])
+    >>> masks = torch.tensor([[[1, 0], [1, 0]]])
+    >>> energy_pointing_game(maps, masks).tolist()
+    [0.75]
+    """
+    maps, inside = _maps_and_masks(attributions, masks, channel_reduction)
+    positive = maps.clamp(min=0)
+    total = positive.sum(dim=1)
+    safe = torch.where(total > 0, total, torch.ones_like(total))
+    share = (positive * inside).sum(dim=1) / safe
+    return torch.where(total > 0, share, torch.zeros_like(share))

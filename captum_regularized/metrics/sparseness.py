@@ -1,0 +1,61 @@
+"""Sparseness of a map: the Gini index of its absolute values (Chalasani et al., 2020).
+
+The Gini index of the flattened ``|map|`` of every example, sorted ascending as
+``a_1 <= ... <= a_n``, is ``sum_i (2i - n - 1) a_i / (n * sum_i a_i)``: 0 when all
+values are equal, ``1 - 1/n`` when a single value carries everything. Higher means
+sparser. This is the definition of Quantus' ``Sparseness`` (which adds ``1e-7`` to
+every value to dodge a zero denominator; here an all-zero map is defined as 0).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["gini_sparseness"]
+
+
+def gini_sparseness(attributions: torch.Tensor) -> torch.Tensor:
+    """Gini index of each example's flattened absolute attribution, shape ``(B,)``.
+
+    Parameters
+    ----------
+    attributions : Tensor
+        ``(B, ...)`` with at least one value per example, in any shape (channels are
+        not reduced: every value counts).
+
+    Returns
+    -------
+    Tensor
+        ``(B,)`` in ``[0, 1 - 1/n]``; constant and all-zero maps give 0.
+
+    Raises
+    ------
+    ValueError
+        For a tensor without a batch dimension, with no values per example, or with
+        NaN/infinite values.
+
+    Examples
+    --------
+    >>> gini_sparseness(torch.tensor([[0.0, 0.0, 0.0, 5.0], [1.0, -1.0, 1.0, 1.0]])).tolist()
+    [0.75, 0.0]
+    """
+    if not isinstance(attributions, torch.Tensor):
+        raise TypeError(f"attributions must be a torch.Tensor, got {type(attributions).__name__}")
+    if attributions.dim() < 2 or math.prod(attributions.shape[1:]) == 0:
+        raise ValueError(
+            "attributions must have shape (batch, ...) with at least one value per example, "
+            f"got shape {tuple(attributions.shape)}"
+        )
+    values = attributions.detach().reshape(attributions.shape[0], math.prod(attributions.shape[1:]))
+    if values.numel() and not bool(torch.isfinite(values).all()):
+        raise ValueError("attributions contains NaN or infinite values")
+    dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
+    values = values.abs().to(dtype).sort(dim=1).values
+    n = values.shape[1]
+    weights = 2 * torch.arange(1, n + 1, device=values.device, dtype=dtype) - n - 1
+    total = values.sum(dim=1)
+    safe = torch.where(total > 0, total, torch.ones_like(total))
+    gini = (values * weights).sum(dim=1) / (n * safe)
+    return torch.where(total > 0, gini, torch.zeros_like(total))

@@ -1,0 +1,311 @@
+"""Norm-regularized adversarial training (Gong, Dou & Farnia, CVPR 2024, arXiv 2404.04647)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from captum_regularized._internal.checks import check_same_device
+from captum_regularized._internal.input_gradients import (
+    PerExampleLoss,
+    check_training_batch,
+    cross_entropy_per_example,
+    input_gradient,
+    per_example_losses,
+)
+from captum_regularized._internal.model_state import preserved_model
+from captum_regularized._internal.structured_norms import (
+    NormSpec,
+    adversary_cost,
+    adversary_cost_gradient,
+    ascent_step,
+    check_mask,
+    closed_form_maximiser,
+    project,
+)
+
+__all__ = ["NormRegularizedAdversarialLoss"]
+
+_DEFAULT_STEP_FACTOR = 2.5
+"""Default step size: ``2.5 * radius / steps`` (Madry et al.'s PGD rule)."""
+
+
+def unwrap_parallel(model: nn.Module) -> nn.Module:
+    """The module inside ``DistributedDataParallel``/``DataParallel`` (else the model).
+
+    Examples
+    --------
+    >>> m = nn.Linear(1, 1)
+    >>> unwrap_parallel(nn.DataParallel(m)) is m
+    True
+    """
+    parallel = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    return model.module if isinstance(model, parallel) else model
+
+
+@contextlib.contextmanager
+def kept_batchnorm_statistics(model: nn.Module) -> Iterator[None]:
+    """Run a block whose forward passes leave BatchNorm running statistics unchanged.
+
+    BatchNorm layers keep their mode (training ones normalise with the batch's own
+    statistics, exactly as in the outer training pass); their running mean, variance
+    and batch counter are saved before the block and written back after it, even when
+    it raises. The result is a momentum-free BatchNorm for the inner passes.
+
+    Examples
+    --------
+    >>> bn = nn.BatchNorm1d(2).train()
+    >>> with kept_batchnorm_statistics(bn):
+    ...     _ = bn(torch.randn(8, 2) + 5)
+    >>> bn.running_mean.tolist(), bn.training
+    ([0.0, 0.0], True)
+    """
+    saved = [
+        (buffer, buffer.detach().clone())
+        for module in model.modules()
+        if isinstance(module, _BatchNorm)
+        for buffer in (module.running_mean, module.running_var, module.num_batches_tracked)
+        if buffer is not None
+    ]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
+class NormRegularizedAdversarialLoss:
+    r"""Training loss of norm-regularized adversarial training.
+
+    Trains ``min_theta mean_i max_delta [l(f(x_i + delta), y_i) - R(delta)]``. To first
+    order the inner maximum is ``l(x) + R*(grad_x l)``, so the adversary's cost ``R``
+    turns into a penalty ``R*`` on the model's simple-gradient map, which makes those
+    maps structured: ``"l1"`` gives sparse maps, ``"group"`` maps sparse over
+    ``group_size x group_size`` patches, ``"elastic_net"`` sparse and smooth ones,
+    ``"gaze"`` maps that stay inside a given mask.
+
+    ============== ================================ ==================================
+    norm           penalty on the gradient ``R*(g)`` closed-form adversary ``delta*``
+    ============== ================================ ==================================
+    ``l1``         ``eps ||g||_1``                   ``eps sign(g)``
+    ``elastic_net`` ``eps ||g||_1 + eps2 ||g||^2``   ``eps sign(g) + 2 eps2 g``
+    ``group``      ``eps sum_G ||g_G||_2``           ``eps g_G / ||g_G||_2``
+    ``gaze``       ``eps sum (1-2M) g^2 / ||g||``    ``eps (1 - 2M) g / ||g||_2``
+    ============== ================================ ==================================
+
+    Here ``g = grad_{x_i} l(f(x_i), y_i)`` is each example's own loss gradient (not
+    divided by the batch size). As in the paper, the model is trained on the
+    adversarial examples only (``delta`` detached); ``clean_weight`` mixes in the
+    clean loss. :class:`~captum_regularized.regularizers.GradientNormPenalty` adds
+    ``R*(g)`` directly instead (double back-propagation).
+
+    The inner problem
+        ``steps=1`` uses the closed form. ``steps=k > 1`` starts with the closed form
+        (the first ascent step from ``delta = 0``) and takes ``k - 1`` more steps of
+        ``step_size`` along the steepest-ascent direction of ``l - R`` for the norm:
+        sign steps for ``l1``, per-patch normalised steps for ``group``, per-example
+        L2-normalised steps for ``elastic_net``; after each step ``delta`` is projected
+        onto the feasible set (``||delta||_inf <= eps`` box, per-patch ``eps`` ball).
+        Every example keeps its best iterate, so the inner objective is never below the
+        closed form's. ``gaze`` has only the closed form.
+
+    Model state
+        The inner passes run the model in its current mode (dropout stays active while
+        training, as in the outer pass; training BatchNorm uses the batch statistics),
+        but BatchNorm running statistics are saved and restored around them
+        (momentum-free), so only the outer forward pass updates them. (In train mode
+        ``g`` therefore also carries the path through the batch statistics, as in
+        Captum's ``PGD``; in eval mode every example's ``delta`` depends on that example
+        alone.) Parameter
+        ``.grad`` is never touched by the inner passes, no hook is added and the inputs
+        are not modified. A ``DistributedDataParallel`` model is unwrapped for the inner
+        passes (no gradient synchronisation there); the outer pass goes through it.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier being trained (maps inputs to logits).
+    norm : {"l1", "elastic_net", "group", "gaze"}
+        The structure to encourage.
+    epsilon : float
+        Adversary radius ``eps`` (``eps1`` of the elastic net), ``>= 0``.
+    epsilon2 : float
+        The elastic net's ``eps2 > 0``; must be 0 for the other norms.
+    steps : int
+        1 for the closed form, more for the iterative solver.
+    step_size : float, optional
+        Ascent step length. Default ``2.5 * epsilon / steps`` (``l1``, ``group``) and
+        ``2.5 * ||delta_closed_form||_2 / steps`` per example (``elastic_net``).
+    group_size : int
+        Side of the square patches of ``"group"`` (per channel). When it does not divide
+        the image side, the last row/column of patches is smaller (the remainder).
+    clean_weight : float
+        Weight ``w`` in ``(1 - w) * adversarial loss + w * clean loss``; 0 (default) is
+        the authors' setting.
+    input_range : (float, float), optional
+        Clamp ``x + delta`` to ``[lo, hi]``.
+    loss_fn : callable, optional
+        ``loss_fn(logits, labels) -> (B,)`` per-example losses; default unreduced
+        cross-entropy. The training loss is its mean.
+
+    Examples
+    --------
+    >>> from captum_regularized.models import SimpleCNN
+    >>> model = SimpleCNN(num_classes=3, width=4)
+    >>> adv = NormRegularizedAdversarialLoss(model, norm="l1", epsilon=0.01)
+    >>> images, labels = torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
+    >>> delta = adv.perturb(images, labels)
+    >>> bool(delta.abs().max() <= 0.01), delta.requires_grad
+    (True, False)
+    >>> loss = adv(images, labels)
+    >>> loss.dim(), loss.requires_grad
+    (0, True)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        norm: str = "l1",
+        epsilon: float = 0.01,
+        epsilon2: float = 0.0,
+        steps: int = 1,
+        step_size: float | None = None,
+        group_size: int = 14,
+        clean_weight: float = 0.0,
+        input_range: tuple[float, float] | None = None,
+        loss_fn: PerExampleLoss | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        self.spec = NormSpec(norm, epsilon, epsilon2, group_size)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        if norm == "gaze" and steps != 1:
+            raise ValueError("norm='gaze' has only the closed form; use steps=1")
+        if step_size is not None and not step_size > 0:
+            raise ValueError(f"step_size must be > 0 (or None for the default), got {step_size}")
+        if not 0.0 <= clean_weight <= 1.0:
+            raise ValueError(f"clean_weight must lie in [0, 1], got {clean_weight}")
+        if input_range is not None:
+            if len(input_range) != 2 or not input_range[0] < input_range[1]:
+                raise ValueError(f"input_range must be (lo, hi) with lo < hi, got {input_range}")
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        self.model = model
+        self.steps = steps
+        self.step_size = step_size
+        self.clean_weight = float(clean_weight)
+        self.input_range = None if input_range is None else tuple(map(float, input_range))
+        self.loss_fn: PerExampleLoss = loss_fn or cross_entropy_per_example
+
+    @property
+    def norm(self) -> str:
+        """The chosen norm."""
+        return self.spec.norm
+
+    def perturb(
+        self, inputs: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The adversary's perturbation ``delta`` (detached, shape of ``inputs``).
+
+        Parameters
+        ----------
+        inputs : Tensor
+            Batch of inputs ``(B, ...)``; ``(B, C, H, W)`` for ``"group"``.
+        labels : Tensor
+            Their labels (whatever ``loss_fn`` takes; class indices by default).
+        mask : Tensor, optional
+            Required for ``"gaze"`` (values in ``[0, 1]``, shape of ``inputs`` with
+            size-1 dims allowed, e.g. ``(B, 1, H, W)``); rejected otherwise.
+
+        Returns
+        -------
+        Tensor
+            ``delta`` with ``x + delta`` already clamped to ``input_range``.
+
+        Examples
+        --------
+        >>> model = torch.nn.Linear(4, 2)
+        >>> adv = NormRegularizedAdversarialLoss(model, norm="elastic_net", epsilon=0.1,
+        ...                                      epsilon2=0.05, steps=3)
+        >>> adv.perturb(torch.rand(5, 4), torch.zeros(5, dtype=torch.long)).shape
+        torch.Size([5, 4])
+        """
+        check_training_batch(inputs, labels)
+        check_same_device((inputs,), unwrap_parallel(self.model))
+        mask = check_mask(self.spec, mask, inputs)
+        inner = unwrap_parallel(self.model)
+        with preserved_model(inner), kept_batchnorm_statistics(inner):
+            return self._solve(inner, inputs.detach(), labels, mask).detach()
+
+    def __call__(
+        self, inputs: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Scalar training loss: the mean loss on ``inputs + delta`` (plus the clean part).
+
+        Examples
+        --------
+        >>> model = torch.nn.Linear(4, 2)
+        >>> adv = NormRegularizedAdversarialLoss(model, epsilon=0.1, clean_weight=0.5)
+        >>> adv(torch.rand(5, 4), torch.zeros(5, dtype=torch.long)).shape
+        torch.Size([])
+        """
+        delta = self.perturb(inputs, labels, mask)
+        x = inputs.detach()
+        loss = per_example_losses(self.loss_fn, self.model(x + delta), labels).mean()
+        if self.clean_weight > 0:
+            clean = per_example_losses(self.loss_fn, self.model(x), labels).mean()
+            loss = (1 - self.clean_weight) * loss + self.clean_weight * clean
+        return loss
+
+    def _feasible(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        delta = project(self.spec, delta)
+        if self.input_range is not None:
+            delta = (x + delta).clamp(*self.input_range) - x
+        return delta
+
+    def _default_step(self, first_delta: torch.Tensor) -> float | torch.Tensor:
+        factor = _DEFAULT_STEP_FACTOR / self.steps
+        if self.spec.norm == "elastic_net":
+            flat = first_delta.reshape(first_delta.shape[0], -1)
+            radius = torch.linalg.vector_norm(flat, dim=1)
+            return factor * radius.reshape(-1, *([1] * (first_delta.dim() - 1)))
+        return factor * self.spec.epsilon
+
+    def _objective(self, losses: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return losses.detach() - adversary_cost(self.spec, delta)
+
+    def _solve(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        first = input_gradient(model, x, labels, self.loss_fn)
+        delta = self._feasible(x, closed_form_maximiser(self.spec, first.gradient, mask))
+        if self.steps == 1:
+            return delta
+        step = self.step_size if self.step_size is not None else self._default_step(delta)
+        best_delta, best_value = delta, None
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        for _ in range(self.steps - 1):
+            current = input_gradient(model, x + delta, labels, self.loss_fn)
+            value = self._objective(current.losses, delta)
+            if best_value is None:
+                best_delta, best_value = delta, value
+            else:
+                better = value > best_value
+                best_delta = torch.where(better.reshape(shape), delta, best_delta)
+                best_value = torch.where(better, value, best_value)
+            direction = current.gradient - adversary_cost_gradient(self.spec, delta)
+            delta = self._feasible(x, delta + ascent_step(self.spec, direction, step))
+        with torch.no_grad():
+            losses = per_example_losses(self.loss_fn, model(x + delta), labels)
+        better = self._objective(losses, delta) > best_value
+        return torch.where(better.reshape(shape), delta, best_delta)

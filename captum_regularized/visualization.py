@@ -1,0 +1,476 @@
+"""Matplotlib figures for attribution maps and evaluation curves.
+
+Both helpers take what the rest of the package produces -- torch tensors in the
+model's layout (``CHW`` or ``BCHW``), on any device -- and return a matplotlib
+``(Figure, Axes)`` pair. They never call ``plt.show()``: in a script save the figure
+(``fig.savefig(...)``), in a notebook it is displayed as the cell's value, and they
+work headless with the ``Agg`` backend. Close figures you no longer need with
+``plt.close(fig)``.
+
+Captum's own :func:`captum.attr.visualization.visualize_image_attr` wants one
+``HWC`` numpy array at a time; :func:`plot_attributions` takes the tensors your
+attribution methods return, for a whole batch and several methods at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Union
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+
+__all__ = ["plot_attributions", "plot_curves"]
+
+ArrayLike = Union[torch.Tensor, np.ndarray]
+TensorOrTuple = Union[ArrayLike, Sequence[ArrayLike]]
+
+#: ``gid`` of the heat-map image in every method panel (handy to find it in tests).
+ATTRIBUTION_GID = "attribution"
+#: ``gid`` of the contour set drawn for the ground-truth mask.
+MASK_OUTLINE_GID = "mask-outline"
+
+
+def _as_tensor(value: Any, name: str) -> torch.Tensor:
+    """The first tensor of ``value`` (tuples mirror Captum's multi-input form), detached."""
+    if isinstance(value, (tuple, list)):
+        if len(value) == 0:
+            raise ValueError(f"{name} is an empty tuple; expected at least one tensor")
+        value = value[0]
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(value)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor, a numpy array or a tuple of them, "
+            f"got {type(value).__name__}"
+        )
+    return value.detach()
+
+
+def _image_batch(image: TensorOrTuple) -> tuple[torch.Tensor, bool]:
+    """``(B, C, H, W)`` float images on the CPU and whether a single image was given."""
+    tensor = _as_tensor(image, "image")
+    if tensor.dim() == 2:
+        tensor = tensor[None, None]
+        single = True
+    elif tensor.dim() == 3:
+        tensor = tensor[None]
+        single = True
+    elif tensor.dim() == 4:
+        single = False
+    else:
+        raise ValueError(
+            f"image must be HW, CHW or BCHW, got a {tensor.dim()}-d tensor of shape "
+            f"{tuple(tensor.shape)}"
+        )
+    tensor = tensor.float().cpu()
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError("image contains NaN or infinite values")
+    return tensor, single
+
+
+def _displayable(images: torch.Tensor) -> np.ndarray:
+    """``(B, H, W, 3)`` RGB in [0, 1]; images outside [0, 1] are min-max scaled per image."""
+    low = images.amin(dim=(1, 2, 3), keepdim=True)
+    high = images.amax(dim=(1, 2, 3), keepdim=True)
+    outside = (low < 0) | (high > 1)
+    scaled = torch.where(outside, (images - low) / (high - low).clamp_min(1e-12), images)
+    if scaled.shape[1] != 3:
+        scaled = scaled.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+    return scaled.permute(0, 2, 3, 1).clamp(0, 1).numpy()
+
+
+def _raw_attribution(
+    value: TensorOrTuple, name: str, batch: int, single: bool
+) -> torch.Tensor:
+    """``(B, C, h, w)`` attribution on its own device, checked against the image batch."""
+    tensor = _as_tensor(value, f"attributions[{name!r}]")
+    expected = "HW, CHW or 1CHW" if single else "BHW or BCHW"
+    if single and tensor.dim() in (2, 3):
+        tensor = tensor.reshape(1, -1, *tensor.shape[-2:]) if tensor.dim() == 3 else tensor[None, None]
+    elif not single and tensor.dim() == 3:
+        tensor = tensor[:, None]
+    elif tensor.dim() != 4:
+        raise ValueError(
+            f"attributions[{name!r}] must be {expected} for this image, got shape "
+            f"{tuple(tensor.shape)}"
+        )
+    if tensor.shape[0] != batch:
+        raise ValueError(
+            f"attributions[{name!r}] has batch size {tensor.shape[0]} but image has {batch}"
+        )
+    if not tensor.is_floating_point():
+        tensor = tensor.float()
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"attributions[{name!r}] contains NaN or infinite values")
+    return tensor
+
+
+def _reduced_map(raw: torch.Tensor, signed: bool, size: tuple[int, int]) -> np.ndarray:
+    """Sum channels (of magnitudes when unsigned), upsample bilinearly to ``size``."""
+    summed = (raw if signed else raw.abs()).float().sum(dim=1, keepdim=True)
+    if tuple(summed.shape[-2:]) != size:
+        summed = F.interpolate(summed, size=size, mode="bilinear", align_corners=False)
+    return summed[:, 0].cpu().numpy()
+
+
+def _mask_batch(
+    mask: TensorOrTuple | None, batch: int, single: bool, size: tuple[int, int]
+) -> np.ndarray | None:
+    if mask is None:
+        return None
+    tensor = _as_tensor(mask, "mask")
+    if tensor.dim() == 2 and single:
+        tensor = tensor[None]
+    elif tensor.dim() == 4 and tensor.shape[1] == 1:
+        tensor = tensor[:, 0]
+    if tensor.dim() != 3 or tensor.shape[0] != batch or tuple(tensor.shape[-2:]) != size:
+        raise ValueError(
+            f"mask must have shape {(batch, *size)} (or {(batch, 1, *size)}"
+            f"{', or HW for a single image' if single else ''}) to match image, "
+            f"got {tuple(tensor.shape)}"
+        )
+    return tensor.float().cpu().numpy()
+
+
+def _signed_choices(
+    signed: bool | Mapping[str, bool] | None, names: Sequence[str]
+) -> dict[str, bool | None]:
+    """Per method: ``True``/``False`` as asked, ``None`` to decide from the values."""
+    if signed is None or isinstance(signed, bool):
+        return {name: signed for name in names}
+    if not isinstance(signed, Mapping):
+        raise TypeError(
+            f"signed must be None, a bool or a dict of method name -> bool, "
+            f"got {type(signed).__name__}"
+        )
+    unknown = sorted(set(signed) - set(names))
+    if unknown:
+        raise ValueError(f"signed names methods not in attributions: {unknown}")
+    return {name: signed.get(name) for name in names}
+
+
+def _colour_limit(values: np.ndarray, percentile: float) -> float:
+    """A robust positive limit: the ``percentile`` of ``|values|``, never 0."""
+    magnitudes = np.abs(values)
+    if magnitudes.size == 0:
+        return 1.0
+    limit = float(np.percentile(magnitudes, percentile))
+    if limit <= 0:
+        limit = float(magnitudes.max())
+    return limit if limit > 0 else 1.0
+
+
+def plot_attributions(
+    image: TensorOrTuple,
+    attributions: Mapping[str, TensorOrTuple],
+    *,
+    signed: bool | Mapping[str, bool] | None = None,
+    mask: TensorOrTuple | None = None,
+    overlay: bool = True,
+    ncols: int | None = None,
+    colorbar: bool | str = False,
+    percentile: float = 99.0,
+    cmap_signed: str = "RdBu_r",
+    cmap_unsigned: str = "inferno",
+    alpha: float = 0.75,
+    row_labels: Sequence[str] | None = None,
+    panel_size: float = 2.2,
+) -> tuple[Figure, np.ndarray]:
+    """Show images and their attribution maps, one row per image, one column per method.
+
+    The first panel of every row is the input (with the ground-truth ``mask``
+    outlined when given); then one panel per entry of ``attributions``, in order.
+
+    Parameters
+    ----------
+    image : Tensor or tuple of Tensor
+        One image ``(C, H, W)`` (or ``(H, W)``) or a batch ``(B, C, H, W)``, on any
+        device, in any float range: images outside ``[0, 1]`` (normalised inputs) are
+        min-max scaled per image for display. One or three channels are shown as
+        they are, any other count as the channel mean. For Captum's tuple inputs
+        the first tensor is shown.
+    attributions : dict of str to Tensor (or tuple of Tensor)
+        Method name to map. For a batch: ``(B, C, H, W)``, a coarse layer map
+        ``(B, 1, h, w)`` or ``(B, h, w)``; for a single image the same without the
+        batch dimension. Channels are summed (see ``signed``) and coarse maps
+        upsampled bilinearly to the image size. Tuples use their first tensor.
+    signed : None, bool or dict of str to bool
+        ``True`` shows the channel-summed map with a diverging colormap centred at
+        zero; ``False`` shows magnitudes (channels summed after ``abs``) with a
+        sequential colormap starting at zero. ``None`` decides per method: any
+        negative value makes the map signed. A dict chooses per method (missing
+        names are decided from the values).
+    mask : Tensor, optional
+        Ground-truth mask ``(B, H, W)`` or ``(B, 1, H, W)`` (``(H, W)`` for a single
+        image); its 0.5 level is drawn as an outline on the input panel.
+    overlay : bool
+        Draw each map over a grey copy of the image, with transparency growing
+        with the map's magnitude; ``False`` draws the map alone.
+    ncols : int, optional
+        Panels per grid row. By default every image's panels fit one row; a smaller
+        value wraps them, each image then taking ``ceil((1 + methods) / ncols)`` rows.
+    colorbar : bool or {"each", "shared"}
+        ``True`` or ``"each"``: a colour bar per map, each with its own limits.
+        ``"shared"``: all signed maps share one symmetric range and colour bar, all
+        unsigned maps another, so panels compare directly. ``False``: none
+        (limits are still per map).
+    percentile : float
+        Colour limits are this percentile of the maps' absolute values (``100``:
+        the maximum), so a few extreme pixels do not wash out the rest. Values
+        beyond the limit saturate.
+    cmap_signed, cmap_unsigned : str
+        Matplotlib colormap names for signed and unsigned maps.
+    alpha : float
+        Opacity of the strongest values in overlay mode.
+    row_labels : sequence of str, optional
+        One label per image, written next to its input panel (e.g. the class).
+    panel_size : float
+        Width and height of one panel in inches.
+
+    Returns
+    -------
+    (Figure, numpy.ndarray of Axes)
+        The figure and its 2-D array of axes ``(grid rows, ncols)``; unused grid
+        cells are switched off. Each map panel's heat map is the ``AxesImage`` with
+        ``gid == "attribution"``; the mask outline has ``gid == "mask-outline"``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import matplotlib.pyplot as plt
+    >>> images = torch.rand(2, 3, 16, 16)
+    >>> maps = {"saliency": torch.rand(2, 3, 16, 16), "grad-cam": torch.randn(2, 1, 4, 4)}
+    >>> fig, axes = plot_attributions(images, maps, colorbar="shared")
+    >>> axes.shape
+    (2, 3)
+    >>> [ax.get_title() for ax in axes[0]]
+    ['input', 'saliency', 'grad-cam']
+    >>> plt.close(fig)
+    """
+    if not isinstance(attributions, Mapping):
+        raise TypeError(
+            "attributions must be a dict of method name -> tensor, "
+            f"got {type(attributions).__name__}"
+        )
+    if colorbar not in (True, False, "each", "shared"):
+        raise ValueError(f"colorbar must be True, False, 'each' or 'shared', got {colorbar!r}")
+    if not 0 < percentile <= 100:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    images, single = _image_batch(image)
+    batch, size = images.shape[0], (images.shape[-2], images.shape[-1])
+    names = [str(name) for name in attributions]
+    choices = _signed_choices(signed, names)
+
+    maps: dict[str, np.ndarray] = {}
+    is_signed: dict[str, bool] = {}
+    for key, name in zip(attributions, names):
+        raw = _raw_attribution(attributions[key], name, batch, single)
+        choice = choices[name]
+        is_signed[name] = bool((raw < 0).any()) if choice is None else bool(choice)
+        maps[name] = _reduced_map(raw, is_signed[name], size)
+    masks = _mask_batch(mask, batch, single, size)
+    if row_labels is not None and len(row_labels) != batch:
+        raise ValueError(f"row_labels needs {batch} labels (one per image), got {len(row_labels)}")
+
+    panels = 1 + len(names)
+    ncols = panels if ncols is None else ncols
+    if ncols < 1:
+        raise ValueError(f"ncols must be >= 1, got {ncols}")
+    rows_per_image = math.ceil(panels / ncols)
+    fig, axes = plt.subplots(
+        batch * rows_per_image,
+        ncols,
+        figsize=(panel_size * ncols, panel_size * batch * rows_per_image),
+        squeeze=False,
+        layout="constrained",
+    )
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for index in range(panels, rows_per_image * ncols):
+        for b in range(batch):
+            axes[b * rows_per_image + index // ncols, index % ncols].set_axis_off()
+
+    shared_limits = {
+        kind: _colour_limit(
+            np.concatenate([maps[n].ravel() for n in names if is_signed[n] == kind]), percentile
+        )
+        for kind in (True, False)
+        if any(is_signed[n] == kind for n in names)
+    }
+    rgb = _displayable(images)
+    grey = rgb.mean(axis=-1)
+    first_image_of_kind: dict[bool, AxesImage] = {}
+    for b in range(batch):
+        def panel(index: int) -> Axes:
+            return axes[b * rows_per_image + index // ncols, index % ncols]
+
+        ax = panel(0)
+        ax.imshow(rgb[b], interpolation="nearest")
+        if masks is not None and masks[b].min() != masks[b].max():
+            outline = ax.contour(masks[b], levels=[0.5], colors="lime", linewidths=1.2)
+            outline.set_gid(MASK_OUTLINE_GID)
+        if b == 0:
+            ax.set_title("input", fontsize="medium")
+        if row_labels is not None:
+            ax.set_ylabel(str(row_labels[b]))
+        for index, name in enumerate(names, start=1):
+            ax = panel(index)
+            values = maps[name][b]
+            kind = is_signed[name]
+            if colorbar == "shared":
+                limit = shared_limits[kind]
+            else:
+                limit = _colour_limit(values, percentile)
+            vmin = -limit if kind else 0.0
+            weight = None
+            if overlay:
+                ax.imshow(grey[b], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                weight = alpha * np.sqrt(np.clip(np.abs(values) / limit, 0, 1))
+            heat = ax.imshow(
+                values,
+                cmap=cmap_signed if kind else cmap_unsigned,
+                vmin=vmin,
+                vmax=limit,
+                alpha=weight,
+                interpolation="nearest",
+            )
+            heat.set_gid(ATTRIBUTION_GID)
+            first_image_of_kind.setdefault(kind, heat)
+            if b == 0:
+                ax.set_title(name, fontsize="medium")
+            if colorbar in (True, "each"):
+                fig.colorbar(heat, ax=ax, fraction=0.046, pad=0.02)
+    if colorbar == "shared":
+        for kind, heat in first_image_of_kind.items():
+            bar = fig.colorbar(heat, ax=axes.ravel().tolist(), shrink=0.8)
+            bar.set_label("signed attribution" if kind else "attribution magnitude")
+            bar.solids.set_alpha(1)
+    return fig, axes
+
+
+def _curve_arrays(name: str, value: Any) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(value, Mapping):
+        if "fractions" not in value or "values" not in value:
+            raise ValueError(
+                f"results[{name!r}] is a dict without 'fractions' and 'values' keys "
+                f"(got {sorted(map(str, value))})"
+            )
+        fractions, values = value["fractions"], value["values"]
+    elif hasattr(value, "fractions") and hasattr(value, "values") and not isinstance(
+        value, (tuple, list)
+    ):
+        fractions, values = value.fractions, value.values
+    elif isinstance(value, (tuple, list)) and len(value) == 2:
+        fractions, values = value
+    else:
+        raise TypeError(
+            f"results[{name!r}] must be a (fractions, values) pair, a dict with those keys "
+            f"or an object with those attributes, got {type(value).__name__}"
+        )
+
+    def to_numpy(array: Any) -> np.ndarray:
+        if isinstance(array, torch.Tensor):
+            array = array.detach().float().cpu().numpy()
+        return np.asarray(array, dtype=float)
+
+    x, y = to_numpy(fractions), to_numpy(values)
+    if x.ndim != 1 or y.ndim not in (1, 2) or y.shape[-1] != x.shape[0] or x.shape[0] < 2:
+        raise ValueError(
+            f"results[{name!r}]: fractions must be 1-D with at least two steps and values "
+            f"(steps,) or (batch, steps) with as many steps; got {x.shape} and {y.shape}"
+        )
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError(f"results[{name!r}] contains NaN or infinite values")
+    return x, y
+
+
+def _trapezoid_area(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
+
+
+def plot_curves(
+    results: Mapping[str, Any],
+    *,
+    ax: Axes | None = None,
+    title: str | None = None,
+    xlabel: str = "fraction of pixels perturbed",
+    ylabel: str = "model score",
+    show_auc: bool = True,
+    band: bool = True,
+) -> tuple[Figure, Axes]:
+    """Draw several methods' deletion, insertion or allegiance curves on one axes.
+
+    Parameters
+    ----------
+    results : dict of str to curve
+        Method name to its curve, in any of these forms:
+
+        * a pair ``(fractions, values)``;
+        * a dict with keys ``"fractions"`` and ``"values"`` (other keys ignored);
+        * an object with attributes ``fractions`` and ``values`` (e.g. a metric's
+          result record).
+
+        ``fractions`` is 1-D ``(steps,)``; ``values`` is ``(steps,)`` or one curve
+        per image ``(batch, steps)``, whose mean is drawn with a band of one standard
+        deviation. Tensors (any device), numpy arrays and lists are accepted.
+    ax : Axes, optional
+        Draw into these axes; by default a new figure is made.
+    title, xlabel, ylabel : str
+        Axis text.
+    show_auc : bool
+        Append the area under each (mean) curve, by the trapezoid rule, to its
+        legend entry.
+    band : bool
+        Shade one standard deviation around batched curves.
+
+    Returns
+    -------
+    (Figure, Axes)
+
+    Examples
+    --------
+    >>> import torch
+    >>> import matplotlib.pyplot as plt
+    >>> steps = torch.linspace(0, 1, 11)
+    >>> fig, ax = plot_curves({"saliency": (steps, 1 - steps),
+    ...                        "random": {"fractions": steps, "values": 1 - steps**0.5}})
+    >>> [text.get_text() for text in ax.get_legend().get_texts()]
+    ['saliency (AUC 0.500)', 'random (AUC 0.339)']
+    >>> plt.close(fig)
+    """
+    if not isinstance(results, Mapping):
+        raise TypeError(
+            f"results must be a dict of method name -> curve, got {type(results).__name__}"
+        )
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5, 3.6), layout="constrained")
+    else:
+        fig = ax.figure
+    for name, value in results.items():
+        x, y = _curve_arrays(str(name), value)
+        mean = y.mean(axis=0) if y.ndim == 2 else y
+        label = str(name)
+        if show_auc:
+            label += f" (AUC {_trapezoid_area(x, mean):.3f})"
+        (line,) = ax.plot(x, mean, label=label, linewidth=1.8)
+        if band and y.ndim == 2 and y.shape[0] > 1:
+            spread = y.std(axis=0)
+            ax.fill_between(x, mean - spread, mean + spread, color=line.get_color(), alpha=0.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title is not None:
+        ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if results:
+        ax.legend(fontsize="small")
+    return fig, ax

@@ -1,0 +1,252 @@
+"""The per-norm math: conjugates, closed-form maximisers, projections, patch grouping."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from captum_regularized._internal.structured_norms import (
+    NormSpec,
+    adversary_cost,
+    adversary_cost_gradient,
+    ascent_step,
+    check_mask,
+    closed_form_maximiser,
+    conjugate_penalty,
+    group_norms,
+    project,
+)
+
+
+def _first_order_value(spec: NormSpec, delta: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``delta^T g - R(delta)`` per example."""
+    return (delta * g).flatten(1).sum(1) - adversary_cost(spec, delta)
+
+
+def _reference_group_norms(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Patch norms by a plain loop over patches (edge patches smaller)."""
+    b, c, h, w = x.shape
+    rows, cols = -(-h // s), -(-w // s)
+    out = torch.zeros(b, c, rows, cols, dtype=x.dtype)
+    for i, j in itertools.product(range(rows), range(cols)):
+        patch = x[:, :, i * s:(i + 1) * s, j * s:(j + 1) * s]
+        out[:, :, i, j] = patch.pow(2).sum((2, 3)).sqrt()
+    return out
+
+
+def _reference_conjugate(spec: NormSpec, g: torch.Tensor, mask=None) -> torch.Tensor:
+    """The table of the issue, written out per example with Python loops."""
+    values = []
+    for i in range(g.shape[0]):
+        gi = g[i]
+        if spec.norm == "l1":
+            values.append(spec.epsilon * gi.abs().sum())
+        elif spec.norm == "elastic_net":
+            values.append(spec.epsilon * gi.abs().sum() + spec.epsilon2 * (gi**2).sum())
+        elif spec.norm == "group":
+            values.append(spec.epsilon * _reference_group_norms(gi[None], spec.group_size).sum())
+        else:
+            norm = gi.pow(2).sum().sqrt()
+            weighted = ((1 - 2 * mask[i]) * gi**2).sum()
+            values.append(spec.epsilon * weighted / norm if norm > 0 else gi.sum() * 0)
+    return torch.stack(values)
+
+
+# ---------------------------------------------------------------- grouping
+
+
+@pytest.mark.parametrize("shape,s", [((2, 3, 6, 6), 3), ((2, 2, 7, 5), 3), ((1, 1, 4, 4), 5)])
+def test_group_norms_match_a_loop_including_remainder_patches(shape, s):
+    x = torch.randn(shape, dtype=torch.float64)
+    torch.testing.assert_close(group_norms(x, s), _reference_group_norms(x, s))
+
+
+def test_group_projection_on_hand_made_patches_with_remainders():
+    # 3x3 image, group_size 2: patches {rows 0-1, cols 0-1}, {rows 0-1, col 2},
+    # {row 2, cols 0-1} and the single pixel {row 2, col 2}.
+    delta = torch.tensor(
+        [[[[3.0, 4.0, 0.6], [0.0, 0.0, 0.8], [-2.0, 0.0, -5.0]]]], dtype=torch.float64
+    )
+    out = project(NormSpec("group", 1.0, group_size=2), delta)
+    expected = torch.tensor(
+        [[[[0.6, 0.8, 0.6], [0.0, 0.0, 0.8], [-1.0, 0.0, -1.0]]]], dtype=torch.float64
+    )
+    # norm 5 -> scaled by 1/5; norm 1 -> kept; norm 2 -> halved; |-5| -> -1.
+    torch.testing.assert_close(out, expected)
+
+
+def test_group_projection_keeps_feasible_patches_and_is_a_projection():
+    spec = NormSpec("group", 0.5, group_size=3)
+    delta = torch.randn(2, 2, 7, 8, dtype=torch.float64)
+    once = project(spec, delta)
+    assert bool((group_norms(once, 3) <= 0.5 + 1e-12).all())
+    torch.testing.assert_close(project(spec, once), once)
+    small = 0.01 * delta
+    torch.testing.assert_close(project(spec, small), small)
+
+
+def test_box_projection():
+    delta = torch.tensor([[2.0, -3.0, 0.25]])
+    expected = torch.tensor([[0.5, -0.5, 0.25]])
+    torch.testing.assert_close(project(NormSpec("l1", 0.5), delta), expected)
+
+
+# ------------------------------------------------------- closed forms and duality
+
+NORM_SPECS = [
+    NormSpec("l1", 0.3),
+    NormSpec("elastic_net", 0.3, 0.2),
+    NormSpec("group", 0.3, group_size=2),
+    NormSpec("gaze", 0.3),
+]
+
+
+@pytest.mark.parametrize("spec", NORM_SPECS, ids=lambda s: s.norm)
+def test_conjugate_matches_the_table(spec):
+    g = torch.randn(3, 2, 5, 5, dtype=torch.float64)
+    mask = (torch.rand(3, 1, 5, 5) > 0.5).double() if spec.norm == "gaze" else None
+    torch.testing.assert_close(
+        conjugate_penalty(spec, g, mask), _reference_conjugate(spec, g, mask)
+    )
+
+
+@pytest.mark.parametrize("spec", NORM_SPECS, ids=lambda s: s.norm)
+def test_first_order_duality(spec):
+    """delta*^T g - R(delta*) = R*(g): the closed form attains the conjugate."""
+    g = torch.randn(4, 2, 5, 5, dtype=torch.float64)
+    mask = torch.rand(4, 1, 5, 5, dtype=torch.float64) if spec.norm == "gaze" else None
+    delta = closed_form_maximiser(spec, g, mask)
+    torch.testing.assert_close(
+        _first_order_value(spec, delta, g), conjugate_penalty(spec, g, mask)
+    )
+
+
+def test_l1_closed_form_beats_every_vertex_of_the_box():
+    spec = NormSpec("l1", 0.2)
+    g = torch.randn(5, 6, dtype=torch.float64)
+    best = closed_form_maximiser(spec, g)
+    vertices = torch.tensor(list(itertools.product([-1.0, 1.0], repeat=6)), dtype=torch.float64)
+    brute = (0.2 * vertices @ g.T).max(0).values  # linear objective: a vertex is optimal
+    torch.testing.assert_close(_first_order_value(spec, best, g), brute)
+    inside = 0.2 * (2 * torch.rand(1000, 6, dtype=torch.float64) - 1)
+    assert bool(((inside @ g.T) <= _first_order_value(spec, best, g) + 1e-12).all())
+
+
+def test_elastic_net_closed_form_beats_a_grid_search():
+    spec = NormSpec("elastic_net", 0.1, 0.3)
+    g = torch.randn(3, 4, dtype=torch.float64)
+    grid = torch.linspace(-3, 3, 60001, dtype=torch.float64)
+    # The objective is a sum over coordinates: maximise each one on the grid.
+    per_coord = grid[:, None, None] * g - (grid[:, None, None].abs() - 0.1).clamp_min(0) ** 2 / (
+        4 * 0.3
+    )
+    brute = per_coord.max(0).values.sum(1)
+    closed = _first_order_value(spec, closed_form_maximiser(spec, g), g)
+    assert bool((closed >= brute - 1e-12).all())
+    torch.testing.assert_close(closed, brute, atol=1e-6, rtol=0)
+
+
+def test_group_closed_form_beats_projected_gradient_ascent():
+    spec = NormSpec("group", 0.4, group_size=2)
+    g = torch.randn(2, 1, 3, 3, dtype=torch.float64)
+    delta = torch.zeros_like(g)
+    for _ in range(200):  # plain projected gradient ascent, projection written here
+        delta = delta + 0.05 * g
+        norms = _reference_group_norms(delta, 2)
+        scale = torch.clamp(0.4 / norms, max=1.0)
+        delta = delta * scale.repeat_interleave(2, 2).repeat_interleave(2, 3)[:, :, :3, :3]
+    closed = _first_order_value(spec, closed_form_maximiser(spec, g), g)
+    pga = _first_order_value(spec, delta, g)
+    assert bool((closed >= pga - 1e-9).all())
+    torch.testing.assert_close(closed, pga, atol=1e-6, rtol=0)
+    assert bool((group_norms(closed_form_maximiser(spec, g), 2) <= 0.4 + 1e-12).all())
+
+
+def test_gaze_closed_form_points_out_of_the_mask():
+    spec = NormSpec("gaze", 0.5)
+    g = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    mask = torch.zeros(2, 1, 4, 4, dtype=torch.float64)
+    mask[:, :, :2] = 1.0
+    delta = closed_form_maximiser(spec, g, mask)
+    unit = g / g.flatten(1).norm(dim=1)[:, None, None, None]
+    torch.testing.assert_close(delta, 2 * 0.5 * (0.5 - mask) * unit)
+
+
+# ---------------------------------------------------------------- zero gradients
+
+
+@pytest.mark.parametrize("spec", NORM_SPECS, ids=lambda s: s.norm)
+def test_zero_gradient_gives_zero_perturbation_and_finite_penalty_gradient(spec):
+    g = torch.zeros(2, 1, 4, 4, requires_grad=True)
+    mask = torch.ones(2, 1, 4, 4) if spec.norm == "gaze" else None
+    delta = closed_form_maximiser(spec, g, mask)
+    assert torch.equal(delta, torch.zeros_like(delta))
+    penalty = conjugate_penalty(spec, g, mask)
+    assert torch.equal(penalty, torch.zeros(2))
+    (grad,) = torch.autograd.grad(penalty.sum(), g)
+    assert bool(torch.isfinite(grad).all())
+    assert torch.equal(project(spec, torch.zeros(2, 1, 4, 4)), torch.zeros(2, 1, 4, 4))
+    assert bool(torch.isfinite(ascent_step(spec, torch.zeros(2, 1, 4, 4), 0.1)).all())
+
+
+# ---------------------------------------------------------------- ascent pieces
+
+
+def test_ascent_step_directions():
+    d = torch.tensor([[[[3.0, 0.0, -1.0], [4.0, 0.0, 0.0]]]])
+    torch.testing.assert_close(ascent_step(NormSpec("l1", 1.0), d, 0.5), 0.5 * d.sign())
+    grouped = ascent_step(NormSpec("group", 1.0, group_size=2), d, 2.0)
+    torch.testing.assert_close(grouped, torch.tensor([[[[1.2, 0.0, -2.0], [1.6, 0.0, 0.0]]]]))
+    l2 = ascent_step(NormSpec("elastic_net", 1.0, 0.1), d, 1.0)
+    torch.testing.assert_close(l2.flatten(1).norm(dim=1), torch.ones(1))
+
+
+def test_elastic_net_cost_gradient_matches_autograd():
+    spec = NormSpec("elastic_net", 0.2, 0.3)
+    delta = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    (auto,) = torch.autograd.grad(adversary_cost(spec, delta).sum(), delta)
+    torch.testing.assert_close(adversary_cost_gradient(spec, delta.detach()), auto)
+
+
+# ---------------------------------------------------------------- bad arguments
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"norm": "l2", "epsilon": 0.1}, ValueError, "norm must be one of"),
+        ({"norm": "l1", "epsilon": -0.1}, ValueError, "epsilon must be"),
+        ({"norm": "l1", "epsilon": float("nan")}, ValueError, "epsilon must be"),
+        ({"norm": "elastic_net", "epsilon": 0.1}, ValueError, "epsilon2 > 0"),
+        ({"norm": "l1", "epsilon": 0.1, "epsilon2": 0.1}, ValueError, "epsilon2 is only"),
+        ({"norm": "group", "epsilon": 0.1, "group_size": 0}, ValueError, "group_size"),
+        ({"norm": "group", "epsilon": 0.1, "group_size": 2.5}, TypeError, "group_size"),
+        ({"norm": "l1", "epsilon": "0.1"}, TypeError, "epsilon must be a float"),
+    ],
+)
+def test_bad_specs(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        NormSpec(**kwargs)
+
+
+def test_mask_checks():
+    like = torch.zeros(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="needs a mask"):
+        check_mask(NormSpec("gaze", 0.1), None, like)
+    with pytest.raises(ValueError, match="only used by norm='gaze'"):
+        check_mask(NormSpec("l1", 0.1), torch.ones(2, 1, 4, 4), like)
+    with pytest.raises(ValueError, match="mask has shape"):
+        check_mask(NormSpec("gaze", 0.1), torch.ones(2, 1, 5, 4), like)
+    with pytest.raises(ValueError, match="mask has shape"):
+        check_mask(NormSpec("gaze", 0.1), torch.ones(2, 4, 4), like)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        check_mask(NormSpec("gaze", 0.1), 2 * torch.ones(2, 1, 4, 4), like)
+    out = check_mask(NormSpec("gaze", 0.1), torch.ones(2, 1, 4, 4, dtype=torch.bool), like)
+    assert out.dtype == torch.float32
+
+
+def test_group_needs_images():
+    with pytest.raises(ValueError, match="image-shaped"):
+        conjugate_penalty(NormSpec("group", 0.1), torch.zeros(2, 5))

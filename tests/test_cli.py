@@ -1,0 +1,85 @@
+"""The command line: exit codes, one-line errors and the demo's output files."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from captum_regularized.cli import main
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    code = main(["demo", "--quick", "--out", str(out), "--no-progress", "--seed", "3"])
+    return code, out
+
+
+def test_quick_demo_writes_its_files(quick_demo):
+    code, out = quick_demo
+    assert code == 0
+    for name in ("attributions.png", "metrics.json", "report.md"):
+        assert (out / name).stat().st_size > 0, name
+    results = json.loads((out / "metrics.json").read_text())
+    assert results["quick"] is True and results["seed"] == 3
+    assert 0.0 <= results["accuracy"] <= 1.0
+    assert len(results["history"]) == results["settings"]["epochs"]
+    for name in ("Saliency", "GuidedBackprop", "Grad-CAM"):
+        scores = results["methods"][name]
+        assert 0.0 <= scores["energy_in_mask"] <= 1.0
+        assert 0.0 <= scores["pointing_game"] <= 1.0
+    report = (out / "report.md").read_text()
+    assert "![attribution maps](attributions.png)" in report
+    assert all(name in report for name in results["methods"])
+    assert (out / "attributions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "argv, reason",
+    [
+        (["demo", "--device", "tpu"], "invalid choice"),
+        (["demo", "--seed", "abc"], "invalid int value"),
+        (["demo", "--bogus"], "unrecognized arguments"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(argv, reason, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert reason in err and len(err.splitlines()) == 1
+
+
+def test_unwritable_out_is_a_clear_error(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["demo", "--quick", "--out", str(blocker / "sub")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--out" in err and "cannot write" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
+def test_cuda_without_gpu_is_a_clear_error(tmp_path, capsys):
+    assert main(["demo", "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_no_command_prints_help_and_exits_2(capsys):
+    assert main([]) == 2
+    assert "demo" in capsys.readouterr().err
+
+
+def test_module_and_console_script_are_the_same_command():
+    module = subprocess.run(
+        [sys.executable, "-m", "captum_regularized", "--help"], capture_output=True, text=True
+    )
+    assert module.returncode == 0 and "demo" in module.stdout
+    script = shutil.which("captum-regularized")
+    if script is None:
+        pytest.skip("the package is not installed with its console script")
+    installed = subprocess.run([script, "--help"], capture_output=True, text=True)
+    assert installed.returncode == 0 and installed.stdout == module.stdout

@@ -1,0 +1,232 @@
+"""ReLU hook switching: guided gradients equal Captum's, functional ReLUs too, nothing leaks."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from captum.attr import GuidedBackprop
+from torch import nn
+
+from captum_regularized._internal.guided_relu import (
+    GuidedReLUSwitch,
+    guided_and_plain_gradients,
+    recording_relus,
+)
+from captum_regularized.models import SimpleCNN
+from tests.model_checks import assert_no_hooks, untouched
+
+
+def captum_guided(model: nn.Module, inputs: torch.Tensor, target) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return GuidedBackprop(model).attribute(inputs.clone(), target=target)
+
+
+def plain_gradient(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    x = inputs.clone().requires_grad_(True)
+    return torch.autograd.grad(model(x).gather(1, target[:, None]).sum(), x)[0]
+
+
+def function_modes_active() -> int:
+    return len(torch.overrides._get_current_function_mode_stack())
+
+
+class ReusedReLU(nn.Module):
+    """One ReLU module applied three times."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu(self.a(x))
+        h = self.relu(self.b(h) - h)
+        return self.c(self.relu(h))
+
+
+class ModuleNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.conv3, self.fc = nn.Conv2d(4, 4, 3, padding=1), nn.Linear(4, 3)
+        self.relus = nn.ModuleList([nn.ReLU(), nn.ReLU(inplace=True), nn.ReLU(), nn.ReLU()])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relus[0](self.conv1(x))
+        h = self.relus[1](self.conv2(h))
+        h = self.relus[2](self.conv3(h) + h)
+        return self.fc(self.relus[3](h.mean((2, 3))))
+
+
+class FunctionalNet(ModuleNet):
+    """The same weights, every ReLU in another functional form."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.conv1(x))
+        h = torch.relu_(self.conv2(h))
+        h = (self.conv3(h) + h).relu()
+        return self.fc(F.relu(h.mean((2, 3)), inplace=True))
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_guided_equals_captum_on_simple_cnn(device, train):
+    model = SimpleCNN(5, width=4).to(device).train(train)
+    x = torch.rand(3, 3, 16, 16, device=device)
+    target = torch.tensor([1, 0, 4], device=device)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _, plain, guided = guided_and_plain_gradients(model, x, target)
+    model.load_state_dict(before)  # Captum's forward sees the same BatchNorm buffers
+    torch.testing.assert_close(guided, captum_guided(model, x, target))
+    model.load_state_dict(before)
+    torch.testing.assert_close(plain, plain_gradient(model, x, target))
+    assert not torch.allclose(plain, guided)
+
+
+def test_guided_equals_captum_on_resnet18_with_inplace_relus():
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    assert all(m.inplace for m in model.modules() if isinstance(m, nn.ReLU))
+    x = torch.rand(2, 3, 32, 32)
+    _, _, guided = guided_and_plain_gradients(model, x, [3, 7])
+    torch.testing.assert_close(guided, captum_guided(model, x, [3, 7]))
+
+
+def test_guided_equals_captum_with_a_reused_relu_module():
+    model = ReusedReLU()
+    x = torch.randn(5, 6)
+    _, plain, guided = guided_and_plain_gradients(model, x, 2)
+    torch.testing.assert_close(guided, captum_guided(model, x, 2))
+    assert not torch.allclose(plain, guided)
+
+
+def test_functional_relus_get_the_same_target_as_their_module_twin():
+    modules = ModuleNet()
+    functional = FunctionalNet()
+    functional.load_state_dict(modules.state_dict())
+    x = torch.randn(4, 3, 8, 8)
+    target = torch.tensor([0, 1, 2, 1])
+    _, plain_f, guided_f = guided_and_plain_gradients(functional, x, target)
+    _, plain_m, guided_m = guided_and_plain_gradients(modules, x, target)
+    torch.testing.assert_close(guided_f, guided_m)
+    torch.testing.assert_close(guided_m, captum_guided(modules, x, target))
+    torch.testing.assert_close(plain_f, plain_m)
+    # Captum's module hooks miss functional ReLUs and silently return the plain gradient.
+    torch.testing.assert_close(captum_guided(functional, x, target), plain_f)
+    assert not torch.allclose(guided_f, plain_f)
+
+
+def test_target_none_means_the_predicted_class():
+    model = ReusedReLU()
+    x = torch.randn(5, 6)
+    logits, plain, guided = guided_and_plain_gradients(model, x, None)
+    predicted = logits.argmax(1)
+    torch.testing.assert_close(guided, captum_guided(model, x, predicted))
+    torch.testing.assert_close(plain, plain_gradient(model, x, predicted))
+
+
+def test_create_graph_keeps_a_differentiable_plain_gradient_and_inert_hooks():
+    model = ReusedReLU()
+    x = torch.randn(4, 6)
+    target = torch.tensor([0, 2, 1, 1])
+    logits, plain, guided = guided_and_plain_gradients(model, x, target, create_graph=True)
+    assert plain.requires_grad and not guided.requires_grad and logits.requires_grad
+    # The hooks left on the graph are switched off: a later backward pass is plain.
+    ours = torch.autograd.grad(logits.sum() + plain.square().sum(), list(model.parameters()))
+    xr = x.clone().requires_grad_(True)
+    out = model(xr)
+    (g,) = torch.autograd.grad(out.gather(1, target[:, None]).sum(), xr, create_graph=True)
+    reference = torch.autograd.grad(out.sum() + g.square().sum(), list(model.parameters()))
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a, b)
+
+
+def test_without_create_graph_the_logits_come_back_detached():
+    logits, plain, _ = guided_and_plain_gradients(ReusedReLU(), torch.randn(2, 6), 0)
+    assert not logits.requires_grad and not plain.requires_grad
+
+
+def test_inputs_and_model_left_untouched_and_no_mode_left():
+    model = SimpleCNN(3, width=4).eval()
+    x = torch.rand(2, 3, 8, 8, requires_grad=True)
+    with untouched(model, x):
+        guided_and_plain_gradients(model, x, 1, create_graph=True)
+    assert function_modes_active() == 0
+    assert x.grad is None
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_model_without_relu_is_a_clear_error():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+    x = torch.randn(3, 4)
+    with untouched(model, x), pytest.raises(ValueError, match="no ReLU"):
+        guided_and_plain_gradients(model, x, 0)
+    assert function_modes_active() == 0
+
+
+def test_an_exception_in_the_forward_pass_leaves_no_mode_active():
+    class Broken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.relu = nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.relu(x)
+            raise RuntimeError("broken forward")
+
+    model = Broken()
+    with untouched(model), pytest.raises(RuntimeError, match="broken forward"):
+        guided_and_plain_gradients(model, torch.randn(2, 3), 0)
+    assert function_modes_active() == 0
+    assert_no_hooks(model)
+
+
+def test_a_compiled_module_is_refused_with_the_way_out():
+    compiled = torch.compile(SimpleCNN(2, width=4))
+    with pytest.raises(TypeError, match="_orig_mod"):
+        guided_and_plain_gradients(compiled, torch.rand(1, 3, 8, 8), 0)
+    wrapper = nn.Sequential(compiled)
+    with pytest.raises(TypeError, match=r"forward_func\.0 is a torch.compile"):
+        guided_and_plain_gradients(wrapper, torch.rand(1, 3, 8, 8), 0)
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(2, 3, dtype=torch.long), [torch.zeros(2, 3)]])
+def test_bad_inputs_raise_type_errors(bad):
+    with pytest.raises(TypeError, match="inputs"):
+        guided_and_plain_gradients(ReusedReLU(), bad, 0)
+
+
+def test_switch_applies_the_rule_only_inside_guided_block():
+    x = torch.tensor([[-1.0, 2.0, 3.0]], requires_grad=True)
+    weights = torch.tensor([5.0, -7.0, 11.0])
+    switch = GuidedReLUSwitch()
+    with recording_relus(switch):
+        y = (torch.relu(x) * weights).sum()
+    assert switch.num_relus == 1
+    with switch.guided():
+        (guided,) = torch.autograd.grad(y, x, retain_graph=True)
+    (plain,) = torch.autograd.grad(y, x)
+    assert guided.tolist() == [[0.0, 0.0, 11.0]]
+    assert plain.tolist() == [[0.0, -7.0, 11.0]]
+    assert not switch.active
+
+
+def test_per_example_only_changes_train_mode_batchnorm_gradients():
+    model = SimpleCNN(3, width=4).eval()
+    x = torch.rand(4, 3, 8, 8)
+    coupled = guided_and_plain_gradients(model, x, 1)
+    separate = guided_and_plain_gradients(model, x, 1, per_example=True)
+    for a, b in zip(coupled, separate):  # eval mode: the statistics are constants anyway
+        torch.testing.assert_close(a, b)
+    model.train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    coupled = guided_and_plain_gradients(model, x, 1)
+    after_coupled = {k: v.clone() for k, v in model.named_buffers()}
+    model.load_state_dict(state)
+    separate = guided_and_plain_gradients(model, x, 1, per_example=True)
+    torch.testing.assert_close(separate.logits, coupled.logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(dict(model.named_buffers()), after_coupled)  # stats moved once
+    assert not torch.allclose(separate.plain, coupled.plain, rtol=1e-2, atol=1e-4)
