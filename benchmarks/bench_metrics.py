@@ -1,4 +1,4 @@
-"""Speed of the batched deletion/insertion and allegiance metrics against loops.
+"""Speed and peak memory of the batched deletion and allegiance metrics against loops.
 
 Peers, on the same model, images and maps:
 
@@ -6,11 +6,18 @@ Peers, on the same model, images and maps:
   example at a time, one forward pass per step with a batch of one.
 * ``steps batched``: one example at a time, all of its steps in one forward pass (the
   common "vectorised per image" variant).
-* ``ours``: :func:`~captum_regularized.metrics.deletion_auc`, steps of several examples
-  per forward pass (``internal_batch_size`` images at a time).
+* ``ours[ibs=N]``: :func:`~captum_regularized.metrics.deletion_auc`, steps of several
+  examples per forward pass (``internal_batch_size=N`` images at a time).
 
-Every row is checked against ``loop`` (same AUCs) before it is timed. Ratios are
-``peer time / our time`` (higher = we are faster).
+Every row is checked against ``loop`` (same AUCs) before it is timed. The ratios
+``t/ours[ibs=128]`` are ``row time / our time`` (for a peer: higher = we are faster);
+``m/ours[ibs=128]`` likewise for peak memory.
+
+Time: median wall-clock time per call (synchronised on CUDA) after one warm-up, the
+methods interleaved. Peak memory: the most memory the call's own tensors held at once,
+above what was held before it (model parameters and inputs excluded): the CUDA
+allocator peak on GPUs, the peak of live tensor-storage bytes on CPUs, measured in a
+separate untimed call (see ``benchmarks/_measure.py``).
 
 Run ``python benchmarks/bench_metrics.py [--device auto|cpu|cuda] [--quick]`` from the
 repository root with ``PYTHONPATH=.`` (or the package installed). The default is a
@@ -22,33 +29,22 @@ sizes in ``main`` to see the batching pay off.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 import torchvision
+from _measure import (
+    Row,
+    add_device_argument,
+    median_seconds,
+    peak_bytes,
+    print_table,
+    select_device,
+)
 
 from captum_regularized.metrics import allegiance_deletion_auc, deletion_auc
 from captum_regularized.models import SimpleCNN
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int) -> float:
-    fn()  # warm-up
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 @torch.no_grad()
@@ -77,12 +73,10 @@ def deletion_loop(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_device_argument(parser)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    )
+    device = select_device(args.device)
     torch.manual_seed(0)
     if args.quick:
         model, size, batch, steps, repeats = SimpleCNN(10, width=8), 32, 8, 16, 3
@@ -94,27 +88,26 @@ def main() -> None:
     maps = torch.rand(batch, size, size, device=device)
 
     peers: dict[str, Callable[[], torch.Tensor]] = {
-        "loop (batch 1 per step)": lambda: deletion_loop(model, x, maps, steps, False),
-        "steps batched per example": lambda: deletion_loop(model, x, maps, steps, True),
-        "ours, internal_batch_size=32": lambda: deletion_auc(
-            model, x, maps, steps=steps, internal_batch_size=32
-        ),
-        "ours, internal_batch_size=128": lambda: deletion_auc(
+        "loop": lambda: deletion_loop(model, x, maps, steps, False),
+        "steps batched": lambda: deletion_loop(model, x, maps, steps, True),
+        "ours[ibs=32]": lambda: deletion_auc(model, x, maps, steps=steps, internal_batch_size=32),
+        "ours[ibs=128]": lambda: deletion_auc(
             model, x, maps, steps=steps, internal_batch_size=128
         ),
     }
-    reference = peers["loop (batch 1 per step)"]()
+    reference = peers["loop"]()
     for name, fn in peers.items():
         torch.testing.assert_close(fn(), reference, atol=1e-4, rtol=1e-3, msg=name)
 
     print(f"device={device} model={type(model).__name__} images={batch}x3x{size}x{size} "
           f"steps={steps} (median of {repeats})")
-    times = {name: _timed(fn, device, repeats) for name, fn in peers.items()}
-    ours = times["ours, internal_batch_size=128"]
-    for name, seconds in times.items():
-        print(f"  deletion  {name:32s} {seconds * 1e3:9.1f} ms   x{seconds / ours:6.2f} vs ours")
-    allegiance = _timed(lambda: allegiance_deletion_auc(model, x, maps).auc, device, repeats)
-    print(f"  allegiance (13 fractions, ours)        {allegiance * 1e3:9.1f} ms")
+    times = median_seconds(peers, device, repeats)
+    rows = {name: Row(times[name], peak_bytes(fn, device)) for name, fn in peers.items()}
+    print_table(rows, ["ours[ibs=128]"], label="deletion")
+    allegiance = median_seconds(
+        {"allegiance": lambda: allegiance_deletion_auc(model, x, maps).auc}, device, repeats
+    )["allegiance"]
+    print(f"allegiance (13 fractions, ours): {allegiance * 1e3:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -13,35 +13,37 @@ training step (forward, backward, SGD update) is timed for
 Targets: ``steps=1`` at most 2.2x plain, ``steps=k`` at most ``(k + 1.2)x`` plain,
 ``l1`` no slower than Captum's peer with the same number of steps.
 
-On CPUs the step time is the process's CPU time (one thread unless ``--threads``),
-so other jobs on a shared machine do not distort the ratios; on GPUs it is the
-synchronised wall-clock time. Peak memory is the peak allocated CUDA memory during
-the step on GPUs and, on CPUs, the peak resident-set growth during the step, sampled
-every 0.2 ms in a child process that runs with a fixed glibc mmap threshold (so freed
-tensors leave the resident set at once). Both are relative to the memory in use
-before the step.
+Time: median time per step after one warm-up step, the configurations interleaved.
+On GPUs it is the synchronised wall-clock time; on CPUs it is the process's CPU time
+(one thread unless ``--threads``), so that other jobs on a shared machine, which
+stretch wall time, do not distort the ratios. Peak memory: the most memory the step's
+own tensors held at once, above what was held before it (model parameters and inputs
+excluded; the new parameter gradients count): the CUDA allocator peak on GPUs, the
+peak of live tensor-storage bytes on CPUs, measured in a separate untimed step (see
+``benchmarks/_measure.py``).
 
-Run ``python benchmarks/bench_norm_adversarial.py [--quick] [--device cpu|cuda]``
-(the device defaults to CUDA when present). Timings on a shared machine are noisy:
+Run ``python benchmarks/bench_norm_adversarial.py [--quick] [--device auto|cpu|cuda]``
+(``auto``, the default, is CUDA when present). Timings on a shared machine are noisy:
 compare ratios from one run.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
-import subprocess
-import sys
-import threading
-import time
 import warnings
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 import torchvision
+from _measure import (
+    Row,
+    add_device_argument,
+    median_seconds,
+    peak_bytes,
+    print_table,
+    select_device,
+)
 from captum.robust import FGSM, PGD
 
 from captum_regularized.regularizers import GradientNormPenalty, NormRegularizedAdversarialLoss
@@ -54,78 +56,6 @@ NORM_SETTINGS = {
     "group": {"norm": "group", "epsilon": 0.05, "group_size": 8},
     "gaze": {"norm": "gaze", "epsilon": 0.05},
 }
-_MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
-
-
-def _resident_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _peak_memory(step: Callable[[], None], device: torch.device) -> float:
-    """Peak memory growth (bytes) while ``step`` runs."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        torch.cuda.synchronize()
-        return float(torch.cuda.max_memory_allocated() - before)
-    if not os.path.exists("/proc/self/statm"):
-        return float("nan")
-    before = _resident_bytes()
-    peak = [before]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _resident_bytes())
-            time.sleep(0.0002)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    step()
-    done.set()
-    sampler.join()
-    return float(max(peak[0], _resident_bytes()) - before)
-
-
-def _timed(step: Callable[[], None], device: torch.device, reps: int) -> float:
-    """Median seconds per step (after one warm-up step).
-
-    CUDA steps are timed by the wall clock (synchronised); CPU steps by the process's
-    CPU time, which other processes on a shared machine do not inflate.
-    """
-    step()
-    clock = time.perf_counter if device.type == "cuda" else time.process_time
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = clock()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(clock() - start)
-    return statistics.median(times)
-
-
-def _memory_in_child(args: argparse.Namespace) -> dict[str, float]:
-    """CPU peak memory of every configuration, measured in a child process.
-
-    The child runs with a fixed glibc mmap threshold (freed tensors leave the resident
-    set at once, so resident-set growth tracks the allocations); that setting slows
-    allocation down, which is why the timings are taken in this process instead.
-    """
-    if not os.path.exists("/proc/self/statm"):
-        return {}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, PYTHONPATH=path, **{_MMAP_ENV: "131072"})
-    command = [sys.executable, os.path.abspath(__file__), "--memory-child",
-               "--threads", str(args.threads), "--device", "cpu"]
-    out = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def _steps(device: torch.device) -> dict[str, tuple[Callable[[], None], float | None]]:
@@ -185,39 +115,24 @@ def _steps(device: torch.device) -> dict[str, tuple[Callable[[], None], float | 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 timed repetitions, not 7")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    add_device_argument(parser)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
-    parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="Input Tensor .* did not already require")
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = select_device(args.device)
     configs = _steps(device)
-    if args.memory_child:
-        memory = {}
-        for name, (step, _) in configs.items():
-            step()
-            memory[name] = _peak_memory(step, device)
-        print(json.dumps(memory))
-        return
     reps = 3 if args.quick else 7
-    clock = "wall" if device.type == "cuda" else "CPU"
+    clock = "wall" if device.type == "cuda" else "cpu"
     print(f"resnet18(num_classes={CLASSES}), batch {BATCH}, {SIZE}x{SIZE}, {device}, "
           f"{torch.get_num_threads()} threads, median of {reps} steps, {clock} time")
-    times = {name: _timed(step, device, reps) for name, (step, _) in configs.items()}
-    if device.type == "cuda":
-        memory = {name: _peak_memory(step, device) for name, (step, _) in configs.items()}
-    else:
-        memory = _memory_in_child(args)
-    plain_time, plain_memory = times["plain"], memory.get("plain", float("nan"))
-    print(f"{'configuration':34s} {'ms/step':>9s} {'x plain':>8s} {'target':>7s} "
-          f"{'peak MB':>8s} {'x plain':>8s}")
-    for name, seconds in times.items():
-        target = configs[name][1]
-        target_text = f"<={target:.1f}" if target is not None else ""
-        peak = memory.get(name, float("nan"))
-        print(f"{name:34s} {1e3 * seconds:9.1f} {seconds / plain_time:8.2f} {target_text:>7s} "
-              f"{peak / 2**20:8.1f} {peak / plain_memory:8.2f}")
+    step_of = {name: step for name, (step, _) in configs.items()}
+    times = median_seconds(step_of, device, reps, clock=clock)
+    rows = {name: Row(times[name], peak_bytes(step, device)) for name, step in step_of.items()}
+    targets = {
+        name: f"<={target:.1f}" for name, (_, target) in configs.items() if target is not None
+    }
+    print_table(rows, ["plain"], label="configuration", notes=targets, notes_header="target")
     for steps in (1, STEPS):
         ours = times[f"adversarial l1 steps={steps}"]
         peer_name = (

@@ -12,8 +12,13 @@ Peers, all on the same inputs and device:
 * ``grad_cam``: one call of Captum's ``LayerGradCam`` (one forward and backward).
 
 ``rsi`` is ``LayerRSIGradCam`` with all points in one pass; ``rsi[ibs=64]`` bounds a
-pass to 64 rows. Peak memory is measured as in ``bench_signed_saliency.py`` (CUDA
-allocator peak, or the peak of live tensor bytes on CPU), in a separate untimed run.
+pass to 64 rows.
+
+Time: median wall-clock time per call (synchronised on CUDA) after one warm-up, the
+methods interleaved. Peak memory: the most memory the call's own tensors held at once,
+above what was held before it (model parameters and inputs excluded): the CUDA
+allocator peak on GPUs, the peak of live tensor-storage bytes on CPUs, measured in a
+separate untimed call (see ``benchmarks/_measure.py``).
 
 Run ``python benchmarks/bench_rsi_gradcam.py [--device auto|cpu|cuda] [--quick]``.
 """
@@ -26,7 +31,14 @@ from typing import Any
 
 import torch
 import torchvision
-from bench_signed_saliency import peak_bytes, seconds  # shared timing/memory helpers
+from _measure import (
+    Row,
+    add_device_argument,
+    median_seconds,
+    peak_bytes,
+    print_table,
+    select_device,
+)
 from captum.attr import LayerGradCam, LayerIntegratedGradients
 from torch import nn
 
@@ -59,7 +71,7 @@ def author_loop(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_device_argument(parser)
     parser.add_argument("--quick", action="store_true", help="one timed repeat, no ibs row")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -69,9 +81,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    auto = "cuda" if torch.cuda.is_available() else "cpu"
-    name = auto if args.device == "auto" else args.device
-    device = torch.device(name)
+    device = select_device(args.device)
     repeats = args.repeats or (1 if args.quick else 3)
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None, num_classes=10).to(device).eval()
@@ -101,19 +111,10 @@ def main() -> None:
         f"resnet18/layer4 batch={args.batch} {args.size}x{args.size} n_steps={steps} "
         f"device={device} threads={torch.get_num_threads()} repeats={repeats} (median)"
     )
-    measured = {
-        key: (seconds(fn, device, repeats), peak_bytes(fn, device)) for key, fn in methods.items()
-    }
-    peers = ("layer_ig", "loop", "grad_cam")
-    print(f"{'method':12s} {'time ms':>9s} {'peak MiB':>9s} " + " ".join(
-        f"{'t/' + p:>10s} {'m/' + p:>10s}" for p in peers
-    ))
-    for key, (t, m) in measured.items():
-        ratios = " ".join(
-            f"{t / measured[p][0]:10.2f} {m / measured[p][1]:10.2f}" for p in peers
-        )
-        print(f"{key:12s} {t * 1e3:9.1f} {m / 2**20:9.1f} {ratios}")
-    t_rsi, t_ig, t_loop = measured["rsi"][0], measured["layer_ig"][0], measured["loop"][0]
+    times = median_seconds(methods, device, repeats)
+    rows = {key: Row(times[key], peak_bytes(fn, device)) for key, fn in methods.items()}
+    print_table(rows, ["layer_ig", "loop", "grad_cam"])
+    t_rsi, t_ig, t_loop = times["rsi"], times["layer_ig"], times["loop"]
     print(
         f"targets: rsi/layer_ig time {t_rsi / t_ig:.2f} (CPU goal <= 0.60); "
         f"loop/rsi speed-up {t_loop / t_rsi:.1f}x (CUDA goal >= 5x)"

@@ -11,68 +11,40 @@ Peers, all on the same inputs and device:
 Rows ``engine[vmap]`` / ``engine[loop]`` force one back-propagation strategy of the
 class-gradient engine; ``ActiveSaliency`` uses ``"auto"`` (vmap on CUDA, loop on CPU).
 
-Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` above the memory held before
-the call. On CPU there is no allocator statistic, so the script counts the bytes of
-every tensor storage created during the call (a ``TorchDispatchMode`` that adds a
-storage's size when an operator returns it and subtracts it when the storage is freed)
-and reports the highest total: the peak of live tensor bytes the call allocated,
-excluding the model's parameters and the inputs. It is measured in a separate, untimed
-run because the tracking slows the call down.
+Time: median wall-clock time per call (synchronised on CUDA) after one warm-up, the
+methods interleaved. Peak memory: the most memory the call's own tensors held at once,
+above what was held before it (model parameters and inputs excluded): the CUDA
+allocator peak on GPUs, the peak of live tensor-storage bytes on CPUs, measured in a
+separate untimed call (see ``benchmarks/_measure.py``).
 
 Run ``python benchmarks/bench_signed_saliency.py [--device auto|cpu|cuda] [--quick]`` with
 the package installed (``pip install -e .``) or ``PYTHONPATH=.`` from the repository root.
-``--quick`` times one call after a warm-up instead of the median of five (about two
+``--quick`` times one call after a warm-up instead of the median of five (a few
 minutes on a 2-core CPU, seconds on a GPU).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
-import weakref
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torchvision
+from _measure import (
+    Row,
+    add_device_argument,
+    median_seconds,
+    peak_bytes,
+    print_table,
+    select_device,
+)
 from captum.attr import Saliency
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from captum_regularized._internal.class_gradients import class_gradients
 from captum_regularized.attr import ActiveSaliency
 from captum_regularized.models import SimpleCNN
-
-
-class LiveTensorBytes(TorchDispatchMode):
-    """Tracks the bytes of live tensor storages created inside the block and their peak."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-        self._tracked: set[int] = set()
-
-    def _release(self, key: int, nbytes: int) -> None:
-        self._tracked.discard(key)
-        self.live -= nbytes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        out = func(*args, **(kwargs or {}))
-        for tensor in tree_flatten(out)[0]:
-            if not isinstance(tensor, torch.Tensor):
-                continue
-            storage = tensor.untyped_storage()
-            key, nbytes = storage.data_ptr(), storage.nbytes()
-            if nbytes == 0 or key in self._tracked:
-                continue
-            self._tracked.add(key)
-            self.live += nbytes
-            weakref.finalize(storage, self._release, key, nbytes)
-        self.peak = max(self.peak, self.live)
-        return out
 
 
 def author_loop(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -93,41 +65,6 @@ def author_loop(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.where(g_t > others.amax(0), g_t, torch.zeros_like(g_t)).abs()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def seconds(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
-    """Median wall time of ``fn`` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:
-    """Peak memory of one call of ``fn`` (see the module docstring for what is counted)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        result = fn()
-        torch.cuda.synchronize(device)
-        del result
-        return torch.cuda.max_memory_allocated(device) - before
-    with LiveTensorBytes() as tracker:
-        result = fn()
-        del result
-    return tracker.peak
-
-
 def cases() -> list[tuple[str, Callable[[], torch.nn.Module], int, int]]:
     """(name, model factory, batch, image size)."""
     return [
@@ -141,21 +78,17 @@ def cases() -> list[tuple[str, Callable[[], torch.nn.Module], int, int]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_device_argument(parser)
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    name = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
-    device = torch.device("cpu" if name == "auto" else name)
+    device = select_device(args.device)
     repeats = args.repeats or (1 if args.quick else 5)
     warnings.filterwarnings("ignore", message="Input Tensor .* did not already require gradients")
     print(f"device={device} threads={torch.get_num_threads()} repeats={repeats} (median)")
-    header = f"{'case':34s} {'method':16s} {'time ms':>9s} {'peak MiB':>9s} " \
-             f"{'t/loop':>7s} {'t/sal':>7s} {'m/loop':>7s} {'m/sal':>7s}"
-    print(header)
     for case, factory, batch, size in cases():
         torch.manual_seed(0)
         model = factory().to(device).eval()
@@ -169,17 +102,10 @@ def main() -> None:
             "engine[vmap]": lambda: class_gradients(model, (x,), strategy="vmap"),
             "engine[loop]": lambda: class_gradients(model, (x,), strategy="loop"),
         }
-        measured = {
-            key: (seconds(fn, device, repeats), peak_bytes(fn, device))
-            for key, fn in methods.items()
-        }
-        loop_t, loop_m = measured["loop"]
-        sal_t, sal_m = measured["saliency"]
-        for key, (t, m) in measured.items():
-            print(
-                f"{case:34s} {key:16s} {t * 1e3:9.1f} {m / 2**20:9.1f} "
-                f"{t / loop_t:7.2f} {t / sal_t:7.2f} {m / loop_m:7.2f} {m / sal_m:7.2f}"
-            )
+        times = median_seconds(methods, device, repeats)
+        rows = {key: Row(times[key], peak_bytes(fn, device)) for key, fn in methods.items()}
+        print(f"\n{case}")
+        print_table(rows, ["loop", "saliency"])
     print("t/loop < 1 means faster than the per-class loop; m/* compare peak memory.")
 
 

@@ -103,13 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_BAD_ARGUMENTS
+    # Captum's notes about its own bookkeeping are noise in a command's output.
+    warnings.filterwarnings("ignore", message=".*required_grads has been set automatic")
+    warnings.filterwarnings("ignore", message=".*Setting backward hooks on ReLU")
     try:
         if args.command == "demo":
             from captum_regularized.demo import run_demo
-
-            # Captum's notes about its own bookkeeping are noise in a command's output.
-            warnings.filterwarnings("ignore", message=".*required_grads has been set automatic")
-            warnings.filterwarnings("ignore", message=".*Setting backward hooks on ReLU")
 
             out = check_output_dir(args.out)
             device = check_device(args.device)

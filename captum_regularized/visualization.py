@@ -358,6 +358,10 @@ def plot_attributions(
     return fig, axes
 
 
+#: Attribute names holding a curve's values, tried in order, on result records.
+_CURVE_VALUE_FIELDS = ("values", "scores", "allegiance")
+
+
 def _curve_arrays(name: str, value: Any) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(value, Mapping):
         if "fractions" not in value or "values" not in value:
@@ -366,16 +370,17 @@ def _curve_arrays(name: str, value: Any) -> tuple[np.ndarray, np.ndarray]:
                 f"(got {sorted(map(str, value))})"
             )
         fractions, values = value["fractions"], value["values"]
-    elif hasattr(value, "fractions") and hasattr(value, "values") and not isinstance(
-        value, (tuple, list)
-    ):
-        fractions, values = value.fractions, value.values
+    elif hasattr(value, "fractions") and any(hasattr(value, f) for f in _CURVE_VALUE_FIELDS):
+        # metric records (named tuples): PerturbationCurve.scores, AllegianceCurve.allegiance
+        field = next(f for f in _CURVE_VALUE_FIELDS if hasattr(value, f))
+        fractions, values = value.fractions, getattr(value, field)
     elif isinstance(value, (tuple, list)) and len(value) == 2:
         fractions, values = value
     else:
         raise TypeError(
             f"results[{name!r}] must be a (fractions, values) pair, a dict with those keys "
-            f"or an object with those attributes, got {type(value).__name__}"
+            f"or a record with 'fractions' and 'values', 'scores' or 'allegiance' "
+            f"attributes, got {type(value).__name__}"
         )
 
     def to_numpy(array: Any) -> np.ndarray:
@@ -417,8 +422,11 @@ def plot_curves(
 
         * a pair ``(fractions, values)``;
         * a dict with keys ``"fractions"`` and ``"values"`` (other keys ignored);
-        * an object with attributes ``fractions`` and ``values`` (e.g. a metric's
-          result record).
+        * a record with attributes ``fractions`` and ``values``, ``scores`` or
+          ``allegiance``: the results of
+          :func:`~captum_regularized.metrics.deletion_curve`,
+          :func:`~captum_regularized.metrics.insertion_curve` and
+          :func:`~captum_regularized.metrics.allegiance_deletion_auc` plot as they are.
 
         ``fractions`` is 1-D ``(steps,)``; ``values`` is ``(steps,)`` or one curve
         per image ``(batch, steps)``, whose mean is drawn with a band of one standard

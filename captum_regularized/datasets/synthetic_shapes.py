@@ -21,6 +21,8 @@ from captum_regularized.datasets.shapes import SHAPE_NAMES
 from captum_regularized.datasets.textures import textured_background
 
 Indices = Union[int, Sequence[int], torch.Tensor]
+CHUNK_PIXELS = 64 * 64 * 64
+"""Pixels per chunk when :meth:`SyntheticShapes.tensors` picks the chunk size."""
 
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 224
 MAX_DISTRACTORS = 6
@@ -230,11 +232,14 @@ class SyntheticShapes(Dataset):
         return topmost.view(count, size * size)
 
     def tensors(
-        self, chunk_size: int = 512, device: str | torch.device | None = None
+        self, chunk_size: int | None = None, device: str | torch.device | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """All items as three tensors ``(images, labels, masks)``, rendered in chunks.
 
         ``chunk_size`` bounds the working memory (about ``60 * S * S`` bytes per item).
+        ``None`` picks :data:`CHUNK_PIXELS` pixels per chunk: rendering is memory-bound,
+        and chunks whose working set stays in the CPU caches render several times
+        faster than large ones.
 
         Examples
         --------
@@ -242,6 +247,8 @@ class SyntheticShapes(Dataset):
         >>> images.shape, labels.shape, masks.shape
         (torch.Size([20, 3, 32, 32]), torch.Size([20]), torch.Size([20, 1, 32, 32]))
         """
+        if chunk_size is None:
+            chunk_size = max(1, CHUNK_PIXELS // (self.image_size * self.image_size))
         _check_int("chunk_size", chunk_size, 1)
         parts = [
             self.render(torch.arange(start, min(start + chunk_size, len(self))), device)
@@ -251,7 +258,7 @@ class SyntheticShapes(Dataset):
         return torch.cat(images), torch.cat(labels), torch.cat(masks)
 
     def materialize(
-        self, chunk_size: int = 512, device: str | torch.device | None = None
+        self, chunk_size: int | None = None, device: str | torch.device | None = None
     ) -> TensorDataset:
         """All items in a :class:`~torch.utils.data.TensorDataset` (the fast path for training).
 

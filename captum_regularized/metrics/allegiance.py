@@ -112,7 +112,7 @@ def allegiance_deletion_auc(
     fractions : sequence of float
         Increasing deletion fractions in ``[0, 1]``; default the paper's.
     channel_reduction : {"max", "sum", "mean"}
-        How channels of an input-shaped map are collapsed (the paper: max of |.|).
+        How channels of an input-shaped map are collapsed (the paper: max of ``|.|``).
     internal_batch_size : int, optional
         Images per forward pass (default 128).
     additional_forward_args : Any

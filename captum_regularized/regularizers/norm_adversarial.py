@@ -89,14 +89,14 @@ class NormRegularizedAdversarialLoss:
     ``group_size x group_size`` patches, ``"elastic_net"`` sparse and smooth ones,
     ``"gaze"`` maps that stay inside a given mask.
 
-    ============== ================================ ==================================
-    norm           penalty on the gradient ``R*(g)`` closed-form adversary ``delta*``
-    ============== ================================ ==================================
-    ``l1``         ``eps ||g||_1``                   ``eps sign(g)``
-    ``elastic_net`` ``eps ||g||_1 + eps2 ||g||^2``   ``eps sign(g) + 2 eps2 g``
-    ``group``      ``eps sum_G ||g_G||_2``           ``eps g_G / ||g_G||_2``
-    ``gaze``       ``eps sum (1-2M) g^2 / ||g||``    ``eps (1 - 2M) g / ||g||_2``
-    ============== ================================ ==================================
+    =============== ================================= ================================
+    norm            penalty on the gradient ``R*(g)`` closed-form adversary ``delta*``
+    =============== ================================= ================================
+    ``l1``          ``eps ||g||_1``                   ``eps sign(g)``
+    ``elastic_net`` ``eps ||g||_1 + eps2 ||g||^2``    ``eps sign(g) + 2 eps2 g``
+    ``group``       ``eps sum_G ||g_G||_2``           ``eps g_G / ||g_G||_2``
+    ``gaze``        ``eps sum (1-2M) g^2 / ||g||``    ``eps (1 - 2M) g / ||g||_2``
+    =============== ================================= ================================
 
     Here ``g = grad_{x_i} l(f(x_i), y_i)`` is each example's own loss gradient (not
     divided by the batch size). As in the paper, the model is trained on the

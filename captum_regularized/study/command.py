@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import warnings
 from pathlib import Path
 
 __all__ = ["add_reproduce_parser", "run_reproduce"]
@@ -68,9 +67,6 @@ def run_reproduce(args: argparse.Namespace) -> Path:
     settings = QUICK if args.quick else FULL
     if args.seeds is not None:
         settings = settings.with_seeds(args.seeds)
-    # Captum's notes about its own bookkeeping are noise in a command's output.
-    warnings.filterwarnings("ignore", message=".*required_grads has been set automatic")
-    warnings.filterwarnings("ignore", message=".*Setting backward hooks on ReLU")
     try:
         run_study(out, settings=settings, quick=args.quick, device=device, seed=args.seed,
                   data=args.data, progress=not args.no_progress)

@@ -92,6 +92,7 @@ RECIPES: dict[str, Recipe] = {
     "saturated": Recipe(
         "SimpleCNN, saturated softmax",
         lambda c, s: ScaledLogits(SimpleCNN(c, width=s.width), s.saturation_scale),
+        epochs=lambda s: s.saturated_epochs,
     ),
     "guided": Recipe("SimpleCNN + guided-gradient regularizer", _simple_cnn, _guided_loss),
     **{

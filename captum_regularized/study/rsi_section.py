@@ -52,7 +52,7 @@ def _new_section() -> Section:
         "(softmax): the same on the softmax probability; RSI-Grad-CAM: `LayerRSIGradCam` on "
         "the softmax probability from a zero baseline. Maps upsampled bilinearly. The "
         "saturated model is the same SimpleCNN trained with its logits multiplied by a "
-        "constant; its mean max-softmax shows the saturation.",
+        "constant and for more epochs; its mean max-softmax shows the saturation.",
     )
     section.metric_notes = {name: note for name, (_, note) in METRICS.items()}
     section.metric_notes["accuracy"] = "held-out top-1 accuracy"

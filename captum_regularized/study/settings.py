@@ -24,8 +24,10 @@ class StudySettings:
     width, epochs, batch_size, lr : training of every ``SimpleCNN`` variant.
     resnet_epochs : int
         Epochs of the ``resnet18`` of the signed-maps section.
-    saturation_scale : float
-        The saturated model multiplies its logits by this during training and use.
+    saturation_scale, saturated_epochs : float, int
+        The saturated model multiplies its logits by ``saturation_scale`` during
+        training and use, and trains for ``saturated_epochs``, until its softmax
+        saturates (mean max-softmax near 1; the report shows it).
     guided_weight, guided_fraction : GuidedGradientRegularizer settings.
     adv_epsilon, adv_epsilon2, adv_group_epsilon, adv_group_size, adv_steps :
         NormRegularizedAdversarialLoss settings (``adv_steps`` for the iterative solver).
@@ -50,6 +52,7 @@ class StudySettings:
     lr: float
     resnet_epochs: int
     saturation_scale: float
+    saturated_epochs: int
     guided_weight: float
     guided_fraction: float
     adv_epsilon: float
@@ -75,22 +78,30 @@ class StudySettings:
 
 
 FULL = StudySettings(
-    seeds=3, image_size=32, num_classes=10, num_distractors=2, train_samples=2000,
-    test_samples=500, eval_examples=128, width=8, epochs=3, batch_size=64, lr=1e-2,
-    resnet_epochs=3, saturation_scale=10.0, guided_weight=7.5e-3, guided_fraction=0.5,
-    adv_epsilon=4 / 255, adv_epsilon2=0.5, adv_group_epsilon=0.05, adv_group_size=4,
-    adv_steps=2, rsi_steps=16, perturbation_steps=16, figure_rows=4,
+    seeds=3, image_size=32, num_classes=10, num_distractors=2, train_samples=3000,
+    test_samples=500, eval_examples=128, width=8, epochs=4, batch_size=64, lr=1e-2,
+    resnet_epochs=6, saturation_scale=10.0, saturated_epochs=10, guided_weight=0.03,
+    guided_fraction=1.0, adv_epsilon=1 / 255, adv_epsilon2=0.5, adv_group_epsilon=4 / 255,
+    adv_group_size=4, adv_steps=2, rsi_steps=16, perturbation_steps=16, figure_rows=4,
 )
-"""The study whose tables the documentation quotes (about 20 minutes on 2 CPU cores)."""
+"""The study whose tables the documentation quotes (7 to 25 minutes on 2 CPU cores).
+
+``guided_weight`` is larger than the paper's ``7.5e-3``: with these small, briefly trained
+models the paper's weight left the gradients unchanged (a run with 2000 images x 3
+epochs: alignment 0.414 without, 0.417 with the regularizer). The adversary radii are
+``1/255`` per pixel (``l1``, elastic net) and the L2 radius of that box over a ``4 x 4``
+patch, ``4/255`` (``group``); ``4/255`` per pixel cost these models more than half of
+their accuracy."""
 
 QUICK = replace(
-    FULL, seeds=1, train_samples=1000, test_samples=200, eval_examples=32, width=4,
-    epochs=2, resnet_epochs=1, rsi_steps=8, perturbation_steps=8, figure_rows=2,
+    FULL, seeds=1, train_samples=1500, test_samples=200, eval_examples=32, epochs=3,
+    resnet_epochs=2, saturated_epochs=3, rsi_steps=8, perturbation_steps=8, figure_rows=2,
 )
-"""The CI-sized run (well under a minute): one seed, tiny models; verdicts are noise."""
+"""The CI-sized run (about a minute on 2 cores): one seed, small training and scoring
+sets; its verdicts are not evidence."""
 
 TINY = replace(
     QUICK, num_classes=4, train_samples=96, test_samples=32, eval_examples=8, width=2,
-    epochs=1, batch_size=32, rsi_steps=4, perturbation_steps=4,
+    epochs=1, resnet_epochs=1, saturated_epochs=1, batch_size=32, rsi_steps=4, perturbation_steps=4,
 )
 """The smallest run that exercises every code path (for tests)."""

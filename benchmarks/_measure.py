@@ -1,0 +1,200 @@
+"""Measuring mechanics shared by the scripts in ``benchmarks/``.
+
+One place for: picking the device from ``--device auto|cpu|cuda``, synchronising it,
+the median time of a call, the peak memory of a call, and printing a table of rows
+with ratios against named reference rows.
+
+Peak memory (:func:`peak_bytes`) means the same on both devices: the most memory the
+call's own tensors held at once, above what was held before the call (the model's
+parameters and the inputs are not counted; anything the call allocates and keeps, such
+as new parameter gradients, is). On CUDA it is ``torch.cuda.max_memory_allocated``
+minus the allocated memory before the call. On CPU there is no allocator statistic, so
+a ``TorchDispatchMode`` adds a tensor storage's size when an operator returns a new one
+(not a view of or an in-place write to an operator input) and subtracts it when the
+storage is freed, and the highest total is reported. That count is deterministic and
+not disturbed by other processes, unlike the resident-set size. The tracking slows the
+call down, so memory is always measured in a separate, untimed call.
+
+The scripts import this module as ``from _measure import ...``: Python puts a script's
+own folder first on ``sys.path``, so it works for ``python benchmarks/bench_x.py`` from
+any directory without ``PYTHONPATH``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+MIB = 2**20
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--device auto|cpu|cuda`` (default ``auto``: CUDA when present)."""
+    parser.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"],
+        help="auto (CUDA when present), cpu or cuda",
+    )
+
+
+def select_device(name: str) -> torch.device:
+    """The device named by ``--device``; ``"auto"`` is CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(
+    calls: Mapping[str, Callable[[], Any]],
+    device: torch.device,
+    repeats: int,
+    *,
+    clock: Literal["wall", "cpu"] = "wall",
+) -> dict[str, float]:
+    """Median seconds of each call, by name, after one warm-up call of each.
+
+    The calls are interleaved (one round runs every call once), so that a change in
+    the load from other programs hits all of them alike. ``clock="wall"`` is the
+    wall-clock time, synchronised with the device before and after each call.
+    ``clock="cpu"`` is the process's CPU time, meant for single-threaded CPU runs on a
+    shared machine, where other processes inflate wall time but not CPU time; it
+    counts every thread's time, so it is not the wall time of a multi-threaded run,
+    and it does not see GPU work (so it is refused on CUDA).
+    """
+    if clock == "cpu" and device.type == "cuda":
+        raise ValueError("clock='cpu' does not measure GPU work; use clock='wall' on CUDA")
+    now = time.process_time if clock == "cpu" else time.perf_counter
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for round_index in range(1 + repeats):
+        for name, call in calls.items():
+            sync(device)
+            start = now()
+            call()
+            sync(device)
+            if round_index > 0:
+                times[name].append(now() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Bytes of the live tensor storages created inside the block, and their peak."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._tracked: set[int] = set()
+
+    def _release(self, key: int, nbytes: int) -> None:
+        self._tracked.discard(key)
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        # An output that shares an input's storage (an in-place op, a view) is not new
+        # memory: counting it would add the parameters an optimizer updates in place.
+        inputs = {
+            tensor.untyped_storage().data_ptr()
+            for tensor in tree_flatten((args, kwargs))[0]
+            if isinstance(tensor, torch.Tensor)
+        }
+        for tensor in tree_flatten(out)[0]:
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            key, nbytes = storage.data_ptr(), storage.nbytes()
+            if nbytes == 0 or key in self._tracked or key in inputs:
+                continue
+            self._tracked.add(key)
+            self.live += nbytes
+            weakref.finalize(storage, self._release, key, nbytes)
+        self.peak = max(self.peak, self.live)
+        return out
+
+
+def peak_bytes(call: Callable[[], Any], device: torch.device) -> int:
+    """Peak memory of one call, above the memory held before it (see the module docs)."""
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        result = call()
+        sync(device)
+        del result
+        return torch.cuda.max_memory_allocated(device) - before
+    with LiveTensorBytes() as tracker:
+        result = call()
+        del result
+    return tracker.peak
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured row: median seconds and, where measured, peak bytes."""
+
+    seconds: float
+    peak_bytes: float | None = None
+
+
+def print_table(
+    rows: Mapping[str, Row],
+    references: Sequence[str],
+    *,
+    label: str = "method",
+    notes: Mapping[str, str] | None = None,
+    notes_header: str = "",
+) -> None:
+    """Print time (ms) and peak memory (MiB) per row, with ratios against references.
+
+    For each reference row ``r`` the columns ``t/r`` and ``m/r`` hold this row's time
+    and peak memory divided by ``r``'s (below 1: faster / smaller than ``r``). Memory
+    columns appear only when every row has a peak. ``notes`` adds a last text column.
+    """
+    with_memory = all(row.peak_bytes is not None for row in rows.values())
+    width = max(len(label), *(len(name) for name in rows))
+    header = f"{label:<{width}s} {'time ms':>9s}"
+    if with_memory:
+        header += f" {'peak MiB':>9s}"
+    for ref in references:
+        header += f" {'t/' + ref:>{max(8, len(ref) + 2)}s}"
+        if with_memory:
+            header += f" {'m/' + ref:>{max(8, len(ref) + 2)}s}"
+    if notes is not None:
+        header += f" {notes_header}"
+    print(header.rstrip())
+    for name, row in rows.items():
+        line = f"{name:<{width}s} {row.seconds * 1e3:9.1f}"
+        if with_memory:
+            line += f" {row.peak_bytes / MIB:9.1f}"
+        for ref in references:
+            column = max(8, len(ref) + 2)
+            line += f" {row.seconds / rows[ref].seconds:{column}.2f}"
+            if with_memory:
+                line += f" {_ratio(row.peak_bytes, rows[ref].peak_bytes):{column}.2f}"
+        if notes is not None:
+            line += f" {notes.get(name, '')}"
+        print(line.rstrip())
+
+
+def _ratio(value: float | None, reference: float | None) -> float:
+    if value is None or reference is None or reference == 0:
+        return float("nan")
+    return value / reference
