@@ -1,35 +1,52 @@
-"""Rendering speed of SyntheticShapes: images/s and the time for 10,000 64x64 images.
+"""Rendering speed of SyntheticShapes: images per second and the time for 10,000 images.
 
-Run: ``python benchmarks/bench_datasets.py [--threads 2]`` (a measurement, not a test).
+The foundation issue asks for 10,000 images of 64x64 in under 5 s on 2 CPU cores. This
+script renders that set with ``SyntheticShapes.tensors`` (automatic chunk size) and
+prints the median wall time of ``--repeats`` runs, plus rows for other sizes. As a peer
+it times torchvision's ``FakeData`` (random noise images, no masks, PIL per item) for
+the same count: the cost of the simplest per-item synthetic data set.
+
+Run ``python benchmarks/bench_datasets.py [--device auto|cpu|cuda] [--quick]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+import torchvision
+from _measure import Row, add_device_argument, median_seconds, print_table, select_device
 
 from captum_regularized.datasets import SyntheticShapes
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--num-samples", type=int, default=10_000)
-    parser.add_argument("--chunk-size", type=int, default=None, help="default: automatic")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_device_argument(parser)
+    parser.add_argument("--quick", action="store_true", help="one repeat, one size")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    for size in (32, 64):
-        data = SyntheticShapes(args.num_samples, image_size=size)
-        data.render(range(8))  # warm-up
-        start, cpu = time.perf_counter(), time.process_time()
-        data.tensors(chunk_size=args.chunk_size)
-        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-        print(
-            f"{args.num_samples} images of {size}x{size}: {wall:.2f} s wall "
-            f"({cpu:.2f} s CPU), {args.num_samples / wall:,.0f} images/s"
+    device = select_device(args.device)
+    repeats = 1 if args.quick else args.repeats
+    print(f"device={device} threads={torch.get_num_threads()} repeats={repeats} (median)")
+
+    sizes = [(10_000, 64)] if args.quick else [(10_000, 32), (10_000, 64), (1_000, 224)]
+    for count, size in sizes:
+        shapes = SyntheticShapes(num_samples=count, image_size=size, seed=0)
+        to_tensor = torchvision.transforms.PILToTensor()
+        fake = torchvision.datasets.FakeData(count, (3, size, size), transform=to_tensor)
+        times = median_seconds(
+            {
+                "SyntheticShapes": lambda: shapes.tensors(device=device),
+                "FakeData": lambda: torch.stack([fake[i][0] for i in range(len(fake))]),
+            },
+            device,
+            repeats,
         )
+        rows = {name: Row(seconds=t) for name, t in times.items()}
+        print_table(rows, ["FakeData"], label=f"{count} images of {size}x{size}")
+        per_second = count / times["SyntheticShapes"]
+        print(f"SyntheticShapes: {times['SyntheticShapes']:.2f} s, {per_second:,.0f} images/s\n")
 
 
 if __name__ == "__main__":

@@ -93,7 +93,10 @@ def _raw_attribution(
     tensor = _as_tensor(value, f"attributions[{name!r}]")
     expected = "HW, CHW or 1CHW" if single else "BHW or BCHW"
     if single and tensor.dim() in (2, 3):
-        tensor = tensor.reshape(1, -1, *tensor.shape[-2:]) if tensor.dim() == 3 else tensor[None, None]
+        if tensor.dim() == 3:
+            tensor = tensor.reshape(1, -1, *tensor.shape[-2:])
+        else:
+            tensor = tensor[None, None]
     elif not single and tensor.dim() == 3:
         tensor = tensor[:, None]
     elif tensor.dim() != 4:

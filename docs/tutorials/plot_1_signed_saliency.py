@@ -97,7 +97,10 @@ print(
     "positive - negative == gradient:",
     torch.allclose(positive - negative, signed_gradient, atol=1e-6),
 )
-print("positive + negative == |gradient|:", torch.allclose(positive + negative, saliency, atol=1e-6))
+print(
+    "positive + negative == |gradient|:",
+    torch.allclose(positive + negative, saliency, atol=1e-6),
+)
 
 # %%
 # All maps from one pass

@@ -63,7 +63,7 @@ for name, layer in layers.items():
     maps[f"RSI {name}"] = LayerRSIGradCam(model, layer).attribute(
         images[shown], target=labels[shown], n_steps=16, output_transform="softmax"
     )
-fig, axes = plot_attributions(images[shown], maps, mask=masks[shown], ncols=4, signed=False)
+fig, axes = plot_attributions(images[shown], maps, mask=masks[shown], signed=False)
 fig.suptitle("Grad-CAM and RSI-Grad-CAM at three depths")
 
 # %%
@@ -117,7 +117,10 @@ for name, cam in cams.items():
 
 fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
 plot_curves(
-    {name: deletion_curve(model, images, cam, target=labels, steps=16) for name, cam in cams.items()},
+    {
+        name: deletion_curve(model, images, cam, target=labels, steps=16)
+        for name, cam in cams.items()
+    },
     ax=left, title="deletion (lower is better)", ylabel="class probability",
 )
 plot_curves(

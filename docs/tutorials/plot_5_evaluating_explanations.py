@@ -116,7 +116,8 @@ for name, attribution in maps.items():
         pointing_game(attribution, masks).mean(),
         energy_pointing_game(attribution, masks).mean(),
         sensitivity_max(
-            on_tuples(methods[name]), (images[:8],), target=labels[:8], perturb_radius=0.02, n_perturb_samples=2
+            on_tuples(methods[name]), (images[:8],), target=labels[:8],
+            perturb_radius=0.02, n_perturb_samples=2,
         ).mean(),
         gini_sparseness(attribution).mean(),
     ]
@@ -133,6 +134,6 @@ for name, attribution in maps.items():
 fig, ax = plot_curves(
     {name: deletion_curve(model, images, attribution, target=labels, steps=16)
      for name, attribution in maps.items()},
-    title="deletion (lower is better)", ylabel="class probability",
+    title="deletion (lower is better)", ylabel="class probability", band=False,
 )
 plt.show()
