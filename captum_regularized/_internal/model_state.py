@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.hooks import RemovableHandle
 
 
@@ -110,6 +111,40 @@ def preserved_model(model: nn.Module | None, *, eval_mode: bool = False) -> Iter
             module.training = training
         for param, requires_grad in flags:
             param.requires_grad_(requires_grad)
+
+
+@contextlib.contextmanager
+def kept_batchnorm_statistics(model: nn.Module | None) -> Iterator[None]:
+    """Run a block whose forward passes leave BatchNorm running statistics unchanged.
+
+    BatchNorm layers keep their mode (training ones normalise with the batch's own
+    statistics, exactly as in the outer training pass); their running mean, variance
+    and batch counter are saved before the block and written back after it, even when
+    it raises. The result is a momentum-free BatchNorm for the inner passes. ``None``
+    (a plain function) keeps nothing.
+
+    Examples
+    --------
+    >>> bn = nn.BatchNorm1d(2).train()
+    >>> with kept_batchnorm_statistics(bn):
+    ...     _ = bn(torch.randn(8, 2) + 5)
+    >>> bn.running_mean.tolist(), bn.training
+    ([0.0, 0.0], True)
+    """
+    modules = [] if model is None else list(model.modules())
+    saved = [
+        (buffer, buffer.detach().clone())
+        for module in modules
+        if isinstance(module, _BatchNorm)
+        for buffer in (module.running_mean, module.running_var, module.num_batches_tracked)
+        if buffer is not None
+    ]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
 
 
 def model_device(model: nn.Module | None) -> torch.device | None:

@@ -185,12 +185,18 @@ def expand_for_steps(
 class LayerTap:
     """Run a forward pass and hand back one layer's activation as a differentiable leaf.
 
-    The forward pass runs without autograd up to ``layer``; the hook swaps the layer's
-    output (or, with ``use_input=True``, its first positional input) for a detached leaf
-    that requires grad and turns autograd on for the rest of the pass. Gradients of the
-    output with respect to the leaf are then exactly ``∂output/∂activation`` and cost
-    only the backward pass through the part after the layer; nothing before the layer
-    keeps saved tensors. The hook is registered through ``hooks`` (a
+    For a layer's output, the forward pass runs without autograd up to ``layer``; the
+    hook swaps the output for a detached leaf that requires grad and turns autograd on
+    for the rest of the pass. Gradients of the output with respect to the leaf are then
+    exactly ``∂output/∂activation`` and cost only the backward pass through the part
+    after the layer; nothing before the layer keeps saved tensors.
+
+    A layer's input (``use_input=True``) may have other uses besides the layer (a skip
+    connection adds it back after the block), and the gradient must flow through all of
+    them. Swapping only the layer's copy would drop those paths, so the input tap runs
+    the whole pass with autograd and hands back the input tensor itself, as Captum's
+    layer methods do; the inputs are made to require grad so that the tensor is part
+    of the graph even for a frozen model. The hook is registered through ``hooks`` (a
     :class:`~captum_regularized._internal.model_state.HookBag`), so its owner removes it.
 
     Parameters
@@ -218,12 +224,13 @@ class LayerTap:
     def __init__(self, layer: nn.Module, hooks: HookBag, use_input: bool = False) -> None:
         self._captured: list[torch.Tensor] = []
         self._calls = 0
+        self._use_input = use_input
         if use_input:
-            hooks.add(layer.register_forward_pre_hook(self._swap_input))
+            hooks.add(layer.register_forward_pre_hook(self._capture_input))
         else:
             hooks.add(layer.register_forward_hook(self._swap_output))
 
-    def _leaf(self, value: Any, what: str) -> torch.Tensor:
+    def _count_call(self, value: Any, what: str) -> torch.Tensor:
         self._calls += 1
         if self._calls > 1:
             raise ValueError(
@@ -232,18 +239,25 @@ class LayerTap:
             )
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"the layer's {what} must be a tensor, got {type(value).__name__}")
-        leaf = value.detach().requires_grad_()
+        return value
+
+    def _swap_output(self, module: nn.Module, args: Any, output: Any) -> torch.Tensor:
+        leaf = self._count_call(output, "output").detach().requires_grad_()
         self._captured.append(leaf)
         torch.set_grad_enabled(True)  # the rest of the pass builds a graph back to the leaf
         return leaf.clone()  # a non-leaf copy, so in-place ops downstream are allowed
 
-    def _swap_output(self, module: nn.Module, args: Any, output: Any) -> torch.Tensor:
-        return self._leaf(output, "output")
-
-    def _swap_input(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    def _capture_input(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         if not args:
             raise TypeError("the layer was called without positional inputs to attribute to")
-        return (self._leaf(args[0], "input"), *args[1:])
+        value = self._count_call(args[0], "input")
+        if value.requires_grad:
+            self._captured.append(value)
+            return None
+        # Not on the graph (it does not depend on the inputs): only the layer sees it.
+        leaf = value.detach().requires_grad_()
+        self._captured.append(leaf)
+        return (leaf.clone(), *args[1:])
 
     def run(
         self,
@@ -261,8 +275,12 @@ class LayerTap:
         self._captured.clear()
         self._calls = 0
         with torch.enable_grad():
-            with torch.no_grad():
+            if self._use_input:
+                inputs = tuple(x.detach().requires_grad_() for x in inputs)
                 output = run_forward(forward_func, inputs, additional_args)
+            else:
+                with torch.no_grad():
+                    output = run_forward(forward_func, inputs, additional_args)
         if not self._captured:
             raise ValueError(
                 "layer never ran during the forward pass; it must be a module that "

@@ -19,7 +19,11 @@ from captum_regularized._internal.captum_compat import (
     log_usage,
 )
 from captum_regularized._internal.checks import check_attribution_inputs
-from captum_regularized._internal.model_state import find_module, preserved_model
+from captum_regularized._internal.model_state import (
+    find_module,
+    kept_batchnorm_statistics,
+    preserved_model,
+)
 from captum_regularized._internal.path_batching import (
     LayerTap,
     expand_for_steps,
@@ -128,6 +132,11 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
     about ``m + 1`` forward passes plus ``m + 1`` backward passes through the head only.
     The reduction is streamed, so memory is bounded by ``internal_batch_size`` times
     the layer size, not by ``n_steps``.
+
+    Explain models in eval mode. A model left in train mode is run as found, so its
+    BatchNorm layers normalise each pass with that pass's own statistics and the map
+    then depends on how the path points are batched; their running statistics are
+    saved and written back, so attribution never changes the model.
 
     Parameters
     ----------
@@ -283,7 +292,7 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
         plan = plan_path(batch, n_steps, internal_batch_size)
 
         maps, deltas = [], []
-        with preserved_model(model) as hooks:
+        with preserved_model(model) as hooks, kept_batchnorm_statistics(model):
             tap = LayerTap(self.layer, hooks, use_input=attribute_to_layer_input)
             for rows in plan.example_groups:
                 group_target, group_args = take_examples(target, args, rows, batch)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from captum_regularized._internal.checks import check_same_device
 from captum_regularized._internal.input_gradients import (
@@ -17,7 +14,7 @@ from captum_regularized._internal.input_gradients import (
     input_gradient,
     per_example_losses,
 )
-from captum_regularized._internal.model_state import preserved_model
+from captum_regularized._internal.model_state import kept_batchnorm_statistics, preserved_model
 from captum_regularized._internal.structured_norms import (
     NormSpec,
     adversary_cost,
@@ -45,38 +42,6 @@ def unwrap_parallel(model: nn.Module) -> nn.Module:
     """
     parallel = (nn.parallel.DistributedDataParallel, nn.DataParallel)
     return model.module if isinstance(model, parallel) else model
-
-
-@contextlib.contextmanager
-def kept_batchnorm_statistics(model: nn.Module) -> Iterator[None]:
-    """Run a block whose forward passes leave BatchNorm running statistics unchanged.
-
-    BatchNorm layers keep their mode (training ones normalise with the batch's own
-    statistics, exactly as in the outer training pass); their running mean, variance
-    and batch counter are saved before the block and written back after it, even when
-    it raises. The result is a momentum-free BatchNorm for the inner passes.
-
-    Examples
-    --------
-    >>> bn = nn.BatchNorm1d(2).train()
-    >>> with kept_batchnorm_statistics(bn):
-    ...     _ = bn(torch.randn(8, 2) + 5)
-    >>> bn.running_mean.tolist(), bn.training
-    ([0.0, 0.0], True)
-    """
-    saved = [
-        (buffer, buffer.detach().clone())
-        for module in model.modules()
-        if isinstance(module, _BatchNorm)
-        for buffer in (module.running_mean, module.running_var, module.num_batches_tracked)
-        if buffer is not None
-    ]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buffer, value in saved:
-                buffer.copy_(value)
 
 
 class NormRegularizedAdversarialLoss:

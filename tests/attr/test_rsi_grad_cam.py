@@ -38,10 +38,13 @@ def reference_rsi_grad_cam(
     transform: Callable[[torch.Tensor], torch.Tensor] = lambda out: out,
     reshape: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
     extra_args: tuple = (),
+    use_input: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The method written out plainly: one forward/backward per path point.
 
-    Returns the signed map ``sum_k w_k A_m,k`` (no final relu) and the plain delta.
+    ``use_input`` takes the layer's input (with autograd through every use of it)
+    instead of its output. Returns the signed map ``sum_k w_k A_m,k`` (no final relu)
+    and the plain delta.
     """
     activations, gradients, scores = [], [], []
     for step in range(n_steps + 1):
@@ -50,7 +53,12 @@ def reference_rsi_grad_cam(
             for x, b in zip(inputs, baselines)
         )
         captured = {}
-        handle = layer.register_forward_hook(lambda m, i, o: captured.__setitem__("a", o))
+        if use_input:
+            handle = layer.register_forward_pre_hook(
+                lambda m, i: captured.__setitem__("a", i[0])
+            )
+        else:
+            handle = layer.register_forward_hook(lambda m, i, o: captured.__setitem__("a", o))
         try:
             out = transform(model(*point, *extra_args))
         finally:
@@ -322,6 +330,39 @@ def test_scalar_baseline_and_attribute_to_layer_input() -> None:
     torch.testing.assert_close(of_input, of_previous_output)
 
 
+class SkipBlockNet(nn.Module):
+    """``h + block(h)``: the block's input is used twice, so its gradient has two paths."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.Tanh())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        return self.head(h * h + self.block(h))
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_layer_input_gradient_flows_through_skip_connections(frozen: bool) -> None:
+    torch.manual_seed(3)
+    model = SkipBlockNet()
+    for param in model.parameters():
+        param.requires_grad_(not frozen)
+    x = torch.rand(2, 3, 8, 8)
+    target = torch.tensor([0, 2])
+    with untouched(model, x):
+        ours = LayerRSIGradCam(model, model.block).attribute(
+            x, target=target, n_steps=6, attribute_to_layer_input=True,
+            relu_attributions=False,
+        )
+    expected, _ = reference_rsi_grad_cam(
+        model, model.block, (x,), (torch.zeros_like(x),), target, 6, use_input=True
+    )
+    assert_maps_close(ours, expected)
+
+
 def test_vision_transformer_through_reshape_transform() -> None:
     model = tiny_vit()
     layer = model.encoder.layers[-1].ln_1
@@ -362,7 +403,7 @@ def test_upsampled_like_grad_cam_and_frozen_model_in_train_mode() -> None:
     for param in model.parameters():
         param.requires_grad_(False)
     x = torch.rand(2, 3, 16, 16)
-    with untouched(model, x, buffers=False):
+    with untouched(model, x):  # BatchNorm running statistics included
         ours = LayerRSIGradCam(model, model.block3).attribute(x, target=0, n_steps=3)
     reference = LayerGradCam(model, model.block3).attribute(x, target=0)
     assert ours.shape == reference.shape
