@@ -230,3 +230,10 @@ def test_per_example_only_changes_train_mode_batchnorm_gradients():
     torch.testing.assert_close(separate.logits, coupled.logits, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(dict(model.named_buffers()), after_coupled)  # stats moved once
     assert not torch.allclose(separate.plain, coupled.plain, rtol=1e-2, atol=1e-4)
+
+
+def test_a_module_compiled_in_place_is_refused():
+    model = SimpleCNN(2, width=4)
+    model.compile()
+    with pytest.raises(TypeError, match=r"compiled in place"):
+        guided_and_plain_gradients(model, torch.rand(1, 3, 8, 8), 0)

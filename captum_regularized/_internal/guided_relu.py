@@ -187,12 +187,18 @@ def check_not_compiled(model: nn.Module | None, name: str = "model") -> None:
     if model is None:
         return
     for module_name, module in model.named_modules():
+        where = f"{name}.{module_name}" if module_name else name
         if hasattr(module, "_orig_mod"):
-            where = f"{name}.{module_name}" if module_name else name
             raise TypeError(
                 f"{where} is a torch.compile'd module; compiled graphs cannot be "
                 "differentiated twice (double backpropagation). Pass the original module "
                 f"({where}._orig_mod) instead."
+            )
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            raise TypeError(
+                f"{where} was compiled in place (module.compile()); compiled graphs cannot "
+                "be differentiated twice (double backpropagation). Use a module that was "
+                "not compiled."
             )
 
 

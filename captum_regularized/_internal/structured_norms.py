@@ -203,8 +203,8 @@ def check_mask(
     mask = mask.to(device=like.device, dtype=like.dtype if like.is_floating_point() else None)
     if not mask.is_floating_point():
         mask = mask.float()
-    if bool(((mask < 0) | (mask > 1)).any()):
-        raise ValueError("mask values must lie in [0, 1]")
+    if not bool(((mask >= 0) & (mask <= 1)).all()):  # NaN fails both comparisons
+        raise ValueError("mask values must lie in [0, 1] (no NaN)")
     return mask
 
 

@@ -243,6 +243,8 @@ def test_mask_checks():
         check_mask(NormSpec("gaze", 0.1), torch.ones(2, 4, 4), like)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         check_mask(NormSpec("gaze", 0.1), 2 * torch.ones(2, 1, 4, 4), like)
+    with pytest.raises(ValueError, match="no NaN"):
+        check_mask(NormSpec("gaze", 0.1), torch.full((2, 1, 4, 4), float("nan")), like)
     out = check_mask(NormSpec("gaze", 0.1), torch.ones(2, 1, 4, 4, dtype=torch.bool), like)
     assert out.dtype == torch.float32
 
