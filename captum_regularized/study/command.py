@@ -41,6 +41,24 @@ def add_reproduce_parser(commands: argparse._SubParsersAction) -> argparse.Argum
     return reproduce
 
 
+def _command_line(args: argparse.Namespace) -> str:
+    """The run's options as a ``captum-regularized reproduce ...`` line (for the record).
+
+    Examples
+    --------
+    >>> _command_line(argparse.Namespace(quick=True, out=Path("o"), device="cpu", seed=0,
+    ...                                  seeds=None, data=None, no_progress=True))
+    'captum-regularized reproduce --quick --device cpu --seed 0'
+    """
+    words = ["captum-regularized", "reproduce"] + (["--quick"] if args.quick else [])
+    words += ["--device", args.device, "--seed", str(args.seed)]
+    if args.seeds is not None:
+        words += ["--seeds", str(args.seeds)]
+    if args.data is not None:
+        words += ["--data", str(args.data)]
+    return " ".join(words)
+
+
 def run_reproduce(args: argparse.Namespace) -> Path:
     """Check the arguments, run the study, return the report's path.
 
@@ -69,7 +87,7 @@ def run_reproduce(args: argparse.Namespace) -> Path:
         settings = settings.with_seeds(args.seeds)
     try:
         run_study(out, settings=settings, quick=args.quick, device=device, seed=args.seed,
-                  data=args.data, progress=not args.no_progress)
+                  data=args.data, progress=not args.no_progress, command=_command_line(args))
     except ValueError as error:
         if str(error).startswith("--data"):
             raise UsageError(str(error)) from None

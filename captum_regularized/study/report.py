@@ -74,6 +74,41 @@ def _section_lines(section: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _run_lines(results: dict[str, Any]) -> list[str]:
+    """Where and how the run happened, and every setting it used."""
+    env = results.get("environment")
+    lines = ["## The run", ""]
+    if env:
+        lines += [
+            f"Command: `{env['command'] or 'run_study(...)'}` on {env['date_utc']} UTC; "
+            f"captum-regularized {env['captum_regularized']}, torch {env['torch']}, captum "
+            f"{env['captum']}, Python {env['python']}; {env['machine']} with "
+            f"{env['cpu_count']} CPUs, {env['torch_threads']} torch threads.",
+            "",
+        ]
+    settings = results.get("settings", {})
+    if settings:
+        lines += ["| setting | value |", "|---|---|"]
+        lines += [f"| `{name}` | {value:.4g} |" if isinstance(value, float)
+                  else f"| `{name}` | {value} |" for name, value in settings.items()]
+        lines.append("")
+    from captum_regularized.study.settings import DEPARTURES
+
+    return lines + [f"**Departures from the papers.** {DEPARTURES}", ""]
+
+
+def _summary_lines(results: dict[str, Any]) -> list[str]:
+    """Per section: how many claims held, and which."""
+    lines = ["## Summary", "", "| section | claims held | the claims that held |",
+             "|---|---|---|"]
+    for section in results["sections"].values():
+        claims = section["claims"]
+        held = [c for c in claims if c["held"]]
+        names = "; ".join(f"{c['text']} ({c['metric']})" for c in held) or "none"
+        lines.append(f"| {section['title']} | {len(held)} of {len(claims)} | {names} |")
+    return lines + [""]
+
+
 def write_report(out: Path, results: dict[str, Any]) -> Path:
     """Write ``out / "report.md"`` from the ``results.json`` record and return its path.
 
@@ -118,6 +153,7 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
     lines.append("")
     for section in results["sections"].values():
         lines += _section_lines(section)
+    lines += _summary_lines(results) + _run_lines(results)
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -81,6 +81,38 @@ def _model_summaries(zoo: ModelZoo) -> list[dict[str, Any]]:
     return summaries
 
 
+def environment(command: str | None = None) -> dict[str, Any]:
+    """What a reader needs to know about where a run happened (recorded in the results).
+
+    Examples
+    --------
+    >>> sorted(environment("reproduce --quick"))  # doctest: +NORMALIZE_WHITESPACE
+    ['captum', 'captum_regularized', 'command', 'cpu_count', 'date_utc', 'machine',
+     'python', 'torch', 'torch_threads']
+    """
+    import datetime
+    import os
+    import platform
+    import sys
+
+    import captum
+    import torch
+
+    from captum_regularized import __version__
+
+    return {
+        "command": command,
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "captum_regularized": __version__,
+        "torch": torch.__version__,
+        "captum": captum.__version__,
+        "python": sys.version.split()[0],
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
 def run_study(
     out: Path,
     *,
@@ -92,6 +124,7 @@ def run_study(
     progress: bool = True,
     stages: bool = True,
     sections: Sequence[str] | None = None,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Run the study into the existing folder ``out`` and return what ``results.json`` holds.
 
@@ -116,11 +149,13 @@ def run_study(
         Print one line per stage (models trained, sections scored).
     sections : sequence of str, optional
         Keys of :data:`SECTIONS` to run (default: all).
+    command : str, optional
+        The command line that started the run, recorded with the environment.
 
     Returns
     -------
     dict
-        ``settings``, ``seeds``, ``device``, ``data``, ``rule``, ``models``,
+        ``settings``, ``environment``, ``seeds``, ``device``, ``data``, ``rule``, ``models``,
         ``sections`` (each with tables, claims and verdicts), ``summary``,
         ``complete`` (false in the files written after an earlier section),
         ``total_seconds``.
@@ -146,6 +181,7 @@ def run_study(
     log(f"reproduction study: {len(keys)} sections, seeds {seeds}, data {study_data.source}")
     results: dict[str, Any] = {
         "settings": asdict(settings),
+        "environment": environment(command),
         "quick": quick,
         "seeds": seeds,
         "device": device,

@@ -74,6 +74,68 @@ for name, model in {"baseline": baseline, "regularized": regularized}.items():
     )
 
 # %%
+# In a Lightning ``training_step``
+# --------------------------------
+# The regularizer is a plain callable that keeps a reference to the model, so it fits
+# wherever a loss is computed. In a ``LightningModule`` build it once in ``__init__``
+# and return the summed loss from ``training_step``; Lightning runs ``backward`` (the
+# double backpropagation happens there) and the optimizer step:
+#
+# .. code-block:: python
+#
+#    import lightning as L
+#    import torch.nn.functional as F
+#
+#    class GuidedAlignedClassifier(L.LightningModule):
+#        def __init__(self, net, weight=7.5e-3):
+#            super().__init__()
+#            self.net = net
+#            self.regularizer = GuidedGradientRegularizer(net, weight=weight)
+#
+#        def training_step(self, batch, batch_idx):
+#            images, labels = batch
+#            logits, penalty = self.regularizer(images, labels)
+#            loss = F.cross_entropy(logits, labels) + penalty
+#            self.log_dict({"penalty": penalty, "cos": self.regularizer.last_cosine})
+#            return loss
+#
+#        def configure_optimizers(self):
+#            return torch.optim.AdamW(self.parameters(), lr=5e-3)
+#
+# Lightning is not a dependency of this package, so here the same ``training_step``
+# (without ``self.log_dict``) runs in the loop Lightning would run for us: a few steps
+# on the regularized model, the penalty going into ``backward`` with the loss.
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+
+class GuidedAlignedClassifier(nn.Module):
+    def __init__(self, net: nn.Module, weight: float = 7.5e-3) -> None:
+        super().__init__()
+        self.net = net
+        self.regularizer = GuidedGradientRegularizer(net, weight=weight)
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        logits, penalty = self.regularizer(images, labels)
+        return F.cross_entropy(logits, labels) + penalty
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=5e-3)
+
+
+module = GuidedAlignedClassifier(copy.deepcopy(regularized).train(), weight=0.04)
+optimizer = module.configure_optimizers()
+loader = torch.utils.data.DataLoader(train_set, batch_size=64, shuffle=True)
+for batch_idx, batch in zip(range(3), loader):
+    optimizer.zero_grad()
+    loss = module.training_step(batch, batch_idx)
+    loss.backward()
+    optimizer.step()
+    print(f"step {batch_idx}: loss {loss.item():.3f}, "
+          f"cos(plain, guided) {module.regularizer.last_cosine:.3f}")
+
+# %%
 # Before and after
 # ----------------
 shown = slice(0, 4)

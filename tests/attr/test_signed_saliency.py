@@ -193,6 +193,22 @@ def test_tuple_inputs_and_additional_forward_args(device, abs_):
         assert_matches(value, expected[name], margins, name)
 
 
+def test_tuple_inputs_with_tensor_forward_args_and_explicit_targets(device):
+    model = TwoInputNet().to(device)
+    image = torch.rand(3, 3, 8, 8, device=device)
+    vector = torch.randn(3, 6, device=device)
+    scale = torch.tensor([[0.5], [2.0], [-1.0]], device=device)  # one per example
+    target = [2, 0, 3]
+    expected, margins = reference_maps(model, (image, vector), target, args=(scale,))
+    with untouched(model, image, vector, scale):
+        for name, cls in CLASSES.items():
+            out = cls(model).attribute(
+                (image, vector), target=target, additional_forward_args=(scale,)
+            )
+            assert_matches(out, expected[name], margins, name)
+    assert bool(expected["active"][0].ne(0).any())
+
+
 def test_abs_false_keeps_sign_and_abs_true_is_its_magnitude():
     model = small_cnn("cpu")
     x = torch.rand(2, 3, 16, 16)

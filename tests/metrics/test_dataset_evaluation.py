@@ -134,10 +134,17 @@ def test_clear_errors():
 
 def _evaluate_on_rank(rank: int, world_size: int) -> dict:
     model, data = _model(), _data()
+    saliency, explained = Saliency(model), []
+
+    def counting_saliency(images, targets):
+        explained.append(images.detach().clone())
+        return saliency.attribute(images, target=targets)
+
     result = evaluate_dataset(
-        model, DataLoader(data, batch_size=2), Saliency(model), METRICS, progress=False
+        model, DataLoader(data, batch_size=2), counting_saliency, METRICS, progress=False
     )
-    return {"means": result.means, "per_example": result.per_example}
+    return {"means": result.means, "per_example": result.per_example,
+            "explained": torch.cat(explained)}
 
 
 def test_two_gloo_ranks_equal_one_process():
@@ -145,6 +152,10 @@ def test_two_gloo_ranks_equal_one_process():
         _model(), DataLoader(_data(), batch_size=2), Saliency(_model()), METRICS, progress=False
     )
     ranks = run_distributed(_evaluate_on_rank, world_size=2)
+    # Each rank explains only its shard: items 0, 2, 4, 6 and 1, 3, 5 + item 0 as padding.
+    images = _data().tensors[0]
+    torch.testing.assert_close(ranks[0]["explained"], images[[0, 2, 4, 6]])
+    torch.testing.assert_close(ranks[1]["explained"], images[[1, 3, 5, 0]])
     for result in ranks:  # 7 examples: rank 0 gets 4, rank 1 gets 3 + 1 padding
         for name in METRICS:
             torch.testing.assert_close(

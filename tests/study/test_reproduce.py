@@ -139,3 +139,18 @@ def test_cuda_without_gpu_is_a_usage_error(tmp_path, capsys):
 def test_unknown_section_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="sections must be among"):
         run_study(tmp_path, settings=TINY, sections=["nope"], progress=False, stages=False)
+
+
+def test_report_records_the_run_and_summarises_the_verdicts(quick_run):
+    _, out = quick_run
+    results = json.loads((out / "results.json").read_text())
+    env = results["environment"]
+    assert env["command"] == "captum-regularized reproduce --quick --device cpu --seed 2"
+    assert env["torch"] == torch.__version__ and env["torch_threads"] >= 1
+    report = (out / "report.md").read_text()
+    assert env["command"] in report and "Departures from the papers" in report
+    summary = report[report.index("## Summary"):report.index("## The run")]
+    for section in results["sections"].values():
+        held = sum(c["held"] for c in section["claims"])
+        assert f"| {section['title']} | {held} of {len(section['claims'])} |" in summary
+    assert f"| `train_samples` | {TINY.train_samples} |" in report
