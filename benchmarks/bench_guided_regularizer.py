@@ -8,6 +8,8 @@ mode, one SGD step each:
     then a second forward pass and ``autograd.grad(create_graph=True)`` for the plain
     gradient (BatchNorm statistics move twice),
 (c) ``GuidedGradientRegularizer`` (one shared forward pass),
+(floor) the plain gradient's double backpropagation alone, without any guided target:
+    the least an exact double-backprop step costs,
 
 printed as time per step and peak memory, with ratios to (a).
 
@@ -45,7 +47,11 @@ VARIANTS = {
     "a": "plain cross-entropy",
     "b": "Captum GuidedBackprop + 2nd forward (create_graph)",
     "c": "GuidedGradientRegularizer (shared forward)",
+    "floor": "double backprop of the plain gradient alone (no guided target)",
 }
+"""``floor`` is not a way to train with the penalty: it is the cost that every exact
+double-backpropagation method pays before it computes any guided gradient, so (c)
+cannot be below it."""
 WEIGHT = 7.5e-3
 
 
@@ -74,6 +80,14 @@ def _step_function(
             logits = model(leaf)
             (g,) = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), leaf, create_graph=True)
             return F.cross_entropy(logits, y) + _cosine_penalty(g, guided)
+
+    elif variant == "floor":
+
+        def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            leaf = x.detach().requires_grad_(True)
+            logits = model(leaf)
+            (g,) = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), leaf, create_graph=True)
+            return F.cross_entropy(logits, y) + WEIGHT * g.square().mean()
 
     else:
         from captum_regularized.regularizers import GuidedGradientRegularizer

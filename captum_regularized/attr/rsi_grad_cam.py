@@ -26,6 +26,7 @@ from captum_regularized._internal.model_state import (
 )
 from captum_regularized._internal.path_batching import (
     LayerTap,
+    automatic_pass_rows,
     expand_for_steps,
     path_points,
     plan_path,
@@ -128,7 +129,7 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
     gap is returned by ``return_convergence_delta=True``.
 
     All ``m + 1`` points are run in batched passes (``internal_batch_size`` rows per
-    pass, or all at once), and each backward pass stops at the layer, so the cost is
+    pass, or an automatic size), and each backward pass stops at the layer, so the cost is
     about ``m + 1`` forward passes plus ``m + 1`` backward passes through the head only.
     The reduction is streamed, so memory is bounded by ``internal_batch_size`` times
     the layer size, not by ``n_steps``.
@@ -228,7 +229,9 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
             Number of path intervals ``m`` (``m + 1`` points, both ends included).
         internal_batch_size : int, optional
             Rows per forward/backward pass; bounds peak memory. ``None`` runs every path
-            point of every example in one pass. The result does not depend on it.
+            point of every example in one pass on GPUs, and passes of about 2**20 input
+            elements on CPUs (faster there: a pass stays in cache). The result does not
+            depend on it.
         output_transform : None, 'softmax', 'log_softmax' or callable
             Applied to the model output before the target is selected. ``None``
             attributes what ``forward_func`` returns (Captum's convention); the paper
@@ -289,6 +292,8 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
         batch = check_attribution_inputs(inputs_tuple, model)
         baselines_tuple = format_baselines(inputs_tuple, baselines)
         args = format_additional_args(additional_forward_args)
+        if internal_batch_size is None:
+            internal_batch_size = automatic_pass_rows(inputs_tuple)
         plan = plan_path(batch, n_steps, internal_batch_size)
 
         maps, deltas = [], []

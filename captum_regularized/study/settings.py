@@ -100,7 +100,7 @@ DEPARTURES = (
     "per pixel (`l1`, elastic net) and 4/255, the L2 radius of that box over a 4 x 4 patch "
     "(`group`); 4/255 per pixel cost these models more than half of their accuracy. The "
     "papers' data sets (CIFAR-10/100, ImageNet) and architectures are replaced by "
-    "SyntheticShapes, SimpleCNN and an untrained-from-scratch resnet18."
+    "SyntheticShapes, SimpleCNN and a resnet18 trained from scratch."
 )
 """How the study's settings depart from the papers' (quoted in the report)."""
 

@@ -279,6 +279,28 @@ def test_internal_batch_size_does_not_change_the_result(variant: str) -> None:
         torch.testing.assert_close(result, results[0], rtol=1e-6, atol=1e-6 * scale)
 
 
+def test_automatic_pass_size_on_cpu_splits_the_path_without_changing_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from captum_regularized._internal import path_batching
+
+    model = small_cnn()
+    x = torch.rand(3, 3, 16, 16)
+    cam = LayerRSIGradCam(model, model.block3)
+    passes = []
+    handle = model.register_forward_hook(lambda m, i, o: passes.append(o.shape[0]))
+    try:
+        one_pass = cam.attribute(x, target=1, n_steps=9, internal_batch_size=10**6)
+        assert passes == [30]
+        passes.clear()
+        monkeypatch.setattr(path_batching, "CPU_PASS_ELEMENTS", 4 * 3 * 16 * 16)  # 4 rows
+        automatic = cam.attribute(x, target=1, n_steps=9)
+    finally:
+        handle.remove()
+    assert passes == [3] * 10  # 3 examples, one path point per pass
+    torch.testing.assert_close(automatic, one_pass, rtol=1e-6, atol=1e-7)
+
+
 def test_cpu_and_device_agree(device: torch.device) -> None:
     model = small_cnn()
     x = torch.rand(2, 3, 16, 16)
