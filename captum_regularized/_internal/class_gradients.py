@@ -209,6 +209,32 @@ def _masked_extreme(chunk: torch.Tensor, keep: torch.Tensor, largest: bool) -> t
     return masked.amax(0) if largest else masked.amin(0)
 
 
+def _fold_row(
+    output: torch.Tensor,
+    leaves: tuple[torch.Tensor, ...],
+    classes: torch.Tensor,
+    is_target: torch.Tensor,
+    is_compared: torch.Tensor,
+    target_grad: list[torch.Tensor],
+    highest: list[torch.Tensor],
+    lowest: list[torch.Tensor],
+) -> None:
+    """One backward pass for one class per example, folded into the running results.
+
+    Every example's target occupies exactly one row of the class table, so its gradient
+    is taken where that row comes, not summed.
+    """
+    one_hot = torch.zeros_like(output).scatter_(1, classes[:, None], 1)
+    grads = torch.autograd.grad(output, leaves, one_hot, retain_graph=True, allow_unused=True)
+    for i, (grad, leaf) in enumerate(zip(grads, leaves)):
+        grad = _zeros_if_none(grad, leaf)
+        shape = (-1,) + (1,) * (grad.dim() - 1)
+        own, compared = is_target.view(shape), is_compared.view(shape)
+        target_grad[i] = torch.where(own, grad, target_grad[i])
+        highest[i] = torch.where(compared, torch.maximum(highest[i], grad), highest[i])
+        lowest[i] = torch.where(compared, torch.minimum(lowest[i], grad), lowest[i])
+
+
 def class_gradients(
     forward_func: Callable[..., Any],
     inputs: tuple[torch.Tensor, ...],
@@ -286,8 +312,12 @@ def class_gradients(
         lowest = [torch.full_like(x, float("inf")) for x in leaves]
         start = 0
         while start < classes.shape[0]:
-            # the loop gains nothing from stacking rows: fold them one at a time
-            rows = slice(start, start + (class_chunk_size if use_vmap else 1))
+            if not use_vmap:  # the loop gains nothing from stacking rows: fold one at a time
+                _fold_row(output, leaves, classes[start], is_target[start],
+                          is_compared[start], target_grad, highest, lowest)
+                start += 1
+                continue
+            rows = slice(start, start + class_chunk_size)
             try:
                 chunk = _chunk_gradients(output, leaves, classes[rows], use_vmap)
             except (RuntimeError, NotImplementedError):
