@@ -72,7 +72,7 @@ FULL = DemoSettings(
     deletion_steps=16, finetune_epochs=1, finetune_samples=4000,
 )
 QUICK = DemoSettings(
-    image_size=32, train_samples=1200, test_samples=200, num_classes=10, num_distractors=2,
+    image_size=32, train_samples=2500, test_samples=200, num_classes=10, num_distractors=2,
     width=8, epochs=3, batch_size=64, lr=1e-2, figure_rows=3, scored_examples=32,
     deletion_steps=8, finetune_epochs=1, finetune_samples=256,
 )
