@@ -10,6 +10,7 @@ def test_quick_start_runs_as_written(capsys):
     text = README.read_text()
     match = re.search(r"## Quick start\n\n```python\n(.*?)```", text, re.S)
     assert match, "README has no Python quick start"
+    assert len(match.group(1).strip().splitlines()) <= 14  # a short quick start
     exec(compile(match.group(1), "README quick start", "exec"), {})
     printed = capsys.readouterr().out.strip()
     assert printed == (
