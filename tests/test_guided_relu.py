@@ -119,6 +119,38 @@ def test_functional_relus_get_the_same_target_as_their_module_twin():
     assert not torch.allclose(guided_f, plain_f)
 
 
+RELU_FORMS = {
+    "F.relu": F.relu,
+    "F.relu(inplace)": lambda h: F.relu(h, inplace=True),
+    "torch.relu": torch.relu,
+    "torch.relu_": torch.relu_,
+    "Tensor.relu": torch.Tensor.relu,
+    "Tensor.relu_": torch.Tensor.relu_,
+}
+
+
+@pytest.mark.parametrize("form", sorted(RELU_FORMS))
+def test_every_functional_relu_form_gets_the_guided_rule(form):
+    relu = RELU_FORMS[form]
+
+    class OneForm(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.b(relu(self.a(x) * 1.0))  # * 1.0: in-place forms need a non-leaf
+
+    model = OneForm()
+    twin = nn.Sequential(model.a, nn.ReLU(), model.b)
+    x = torch.randn(5, 6)
+    target = torch.tensor([0, 2, 1, 1, 0])
+    _, plain, guided = guided_and_plain_gradients(model, x, target)
+    torch.testing.assert_close(guided, captum_guided(twin, x, target))
+    torch.testing.assert_close(plain, plain_gradient(twin, x, target))
+    assert not torch.allclose(guided, plain)
+
+
 def test_target_none_means_the_predicted_class():
     model = ReusedReLU()
     x = torch.randn(5, 6)

@@ -417,6 +417,12 @@ def test_noise_tunnel_composes() -> None:
         x, nt_type="smoothgrad", nt_samples=3, stdevs=0.2, target=[1, 3], n_steps=4
     )
     assert noisy.shape == plain.shape and not torch.allclose(noisy, plain)
+    _, delta = cam.attribute(x, target=[1, 3], n_steps=4, return_convergence_delta=True)
+    _, tunnel_delta = tunnel.attribute(
+        x, nt_type="smoothgrad", nt_samples=3, stdevs=0.0, target=[1, 3], n_steps=4,
+        return_convergence_delta=True,
+    )
+    torch.testing.assert_close(tunnel_delta, delta.repeat_interleave(3))  # one per sample
     assert_no_hooks(model)
 
 

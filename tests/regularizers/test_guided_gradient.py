@@ -207,6 +207,28 @@ def test_an_exception_midway_leaves_no_hook_or_mode_behind():
     assert_no_hooks(model)
 
 
+def test_an_exception_in_the_subset_pass_restores_batchnorm_tracking():
+    model = small_cnn().train()
+    calls = []
+
+    def fail_on_the_subset_pass(module, args):
+        calls.append(args[0].shape[0])
+        if len(calls) == 2:  # the first forward is the full batch, the second the subset
+            raise RuntimeError("boom in the subset pass")
+
+    handle = model.register_forward_pre_hook(fail_on_the_subset_pass)
+    x = torch.rand(4, 3, 12, 12)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            GuidedGradientRegularizer(model, fraction=0.5)(x, torch.tensor([0, 1, 2, 3]))
+    finally:
+        handle.remove()
+    assert calls == [4, 2]
+    assert all(m.track_running_stats for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    assert len(torch.overrides._get_current_function_mode_stack()) == 0
+    assert_no_hooks(model)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -259,11 +281,25 @@ def test_bad_inputs_are_refused():
 
 def test_works_as_the_loss_hook_of_train_classifier():
     model = small_cnn()
-    data = TensorDataset(torch.rand(16, 3, 12, 12), torch.randint(0, 4, (16,)))
+    reference = copy.deepcopy(model)
+    images, labels = torch.rand(8, 3, 12, 12), torch.randint(0, 4, (8,))
     reg = GuidedGradientRegularizer(model, weight=0.05)
-    history = train_classifier(model, data, epochs=1, batch_size=8, progress=False, loss=reg)
-    assert history[0]["accuracy"] == history[0]["accuracy"]  # not NaN: logits were returned
+    history = train_classifier(model, TensorDataset(images, labels), epochs=1, batch_size=8,
+                               lr=1e-2, progress=False, loss=reg)
     assert reg.last_cosine is not None and torch.isfinite(reg.last_cosine)
+    # the same step by hand: one full batch, AdamW and train_classifier's one-cycle schedule
+    reference.train()
+    optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-2, weight_decay=1e-4)
+    torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-2, total_steps=1, pct_start=0.2)
+    logits, penalty = GuidedGradientRegularizer(reference, weight=0.05)(images, labels)
+    loss = F.cross_entropy(logits, labels) + penalty
+    loss.backward()
+    optimizer.step()
+    assert history[0]["loss"] == pytest.approx(float(loss.detach()), rel=1e-5)
+    expected_accuracy = float((logits.argmax(1) == labels).float().mean())
+    assert history[0]["accuracy"] == pytest.approx(expected_accuracy)
+    for (name, ours), theirs in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_runs_under_autocast(device):

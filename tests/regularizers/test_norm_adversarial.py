@@ -258,15 +258,30 @@ def test_bad_calls_leave_model_and_inputs_untouched():
 # ---------------------------------------------------------------- training hook
 
 
-def test_works_as_the_train_classifier_loss_hook():
+@pytest.mark.parametrize("norm", ["l1", "group"])
+def test_train_classifier_hook_takes_the_hand_written_step(norm):
     images, labels, _ = _batch(n=8)
-    data = TensorDataset(images, labels)
-    for norm in ["l1", "group"]:
-        model = _model()
-        adv = NormRegularizedAdversarialLoss(model, **SETTINGS[norm], steps=2)
-        history = train_classifier(model, data, epochs=1, batch_size=4, loss=adv, progress=False)
-        assert history[0]["loss"] == history[0]["loss"]  # finite, not NaN
-        assert_no_hooks(model)
+    model = _model()
+    reference = copy.deepcopy(model)
+    adv = NormRegularizedAdversarialLoss(model, **SETTINGS[norm], steps=2)
+    history = train_classifier(model, TensorDataset(images, labels), epochs=1, batch_size=8,
+                               lr=1e-2, loss=adv, progress=False)
+    assert_no_hooks(model)
+    # the same step by hand: one full batch, AdamW and train_classifier's one-cycle schedule
+    reference.train()
+    optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-2, weight_decay=1e-4)
+    torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-2, total_steps=1, pct_start=0.2)
+    loss = NormRegularizedAdversarialLoss(reference, **SETTINGS[norm], steps=2)(images, labels)
+    loss.backward()
+    optimizer.step()
+    assert history[0]["loss"] == pytest.approx(float(loss.detach()), rel=1e-5)
+    moved = False
+    for (name, ours), theirs, before in zip(
+        model.named_parameters(), reference.parameters(), _model().parameters()
+    ):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6, msg=name)
+        moved |= not torch.equal(ours, before)
+    assert moved
 
 
 # ---------------------------------------------------------------- DDP
