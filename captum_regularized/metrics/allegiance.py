@@ -51,6 +51,13 @@ class AllegianceCurve(NamedTuple):
         Scalar: trapezoid area under ``allegiance`` over ``fractions`` (lower is better).
     per_example_auc : Tensor
         ``(B,)`` area under each example's 0/1 curve; its mean equals ``auc``.
+
+    Examples
+    --------
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 2))
+    >>> curve = allegiance_deletion_auc(model, torch.rand(5, 3, 4, 4), torch.rand(5, 4, 4))
+    >>> curve.kept.shape, bool(torch.isclose(curve.per_example_auc.mean(), curve.auc))
+    (torch.Size([5, 13]), True)
     """
 
     fractions: torch.Tensor

@@ -51,6 +51,14 @@ class ConfidenceChange(NamedTuple):
         (percent; their means are the metrics).
     clean_probability, masked_probability : Tensor
         ``(B,)`` ``p`` and ``o``.
+
+    Examples
+    --------
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    >>> change = confidence_change(model, torch.rand(5, 1, 2, 2), torch.rand(5, 2, 2))
+    >>> p, o = change.clean_probability, change.masked_probability
+    >>> torch.allclose(change.drop, 100 * (p - o).clamp(min=0) / p)
+    True
     """
 
     drop: torch.Tensor

@@ -51,6 +51,19 @@ class MetricBatch:
         The method's maps for ``targets`` (``None`` when ``method=None``).
     masks : Tensor or None
         Ground-truth masks when the data set yields ``(image, label, mask)``.
+
+    Examples
+    --------
+    A custom metric reads what it needs from the batch:
+
+    >>> from captum_regularized.models import SimpleCNN
+    >>> batch = MetricBatch(SimpleCNN(2, width=2), torch.rand(3, 3, 8, 8),
+    ...                     torch.tensor([0, 1, 0]), torch.tensor([0, 1, 1]),
+    ...                     torch.rand(3, 3, 8, 8), None)
+    >>> def agrees_with_label(b):
+    ...     return (b.targets == b.labels).float()
+    >>> agrees_with_label(batch).tolist()
+    [1.0, 1.0, 0.0]
     """
 
     model: nn.Module
@@ -128,6 +141,13 @@ class DatasetEvaluation:
         Mean over the data set of every metric.
     per_example : dict of str to Tensor
         ``(N,)`` CPU tensors, in loader order (data-set order when distributed).
+
+    Examples
+    --------
+    >>> result = DatasetEvaluation(means={"gini": 0.5},
+    ...                            per_example={"gini": torch.tensor([0.25, 0.75])})
+    >>> result.means["gini"] == float(result.per_example["gini"].mean())
+    True
     """
 
     means: dict[str, float]

@@ -54,6 +54,14 @@ class PerturbationCurve(NamedTuple):
         ``(B, steps + 1)``: target-class probability at each point.
     auc : Tensor
         ``(B,)``: trapezoid area under ``scores`` over ``fractions``.
+
+    Examples
+    --------
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
+    >>> curve = deletion_curve(model, torch.rand(3, 1, 4, 4), torch.rand(3, 4, 4), steps=8)
+    >>> curve.scores.shape, torch.allclose(
+    ...     curve.auc, torch.trapezoid(curve.scores, curve.fractions, dim=1))
+    (torch.Size([3, 9]), True)
     """
 
     fractions: torch.Tensor

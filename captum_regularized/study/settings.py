@@ -37,6 +37,13 @@ class StudySettings:
         Steps of the deletion/insertion curves.
     figure_rows : int
         Example images per map figure.
+
+    Examples
+    --------
+    >>> from dataclasses import replace
+    >>> longer = replace(QUICK, epochs=6, seeds=2)
+    >>> longer.epochs, longer.seeds, longer.train_samples == QUICK.train_samples
+    (6, 2, True)
     """
 
     seeds: int

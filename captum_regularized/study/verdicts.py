@@ -105,7 +105,15 @@ class Claim:
 
 @dataclass(frozen=True)
 class ClaimVerdict:
-    """A claim with the numbers that decided it (see :func:`judge`)."""
+    """A claim with the numbers that decided it (see :func:`judge`).
+
+    Examples
+    --------
+    >>> claim = Claim("new beats base", "t", "base", "new", "auc", "lower")
+    >>> verdict = judge(claim, [0.30, 0.32, 0.31], [0.20, 0.21, 0.22])
+    >>> round(verdict.improvement_mean, 3), verdict.seeds, verdict.as_dict()["verdict"]
+    (0.1, 3, 'held')
+    """
 
     claim: Claim
     baseline_mean: float

@@ -19,6 +19,8 @@ small model with:
 
 Every metric of :mod:`captum_regularized.metrics` takes a batch and returns one value
 per example (``.mean()`` is the number papers report), computed on the inputs' device.
+The last section scores the same methods with Quantus through the adapter
+:func:`captum_regularized.integrations.quantus.explain_func`.
 """
 
 # %%
@@ -137,3 +139,38 @@ fig, ax = plot_curves(
     title="deletion (lower is better)", ylabel="class probability", band=False,
 )
 plt.show()
+
+# %%
+# Quantus through the adapter
+# ---------------------------
+# `Quantus <https://github.com/understandable-machine-intelligence-lab/Quantus>`_
+# metrics take an ``explain_func(model, inputs, targets, **kwargs) -> ndarray``.
+# :func:`captum_regularized.integrations.quantus.explain_func` is one for every method
+# of this package and of Captum, named by string (layer methods take ``layer=``).
+# Quantus' ``Sparseness`` is the same Gini index as
+# :func:`~captum_regularized.metrics.gini_sparseness`, and its ``PointingGame`` the same
+# test as :func:`~captum_regularized.metrics.pointing_game`, so the two columns of each
+# pair below agree.
+import numpy as np  # noqa: E402
+import quantus  # noqa: E402
+
+from captum_regularized.integrations.quantus import explain_func  # noqa: E402
+
+x_batch, y_batch = images.numpy(), labels.numpy()
+s_batch = masks.float().numpy()
+print(f"{'method':18s} {'quantus gini':>12s} {'ours':>7s} {'quantus pointing':>16s} {'ours':>7s}")
+for method in ["Saliency", "PositiveSaliency", "ActiveSaliency"]:
+    kwargs = {"method": method, "channel_reduction": "max"}
+    quantus_gini = quantus.Sparseness(disable_warnings=True)(
+        model=model, x_batch=x_batch, y_batch=y_batch, explain_func=explain_func,
+        explain_func_kwargs=kwargs, device="cpu",
+    )
+    quantus_pointing = quantus.PointingGame(disable_warnings=True)(
+        model=model, x_batch=x_batch, y_batch=y_batch, s_batch=s_batch,
+        explain_func=explain_func, explain_func_kwargs=kwargs, device="cpu",
+    )
+    ours = torch.from_numpy(explain_func(model, x_batch, y_batch, **kwargs))
+    print(
+        f"{method:18s} {np.mean(quantus_gini):12.3f} {gini_sparseness(ours).mean():7.3f} "
+        f"{np.mean(quantus_pointing):16.3f} {pointing_game(ours, masks).float().mean():7.3f}"
+    )
