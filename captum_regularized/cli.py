@@ -35,6 +35,17 @@ class UsageError(Exception):
     """A problem with the user's arguments or environment, reported in one line."""
 
 
+def _seed(text: str) -> int:
+    """``--seed``: a non-negative integer (argparse turns the error into exit code 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="captum-regularized",
@@ -53,7 +64,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder")
     demo.add_argument("--quick", action="store_true", help="a smaller, faster run")
     demo.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run")
-    demo.add_argument("--seed", type=int, default=0, help="seed for data and training")
+    demo.add_argument("--seed", type=_seed, default=0, help="seed for data and training")
     demo.add_argument(
         "--no-progress", action="store_true", help="hide the training progress bars"
     )

@@ -76,6 +76,8 @@ QUICK = DemoSettings(
     width=8, epochs=3, batch_size=64, lr=1e-2, figure_rows=3, scored_examples=32,
     deletion_steps=8, finetune_epochs=1, finetune_samples=256,
 )
+MASK_COLUMN = "ground-truth mask"
+"""Title of the figure column that shows the mask of the object that decides the label."""
 TEST_SEED_OFFSET = 1_000_003
 """The held-out set uses ``seed + TEST_SEED_OFFSET``: disjoint random streams."""
 
@@ -275,7 +277,8 @@ def run_demo(
     masks = test_masks[:count].to(device)
     rows = _figure_rows(labels.cpu(), settings.figure_rows).to(device)
 
-    figure_maps: dict[str, torch.Tensor] = {}
+    # the figure's columns: the input (mask outlined), the mask itself, one per method
+    figure_maps: dict[str, torch.Tensor] = {MASK_COLUMN: masks[rows].float()}
     scores: dict[str, dict[str, float]] = {}
     for explain in attribution_methods(model).values():
         method_started = time.perf_counter()
@@ -319,6 +322,7 @@ def run_demo(
         "history": history,
         "methods": scores,
         "training": training,
+        "figure_columns": ["input", *figure_maps],
     }
     results["total_seconds"] = time.perf_counter() - started
     (out / "metrics.json").write_text(json.dumps(results, indent=2))

@@ -38,6 +38,10 @@ def test_quick_demo_writes_its_files(quick_demo):
         assert 0.0 <= scores["pointing_game"] <= 1.0
     assert list(results["training"]) == ["plain cross-entropy", "guided alignment",
                                          "l1 adversarial"]
+    assert results["figure_columns"] == [
+        "input", "ground-truth mask", *expected_methods,
+        "Saliency, guided alignment", "Saliency, l1 adversarial",
+    ]
     for name, row in results["training"].items():
         assert -1.0 <= row["gradient_alignment"] <= 1.0, name
         assert 0.0 <= row["accuracy"] <= 1.0, name
@@ -54,6 +58,7 @@ def test_quick_demo_writes_its_files(quick_demo):
         (["demo", "--device", "tpu"], "invalid choice"),
         (["demo", "--seed", "abc"], "invalid int value"),
         (["demo", "--bogus"], "unrecognized arguments"),
+        (["demo", "--seed", "-1"], "argument --seed: must be >= 0"),
         (["frobnicate"], "invalid choice"),
     ],
 )
