@@ -205,7 +205,8 @@ def _write_report(out: Path, results: dict) -> None:
         "## Training-side losses",
         "",
         f"The trained model, fine-tuned for {results['settings']['finetune_epochs']} more "
-        f"epoch(s) on {results['settings']['finetune_samples']} training images with each loss (plain cross-entropy is the control). Gradient alignment: cosine between the "
+        f"epoch(s) on {results['settings']['finetune_samples']} training images with each "
+        "loss (plain cross-entropy is the control). Gradient alignment: cosine between the "
         "plain input gradient and the guided-backprop gradient; Gini and energy in mask are "
         "measured on the plain Saliency map. The figure's last columns show these maps.",
         "",
