@@ -91,7 +91,7 @@ FULL = StudySettings(
     guided_fraction=1.0, adv_epsilon=1 / 255, adv_epsilon2=0.5, adv_group_epsilon=4 / 255,
     adv_group_size=4, adv_steps=2, rsi_steps=16, perturbation_steps=16, figure_rows=4,
 )
-"""The study whose tables the documentation quotes (7 to 25 minutes on 2 CPU cores).
+"""The study whose tables the documentation quotes (about 5 minutes on 2 CPU cores).
 
 ``guided_weight`` is larger than the paper's ``7.5e-3``: with these small, briefly trained
 models the paper's weight left the gradients unchanged (a run with 2000 images x 3
@@ -115,7 +115,7 @@ QUICK = replace(
     FULL, seeds=1, train_samples=1500, test_samples=200, eval_examples=32, epochs=3,
     resnet_epochs=2, saturated_epochs=3, rsi_steps=8, perturbation_steps=8, figure_rows=2,
 )
-"""The CI-sized run (about a minute on 2 cores): one seed, small training and scoring
+"""The CI-sized run (about 30 s on 2 cores): one seed, small training and scoring
 sets; its verdicts are not evidence."""
 
 TINY = replace(
