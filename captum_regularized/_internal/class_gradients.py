@@ -165,34 +165,25 @@ def _class_table(
     return classes, is_target, classes != targets[None]
 
 
-def _chunk_gradients(
+def _batched_chunk_gradients(
     output: torch.Tensor,
     leaves: tuple[torch.Tensor, ...],
     classes: torch.Tensor,
-    use_vmap: bool,
 ) -> tuple[torch.Tensor, ...]:
-    """``(rows, *input.shape)`` gradients of the per-example classes in ``classes``."""
+    """``(rows, *input.shape)`` gradients of the per-example classes in ``classes``, from
+    one batched (vmapped) backward pass."""
     rows = classes.shape[0]
     one_hot = torch.zeros((rows, *output.shape), dtype=output.dtype, device=output.device)
     one_hot.scatter_(2, classes[:, :, None], 1)
-    if use_vmap:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*(batching rule|is_grads_batched).*")
-            grads = torch.autograd.grad(
-                output, leaves, one_hot, retain_graph=True, is_grads_batched=True,
-                allow_unused=True,
-            )
-        return tuple(
-            g if g is not None else leaf.new_zeros((rows, *leaf.shape))
-            for g, leaf in zip(grads, leaves)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(batching rule|is_grads_batched).*")
+        grads = torch.autograd.grad(
+            output, leaves, one_hot, retain_graph=True, is_grads_batched=True,
+            allow_unused=True,
         )
-    per_row = [
-        torch.autograd.grad(output, leaves, one_hot[r], retain_graph=True, allow_unused=True)
-        for r in range(rows)
-    ]
     return tuple(
-        torch.stack([_zeros_if_none(row[i], leaf) for row in per_row])
-        for i, leaf in enumerate(leaves)
+        g if g is not None else leaf.new_zeros((rows, *leaf.shape))
+        for g, leaf in zip(grads, leaves)
     )
 
 
@@ -319,10 +310,8 @@ def class_gradients(
                 continue
             rows = slice(start, start + class_chunk_size)
             try:
-                chunk = _chunk_gradients(output, leaves, classes[rows], use_vmap)
+                chunk = _batched_chunk_gradients(output, leaves, classes[rows])
             except (RuntimeError, NotImplementedError):
-                if not use_vmap:
-                    raise
                 use_vmap = False  # an operator without a batching rule: loop from here on
                 continue
             for i, grads in enumerate(chunk):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from captum_regularized.study.settings import DEPARTURES
+
 __all__ = ["format_value", "write_report"]
 
 
@@ -92,8 +94,6 @@ def _run_lines(results: dict[str, Any]) -> list[str]:
         lines += [f"| `{name}` | {value:.4g} |" if isinstance(value, float)
                   else f"| `{name}` | {value} |" for name, value in settings.items()]
         lines.append("")
-    from captum_regularized.study.settings import DEPARTURES
-
     return lines + [f"**Departures from the papers.** {DEPARTURES}", ""]
 
 

@@ -6,7 +6,11 @@ verdicts), ``report.md`` (the same as tables, with the figures) and one PNG per 
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
+import platform
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -14,6 +18,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import captum
+import torch
+
+from captum_regularized import __version__
 from captum_regularized.study.guided_section import run_guided_section
 from captum_regularized.study.model_zoo import RECIPES, ModelZoo
 from captum_regularized.study.norm_adversarial_section import run_norm_adversarial_section
@@ -90,16 +98,6 @@ def environment(command: str | None = None) -> dict[str, Any]:
     ['captum', 'captum_regularized', 'command', 'cpu_count', 'date_utc', 'machine',
      'python', 'torch', 'torch_threads']
     """
-    import datetime
-    import os
-    import platform
-    import sys
-
-    import captum
-    import torch
-
-    from captum_regularized import __version__
-
     return {
         "command": command,
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
