@@ -35,8 +35,16 @@ class UsageError(Exception):
     """A problem with the user's arguments or environment, reported in one line."""
 
 
-def _seed(text: str) -> int:
-    """``--seed``: a non-negative integer (argparse turns the error into exit code 2)."""
+def seed_argument(text: str) -> int:
+    """Type of every ``--seed`` option: a non-negative integer.
+
+    A bad value is an ``argparse`` error, so the command exits with code 2 and one line.
+
+    Examples
+    --------
+    >>> seed_argument("3")
+    3
+    """
     try:
         value = int(text)
     except ValueError:
@@ -64,7 +72,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder")
     demo.add_argument("--quick", action="store_true", help="a smaller, faster run")
     demo.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run")
-    demo.add_argument("--seed", type=_seed, default=0, help="seed for data and training")
+    demo.add_argument("--seed", type=seed_argument, default=0, help="seed for data and training")
     demo.add_argument(
         "--no-progress", action="store_true", help="hide the training progress bars"
     )

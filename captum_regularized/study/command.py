@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from captum_regularized.cli import seed_argument
+
 __all__ = ["add_reproduce_parser", "run_reproduce"]
 
 
@@ -30,7 +32,7 @@ def add_reproduce_parser(commands: argparse._SubParsersAction) -> argparse.Argum
                            help="one seed, tiny models (a CI-sized run; verdicts are noise)")
     reproduce.add_argument("--out", type=Path, default=Path("reproduce-out"), help="output folder")
     reproduce.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run")
-    reproduce.add_argument("--seed", type=int, default=0, help="first seed")
+    reproduce.add_argument("--seed", type=seed_argument, default=0, help="first seed")
     reproduce.add_argument("--seeds", type=int, default=None,
                            help="number of seeds (default: 3, or 1 with --quick)")
     reproduce.add_argument("--data", type=Path, default=None,
@@ -65,13 +67,11 @@ def run_reproduce(args: argparse.Namespace) -> Path:
     Raises
     ------
     captum_regularized.cli.UsageError
-        For a negative ``--seed``, ``--seeds`` below 1, a ``--data`` that is not a
+        For ``--seeds`` below 1, a ``--data`` that is not a
         readable image folder, an unwritable ``--out`` or ``--device cuda`` without CUDA.
     """
     from captum_regularized.cli import UsageError, check_device, check_output_dir
 
-    if args.seed < 0:
-        raise UsageError(f"--seed must be >= 0, got {args.seed}")
     if args.seeds is not None and args.seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
     if args.data is not None and not args.data.is_dir():

@@ -114,7 +114,7 @@ def test_image_folder_skips_mask_metrics(tmp_path):
     "args, message",
     [
         (["--seeds", "0"], "--seeds must be >= 1"),
-        (["--seed", "-1"], "--seed must be >= 0"),
+        (["--seed", "-1"], "argument --seed: must be >= 0, got -1"),
         (["--data", "/nonexistent/images"], "--data /nonexistent/images: not a folder"),
         (["--seeds", "two"], "invalid int value"),
         (["--device", "tpu"], "invalid choice"),
