@@ -15,6 +15,7 @@ from torch.utils.data import TensorDataset
 from captum_regularized.models import SimpleCNN, train_classifier
 from captum_regularized.regularizers import GuidedGradientRegularizer
 from tests.model_checks import assert_no_hooks, untouched
+from tests.training_reference import hand_written_step
 
 
 def reference_gradients(model: nn.Module, x: torch.Tensor, classes: torch.Tensor):
@@ -287,15 +288,16 @@ def test_works_as_the_loss_hook_of_train_classifier():
     history = train_classifier(model, TensorDataset(images, labels), epochs=1, batch_size=8,
                                lr=1e-2, progress=False, loss=reg)
     assert reg.last_cosine is not None and torch.isfinite(reg.last_cosine)
-    # the same step by hand: one full batch, AdamW and train_classifier's one-cycle schedule
-    reference.train()
-    optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-2, weight_decay=1e-4)
-    torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-2, total_steps=1, pct_start=0.2)
-    logits, penalty = GuidedGradientRegularizer(reference, weight=0.05)(images, labels)
-    loss = F.cross_entropy(logits, labels) + penalty
-    loss.backward()
-    optimizer.step()
-    assert history[0]["loss"] == pytest.approx(float(loss.detach()), rel=1e-5)
+    outputs = {}
+
+    def regularized_loss():
+        logits, penalty = GuidedGradientRegularizer(reference, weight=0.05)(images, labels)
+        outputs["logits"] = logits.detach()
+        return F.cross_entropy(logits, labels) + penalty
+
+    loss = hand_written_step(reference, regularized_loss, lr=1e-2)
+    assert history[0]["loss"] == pytest.approx(loss, rel=1e-5)
+    logits = outputs["logits"]
     expected_accuracy = float((logits.argmax(1) == labels).float().mean())
     assert history[0]["accuracy"] == pytest.approx(expected_accuracy)
     for (name, ours), theirs in zip(model.named_parameters(), reference.parameters()):

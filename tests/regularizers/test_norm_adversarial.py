@@ -14,6 +14,7 @@ from captum_regularized.models import SimpleCNN, train_classifier
 from captum_regularized.regularizers import GradientNormPenalty, NormRegularizedAdversarialLoss
 from tests.distributed import run_distributed
 from tests.model_checks import assert_no_hooks, untouched
+from tests.training_reference import hand_written_step
 
 SETTINGS = {
     "l1": {"norm": "l1", "epsilon": 0.05},
@@ -267,14 +268,9 @@ def test_train_classifier_hook_takes_the_hand_written_step(norm):
     history = train_classifier(model, TensorDataset(images, labels), epochs=1, batch_size=8,
                                lr=1e-2, loss=adv, progress=False)
     assert_no_hooks(model)
-    # the same step by hand: one full batch, AdamW and train_classifier's one-cycle schedule
-    reference.train()
-    optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-2, weight_decay=1e-4)
-    torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-2, total_steps=1, pct_start=0.2)
-    loss = NormRegularizedAdversarialLoss(reference, **SETTINGS[norm], steps=2)(images, labels)
-    loss.backward()
-    optimizer.step()
-    assert history[0]["loss"] == pytest.approx(float(loss.detach()), rel=1e-5)
+    reference_loss = NormRegularizedAdversarialLoss(reference, **SETTINGS[norm], steps=2)
+    loss = hand_written_step(reference, lambda: reference_loss(images, labels), lr=1e-2)
+    assert history[0]["loss"] == pytest.approx(loss, rel=1e-5)
     moved = False
     for (name, ours), theirs, before in zip(
         model.named_parameters(), reference.parameters(), _model().parameters()
