@@ -1,10 +1,11 @@
 """Shared "model left untouched" checks used across the suite.
 
 ``untouched(model, *inputs)`` snapshots a model and its inputs, runs the block, and
-asserts afterwards that no hook is left on any submodule, train/eval modes and
-``requires_grad`` flags are the same, parameters (and optionally buffers) hold the
-same values, and the inputs were not modified in place. It checks even when the
-block raises, so it can wrap a ``pytest.raises`` block.
+asserts afterwards that no hook of any kind is left on any submodule or globally,
+train/eval modes, ``requires_grad`` flags and ``torch.is_grad_enabled()`` are the same,
+parameters (and optionally buffers, BatchNorm statistics and ``num_batches_tracked``
+among them) hold the same values, and the inputs were not modified in place. It checks
+even when the block raises, so it can wrap a ``pytest.raises`` block.
 """
 
 from __future__ import annotations
@@ -15,28 +16,48 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.modules import module as module_globals
 
 HOOK_DICTS = (
     "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
     "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
     "_backward_hooks",
     "_backward_pre_hooks",
     "_state_dict_hooks",
+    "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+)
+GLOBAL_HOOK_DICTS = (
+    "_global_forward_hooks",
+    "_global_forward_hooks_with_kwargs",
+    "_global_forward_hooks_always_called",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+    "_global_buffer_registration_hooks",
+    "_global_module_registration_hooks",
+    "_global_parameter_registration_hooks",
 )
 
 
 def hook_counts(model: nn.Module) -> dict[str, int]:
-    """Number of hooks of each kind on each submodule, keyed ``"name.kind"``."""
+    """Number of hooks of each kind on each submodule (``"name.kind"``) and globally."""
     counts = {}
     for name, module in model.named_modules():
         for kind in HOOK_DICTS:
             counts[f"{name}.{kind}"] = len(getattr(module, kind, {}))
+    for kind in GLOBAL_HOOK_DICTS:
+        counts[f"<global>.{kind}"] = len(getattr(module_globals, kind, {}))
     return counts
 
 
 def assert_no_hooks(model: nn.Module) -> None:
     """Fail when any submodule carries a forward, pre-forward or backward hook."""
-    left = {k: v for k, v in hook_counts(model).items() if v and "_state_dict" not in k}
+    left = {k: v for k, v in hook_counts(model).items() if v and "state_dict" not in k}
     assert not left, f"hooks left behind: {left}"
 
 
@@ -47,6 +68,7 @@ class ModelSnapshot:
     params: dict[str, torch.Tensor]
     buffers: dict[str, torch.Tensor]
     hooks: dict[str, int]
+    grad_enabled: bool
 
     @classmethod
     def take(cls, model: nn.Module) -> "ModelSnapshot":
@@ -56,13 +78,16 @@ class ModelSnapshot:
             params={n: p.detach().clone() for n, p in model.named_parameters()},
             buffers={n: b.detach().clone() for n, b in model.named_buffers()},
             hooks=hook_counts(model),
+            grad_enabled=torch.is_grad_enabled(),
         )
 
     def assert_unchanged(
         self, model: nn.Module, *, values: bool = True, buffers: bool = True
     ) -> None:
         now = ModelSnapshot.take(model)
-        assert now.hooks == self.hooks, "hooks were added or removed"
+        changed = {k: (v, now.hooks.get(k)) for k, v in self.hooks.items() if now.hooks.get(k) != v}
+        assert not changed, f"hooks were added or removed (before, after): {changed}"
+        assert now.grad_enabled == self.grad_enabled, "torch.is_grad_enabled() changed"
         assert now.modes == self.modes, "train/eval modes changed"
         assert now.flags == self.flags, "requires_grad flags changed"
         if values:
@@ -85,5 +110,8 @@ def untouched(
     finally:
         snapshot.assert_unchanged(model, values=values, buffers=buffers)
         for original, copy, requires_grad in copies:
-            assert torch.equal(original.detach(), copy), "an input was modified in place"
+            same = torch.equal(original.detach(), copy) or bool(
+                torch.isclose(original.detach(), copy, rtol=0, atol=0, equal_nan=True).all()
+            )
+            assert same, "an input was modified in place"
             assert original.requires_grad == requires_grad, "an input's requires_grad changed"

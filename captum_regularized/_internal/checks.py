@@ -10,6 +10,30 @@ from torch import nn
 from captum_regularized._internal.model_state import model_device
 
 
+def check_autograd_available(who: str) -> None:
+    """Raise ``RuntimeError`` naming inference mode when gradients cannot be taken.
+
+    Every entry point that differentiates the model calls this first, so that a caller
+    inside ``torch.inference_mode()`` (Lightning's validation loop, for instance) reads
+    what is wrong instead of autograd's "does not require grad".
+
+    Examples
+    --------
+    >>> check_autograd_available("PositiveSaliency")
+    >>> with torch.inference_mode():
+    ...     check_autograd_available("PositiveSaliency")
+    Traceback (most recent call last):
+    ...
+    RuntimeError: PositiveSaliency needs autograd and cannot run inside torch.inference_mode(); \
+call it outside the block or under torch.inference_mode(False)
+    """
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            f"{who} needs autograd and cannot run inside torch.inference_mode(); "
+            "call it outside the block or under torch.inference_mode(False)"
+        )
+
+
 def check_floating(inputs: Sequence[torch.Tensor], name: str = "inputs") -> None:
     """Raise ``TypeError`` unless every tensor has a floating dtype.
 

@@ -11,6 +11,10 @@ module holds the mechanics every such method shares:
   pass of every group sees the real input (handy for ``target=None`` = predicted class).
 * :func:`take_examples` / :func:`path_points` / :func:`expand_for_steps` build the rows
   of one pass (step-major: row ``s * g + e`` is point ``steps[s]`` of example ``e``).
+  Additional forward arguments follow Captum's convention: a tensor whose dim 0 is the
+  batch is per-example (restricted and repeated with the rows); anything else, a shared
+  ``(classes,)`` bias or a 0-d tensor included, is passed unchanged to every call
+  (:func:`per_example_flags` tells which is which, on the full batch).
 * :class:`LayerTap` runs one pass and returns the model output together with the layer's
   activation as a fresh leaf, so the gradient of any score with respect to the activation
   costs only a backward pass through the part of the model *after* the layer.
@@ -29,7 +33,6 @@ from torch import nn
 
 from captum_regularized._internal.captum_compat import (
     TargetType,
-    expand_additional_args,
     expand_target,
     run_forward,
 )
@@ -41,6 +44,7 @@ __all__ = [
     "automatic_pass_rows",
     "expand_for_steps",
     "path_points",
+    "per_example_flags",
     "plan_path",
     "take_examples",
 ]
@@ -94,7 +98,14 @@ def plan_path(batch: int, n_steps: int, internal_batch_size: int | None) -> Path
 
     ``internal_batch_size=None`` puts everything into one pass. Otherwise every pass
     holds at most ``internal_batch_size`` rows: groups of ``min(batch, internal_batch_size)``
-    examples, each pass holding as many consecutive points of its group as fit.
+    examples, each pass holding as many consecutive points of its group as fit. An empty
+    batch (``batch=0``) gets one empty group whose single pass holds every point (zero
+    rows), so a caller still runs the model once and learns the layer's shape.
+
+    Raises
+    ------
+    TypeError, ValueError
+        When ``internal_batch_size`` is not ``None`` or a positive int.
 
     Examples
     --------
@@ -103,10 +114,10 @@ def plan_path(batch: int, n_steps: int, internal_batch_size: int | None) -> Path
     ([slice(0, 2, None)], [[4, 3, 2], [1, 0]])
     >>> plan_path(batch=3, n_steps=1, internal_batch_size=2).example_groups
     [slice(0, 2, None), slice(2, 3, None)]
+    >>> plan_path(batch=0, n_steps=2, internal_batch_size=4)
+    PathPlan(example_groups=[slice(0, 0, None)], step_chunks=[[2, 1, 0]])
     """
-    if internal_batch_size is None:
-        group, per_pass = batch, n_steps + 1
-    else:
+    if internal_batch_size is not None:
         if isinstance(internal_batch_size, bool) or not isinstance(internal_batch_size, int):
             raise TypeError(
                 "internal_batch_size must be a positive int or None, "
@@ -116,10 +127,15 @@ def plan_path(batch: int, n_steps: int, internal_batch_size: int | None) -> Path
             raise ValueError(
                 f"internal_batch_size must be a positive int or None, got {internal_batch_size}"
             )
+    descending = list(range(n_steps, -1, -1))
+    if batch == 0:
+        return PathPlan([slice(0, 0)], [descending])
+    if internal_batch_size is None:
+        group, per_pass = batch, n_steps + 1
+    else:
         group = min(batch, internal_batch_size)
         per_pass = max(1, internal_batch_size // group)
     groups = [slice(start, min(start + group, batch)) for start in range(0, batch, group)]
-    descending = list(range(n_steps, -1, -1))
     chunks = [descending[i : i + per_pass] for i in range(0, len(descending), per_pass)]
     return PathPlan(groups, chunks)
 
@@ -128,13 +144,34 @@ def _is_per_example(value: Any, batch: int) -> bool:
     return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch
 
 
+def per_example_flags(
+    additional_args: tuple[Any, ...] | None, batch: int
+) -> tuple[bool, ...] | None:
+    """Which additional forward args are per-example: tensors whose dim 0 is ``batch``.
+
+    Decide this once, on the full batch: after :func:`take_examples` a group's size may
+    happen to equal the length of a shared tensor.
+
+    Examples
+    --------
+    >>> per_example_flags((torch.ones(4), torch.ones(3), torch.tensor(1.0), "x"), 4)
+    (True, False, False, False)
+    >>> per_example_flags(None, 4) is None
+    True
+    """
+    if additional_args is None:
+        return None
+    return tuple(_is_per_example(arg, batch) for arg in additional_args)
+
+
 def take_examples(
     target: TargetType, additional_args: tuple[Any, ...] | None, rows: slice, batch: int
 ) -> tuple[TargetType, tuple[Any, ...] | None]:
     """Restrict a per-example ``target`` and per-example additional args to ``rows``.
 
-    Shared targets (an int, a tuple, a one-element tensor, ``None``) and non-tensor args
-    stay as they are; a list or 1-D tensor target must have one entry per example.
+    Shared targets (an int, a tuple, a one-element tensor, ``None``) stay as they are; a
+    list or 1-D tensor target must have one entry per example. Args that are not
+    per-example (see :func:`per_example_flags`) are passed unchanged.
 
     Raises
     ------
@@ -197,16 +234,54 @@ def path_points(
 
 
 def expand_for_steps(
-    target: TargetType, additional_args: tuple[Any, ...] | None, n_points: int
+    target: TargetType,
+    additional_args: tuple[Any, ...] | None,
+    n_points: int,
+    per_example: Sequence[bool] | None = None,
 ) -> tuple[TargetType, tuple[Any, ...] | None]:
     """Repeat a group's per-example target and args for ``n_points`` step-major rows.
+
+    Parameters
+    ----------
+    target : TargetType
+        The group's target (see :func:`take_examples`).
+    additional_args : tuple or None
+        The group's additional forward args.
+    n_points : int
+        Path points per example in the pass.
+    per_example : sequence of bool, optional
+        One flag per additional arg, from :func:`per_example_flags` on the full batch;
+        flagged args are repeated, the others passed unchanged. ``None`` repeats every
+        tensor that has a dim 0 (only right when no arg is shared).
+
+    Raises
+    ------
+    ValueError
+        When ``per_example`` does not have one flag per additional arg.
 
     Examples
     --------
     >>> expand_for_steps([1, 2], None, 2)
     ([1, 2, 1, 2], None)
+    >>> _, (scale, bias) = expand_for_steps(None, (torch.ones(2), torch.ones(3)), 2, (True, False))
+    >>> scale.shape, bias.shape
+    (torch.Size([4]), torch.Size([3]))
     """
-    return expand_target(target, n_points), expand_additional_args(additional_args, n_points)
+    expanded_target = expand_target(target, n_points)
+    if additional_args is None:
+        return expanded_target, None
+    if per_example is None:
+        per_example = [isinstance(arg, torch.Tensor) and arg.dim() > 0 for arg in additional_args]
+    if len(per_example) != len(additional_args):
+        raise ValueError(
+            f"per_example needs one flag per additional arg ({len(additional_args)}), "
+            f"got {len(per_example)}"
+        )
+    expanded_args = tuple(
+        arg.repeat(n_points, *([1] * (arg.dim() - 1))) if flag else arg
+        for arg, flag in zip(additional_args, per_example)
+    )
+    return expanded_target, expanded_args
 
 
 class LayerTap:
@@ -225,6 +300,12 @@ class LayerTap:
     layer methods do; the inputs are made to require grad so that the tensor is part
     of the graph even for a frozen model. The hook is registered through ``hooks`` (a
     :class:`~captum_regularized._internal.model_state.HookBag`), so its owner removes it.
+
+    The hook acts only during :meth:`run`'s forward pass. A backward pass that runs the
+    layer again (non-reentrant activation checkpointing recomputes its block) leaves
+    it alone. A layer that runs with autograd switched off *inside* ``forward_func``
+    (reentrant checkpointing, ``use_reentrant=True``, runs its block that way; so does
+    a ``torch.no_grad()`` block) has no graph to the output, and :meth:`run` says so.
 
     Parameters
     ----------
@@ -251,6 +332,8 @@ class LayerTap:
     def __init__(self, layer: nn.Module, hooks: HookBag, use_input: bool = False) -> None:
         self._captured: list[torch.Tensor] = []
         self._calls = 0
+        self._active = False  # True only during run()'s forward pass
+        self._ran_without_autograd = False
         self._use_input = use_input
         if use_input:
             hooks.add(layer.register_forward_pre_hook(self._capture_input))
@@ -268,16 +351,22 @@ class LayerTap:
             raise TypeError(f"the layer's {what} must be a tensor, got {type(value).__name__}")
         return value
 
-    def _swap_output(self, module: nn.Module, args: Any, output: Any) -> torch.Tensor:
+    def _swap_output(self, module: nn.Module, args: Any, output: Any) -> torch.Tensor | None:
+        if not self._active:  # a recomputation during backward: leave it as it is
+            return None
         leaf = self._count_call(output, "output").detach().requires_grad_()
         self._captured.append(leaf)
         torch.set_grad_enabled(True)  # the rest of the pass builds a graph back to the leaf
         return leaf.clone()  # a non-leaf copy, so in-place ops downstream are allowed
 
     def _capture_input(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        if not self._active:  # a recomputation during backward: leave it as it is
+            return None
         if not args:
             raise TypeError("the layer was called without positional inputs to attribute to")
         value = self._count_call(args[0], "input")
+        # run() enabled autograd for the whole pass: off here means forward_func turned it off
+        self._ran_without_autograd = not torch.is_grad_enabled()
         if value.requires_grad:
             self._captured.append(value)
             return None
@@ -297,20 +386,41 @@ class LayerTap:
         Raises
         ------
         ValueError
-            When the layer does not run, or runs more than once, during the pass.
+            When the layer does not run, or runs more than once, during the pass, or runs
+            with autograd switched off inside ``forward_func`` (reentrant activation
+            checkpointing around the layer, or a ``torch.no_grad()`` block).
         """
         self._captured.clear()
         self._calls = 0
-        with torch.enable_grad():
-            if self._use_input:
-                inputs = tuple(x.detach().requires_grad_() for x in inputs)
-                output = run_forward(forward_func, inputs, additional_args)
-            else:
-                with torch.no_grad():
+        self._ran_without_autograd = False
+        self._active = True
+        try:
+            with torch.enable_grad():
+                if self._use_input:
+                    inputs = tuple(x.detach().requires_grad_() for x in inputs)
                     output = run_forward(forward_func, inputs, additional_args)
+                else:
+                    with torch.no_grad():
+                        output = run_forward(forward_func, inputs, additional_args)
+                        # The hook switched autograd on for the rest of the pass. Off
+                        # again, with an output off the graph, means that a block around
+                        # the layer ran without autograd and restored that state on exit.
+                        if self._captured and not torch.is_grad_enabled():
+                            self._ran_without_autograd = not output.requires_grad
+        finally:
+            self._active = False
         if not self._captured:
             raise ValueError(
                 "layer never ran during the forward pass; it must be a module that "
                 "forward_func calls"
+            )
+        if self._ran_without_autograd:
+            raise ValueError(
+                "the layer ran with autograd switched off inside forward_func, so no autograd "
+                "graph links it to the output; most likely it runs inside reentrant "
+                "activation checkpointing (torch.utils.checkpoint.checkpoint(..., "
+                "use_reentrant=True) runs its block without autograd): pass "
+                "use_reentrant=False there, or choose a layer outside the checkpointed "
+                "block (or outside the torch.no_grad() block)"
             )
         return output, self._captured[0]

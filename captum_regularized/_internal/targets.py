@@ -85,8 +85,8 @@ def class_indices(output: torch.Tensor, target: TargetType) -> torch.Tensor:
             raise _range_error(bad[0], num_classes)
         return torch.tensor(flat, dtype=torch.long, device=device)
     if isinstance(target, torch.Tensor):
-        if target.is_floating_point() or target.is_complex():
-            raise TypeError(f"a tensor target must hold integers, got {target.dtype}")
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise TypeError(f"a tensor target must hold integer class indices, got {target.dtype}")
         flat_target = target.reshape(-1).to(device=device, dtype=torch.long)
         if flat_target.numel() == 1:
             flat_target = flat_target.expand(batch)
@@ -95,6 +95,8 @@ def class_indices(output: torch.Tensor, target: TargetType) -> torch.Tensor:
                 f"a tensor target must be a scalar or 1-D with one entry per example ({batch}), "
                 f"got shape {tuple(target.shape)}"
             )
+        if flat_target.numel() == 0:  # an empty batch's empty target
+            return flat_target.clone()
         low, high = int(flat_target.min()), int(flat_target.max())
         if low < 0 or high >= num_classes:
             raise _range_error(low if low < 0 else high, num_classes)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Literal, Union
+import contextlib
+import functools
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
 
 import torch
 from captum.attr import GradientAttribution, LayerAttribution
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.module import register_module_forward_pre_hook
+from torch.nn.parameter import is_lazy
 
 from captum_regularized._internal.captum_compat import (
     BaselineType,
@@ -18,7 +24,10 @@ from captum_regularized._internal.captum_compat import (
     format_inputs,
     log_usage,
 )
-from captum_regularized._internal.checks import check_attribution_inputs
+from captum_regularized._internal.checks import (
+    check_attribution_inputs,
+    check_autograd_available,
+)
 from captum_regularized._internal.model_state import (
     find_module,
     kept_batchnorm_statistics,
@@ -29,6 +38,7 @@ from captum_regularized._internal.path_batching import (
     automatic_pass_rows,
     expand_for_steps,
     path_points,
+    per_example_flags,
     plan_path,
     take_examples,
 )
@@ -36,9 +46,7 @@ from captum_regularized._internal.targets import class_indices, target_scores
 
 __all__ = ["LayerRSIGradCam"]
 
-OutputTransform = Union[
-    None, Literal["softmax", "log_softmax"], Callable[[torch.Tensor], torch.Tensor]
-]
+OutputTransform = Literal["softmax", "log_softmax"] | Callable[[torch.Tensor], torch.Tensor] | None
 VARIANTS = ("plain", "unit_selection", "relu_gradients")
 NAMED_TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "softmax": lambda out: torch.softmax(out, dim=1),
@@ -64,6 +72,48 @@ def _resolve_output_transform(
         "output_transform must be None, 'softmax', 'log_softmax' or a callable, "
         f"got {type(output_transform).__name__}"
     )
+
+
+@contextlib.contextmanager
+def _kept_reached_batchnorm_statistics() -> Iterator[None]:
+    """Keep the running statistics of every BatchNorm module the block's forward passes reach.
+
+    For a ``forward_func`` that is not an ``nn.Module`` (``lambda t: model(t)``) the
+    model, and so its BatchNorm modules, are unknown up front. A global forward
+    pre-hook, acting in this thread only, saves a BatchNorm module's running mean,
+    variance and batch counter the first time the module runs; they are written back
+    when the block ends, even when it raises. Modules keep their mode, as in
+    :func:`~captum_regularized._internal.model_state.kept_batchnorm_statistics`.
+    Modules run by compiled code that skips module hooks are not seen.
+    """
+    thread = threading.get_ident()
+    saved: dict[int, tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]] = {}
+
+    def save(module: nn.Module, args: Any) -> None:
+        if (
+            isinstance(module, _BatchNorm)
+            and id(module) not in saved
+            and threading.get_ident() == thread
+        ):
+            buffers = (module.running_mean, module.running_var, module.num_batches_tracked)
+            saved[id(module)] = (  # the module is kept so that its id stays unique
+                module,
+                [
+                    (buffer, buffer.detach().clone())
+                    for buffer in buffers
+                    if buffer is not None and not is_lazy(buffer)
+                ],
+            )
+
+    handle = register_module_forward_pre_hook(save)
+    try:
+        yield
+    finally:
+        handle.remove()
+        with torch.no_grad():
+            for _, buffers in saved.values():
+                for buffer, value in buffers:
+                    buffer.copy_(value)
 
 
 class _PathIntegral:
@@ -137,7 +187,19 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
     Explain models in eval mode. A model left in train mode is run as found, so its
     BatchNorm layers normalise each pass with that pass's own statistics and the map
     then depends on how the path points are batched; their running statistics are
-    saved and written back, so attribution never changes the model.
+    saved and written back, so attribution never changes the model. That holds also
+    when ``forward_func`` is a plain function around a model (``lambda t: model(t)``):
+    then the statistics of every BatchNorm module that runs during attribution are kept
+    (found by a global module hook that is removed afterwards).
+
+    The maps and deltas have the inputs' floating dtype, also under ``torch.autocast``
+    (the sums are accumulated in at least float32). An empty batch gives empty maps
+    ``(0, 1, h, w)`` (and empty deltas); the model still runs once, on zero rows, to
+    learn ``h`` and ``w``.
+
+    Activation checkpointing: ``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)``
+    around the layer works; the reentrant form runs its block without autograd, so
+    there is no graph from the layer to the output, and a clear ``ValueError`` says so.
 
     Parameters
     ----------
@@ -187,8 +249,39 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
         GradientAttribution.__init__(self, forward_func)
 
     def has_convergence_delta(self) -> bool:
-        """True: ``return_convergence_delta=True`` gives the completeness gap."""
+        """True: ``attribute(..., return_convergence_delta=True)`` gives the completeness gap.
+
+        That is what :class:`captum.attr.NoiseTunnel` uses.
+        :meth:`compute_convergence_delta` cannot recompute it from a map.
+        """
         return True
+
+    def compute_convergence_delta(
+        self,
+        attributions: TensorOrTuple,
+        start_point: BaselineType,
+        end_point: TensorOrTuple,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+    ) -> torch.Tensor:
+        """Not available: ask ``attribute`` for the deltas instead.
+
+        Captum's version compares the sum of the attributions with the output difference.
+        The sum of an RSI-Grad-CAM map is not RSI's sum (the map weights the channels of
+        ``A_m`` by spatial means), so that number would mean nothing. The completeness gap
+        ``sum RSI - (y_t(x) - y_t(x'))`` needs the integral itself, which
+        ``attribute(..., return_convergence_delta=True)`` returns.
+
+        Raises
+        ------
+        NotImplementedError
+            Always, pointing to ``return_convergence_delta=True``.
+        """
+        raise NotImplementedError(
+            "LayerRSIGradCam cannot compute the convergence delta from a map (its sum is not "
+            "the RSI sum); call attribute(..., return_convergence_delta=True) to get the "
+            "completeness gap sum RSI - (y_t(x) - y_t(x')) per example"
+        )
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -222,7 +315,9 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
             model predicts for the real input (found once, used at every path point).
         additional_forward_args : any, optional
             Extra arguments for ``forward_func`` after the inputs; tensors whose dim 0
-            is the batch are treated per example.
+            is the batch are treated per example (taken and repeated with their
+            examples' path points), everything else (a shared ``(classes,)`` bias, a 0-d
+            tensor, a number) is passed unchanged to every forward call.
         baselines : Tensor, number or tuple, optional
             Start of the path, in Captum's forms; default zeros.
         n_steps : int
@@ -255,24 +350,26 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
         -------
         Tensor or (Tensor, Tensor)
             Maps ``(B, 1, h, w)`` in the layer's resolution (upsample with
-            ``LayerAttribution.interpolate``), and the deltas ``(B,)`` when asked.
+            ``LayerAttribution.interpolate``), and the deltas ``(B,)`` when asked, both in
+            the inputs' dtype. ``B = 0`` gives empty results of these shapes.
 
         Raises
         ------
         ValueError
             For ``n_steps < 1``, an unknown ``variant`` or ``output_transform``, a baseline
-            of the wrong shape, a layer that never runs (or runs twice), an activation that
+            of the wrong shape, a bad ``target`` (out of range, wrong length), an output
+            that does not keep the batch in dim 0, a layer
+            that never runs (or runs twice), a layer that runs with autograd off inside
+            ``forward_func`` (reentrant activation checkpointing), an activation that
             is not 4-D after ``reshape_transform``, a score that does not depend on the
             layer, or ``return_convergence_delta`` with a variant other than ``'plain'``.
         TypeError
-            For non-tensor or non-floating inputs and wrongly typed arguments.
+            For non-tensor or non-floating inputs and wrongly typed arguments (``target``
+            included).
         RuntimeError
             When called inside ``torch.inference_mode()``.
         """
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError(
-                "LayerRSIGradCam needs autograd and cannot run inside torch.inference_mode()"
-            )
+        check_autograd_available("LayerRSIGradCam")
         if isinstance(n_steps, bool) or not isinstance(n_steps, int):
             raise TypeError(f"n_steps must be an int, got {type(n_steps).__name__}")
         if n_steps < 1:
@@ -292,12 +389,19 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
         batch = check_attribution_inputs(inputs_tuple, model)
         baselines_tuple = format_baselines(inputs_tuple, baselines)
         args = format_additional_args(additional_forward_args)
+        per_example = per_example_flags(args, batch)
+        out_dtype = functools.reduce(torch.promote_types, (x.dtype for x in inputs_tuple))
         if internal_batch_size is None:
             internal_batch_size = automatic_pass_rows(inputs_tuple)
         plan = plan_path(batch, n_steps, internal_batch_size)
+        statistics_kept = (
+            kept_batchnorm_statistics(model)
+            if model is not None
+            else _kept_reached_batchnorm_statistics()
+        )
 
         maps, deltas = [], []
-        with preserved_model(model) as hooks, kept_batchnorm_statistics(model):
+        with preserved_model(model) as hooks, statistics_kept:
             tap = LayerTap(self.layer, hooks, use_input=attribute_to_layer_input)
             for rows in plan.example_groups:
                 group_target, group_args = take_examples(target, args, rows, batch)
@@ -307,6 +411,7 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
                     tuple(b if b.shape[0] == 1 else b[rows] for b in baselines_tuple),
                     group_target,
                     group_args,
+                    per_example,
                     n_steps,
                     plan.step_chunks,
                     transform,
@@ -316,9 +421,9 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
                 )
                 maps.append(cam)
                 deltas.append(delta)
-        attributions = torch.cat(maps)
+        attributions = torch.cat(maps).to(out_dtype)
         if return_convergence_delta:
-            return attributions, torch.cat(deltas)
+            return attributions, torch.cat(deltas).to(out_dtype)
         return attributions
 
     def _attribute_group(
@@ -328,6 +433,7 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
         baselines: tuple[torch.Tensor, ...],
         target: TargetType,
         args: tuple[Any, ...] | None,
+        per_example: tuple[bool, ...] | None,
         n_steps: int,
         step_chunks: list[list[int]],
         transform: Callable[[torch.Tensor], torch.Tensor],
@@ -335,20 +441,20 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
         relu_attributions: bool,
         reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Maps and deltas of one group of examples, streamed over the path chunks."""
+        """Maps and deltas (float32 or wider) of one group of examples, streamed over the path."""
         group = inputs[0].shape[0]
         integral = _PathIntegral(relu_gradients=variant == "relu_gradients")
         end_scores: list[torch.Tensor] = []  # [at the input, at the baseline]
         classes: torch.Tensor | None = None
-        layer_dtype = inputs[0].dtype
         for steps in step_chunks:
             points = path_points(inputs, baselines, steps, n_steps)
-            _, chunk_args = expand_for_steps(None, args, len(steps))
+            _, chunk_args = expand_for_steps(None, args, len(steps), per_example)
             output, leaf = tap.run(self.forward_func, points, chunk_args)
             with torch.enable_grad():
-                scores, classes = _select_scores(transform(output), target, classes, group)
+                scores, classes = _select_scores(
+                    transform(output), target, classes, group, len(steps)
+                )
             gradient = _layer_gradient(scores, leaf)
-            layer_dtype = leaf.dtype
             activations = _as_maps(leaf.detach(), reshape_transform, len(steps), group)
             gradients = _as_maps(gradient, reshape_transform, len(steps), group)
             integral.add(activations, gradients, ends_at_baseline=steps[-1] == 0)
@@ -365,19 +471,27 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
         cam = (weights * at_input).sum(dim=1, keepdim=True)
         if relu_attributions:
             cam = torch.relu(cam)
-        return cam.to(layer_dtype), delta
+        return cam, delta
 
 
 def _select_scores(
-    output: torch.Tensor, target: TargetType, classes: torch.Tensor | None, group: int
+    output: torch.Tensor,
+    target: TargetType,
+    classes: torch.Tensor | None,
+    group: int,
+    n_points: int,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One score per row of a step-major pass, and the group's class indices.
+    """One score per row of a step-major pass of ``n_points * group`` rows, and the classes.
 
     For ``(rows, classes)`` outputs the class of each example is resolved (and
     validated) once, on the first pass, whose first ``group`` rows are the real inputs:
     ``target=None`` is then the predicted class of the input, used at every path point.
     """
-    n_points = output.shape[0] // group
+    if output.dim() == 0 or output.shape[0] != n_points * group:
+        raise ValueError(
+            f"forward_func returned shape {tuple(output.shape)} for a pass of "
+            f"{n_points * group} input rows; its output must keep the batch in dim 0"
+        )
     if output.dim() != 2:
         expanded, _ = expand_for_steps(target, None, n_points)
         return target_scores(output, expanded), classes

@@ -55,10 +55,12 @@ def reference_rsi_grad_cam(
         captured = {}
         if use_input:
             handle = layer.register_forward_pre_hook(
-                lambda m, i: captured.__setitem__("a", i[0])
+                lambda m, i, captured=captured: captured.update(a=i[0])
             )
         else:
-            handle = layer.register_forward_hook(lambda m, i, o: captured.__setitem__("a", o))
+            handle = layer.register_forward_hook(
+                lambda m, i, o, captured=captured: captured.update(a=o)
+            )
         try:
             out = transform(model(*point, *extra_args))
         finally:
@@ -69,15 +71,15 @@ def reference_rsi_grad_cam(
         gradients.append(reshape(grad))
         scores.append(score.detach())
     plain = sum(
-        0.5 * (gradients[l - 1] + gradients[l]) * (activations[l] - activations[l - 1])
-        for l in range(1, n_steps + 1)
+        0.5 * (gradients[s - 1] + gradients[s]) * (activations[s] - activations[s - 1])
+        for s in range(1, n_steps + 1)
     )
     delta = plain.sum(dim=(1, 2, 3)) - (scores[-1] - scores[0])
     if variant == "relu_gradients":
         rsi = sum(
-            0.5 * (gradients[l - 1].clamp(min=0) + gradients[l].clamp(min=0))
-            * (activations[l] - activations[l - 1])
-            for l in range(1, n_steps + 1)
+            0.5 * (gradients[s - 1].clamp(min=0) + gradients[s].clamp(min=0))
+            * (activations[s] - activations[s - 1])
+            for s in range(1, n_steps + 1)
         )
     elif variant == "unit_selection":
         a_m, a_0 = activations[-1], activations[0]
@@ -452,9 +454,9 @@ def test_runs_under_autocast() -> None:
 
 def test_layer_outside_the_model_is_rejected() -> None:
     model = small_cnn()
-    with pytest.raises(ValueError, match="layer .* not a submodule"):
+    with pytest.raises(ValueError, match=r"layer .* not a submodule"):
         LayerRSIGradCam(model, nn.Conv2d(3, 3, 1))
-    with pytest.raises(TypeError, match="layer must be an nn.Module"):
+    with pytest.raises(TypeError, match=r"layer must be an nn\.Module"):
         LayerRSIGradCam(model, "block3")  # type: ignore[arg-type]
 
 

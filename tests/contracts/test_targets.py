@@ -1,0 +1,109 @@
+"""Contract: every Captum target form gives the per-example loop's answer; bad targets
+and bad training labels are a ``ValueError``/``TypeError`` naming the argument."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.contracts.registry import (
+    BATCH,
+    NUM_CLASSES,
+    Entry,
+    make_batch,
+    make_model,
+    output_tensors,
+    select,
+)
+
+TARGETED = select(lambda e: e.targets)
+LABELLED = select(lambda e: e.labels)
+
+CLASSES = [2, 0, 1, 2]
+
+
+def _per_example(output: object, batch: int) -> list[torch.Tensor]:
+    return [t for t in output_tensors(output) if t.dim() > 0 and t.shape[0] == batch]
+
+
+def _loop_reference(entry: Entry, model, batch) -> list[torch.Tensor]:
+    """Each example alone, with its class as a plain int, concatenated."""
+    rows = [_per_example(entry.call(model, batch.select(i), CLASSES[i]), 1) for i in range(BATCH)]
+    return [torch.cat(parts) for parts in zip(*rows)]
+
+
+FORMS = {
+    "list": CLASSES,
+    "tensor": torch.tensor(CLASSES),
+    "int32-tensor": torch.tensor(CLASSES, dtype=torch.int32),
+    "list-of-tuples": [(c,) for c in CLASSES],
+    "list-of-tensors": [torch.tensor(c) for c in CLASSES],
+}
+
+
+@pytest.mark.parametrize("entry", TARGETED)
+@pytest.mark.parametrize("form", list(FORMS))
+def test_target_forms_match_the_per_example_loop(entry: Entry, form: str):
+    model, batch = make_model(), make_batch()
+    expected = _loop_reference(entry, model, batch)
+    got = _per_example(entry.call(model, batch, FORMS[form]), BATCH)
+    assert len(got) == len(expected) > 0
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("entry", TARGETED)
+@pytest.mark.parametrize("form", ["int", "tuple", "0-d tensor", "1-element tensor"])
+def test_one_target_for_the_whole_batch(entry: Entry, form: str):
+    model, batch = make_model(), make_batch()
+    value = {"int": 1, "tuple": (1,), "0-d tensor": torch.tensor(1),
+             "1-element tensor": torch.tensor([1])}[form]
+    got = _per_example(entry.call(model, batch, value), BATCH)
+    expected = _per_example(entry.call(model, batch, [1] * BATCH), BATCH)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e)
+
+
+BAD_TARGETS = {
+    "out-of-range": (NUM_CLASSES, ValueError),
+    "negative": (-1, ValueError),
+    "out-of-range-in-list": ([0, 1, 2, NUM_CLASSES], ValueError),
+    "negative-tensor": (torch.tensor([0, -1, 1, 2]), ValueError),
+    "wrong-length-list": ([0, 1], ValueError),
+    "wrong-length-tensor": (torch.tensor([0, 1, 2]), ValueError),
+    "float-tensor": (torch.tensor([0.0, 1.0, 2.0, 0.0]), TypeError),
+    "bool-tensor": (torch.tensor([True, False, True, False]), TypeError),
+    "bool": (True, TypeError),
+    "2-d-tensor": (torch.tensor([[0, 1], [2, 0]]), ValueError),
+    "float": (1.0, TypeError),
+    "string": ("cat", TypeError),
+}
+
+
+@pytest.mark.parametrize("entry", TARGETED)
+@pytest.mark.parametrize("bad", list(BAD_TARGETS))
+def test_bad_targets_are_refused_naming_target(entry: Entry, bad: str):
+    model, batch = make_model(), make_batch()
+    value, error = BAD_TARGETS[bad]
+    with pytest.raises(error, match="target"):
+        entry.call(model, batch, value)
+
+
+BAD_LABELS = {
+    "out-of-range": torch.tensor([0, 1, 2, NUM_CLASSES]),
+    "negative": torch.tensor([0, 1, -1, 2]),
+    "ignore-index": torch.tensor([0, 1, -100, 2]),
+    "float": torch.tensor([0.0, 1.0, 2.0, 0.0]),
+    "bool": torch.tensor([True, False, True, False]),
+    "column": torch.tensor([[0], [1], [2], [0]]),
+    "wrong-length": torch.tensor([0, 1]),
+}
+
+
+@pytest.mark.parametrize("entry", LABELLED)
+@pytest.mark.parametrize("bad", list(BAD_LABELS))
+def test_bad_labels_are_refused_naming_labels(entry: Entry, bad: str):
+    model, batch = make_model(), make_batch()
+    batch.labels = BAD_LABELS[bad]
+    with pytest.raises((ValueError, TypeError), match="labels"):
+        entry.call(model, batch, None)
