@@ -24,6 +24,12 @@ Every row of the chunk table selects one class *per example* (rows may select
 different classes for different examples, as the top-k comparison needs); each
 example's gradient only depends on its own logit as long as the model treats the
 examples of a batch independently (eval-mode BatchNorm, no cross-example ops).
+
+Both engines leave the model as found: its train/eval modes and ``requires_grad``
+flags, and its BatchNorm running statistics. The forward pass runs in the model's own
+mode (a training BatchNorm normalises with the batch's statistics), but the running
+mean, variance and batch counter are written back afterwards, so explaining a model
+in the middle of training (or ten times under ``NoiseTunnel``) does not move them.
 """
 
 from __future__ import annotations
@@ -36,7 +42,11 @@ import torch
 
 from captum_regularized._internal.captum_compat import TargetType, run_forward
 from captum_regularized._internal.checks import check_attribution_inputs
-from captum_regularized._internal.model_state import find_module, preserved_model
+from captum_regularized._internal.model_state import (
+    find_module,
+    kept_batchnorm_statistics,
+    preserved_model,
+)
 from captum_regularized._internal.targets import class_indices, target_scores
 
 __all__ = [
@@ -95,7 +105,8 @@ def target_gradients(
     """Gradient of each example's target score w.r.t. every input: one forward, one backward.
 
     ``target`` takes every Captum form; ``None`` is the predicted class on a 2-D output
-    with several columns and the output itself on a per-example scalar output.
+    with several columns and the output itself on a per-example scalar output. The
+    forward pass runs in the model's own mode; BatchNorm running statistics are kept.
 
     Examples
     --------
@@ -105,7 +116,8 @@ def target_gradients(
     True
     """
     _check_forward_and_inputs(forward_func, inputs)
-    with preserved_model(find_module(forward_func)), torch.enable_grad():
+    module = find_module(forward_func)
+    with preserved_model(module), kept_batchnorm_statistics(module), torch.enable_grad():
         leaves = _leaves(inputs)
         output = run_forward(forward_func, leaves, additional_forward_args)
         scores = target_scores(output, target)
@@ -262,6 +274,8 @@ def class_gradients(
     Returns
     -------
     ClassGradients
+        Computed in the model's own train/eval mode; BatchNorm running statistics,
+        modes and ``requires_grad`` flags are as before the call.
 
     Raises
     ------
@@ -287,7 +301,8 @@ def class_gradients(
     if class_chunk_size < 1:
         raise ValueError(f"class_chunk_size must be a positive int, got {class_chunk_size}")
     _check_forward_and_inputs(forward_func, inputs)
-    with preserved_model(find_module(forward_func)), torch.enable_grad():
+    module = find_module(forward_func)
+    with preserved_model(module), kept_batchnorm_statistics(module), torch.enable_grad():
         leaves = _leaves(inputs)
         output = run_forward(forward_func, leaves, additional_forward_args)
         if output.dim() != 2 or output.shape[1] < 2:

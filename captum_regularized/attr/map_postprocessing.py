@@ -30,7 +30,9 @@ def reduce_channels(attributions: torch.Tensor, mode: str = "max") -> torch.Tens
     Returns
     -------
     Tensor
-        Shape ``(B, 1, ...)``, same dtype and device.
+        Shape ``(B, 1, ...)``, same dtype and device. A plain reduction: a NaN or an
+        infinity in a pixel's channels stays visible in that pixel (it is never hidden
+        or spread to other pixels).
 
     Raises
     ------
@@ -76,15 +78,30 @@ def normalize_per_example(maps: torch.Tensor) -> torch.Tensor:
     Tensor
         Same shape; per example ``(m - min) / (max - min)``, never NaN.
 
+    Raises
+    ------
+    TypeError
+        Unless ``maps`` is a floating-point tensor.
+    ValueError
+        For a tensor without a non-empty batch dimension, or one holding NaN or
+        infinite values (there is no meaningful min-max scaling of those; one check
+        for the whole batch).
+
     Examples
     --------
     >>> normalize_per_example(torch.tensor([[1.0, 3.0, 2.0], [5.0, 5.0, 5.0]])).tolist()
     [[0.0, 1.0, 0.5], [0.0, 0.0, 0.0]]
+    >>> normalize_per_example(torch.tensor([[1.0, float("inf")]]))
+    Traceback (most recent call last):
+    ...
+    ValueError: maps contains NaN or infinite values; normalize finite maps only
     """
     if not isinstance(maps, torch.Tensor) or not maps.is_floating_point():
         raise TypeError("maps must be a floating-point torch.Tensor")
     if maps.dim() < 1 or maps.shape[0] == 0:
         raise ValueError(f"maps must have a non-empty batch dimension, got {tuple(maps.shape)}")
+    if not bool(torch.isfinite(maps).all()):
+        raise ValueError("maps contains NaN or infinite values; normalize finite maps only")
     flat = maps.reshape(maps.shape[0], -1)
     low = flat.amin(dim=1, keepdim=True)
     span = flat.amax(dim=1, keepdim=True) - low

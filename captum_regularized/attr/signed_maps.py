@@ -17,7 +17,7 @@ The functions ``*_part`` turn gradients into one map each; the attribution class
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, overload
 
 import torch
 
@@ -28,6 +28,7 @@ from captum_regularized._internal.captum_compat import (
     format_inputs,
     format_output,
 )
+from captum_regularized._internal.checks import check_autograd_available
 from captum_regularized._internal.class_gradients import (
     ClassGradients,
     CompareClasses,
@@ -69,14 +70,14 @@ def negative_part(gradients: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ..
 
 
 def _keep_where(
-    gradient: torch.Tensor, keep: torch.Tensor, abs: bool  # noqa: A002 - the public name
+    gradient: torch.Tensor, keep: torch.Tensor, abs: bool
 ) -> torch.Tensor:
     kept = torch.where(keep, gradient, torch.zeros_like(gradient))
     return kept.abs() if abs else kept
 
 
 def active_part(
-    grads: ClassGradients, abs: bool = True  # noqa: A002 - the public name
+    grads: ClassGradients, abs: bool = True
 ) -> tuple[torch.Tensor, ...]:
     """``g_t`` where it is strictly above every compared class's gradient, else 0.
 
@@ -93,7 +94,7 @@ def active_part(
 
 
 def inactive_part(
-    grads: ClassGradients, abs: bool = True  # noqa: A002 - the public name
+    grads: ClassGradients, abs: bool = True
 ) -> tuple[torch.Tensor, ...]:
     """``g_t`` where it is strictly below every compared class's gradient, else 0.
 
@@ -109,15 +110,39 @@ def inactive_part(
     )
 
 
+@overload
+def signed_saliency_maps(
+    forward_func: Callable[..., Any],
+    inputs: torch.Tensor,
+    target: TargetType = ...,
+    additional_forward_args: Any = ...,
+    abs: bool = ...,
+    class_chunk_size: int | None = ...,
+    compare_classes: CompareClasses = ...,
+) -> dict[str, torch.Tensor]: ...
+
+
+@overload
+def signed_saliency_maps(
+    forward_func: Callable[..., Any],
+    inputs: tuple[torch.Tensor, ...],
+    target: TargetType = ...,
+    additional_forward_args: Any = ...,
+    abs: bool = ...,
+    class_chunk_size: int | None = ...,
+    compare_classes: CompareClasses = ...,
+) -> dict[str, tuple[torch.Tensor, ...]]: ...
+
+
 def signed_saliency_maps(
     forward_func: Callable[..., Any],
     inputs: TensorOrTuple,
     target: TargetType = None,
     additional_forward_args: Any = None,
-    abs: bool = True,  # noqa: A002 - mirrors ActiveSaliency.attribute
+    abs: bool = True,
     class_chunk_size: int | None = None,
     compare_classes: CompareClasses = None,
-) -> dict[str, TensorOrTuple]:
+) -> dict[str, Any]:  # precise per input form in the overloads above
     """All four signed maps and the plain gradient from one pass over the class gradients.
 
     Equivalent to calling :class:`PositiveSaliency`, :class:`NegativeSaliency`,
@@ -149,7 +174,22 @@ def signed_saliency_maps(
     -------
     dict
         Keys ``"gradient"`` (signed ``g_t``), ``"positive"``, ``"negative"``,
-        ``"active"``, ``"inactive"``; each value has the form and shapes of ``inputs``.
+        ``"active"``, ``"inactive"``; each value has the form and shapes of ``inputs``
+        (a tensor for a tensor, a tuple for a tuple). They are computed in the model's
+        own train/eval mode; the model's modes, ``requires_grad`` flags and BatchNorm
+        running statistics are left as found.
+
+    Raises
+    ------
+    RuntimeError
+        Inside ``torch.inference_mode()``, where no gradient can be taken.
+    TypeError
+        For non-floating inputs, or a ``class_chunk_size`` / ``compare_classes`` of the
+        wrong type.
+    ValueError
+        For inputs with NaN/infinite values, without a shared batch size or on another
+        device than the model; an output that is not ``(B, C >= 2)``; a target or
+        compared class out of range; a size that is not positive.
 
     Examples
     --------
@@ -159,6 +199,7 @@ def signed_saliency_maps(
     >>> sorted(maps), maps["active"].shape
     (['active', 'gradient', 'inactive', 'negative', 'positive'], torch.Size([2, 3, 16, 16]))
     """
+    check_autograd_available("signed_saliency_maps")
     formatted, was_tuple = format_inputs(inputs)
     grads = class_gradients(
         forward_func,

@@ -11,12 +11,16 @@ All four classes return attributions of the input's shape (tuple in, tuple out),
 take ``Saliency``. Use :func:`~captum_regularized.attr.reduce_channels` and
 :func:`~captum_regularized.attr.normalize_per_example` to get the paper's per-pixel
 maps, and :func:`~captum_regularized.attr.signed_saliency_maps` for all four at once.
+
+The model is left as found: the forward pass runs in its own train/eval mode, and a
+training model's BatchNorm running statistics are written back afterwards (also when
+``NoiseTunnel`` calls ``attribute`` once per noisy sample).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from captum.attr import GradientAttribution
@@ -29,6 +33,7 @@ from captum_regularized._internal.captum_compat import (
     format_output,
     log_usage,
 )
+from captum_regularized._internal.checks import check_autograd_available
 from captum_regularized._internal.class_gradients import (
     ClassGradients,
     CompareClasses,
@@ -64,7 +69,10 @@ class _SignedSaliency(GradientAttribution):
 class _TargetSignSaliency(_SignedSaliency):
     """Maps that need only the target's gradient (one forward, one backward)."""
 
-    _part: ClassVar[Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]]
+    @staticmethod
+    def _part(gradients: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """The map of one subclass, from the target's gradients (set by each subclass)."""
+        raise NotImplementedError
 
     @log_usage()
     def attribute(
@@ -89,18 +97,34 @@ class _TargetSignSaliency(_SignedSaliency):
         -------
         Tensor or tuple of Tensor
             Non-negative maps with the form and shapes of ``inputs``.
+
+        Raises
+        ------
+        RuntimeError
+            Inside ``torch.inference_mode()``, where no gradient can be taken.
+        TypeError
+            For non-floating inputs.
+        ValueError
+            For inputs with NaN/infinite values, without a shared batch size or on
+            another device than the model, and for a target out of range.
         """
+        check_autograd_available(type(self).__name__)
         formatted, was_tuple = format_inputs(inputs)
         gradients = target_gradients(
             self.forward_func, formatted, target, format_additional_args(additional_forward_args)
         )
-        return format_output(was_tuple, type(self)._part(gradients))
+        return format_output(was_tuple, self._part(gradients))
 
 
 class _ClassComparisonSaliency(_SignedSaliency):
     """Maps that compare the target's gradient with every other class's gradient."""
 
-    _part: ClassVar[Callable[[ClassGradients, bool], tuple[torch.Tensor, ...]]]
+    @staticmethod
+    def _part(
+        grads: ClassGradients, abs: bool = True  # the paper's and Captum's Saliency name
+    ) -> tuple[torch.Tensor, ...]:
+        """The map of one subclass, from the class gradients (set by each subclass)."""
+        raise NotImplementedError
 
     @log_usage()
     def attribute(
@@ -108,7 +132,7 @@ class _ClassComparisonSaliency(_SignedSaliency):
         inputs: TensorOrTuple,
         target: TargetType = None,
         additional_forward_args: Any = None,
-        abs: bool = True,  # noqa: A002 - the paper's and Captum's Saliency name
+        abs: bool = True,
         class_chunk_size: int | None = None,
         compare_classes: CompareClasses = None,
     ) -> TensorOrTuple:
@@ -137,7 +161,20 @@ class _ClassComparisonSaliency(_SignedSaliency):
         -------
         Tensor or tuple of Tensor
             Maps with the form and shapes of ``inputs``; zero where the condition fails.
+
+        Raises
+        ------
+        RuntimeError
+            Inside ``torch.inference_mode()``, where no gradient can be taken.
+        TypeError
+            For non-floating inputs, or a ``class_chunk_size`` / ``compare_classes`` of
+            the wrong type.
+        ValueError
+            For inputs with NaN/infinite values, without a shared batch size or on
+            another device than the model; an output that is not ``(B, C >= 2)``; a
+            target or compared class out of range; a size that is not positive.
         """
+        check_autograd_available(type(self).__name__)
         formatted, was_tuple = format_inputs(inputs)
         grads = class_gradients(
             self.forward_func,
@@ -147,7 +184,7 @@ class _ClassComparisonSaliency(_SignedSaliency):
             class_chunk_size=class_chunk_size,
             compare_classes=compare_classes,
         )
-        return format_output(was_tuple, type(self)._part(grads, abs))
+        return format_output(was_tuple, self._part(grads, abs))
 
 
 class PositiveSaliency(_TargetSignSaliency):

@@ -18,21 +18,21 @@ the ``eval`` extra for it).
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, TypeAlias
 
+import captum.attr as captum_attr
 import numpy as np
 import torch
 from captum.attr import Attribution, LayerAttribution
 from torch import nn
 
-import captum.attr as captum_attr
 import captum_regularized.attr as our_attr
-from captum_regularized._internal.model_state import model_device
+from captum_regularized._internal.model_state import kept_batchnorm_statistics, model_device
 from captum_regularized.metrics._map_shapes import per_pixel_map
 
 __all__ = ["explain_func", "resolve_method"]
 
-MethodSpec = Union[str, type, Attribution]
+MethodSpec: TypeAlias = str | type | Attribution
 
 
 def resolve_method(
@@ -132,6 +132,17 @@ def explain_func(
     -------
     ndarray
         float32, ``(B, C, H, W)`` for input-shaped methods, else ``(B, 1, H, W)``.
+        The method runs in the model's own train/eval mode; BatchNorm running
+        statistics are left as found, for our methods and Captum's alike.
+
+    Raises
+    ------
+    ValueError
+        For an unknown method name, a layer method without ``layer``, inputs that are
+        not ``(B, C, H, W)`` or targets that are neither one per example nor one for all.
+    TypeError
+        For a ``method`` that is no attribution class, name or instance, or a method
+        that returns a tuple.
 
     Examples
     --------
@@ -162,7 +173,10 @@ def explain_func(
             f"targets must hold one class per example ({batch}) or one for all, "
             f"got {classes.numel()}"
         )
-    maps = attribution.attribute(images, target=classes.clone(), **attribute_kwargs)
+    # Quantus may hand over a model in train mode: explaining it must not move its
+    # BatchNorm statistics, whichever method (ours or Captum's) runs.
+    with kept_batchnorm_statistics(model):
+        maps = attribution.attribute(images, target=classes.clone(), **attribute_kwargs)
     if not isinstance(maps, torch.Tensor):
         raise TypeError(f"the method returned {type(maps).__name__}, expected one tensor")
     maps = maps.detach()

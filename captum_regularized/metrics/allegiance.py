@@ -5,15 +5,20 @@ Llorente et al. (arXiv 2309.12913) delete, for every fraction ``p`` in
 highest map value (all channels of a pixel), fill them with black (0) or white (1),
 and measure the *allegiance*: the fraction of examples whose predicted class is still
 the class predicted on the clean image. Pixels whose map value is exactly 0 are never
-deleted (a sparse map deletes fewer pixels). The score is the trapezoid area under
+deleted (a sparse map deletes fewer pixels). On a signed map (or after a signed channel
+reduction) pixels are ranked by their value, so negative pixels rank *below* the zeros:
+of the ``round(p * H * W)`` highest-valued pixels, every non-zero one is deleted and the
+zeros are skipped; negative pixels go only once ``p`` reaches past the positive and zero
+ones. The score is the trapezoid area under
 allegiance over ``p``; it lies in ``[0, 0.9]`` and lower is better (the map found the
 pixels the decision depends on).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import torch
 
@@ -33,7 +38,7 @@ ALLEGIANCE_FRACTIONS: tuple[float, ...] = (
 )
 """The deletion fractions of the signed-saliency paper."""
 
-Fill = Union[str, float]
+Fill = str | float
 
 
 class AllegianceCurve(NamedTuple):
@@ -85,7 +90,7 @@ def _check_fractions(fractions: Sequence[float]) -> list[float]:
         raise ValueError("fractions must hold at least one deletion fraction")
     if any(not 0.0 <= p <= 1.0 for p in values):
         raise ValueError(f"fractions must lie in [0, 1], got {values}")
-    if any(b <= a for a, b in zip(values, values[1:])):
+    if any(b <= a for a, b in itertools.pairwise(values)):
         raise ValueError(f"fractions must be strictly increasing, got {values}")
     return values
 
@@ -112,8 +117,10 @@ def allegiance_deletion_auc(
         Images ``(B, C, H, W)`` with ``B >= 1``.
     attributions : Tensor
         Per-pixel maps (any form :func:`~captum_regularized.attr.reduce_channels`
-        and resizing bring to ``(B, 1, H, W)``). Pixels are ranked by value, ties in
-        raster order; pixels with value 0 are never deleted.
+        and resizing bring to ``(B, 1, H, W)``). Pixels are ranked by value (negative
+        values below zero), ties in raster order; at fraction ``p`` the non-zero
+        pixels among the ``round(p * H * W)`` highest-ranked ones are deleted: pixels
+        with value 0 are never deleted, and do not make lower-valued pixels go sooner.
     fill : {"black", "white"} or float
         Value written into every channel of a deleted pixel (0, 1 or the number).
     fractions : sequence of float
@@ -162,11 +169,13 @@ def allegiance_deletion_auc(
     pixels = height * width
     wanted = [round(p * pixels) for p in values]
     active = [i for i, count in enumerate(wanted) if count > 0]
-    nonzero = (maps.reshape(batch, -1) != 0).sum(dim=1)
-    counts = torch.minimum(
-        torch.tensor([wanted[i] for i in active], device=device, dtype=torch.long)[:, None],
-        nonzero[None, :],
-    )  # (active P, B)
+    # Of the round(p * H * W) highest-valued pixels (natural order: positives, zeros,
+    # negatives), the non-zero ones are deleted. They are exactly the first ones of the
+    # ranking that puts zeros last, so only their number is needed per step and example.
+    ordered = torch.sort(maps.reshape(batch, -1), dim=1, descending=True).values
+    nonzero_among_top = torch.cumsum(ordered != 0, dim=1)  # (B, H*W)
+    last = torch.tensor([wanted[i] - 1 for i in active], device=device, dtype=torch.long)
+    counts = nonzero_among_top.index_select(1, last).T  # (active P, B)
     original = clean_outputs(
         forward_func,
         inputs,

@@ -9,7 +9,13 @@ from pathlib import Path
 from captum_regularized.study.model_zoo import ModelZoo
 from captum_regularized.study.settings import StudySettings
 from captum_regularized.study.study_data import StudyData
-from captum_regularized.study.verdicts import Claim, ClaimVerdict, judge, summarize
+from captum_regularized.study.verdicts import (
+    Claim,
+    ClaimVerdict,
+    judge,
+    not_measured,
+    summarize,
+)
 
 __all__ = ["Section", "StudyContext"]
 
@@ -60,15 +66,41 @@ class Section:
         column = self.tables.setdefault(table, {}).setdefault(row, {}).setdefault(metric, [])
         column.append(float(value))
 
+    def _missing(self, claim: Claim) -> str:
+        """What of ``claim``'s table, rows and metric was never recorded ("" if nothing)."""
+        if claim.table not in self.tables:
+            return f"table {claim.table!r} was not recorded"
+        rows = self.tables[claim.table]
+        gaps = []
+        for row in (claim.baseline, claim.method):
+            if row not in rows:
+                gaps.append(f"row {row!r} is not in table {claim.table!r}")
+            elif not rows[row].get(claim.metric):
+                gaps.append(f"row {row!r} of table {claim.table!r} has no {claim.metric!r}")
+        return "; ".join(gaps)
+
     def verdicts(self) -> list[ClaimVerdict]:
-        """Every claim whose two rows were measured, judged by :func:`judge`."""
+        """One verdict per claim, in order: judged by :func:`judge` where both rows were
+        measured, "not measured" (:func:`not_measured`, naming what is missing) otherwise.
+
+        Examples
+        --------
+        >>> section = Section("demo", "Demo", "A paper", "New beats old.", "Protocol.")
+        >>> section.record("model", "old", "auc", 0.3)
+        >>> section.claims.append(Claim("typo", "model", "old", "nwe", "auc", "lower"))
+        >>> [(v.verdict, v.missing) for v in section.verdicts()]
+        [('not measured', "row 'nwe' is not in table 'model'")]
+        """
         verdicts = []
         for claim in self.claims:
-            rows = self.tables.get(claim.table, {})
-            baseline = rows.get(claim.baseline, {}).get(claim.metric)
-            method = rows.get(claim.method, {}).get(claim.metric)
-            if baseline and method:
-                verdicts.append(judge(claim, baseline, method))
+            missing = self._missing(claim)
+            if missing:
+                verdicts.append(not_measured(claim, missing))
+                continue
+            rows = self.tables[claim.table]
+            verdicts.append(
+                judge(claim, rows[claim.baseline][claim.metric], rows[claim.method][claim.metric])
+            )
         return verdicts
 
     def as_dict(self) -> dict[str, object]:

@@ -50,7 +50,7 @@ def _new_section() -> Section:
         "white_deletion_auc": "allegiance AUC, pixels deleted to white (lower is better)",
         "accuracy": "held-out top-1 accuracy of the model",
     }
-    for recipe, table in MODELS.items():
+    for table in MODELS.values():
         for fill, (_, *methods) in FILL_MAPS.items():
             for method in methods:
                 section.claims.append(

@@ -12,6 +12,10 @@ baseline`` when higher is better, ``baseline - method`` when lower is better):
 
 With a single seed the rule reduces to "better on average" (no spread is known), which
 the report says next to every verdict.
+
+A claim whose baseline or method row (or metric) was never recorded is not dropped: it
+gets a *not measured* verdict (:func:`not_measured`), never held, that names what is
+missing, so a misspelt row shows up in the report instead of erasing the claim.
 """
 
 from __future__ import annotations
@@ -20,7 +24,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-__all__ = ["Claim", "ClaimVerdict", "RULE_TEXT", "judge", "spread", "summarize"]
+__all__ = [
+    "RULE_TEXT",
+    "Claim",
+    "ClaimVerdict",
+    "judge",
+    "not_measured",
+    "spread",
+    "summarize",
+]
 
 RULE_TEXT = (
     "A claim **held** when the mean over seeds of the method's improvement over the "
@@ -107,6 +119,10 @@ class Claim:
 class ClaimVerdict:
     """A claim with the numbers that decided it (see :func:`judge`).
 
+    ``measured`` is ``False`` for a claim whose rows were not recorded
+    (:func:`not_measured`): its numbers are NaN, ``seeds`` is 0, it is never held and
+    ``missing`` says what was not found.
+
     Examples
     --------
     >>> claim = Claim("new beats base", "t", "base", "new", "auc", "lower")
@@ -122,10 +138,14 @@ class ClaimVerdict:
     improvement_spread: float
     seeds: int
     held: bool
+    measured: bool = True
+    missing: str = ""
 
     @property
     def verdict(self) -> str:
-        """``"held"`` or ``"not held"``."""
+        """``"held"``, ``"not held"`` or ``"not measured"``."""
+        if not self.measured:
+            return "not measured"
         return "held" if self.held else "not held"
 
     def as_dict(self) -> dict[str, object]:
@@ -138,9 +158,42 @@ class ClaimVerdict:
             improvement_spread=self.improvement_spread,
             seeds=self.seeds,
             held=self.held,
+            measured=self.measured,
+            missing=self.missing,
             verdict=self.verdict,
         )
         return record
+
+
+def not_measured(claim: Claim, missing: str) -> ClaimVerdict:
+    """The verdict of a claim the study has no numbers for: never held, says what is missing.
+
+    Parameters
+    ----------
+    claim : Claim
+        The claim that could not be decided.
+    missing : str
+        What was not found (a table, a row or a metric), shown in the report.
+
+    Examples
+    --------
+    >>> claim = Claim("new beats base", "t", "base", "new", "auc", "lower")
+    >>> verdict = not_measured(claim, "row 'base' of table 't' has no 'auc'")
+    >>> verdict.verdict, verdict.held, verdict.seeds
+    ('not measured', False, 0)
+    """
+    nan = float("nan")
+    return ClaimVerdict(
+        claim=claim,
+        baseline_mean=nan,
+        method_mean=nan,
+        improvement_mean=nan,
+        improvement_spread=nan,
+        seeds=0,
+        held=False,
+        measured=False,
+        missing=missing,
+    )
 
 
 def judge(claim: Claim, baseline: Sequence[float], method: Sequence[float]) -> ClaimVerdict:

@@ -193,6 +193,9 @@ class Entry:
         Extra arguments of ``attribute`` used by those wrappers.
     tuple_inputs, noise_tunnel, infidelity, convergence_delta, autocast : bool
         Capabilities the contracts check.
+    rejects_non_finite : bool
+        NaN / inf inputs (maps, for map-only entries) are a ``ValueError``; ``False``
+        where the entry is a plain element-wise reduction that keeps them visible.
     train_buffers : ``"untouched"``, ``"one_forward"`` or ``"any"``
         What a call on a train-mode model may do to BatchNorm statistics: nothing, or
         exactly what one plain forward of the batch does (the losses return logits);
@@ -213,6 +216,7 @@ class Entry:
     infidelity: bool = False
     convergence_delta: bool = False
     autocast: bool = True
+    rejects_non_finite: bool = True
     train_buffers: Literal["untouched", "one_forward", "any"] = "untouched"
 
     @property
@@ -395,7 +399,8 @@ ENTRIES: list[Entry] = [
           differentiates=False, empty_batch="error"),
     Entry("normalize_per_example", "map", _map_only(attr.normalize_per_example),
           differentiates=False, empty_batch="error"),
-    Entry("reduce_channels", "map", _map_from_inputs(attr.reduce_channels), differentiates=False),
+    Entry("reduce_channels", "map", _map_from_inputs(attr.reduce_channels), differentiates=False,
+          rejects_non_finite=False),
 ]
 
 BY_NAME = {entry.name: entry for entry in ENTRIES}

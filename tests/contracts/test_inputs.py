@@ -52,14 +52,28 @@ def _spoil(entry: Entry, batch, value: float):
     return batch
 
 
-@pytest.mark.parametrize("entry", ALL)
-@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+NON_FINITE = pytest.mark.parametrize(
+    "value", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"]
+)
+
+
+@pytest.mark.parametrize("entry", select(lambda e: e.rejects_non_finite))
+@NON_FINITE
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_non_finite_values_are_refused_before_the_model_runs(entry: Entry, value, mode):
     model, batch = make_model().train(mode == "train"), _spoil(entry, make_batch(), value)
     with untouched(model, batch.inputs, batch.maps), pytest.raises(ValueError, match=_argument(entry)):
         entry.call(model, batch, _target(entry, batch))
     assert model.fault.calls == 0, "the model ran on a non-finite batch"
+
+
+@pytest.mark.parametrize("entry", select(lambda e: not e.rejects_non_finite))
+@NON_FINITE
+def test_non_finite_values_stay_where_they_are(entry: Entry, value):
+    batch = _spoil(entry, make_batch(), value)
+    out = output_tensors(entry.call(make_model(), batch, None))[0]
+    bad = ~torch.isfinite(out)
+    assert bad.sum() == 1 and bool(bad[1].any()), "the non-finite pixel was hidden or spread"
 
 
 @pytest.mark.parametrize("entry", WITH_INPUTS)
