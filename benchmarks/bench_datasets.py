@@ -37,8 +37,8 @@ def main() -> None:
         fake = torchvision.datasets.FakeData(count, (3, size, size), transform=to_tensor)
         times = median_seconds(
             {
-                "SyntheticShapes": lambda: shapes.tensors(device=device),
-                "FakeData": lambda: torch.stack([fake[i][0] for i in range(len(fake))]),
+                "SyntheticShapes": lambda shapes=shapes: shapes.tensors(device=device),
+                "FakeData": lambda fake=fake: torch.stack([fake[i][0] for i in range(len(fake))]),
             },
             device,
             repeats,

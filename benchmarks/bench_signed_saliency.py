@@ -96,11 +96,11 @@ def main() -> None:
         saliency = Saliency(model)
         active = ActiveSaliency(model)
         methods: dict[str, Callable[[], Any]] = {
-            "loop": lambda: author_loop(model, x),
-            "saliency": lambda: saliency.attribute(x, target=0, abs=False),
-            "ActiveSaliency": lambda: active.attribute(x),
-            "engine[vmap]": lambda: class_gradients(model, (x,), strategy="vmap"),
-            "engine[loop]": lambda: class_gradients(model, (x,), strategy="loop"),
+            "loop": lambda model=model, x=x: author_loop(model, x),
+            "saliency": lambda saliency=saliency, x=x: saliency.attribute(x, target=0, abs=False),
+            "ActiveSaliency": lambda active=active, x=x: active.attribute(x),
+            "engine[vmap]": lambda model=model, x=x: class_gradients(model, (x,), strategy="vmap"),
+            "engine[loop]": lambda model=model, x=x: class_gradients(model, (x,), strategy="loop"),
         }
         times = median_seconds(methods, device, repeats)
         rows = {key: Row(times[key], peak_bytes(fn, device)) for key, fn in methods.items()}

@@ -9,15 +9,18 @@ reproduce
     The reproduction study of the four papers: ``report.md``, ``results.json`` and
     figures with a held/not-held verdict per claim (see :mod:`captum_regularized.study`).
 
-Bad arguments exit with code 2 and a one-line reason.
+Bad arguments exit with code 2 and a one-line reason. Arguments are checked before the
+``--out`` folder is created, and a folder the command created is removed again when the
+run stops before writing anything into it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 EXIT_BAD_ARGUMENTS = 2
@@ -100,6 +103,44 @@ def check_output_dir(path: Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def output_dir(path: Path) -> Iterator[Path]:
+    """:func:`check_output_dir` for the length of a run, tidied up if the run fails.
+
+    When the block raises, the folders this call created (``path`` and any missing
+    parents) are removed again as long as they are still empty; a folder that existed
+    before is never removed. Check everything that can be checked (the device, the
+    arguments) before entering.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> out = Path(tempfile.mkdtemp()) / "run" / "one"
+    >>> try:
+    ...     with output_dir(out):
+    ...         raise UsageError("the run failed before writing anything")
+    ... except UsageError:
+    ...     pass
+    >>> out.parent.exists()
+    False
+    """
+    path = Path(path)
+    created = []
+    ancestor = path.absolute()
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        created.append(ancestor)
+        ancestor = ancestor.parent
+    try:
+        yield check_output_dir(path)
+    except BaseException:
+        for folder in created:  # deepest first
+            try:
+                folder.rmdir()  # only succeeds on an empty folder
+            except OSError:
+                break
+        raise
+
+
 def check_device(name: str) -> str:
     """Return ``name`` if usable; ``cuda`` without a GPU is a ``UsageError``."""
     import torch
@@ -129,11 +170,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from captum_regularized.demo import run_demo
 
-            out = check_output_dir(args.out)
             device = check_device(args.device)
-            run_demo(
-                out, quick=args.quick, device=device, seed=args.seed, progress=not args.no_progress
-            )
+            with output_dir(args.out) as out:
+                run_demo(
+                    out, quick=args.quick, device=device, seed=args.seed,
+                    progress=not args.no_progress,
+                )
             print(f"wrote {out / 'report.md'}")
         elif args.command == "reproduce":
             from captum_regularized.study.command import run_reproduce

@@ -14,32 +14,33 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from captum.attr import GuidedBackprop, LayerAttribution, LayerGradCam, Saliency  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.data import Subset, TensorDataset  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from captum.attr import GuidedBackprop, LayerAttribution, LayerGradCam, Saliency
+from torch import nn
+from torch.utils.data import Subset, TensorDataset
 
-from captum_regularized.attr import LayerRSIGradCam, signed_saliency_maps  # noqa: E402
-from captum_regularized.datasets import SyntheticShapes  # noqa: E402
-from captum_regularized.metrics import (  # noqa: E402
+from captum_regularized.attr import LayerRSIGradCam, signed_saliency_maps
+from captum_regularized.datasets import SyntheticShapes
+from captum_regularized.metrics import (
     deletion_auc,
     energy_pointing_game,
     gini_sparseness,
     gradient_alignment,
     pointing_game,
 )
-from captum_regularized.models import SimpleCNN, evaluate_accuracy, train_classifier  # noqa: E402
-from captum_regularized.regularizers import (  # noqa: E402
+from captum_regularized.models import SimpleCNN, evaluate_accuracy, train_classifier
+from captum_regularized.regularizers import (
     GuidedGradientRegularizer,
     NormRegularizedAdversarialLoss,
 )
-from captum_regularized.visualization import plot_attributions  # noqa: E402
+from captum_regularized.visualization import plot_attributions
 
 Explainer = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 """``explain(images, targets) -> {column: maps}``, maps ``(B, C, H, W)`` or ``(B, 1, H, W)``."""
@@ -82,7 +83,7 @@ TEST_SEED_OFFSET = 1_000_003
 """The held-out set uses ``seed + TEST_SEED_OFFSET``: disjoint random streams."""
 
 
-def attribution_methods(model: nn.Module) -> dict[str, Explainer]:
+def attribution_methods(model: SimpleCNN) -> dict[str, Explainer]:
     """The demo's method groups: name to ``explain(images, targets) -> {column: maps}``.
 
     A group computes its columns together (the four signed maps share one set of class
@@ -98,7 +99,11 @@ def attribution_methods(model: nn.Module) -> dict[str, Explainer]:
 
     def signed(x: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
         maps = signed_saliency_maps(model, x, target=t)
-        return {f"{kind.capitalize()} saliency": maps[kind] for kind in SIGNED_KINDS}
+        # one tensor of inputs in, one tensor of maps out per kind
+        return {
+            f"{kind.capitalize()} saliency": cast(torch.Tensor, maps[kind])
+            for kind in SIGNED_KINDS
+        }
 
     return {
         "Saliency": lambda x, t: {"Saliency": saliency.attribute(x, target=t, abs=True)},

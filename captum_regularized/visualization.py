@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import Any, cast
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -28,8 +28,8 @@ from matplotlib.image import AxesImage
 
 __all__ = ["plot_attributions", "plot_curves"]
 
-ArrayLike = Union[torch.Tensor, np.ndarray]
-TensorOrTuple = Union[ArrayLike, Sequence[ArrayLike]]
+ArrayLike = torch.Tensor | np.ndarray
+TensorOrTuple = ArrayLike | Sequence[ArrayLike]
 
 #: ``gid`` of the heat-map image in every method panel (handy to find it in tests).
 ATTRIBUTION_GID = "attribution"
@@ -314,7 +314,7 @@ def plot_attributions(
     grey = rgb.mean(axis=-1)
     first_image_of_kind: dict[bool, AxesImage] = {}
     for b in range(batch):
-        def panel(index: int) -> Axes:
+        def panel(index: int, b: int = b) -> Axes:
             return axes[b * rows_per_image + index // ncols, index % ncols]
 
         ax = panel(0)
@@ -357,6 +357,7 @@ def plot_attributions(
         for kind, heat in first_image_of_kind.items():
             bar = fig.colorbar(heat, ax=axes.ravel().tolist(), shrink=0.8)
             bar.set_label("signed attribution" if kind else "attribution magnitude")
+            assert bar.solids is not None  # a colorbar of an image is always filled
             bar.solids.set_alpha(1)
     return fig, axes
 
@@ -466,7 +467,9 @@ def plot_curves(
     if ax is None:
         fig, ax = plt.subplots(figsize=(5, 3.6), layout="constrained")
     else:
-        fig = ax.figure
+        # Typed ``Figure | SubFigure``: axes of a subfigure hand back that subfigure, as
+        # they always have; the annotation promises the common case, a ``Figure``.
+        fig = cast(Figure, ax.figure)
     for name, value in results.items():
         x, y = _curve_arrays(str(name), value)
         mean = y.mean(axis=0) if y.ndim == 2 else y

@@ -65,7 +65,7 @@ def _child(
         finally:
             dist.destroy_process_group()
         torch.save({"result": result}, out / f"rank{rank}.pt")
-    except BaseException:  # noqa: BLE001 - every failure must reach the parent
+    except BaseException:  # every failure must reach the parent
         (out / f"rank{rank}.err").write_text(traceback.format_exc())
 
 

@@ -45,7 +45,9 @@ def test_target_scores_matches_a_loop():
     assert torch.equal(target_scores(out[:, :1], None), out[:, 0])
     cube = torch.randn(2, 3, 4)
     assert torch.equal(target_scores(cube, (1, 2)), cube[:, 1, 2])
-    assert torch.equal(target_scores(cube, [(0, 1), (2, 3)]), torch.stack([cube[0, 0, 1], cube[1, 2, 3]]))
+    assert torch.equal(
+        target_scores(cube, [(0, 1), (2, 3)]), torch.stack([cube[0, 0, 1], cube[1, 2, 3]])
+    )
     with pytest.raises(ValueError):
         target_scores(cube, 1)
 
@@ -53,13 +55,15 @@ def test_target_scores_matches_a_loop():
 def test_preserved_model_restores_after_an_exception():
     model = nn.Sequential(nn.Linear(2, 2), nn.ReLU()).train()
     model[0].weight.requires_grad_(False)
-    with untouched(model):
-        with pytest.raises(RuntimeError):
-            with preserved_model(model, eval_mode=True) as hooks:
-                hooks.add(model[1].register_forward_hook(lambda *a: None))
-                for p in model.parameters():
-                    p.requires_grad_(True)
-                raise RuntimeError("boom")
+    with (
+        untouched(model),
+        pytest.raises(RuntimeError),
+        preserved_model(model, eval_mode=True) as hooks,
+    ):
+        hooks.add(model[1].register_forward_hook(lambda *a: None))
+        for p in model.parameters():
+            p.requires_grad_(True)
+        raise RuntimeError("boom")
     assert_no_hooks(model)
 
 

@@ -8,7 +8,7 @@ Supported: ``captum>=0.8,<0.10``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 import torch
 from captum._utils.common import (
@@ -22,9 +22,9 @@ from captum._utils.common import (
 from captum.attr._utils.common import _format_input_baseline, _tensorize_baseline
 from captum.log import log_usage
 
-TensorOrTuple = Union[torch.Tensor, tuple[torch.Tensor, ...]]
-TargetType = Union[None, int, tuple[int, ...], torch.Tensor, list[int], list[tuple[int, ...]]]
-BaselineType = Union[None, torch.Tensor, int, float, tuple[Union[torch.Tensor, int, float], ...]]
+TensorOrTuple = torch.Tensor | tuple[torch.Tensor, ...]
+TargetType = None | int | tuple[int, ...] | torch.Tensor | list[int] | list[tuple[int, ...]]
+BaselineType = None | torch.Tensor | int | float | tuple[torch.Tensor | int | float, ...]
 
 __all__ = [
     "BaselineType",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,9 +63,9 @@ def check_finite(inputs: Sequence[torch.Tensor], name: str = "inputs") -> None:
 
 def check_batch_sizes(inputs: Sequence[torch.Tensor], name: str = "inputs") -> int:
     """Return the shared batch size; raise ``ValueError`` when the tensors disagree."""
-    sizes = {t.shape[0] if t.dim() > 0 else None for t in inputs}
-    if None in sizes:
+    if any(t.dim() == 0 for t in inputs):
         raise ValueError(f"{name} must have a batch dimension (dim 0); got a 0-d tensor")
+    sizes = {int(t.shape[0]) for t in inputs}
     if len(sizes) != 1:
         raise ValueError(f"{name} must share one batch size in dim 0, got {sorted(sizes)}")
     return sizes.pop()
@@ -92,3 +93,55 @@ def check_attribution_inputs(
     check_same_device(inputs, model, name)
     check_finite(inputs, name)
     return batch
+
+
+def not_a_class_score_tensor(output: Any, who: str) -> TypeError:
+    """The ``TypeError`` for a model that returned something else than one tensor."""
+    kind = type(output).__name__
+    hint = ""
+    if isinstance(output, (tuple, list, dict)):
+        hint = "; wrap the model so that it returns the logits alone (e.g. lambda x: model(x)[0])"
+    return TypeError(f"{who} must return one (batch, classes) tensor of class scores, got a "
+                     f"{kind}{hint}")
+
+
+def check_class_scores(
+    output: Any, *, batch: int | None = None, who: str = "the model"
+) -> torch.Tensor:
+    """Return ``output`` if it is a ``(batch, classes)`` tensor, else a clear error.
+
+    Parameters
+    ----------
+    output : Any
+        What the model returned.
+    batch : int, optional
+        The number of inputs, checked against ``output.shape[0]``.
+    who : str
+        Named in the message (``"the model"``, ``"model"``, ...).
+
+    Raises
+    ------
+    TypeError
+        When ``output`` is not a tensor (a tuple or dict of outputs, say).
+    ValueError
+        When it is not two-dimensional, or has another batch size than the inputs.
+
+    Examples
+    --------
+    >>> check_class_scores(torch.zeros(2, 3), batch=2).shape
+    torch.Size([2, 3])
+    >>> try:
+    ...     check_class_scores({"logits": torch.zeros(2, 3)})
+    ... except TypeError as error:
+    ...     print(str(error).split(";")[0])
+    the model must return one (batch, classes) tensor of class scores, got a dict
+    """
+    if not isinstance(output, torch.Tensor):
+        raise not_a_class_score_tensor(output, who)
+    if output.dim() != 2 or (batch is not None and output.shape[0] != batch):
+        rows = "" if batch is None else f" with batch = {batch} rows"
+        raise ValueError(
+            f"{who} must return a (batch, classes) tensor of class scores{rows}, got shape "
+            f"{tuple(output.shape)}"
+        )
+    return output

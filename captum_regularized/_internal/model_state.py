@@ -157,8 +157,8 @@ def model_device(model: nn.Module | None) -> torch.device | None:
     """
     if model is None:
         return None
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for parameter in model.parameters():
+        return parameter.device
+    for buffer in model.buffers():
+        return buffer.device
     return None

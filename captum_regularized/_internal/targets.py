@@ -68,7 +68,9 @@ def class_indices(output: torch.Tensor, target: TargetType) -> torch.Tensor:
         return torch.full((batch,), target, dtype=torch.long, device=device)
     if isinstance(target, list):
         if len(target) != batch:
-            raise ValueError(f"a list target needs one entry per example ({batch}), got {len(target)}")
+            raise ValueError(
+                f"a list target needs one entry per example ({batch}), got {len(target)}"
+            )
         flat = []
         for item in target:
             if isinstance(item, tuple):
@@ -137,12 +139,15 @@ def target_scores(output: torch.Tensor, target: TargetType) -> torch.Tensor:
         index = class_indices(output, target)
         return output.gather(1, index[:, None])[:, 0]
     trailing = tuple(output.shape[1:])
+    per_example: list[tuple[int, ...]]
     if isinstance(target, tuple):
         per_example = [target] * batch
     elif isinstance(target, list) and all(isinstance(t, tuple) for t in target):
         if len(target) != batch:
-            raise ValueError(f"a list target needs one entry per example ({batch}), got {len(target)}")
-        per_example = target
+            raise ValueError(
+                f"a list target needs one entry per example ({batch}), got {len(target)}"
+            )
+        per_example = [t for t in target if isinstance(t, tuple)]
     else:
         raise ValueError(
             f"the model output has shape {tuple(output.shape)}; select one value per example "
@@ -154,5 +159,9 @@ def target_scores(output: torch.Tensor, target: TargetType) -> torch.Tensor:
                 f"target {item} does not index an output of trailing shape {trailing}"
             )
     rows = torch.arange(batch, device=output.device)
-    columns = [torch.tensor([t[d] for t in per_example], device=output.device) for d in range(len(trailing))]
-    return output[(rows, *columns)]
+    columns = [
+        torch.tensor([t[d] for t in per_example], device=output.device)
+        for d in range(len(trailing))
+    ]
+    selector = (rows, *columns)
+    return output[selector]

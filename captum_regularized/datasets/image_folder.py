@@ -7,16 +7,43 @@ an int64 scalar tensor and ``mask`` bool ``(1, H, W)`` when a ground-truth mask 
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms.functional import pil_to_tensor
 
 Item = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
+
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+"""PIL modes read as 16-bit data (full scale 65535); every other mode is read as 8-bit."""
+
+
+def _checked_image_size(image_size: object) -> tuple[int, int] | None:
+    """``image_size`` as ``(height, width)``; a clear error naming it otherwise."""
+    if image_size is None:
+        return None
+    expected = "an int or a pair (height, width) of positive ints"
+    if isinstance(image_size, numbers.Integral) and not isinstance(image_size, bool):
+        size = (int(image_size), int(image_size))
+    elif isinstance(image_size, (tuple, list)):
+        if len(image_size) != 2:
+            raise ValueError(f"image_size must be {expected}, got {image_size!r}")
+        if not all(
+            isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in image_size
+        ):
+            raise TypeError(f"image_size must be {expected}, got {image_size!r}")
+        size = (int(image_size[0]), int(image_size[1]))
+    else:
+        raise TypeError(f"image_size must be {expected}, got {image_size!r}")
+    if min(size) < 1:
+        raise ValueError(f"image_size must be {expected}, got {image_size!r}")
+    return size
 
 
 class ImageFolderWithMasks(Dataset):
@@ -24,8 +51,16 @@ class ImageFolderWithMasks(Dataset):
 
     The layout is torchvision's ``ImageFolder``: one sub-folder per class, classes
     sorted by name. A mask for ``root/cat/001.jpg`` is looked up as
-    ``mask_root/cat/001.png`` (any pixel above 127 is inside); images without a mask
-    file get ``None``.
+    ``mask_root/cat/001.png`` (any pixel above half the full scale is inside: above
+    127 for 8-bit masks); images without a mask file get ``None``.
+
+    Images are read as RGB and divided by their full scale: 255 for 8-bit files, and
+    65535 for 16-bit grayscale files (PIL modes in :data:`SIXTEEN_BIT_MODES`, repeated
+    over the three channels), so both land in ``[0, 1]``.
+
+    Items without masks (``None``) go through ``DataLoader`` with
+    :func:`collate_with_optional_masks`; :func:`~captum_regularized.models.train_classifier`
+    and :func:`~captum_regularized.models.evaluate_accuracy` use it by default.
 
     Parameters
     ----------
@@ -34,12 +69,21 @@ class ImageFolderWithMasks(Dataset):
     mask_root : str or Path, optional
         Folder of PNG masks with the same relative paths (extension ``.png``).
     image_size : int or (int, int), optional
-        Resize images (bilinear) and masks (nearest) to this size; ``None`` keeps them.
+        Resize images (bilinear) and masks (nearest) to this size, ``(height, width)``;
+        ``None`` keeps them.
     transform : callable, optional
         Applied to the image tensor after loading; it must keep the image's size when
         masks are used (the mask is not transformed).
     extensions : sequence of str
         Image file extensions to accept.
+
+    Raises
+    ------
+    ValueError
+        When ``root`` or ``mask_root`` is not a folder, ``root`` has no class folder with
+        images, or ``image_size`` is not positive or is a sequence whose length is not 2.
+    TypeError
+        When ``image_size`` is not an int or a pair of ints.
 
     Examples
     --------
@@ -69,11 +113,7 @@ class ImageFolderWithMasks(Dataset):
         self.mask_root = None if mask_root is None else Path(mask_root)
         if self.mask_root is not None and not self.mask_root.is_dir():
             raise ValueError(f"mask_root must be an existing folder, got {self.mask_root}")
-        if isinstance(image_size, int):
-            image_size = (image_size, image_size)
-        if image_size is not None and min(image_size) < 1:
-            raise ValueError(f"image_size must be positive, got {image_size}")
-        self.image_size = image_size
+        self.image_size = _checked_image_size(image_size)
         self.transform = transform
         try:
             self.classes, self.class_to_idx = find_classes(str(self.root))
@@ -93,23 +133,54 @@ class ImageFolderWithMasks(Dataset):
         relative = Path(self.samples[index][0]).relative_to(self.root)
         return (self.mask_root / relative).with_suffix(".png")
 
-    def _load(self, path: Path | str, mode: str, resample: Image.Resampling) -> torch.Tensor:
-        with Image.open(path) as picture:
-            picture = picture.convert(mode)
-            if self.image_size is not None:
-                height, width = self.image_size
-                picture = picture.resize((width, height), resample)
-            return pil_to_tensor(picture)
+    def _load(
+        self, path: Path | str, mode: str, resample: Image.Resampling
+    ) -> tuple[torch.Tensor, int]:
+        """The file's integer pixels ``(C, H, W)`` (``C`` from ``mode``) and their full scale."""
+        try:
+            with Image.open(path) as picture:
+                if picture.mode in SIXTEEN_BIT_MODES:
+                    picture, full_scale = picture.convert("I"), 65535
+                else:
+                    picture, full_scale = picture.convert(mode), 255
+                if self.image_size is not None:
+                    height, width = self.image_size
+                    picture = picture.resize((width, height), resample)
+                values = pil_to_tensor(picture)
+        except (OSError, SyntaxError) as error:
+            if str(path) in str(error):
+                raise
+            raise OSError(f"cannot read image file {path}: {error}") from error
+        if full_scale == 65535:
+            if values.min() < 0 or values.max() > full_scale:
+                raise ValueError(
+                    f"image file {path} holds integers outside 0..65535; only 8-bit and "
+                    "16-bit images are supported"
+                )
+            values = values.repeat(len(mode), 1, 1)
+        return values, full_scale
 
     def __getitem__(self, index: int) -> Item:
+        """Item ``index`` as ``(image, label, mask-or-None)``.
+
+        Raises
+        ------
+        OSError
+            When the image or mask file cannot be read (truncated, not an image); the
+            message names the file.
+        ValueError
+            When a mask's size differs from its image's.
+        """
         path, label = self.samples[index]
-        image = self._load(path, "RGB", Image.Resampling.BILINEAR).float() / 255.0
+        values, full_scale = self._load(path, "RGB", Image.Resampling.BILINEAR)
+        image = values.float() / full_scale
         if self.transform is not None:
             image = self.transform(image)
         mask = None
         mask_path = self.mask_path(index)
         if mask_path is not None and mask_path.is_file():
-            mask = self._load(mask_path, "L", Image.Resampling.NEAREST) > 127
+            values, full_scale = self._load(mask_path, "L", Image.Resampling.NEAREST)
+            mask = values > full_scale // 2
             if mask.shape[-2:] != image.shape[-2:]:
                 raise ValueError(
                     f"mask {mask_path} has size {tuple(mask.shape[-2:])} but the image has "
@@ -123,8 +194,15 @@ def collate_with_optional_masks(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``DataLoader`` collate for ``(image, label, mask-or-None)`` items.
 
-    Masks are stacked when every item has one and become ``None`` when none has;
-    a batch that mixes both is an error (give every image a mask, or none).
+    Images and labels are collated as ``default_collate`` does (so plain ``int``
+    labels work too). Masks are stacked when every item has one and become ``None``
+    when none has; a batch that mixes both is an error (give every image a mask, or
+    none).
+
+    Raises
+    ------
+    ValueError
+        When some items of the batch have a mask and others have ``None``.
 
     Examples
     --------
@@ -133,8 +211,7 @@ def collate_with_optional_masks(
     >>> images.shape, labels.tolist(), masks
     (torch.Size([2, 3, 2, 2]), [0, 0], None)
     """
-    images = torch.stack([item[0] for item in batch])
-    labels = torch.stack([item[1] for item in batch])
+    images, labels = default_collate([(item[0], item[1]) for item in batch])
     masks = [item[2] for item in batch]
     present = sum(mask is not None for mask in masks)
     if present == 0:
@@ -144,4 +221,4 @@ def collate_with_optional_masks(
             f"{len(masks) - present} of {len(masks)} items in this batch have no mask; "
             "give every image a mask file, or none"
         )
-    return images, labels, torch.stack(masks)  # type: ignore[arg-type]
+    return images, labels, default_collate(masks)

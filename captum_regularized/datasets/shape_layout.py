@@ -113,7 +113,7 @@ def _object_colours(keys: torch.Tensor, slots: int) -> torch.Tensor:
     """Target red in slot 0; distractors cycle through the palette from a random start."""
     bits = hashed_bits(keys, Stream.COLOURS, 1 + 3 * slots)
     jitter = (bits_to_unit(bits[:, 1:]).view(len(keys), slots, 3) * 2.0 - 1.0) * COLOUR_JITTER
-    palette = torch.tensor((TARGET_COLOUR,) + DISTRACTOR_COLOURS, device=keys.device)
+    palette = torch.tensor((TARGET_COLOUR, *DISTRACTOR_COLOURS), device=keys.device)
     start = bits[:, :1] % len(DISTRACTOR_COLOURS)
     slot = torch.arange(slots, device=keys.device)[None, :]
     choice = torch.where(slot == 0, 0, (start + slot - 1) % len(DISTRACTOR_COLOURS) + 1)

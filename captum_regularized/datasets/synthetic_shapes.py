@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
-from typing import Union
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
@@ -20,7 +19,7 @@ from captum_regularized.datasets.shape_rendering import (
 from captum_regularized.datasets.shapes import SHAPE_NAMES
 from captum_regularized.datasets.textures import textured_background
 
-Indices = Union[int, Sequence[int], torch.Tensor]
+Indices = int | Sequence[int] | torch.Tensor
 CHUNK_PIXELS = 64 * 64 * 64
 """Pixels per chunk when :meth:`SyntheticShapes.tensors` picks the chunk size."""
 

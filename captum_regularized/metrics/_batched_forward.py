@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from captum_regularized._internal.captum_compat import format_additional_args, run_forward
+from captum_regularized._internal.checks import not_a_class_score_tensor
 from captum_regularized._internal.model_state import find_module, preserved_model
 
 __all__ = [
@@ -96,6 +97,13 @@ def forward_in_chunks(
     Tensor
         The reductions of all ``count`` images, concatenated along dim 0.
 
+    Raises
+    ------
+    TypeError
+        When the model returns something other than one tensor (a tuple or dict).
+    ValueError
+        When ``count`` is below 1 or ``internal_batch_size`` is not positive.
+
     Examples
     --------
     >>> x = torch.arange(3.0)[:, None]
@@ -113,6 +121,8 @@ def forward_in_chunks(
             output = run_forward(
                 forward_func, (images,), _select_examples(args, example_index, batch)
             )
+            if not isinstance(output, torch.Tensor):
+                raise not_a_class_score_tensor(output, "the model (forward_func)")
             pieces.append(reduce(output, example_index))
     if not pieces:
         raise ValueError("forward_in_chunks needs at least one image to evaluate (count >= 1)")

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 import torch.nn.functional as F
 
 __all__ = ["Substrate", "gaussian_blur", "make_substrate"]
 
-Substrate = Union[str, float, torch.Tensor]
+Substrate = str | float | torch.Tensor
 
 
 def gaussian_blur(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 from tqdm.auto import tqdm
 
+from captum_regularized._internal.checks import check_class_scores
 from captum_regularized._internal.model_state import model_device, preserved_model
 from captum_regularized.metrics.allegiance import allegiance_deletion_auc
 from captum_regularized.metrics.confidence_change import ConfidenceChange, confidence_change
@@ -128,7 +129,7 @@ BUILTIN_METRICS: dict[str, MetricFn] = {
 """Metrics by name, with their default settings. The mean of the per-example
 ``allegiance_deletion_auc`` is the paper's area under the allegiance curve."""
 
-Method = Union[Any, Callable[..., torch.Tensor], None]
+Method = Any | Callable[..., torch.Tensor] | None
 
 
 @dataclass
@@ -212,7 +213,7 @@ def _sharded(loader: DataLoader, rank: int, world_size: int) -> DataLoader:
             "distributed evaluation reshards the loader with a DistributedSampler; it needs a "
             "map-style data set and a loader built with batch_size"
         )
-    sampler = DistributedSampler(
+    sampler: DistributedSampler = DistributedSampler(
         loader.dataset, num_replicas=world_size, rank=rank, shuffle=False, drop_last=False
     )
     return DataLoader(
@@ -270,7 +271,8 @@ def evaluate_dataset(
     attribute_kwargs : dict, optional
         Extra keyword arguments for the method.
     device : str or torch.device, optional
-        Where batches go; default the model's device.
+        Where batches go; default the model's device (for a model without parameters
+        or buffers, wherever the loader puts them).
     progress : bool
         Show a tqdm bar (on rank 0 only).
     distributed : bool, optional
@@ -285,8 +287,12 @@ def evaluate_dataset(
     Raises
     ------
     ValueError
-        For an empty data set, an unknown metric name, or a metric that needs what the
-        batch lacks (maps, masks).
+        For an empty data set, an unknown metric name, a metric that needs what the
+        batch lacks (maps, masks), or a model output that is not ``(batch, classes)``.
+    TypeError
+        When ``data`` is not a ``DataLoader``, its batches are not
+        ``(images, labels, ...)``, or the model returns something other than one tensor
+        (a tuple or dict of outputs).
 
     Examples
     --------
@@ -323,7 +329,8 @@ def evaluate_dataset(
             masks = batch[2].to(device) if has_masks else None
             if target == "predicted":
                 with torch.no_grad():
-                    targets = model(images).argmax(dim=1)
+                    scores = check_class_scores(model(images), batch=len(images), who="model")
+                    targets = scores.argmax(dim=1)
             else:
                 targets = labels.long()
             maps = _explain(method, images, targets, kwargs)

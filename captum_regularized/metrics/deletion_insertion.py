@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import torch
 
 from captum_regularized._internal.captum_compat import TargetType
-from captum_regularized._internal.checks import check_same_device, check_finite
+from captum_regularized._internal.checks import check_finite, check_same_device
 from captum_regularized._internal.model_state import find_module
 from captum_regularized._internal.targets import class_indices
 from captum_regularized.metrics._batched_forward import (

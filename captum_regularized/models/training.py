@@ -4,16 +4,33 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
-LossOutput = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
+from captum_regularized._internal.checks import check_class_scores
+from captum_regularized._internal.model_state import model_device, preserved_model
+from captum_regularized.datasets.image_folder import collate_with_optional_masks
+
+LossOutput = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 LossHook = Callable[[torch.Tensor, torch.Tensor], LossOutput]
+Collate = Callable[[list[Any]], Any]
+
+
+def _collate(items: list[Any]) -> Any:
+    """``default_collate``, except that ``(image, label, None)`` items (no masks) collate too."""
+    first = items[0]
+    if (
+        isinstance(first, (tuple, list))
+        and len(first) == 3
+        and any(isinstance(item, (tuple, list)) and item[2] is None for item in items)
+    ):
+        return collate_with_optional_masks(items)
+    return default_collate(items)
 
 
 def _images_and_labels(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,15 +54,19 @@ def train_classifier(
     progress: bool = True,
     weight_decay: float = 1e-4,
     seed: int = 0,
+    collate_fn: Collate | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` with AdamW and return one record per epoch.
 
     Parameters
     ----------
     model : nn.Module
-        Moved to ``device`` and left in train mode after training.
+        Moved to ``device`` and left in train mode after training (when training
+        stops with an error, its modules get back the modes they had).
     train_set : Dataset
-        Yields ``(image, label)`` or ``(image, label, mask)``.
+        A map-style data set (with ``len``) of ``(image, label)`` or
+        ``(image, label, mask-or-None)`` items, e.g.
+        :class:`~captum_regularized.datasets.ImageFolderWithMasks` without masks.
     epochs, batch_size, lr, weight_decay : training settings
         AdamW with a cosine learning-rate schedule over all steps.
     device : str or torch.device
@@ -60,12 +81,25 @@ def train_classifier(
         Show a tqdm bar per epoch.
     seed : int
         Seeds the shuffling order.
+    collate_fn : callable, optional
+        The ``DataLoader``'s collate function. The default is ``default_collate``, with
+        :func:`~captum_regularized.datasets.collate_with_optional_masks` for items whose
+        mask is ``None``.
 
     Returns
     -------
     list of dict
         Per epoch: ``epoch``, ``loss`` (mean), ``accuracy`` (training batches, when
         logits are known, else NaN) and ``seconds``.
+
+    Raises
+    ------
+    ValueError
+        For ``epochs`` or ``batch_size`` below 1, ``lr <= 0`` or an empty ``train_set``
+        (before any work), or a model output that is not ``(batch, classes)``.
+    TypeError
+        When ``train_set`` has no length, its batches are not ``(images, labels, ...)``,
+        or the model returns something other than one tensor (a tuple or dict).
 
     Examples
     --------
@@ -81,10 +115,41 @@ def train_classifier(
         raise ValueError(
             f"epochs and batch_size must be >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}"
         )
+    try:
+        size = len(train_set)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            "train_set must be a map-style data set with a length, got "
+            f"{type(train_set).__name__}"
+        ) from None
+    if size == 0:
+        raise ValueError("train_set is empty; train_classifier needs at least one item")
     device = torch.device(device)
-    model.to(device).train()
     generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator)
+    loader = DataLoader(
+        train_set, batch_size=batch_size, shuffle=True, generator=generator,
+        collate_fn=_collate if collate_fn is None else collate_fn,
+    )
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        model.to(device).train()
+        return _train(model, loader, epochs, lr, weight_decay, device, loss, progress)
+    except BaseException:
+        for module, training in modes:
+            module.training = training
+        raise
+
+
+def _train(
+    model: nn.Module,
+    loader: DataLoader,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    device: torch.device,
+    loss: LossHook | None,
+    progress: bool,
+) -> list[dict[str, float]]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=lr, total_steps=epochs * len(loader), pct_start=0.2
@@ -101,7 +166,7 @@ def train_classifier(
             images, labels = images.to(device), labels.to(device)
             optimizer.zero_grad(set_to_none=True)
             if loss is None:
-                logits = model(images)
+                logits = check_class_scores(model(images), batch=len(images), who="model")
                 value = F.cross_entropy(logits, labels)
             else:
                 out = loss(images, labels)
@@ -141,8 +206,35 @@ def evaluate_accuracy(
     *,
     batch_size: int = 256,
     device: str | torch.device | None = None,
+    collate_fn: Collate | None = None,
 ) -> float:
-    """Top-1 accuracy of ``model`` on ``data`` in eval mode (the mode is restored).
+    """Top-1 accuracy of ``model`` on ``data`` in eval mode (the modes are restored).
+
+    Parameters
+    ----------
+    model : nn.Module
+        A classifier returning ``(batch, classes)`` scores.
+    data : Dataset
+        ``(image, label)`` or ``(image, label, mask-or-None)`` items.
+    batch_size : int
+        Items per forward pass.
+    device : str or torch.device, optional
+        Where the images go; default the model's device, or (for a model without
+        parameters or buffers) wherever the data set puts them.
+    collate_fn : callable, optional
+        As in :func:`train_classifier`.
+
+    Returns
+    -------
+    float
+        The share of items whose highest score is their label.
+
+    Raises
+    ------
+    ValueError
+        For an empty ``data`` set or a model output that is not ``(batch, classes)``.
+    TypeError
+        When the model returns something other than one tensor (a tuple or dict).
 
     Examples
     --------
@@ -152,19 +244,21 @@ def evaluate_accuracy(
     >>> 0.0 <= evaluate_accuracy(SimpleCNN(2, width=4), data) <= 1.0
     True
     """
-    if device is None:
-        device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        correct, seen = 0, 0
-        for batch in DataLoader(data, batch_size=batch_size):
+    target_device = model_device(model) if device is None else torch.device(device)
+    loader = DataLoader(
+        data, batch_size=batch_size, collate_fn=_collate if collate_fn is None else collate_fn
+    )
+    correct: torch.Tensor | None = None
+    seen = 0
+    with preserved_model(model, eval_mode=True):
+        for batch in loader:
             images, labels = _images_and_labels(batch)
-            logits = model(images.to(device))
-            correct += int((logits.argmax(1).cpu() == labels).sum())
+            if target_device is not None:
+                images = images.to(target_device)
+            logits = check_class_scores(model(images), batch=len(images), who="model")
+            hits = (logits.argmax(1) == labels.to(logits.device)).sum()
+            correct = hits if correct is None else correct + hits
             seen += len(labels)
-    finally:
-        model.train(was_training)
-    if seen == 0:
-        raise ValueError("evaluate_accuracy got an empty data set")
-    return correct / seen
+    if correct is None or seen == 0:
+        raise ValueError("data is empty; evaluate_accuracy needs at least one item")
+    return float(correct) / seen

@@ -64,19 +64,22 @@ def _command_line(args: argparse.Namespace) -> str:
 def run_reproduce(args: argparse.Namespace) -> Path:
     """Check the arguments, run the study, return the report's path.
 
+    The device and the arguments are checked before ``--out`` is created; a folder
+    created here is removed again when the run fails before writing into it (see
+    :func:`captum_regularized.cli.output_dir`).
+
     Raises
     ------
     captum_regularized.cli.UsageError
         For ``--seeds`` below 1, a ``--data`` that is not a
         readable image folder, an unwritable ``--out`` or ``--device cuda`` without CUDA.
     """
-    from captum_regularized.cli import UsageError, check_device, check_output_dir
+    from captum_regularized.cli import UsageError, check_device, output_dir
 
     if args.seeds is not None and args.seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
     if args.data is not None and not args.data.is_dir():
         raise UsageError(f"--data {args.data}: not a folder")
-    out = check_output_dir(args.out)
     device = check_device(args.device)
 
     from captum_regularized.study.runner import run_study
@@ -85,11 +88,13 @@ def run_reproduce(args: argparse.Namespace) -> Path:
     settings = QUICK if args.quick else FULL
     if args.seeds is not None:
         settings = settings.with_seeds(args.seeds)
-    try:
-        run_study(out, settings=settings, quick=args.quick, device=device, seed=args.seed,
-                  data=args.data, progress=not args.no_progress, command=_command_line(args))
-    except ValueError as error:
-        if str(error).startswith("--data"):
-            raise UsageError(str(error)) from None
-        raise
+    with output_dir(args.out) as out:
+        try:
+            run_study(out, settings=settings, quick=args.quick, device=device, seed=args.seed,
+                      data=args.data, progress=not args.no_progress,
+                      command=_command_line(args))
+        except ValueError as error:
+            if str(error).startswith("--data"):
+                raise UsageError(str(error)) from None
+            raise
     return out / "report.md"

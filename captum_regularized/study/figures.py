@@ -10,10 +10,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
 
-from captum_regularized.visualization import plot_attributions, plot_curves  # noqa: E402
+from captum_regularized.visualization import plot_attributions, plot_curves
 
 __all__ = ["save_curves_figure", "save_maps_figure"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -15,7 +15,7 @@ from captum_regularized.models import SimpleCNN, evaluate_accuracy, train_classi
 from captum_regularized.study.settings import StudySettings
 from captum_regularized.study.study_data import StudyData
 
-__all__ = ["ADVERSARIAL_NORMS", "ModelZoo", "RECIPES", "ScaledLogits", "TrainedModel"]
+__all__ = ["ADVERSARIAL_NORMS", "RECIPES", "ModelZoo", "ScaledLogits", "TrainedModel"]
 
 ADVERSARIAL_NORMS = ("l1", "elastic_net", "group")
 """The norms of the norm-regularized adversarial section."""
@@ -123,7 +123,8 @@ class TrainedModel:
     def grad_cam_layer(self) -> nn.Module:
         """The last convolutional block (Grad-CAM's layer)."""
         inner = self.model.model if isinstance(self.model, ScaledLogits) else self.model
-        return inner.layer4 if hasattr(inner, "layer4") else inner.block3
+        # ``nn.Module.__getattr__`` is typed ``Tensor | Module``; these are submodules.
+        return cast(nn.Module, inner.layer4 if hasattr(inner, "layer4") else inner.block3)
 
 
 class ModelZoo:

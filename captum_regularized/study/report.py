@@ -33,7 +33,7 @@ def _table_lines(name: str, rows: dict[str, dict[str, Any]]) -> list[str]:
     for row, columns in rows.items():
         cells = [format_value(columns[m]) if m in columns else "–" for m in metrics]
         lines.append(f"| {row} | {' | '.join(cells)} |")
-    return lines + [""]
+    return [*lines, ""]
 
 
 def _claim_lines(claims: list[dict[str, Any]]) -> list[str]:
@@ -42,14 +42,21 @@ def _claim_lines(claims: list[dict[str, Any]]) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for c in claims:
-        verdict = "**held**" if c["held"] else "not held"
         margin = f" (margin {c['margin']:g})" if c["margin"] else ""
+        if not c.get("measured", True):
+            lines.append(
+                f"| {c['text']} | {c['metric']} ({c['better']} is better){margin} | "
+                f"{c['baseline']}: – | {c['method']}: – | – | "
+                f"not measured: {c.get('missing') or 'no numbers'} |"
+            )
+            continue
+        verdict = "**held**" if c["held"] else "not held"
         lines.append(
             f"| {c['text']} | {c['metric']} ({c['better']} is better){margin} | "
             f"{c['baseline']}: {c['baseline_mean']:.3f} | {c['method']}: {c['method_mean']:.3f} | "
             f"{c['improvement_mean']:+.3f} ± {c['improvement_spread']:.3f} | {verdict} |"
         )
-    return lines + [""]
+    return [*lines, ""]
 
 
 def _section_lines(section: dict[str, Any]) -> list[str]:
@@ -94,7 +101,7 @@ def _run_lines(results: dict[str, Any]) -> list[str]:
         lines += [f"| `{name}` | {value:.4g} |" if isinstance(value, float)
                   else f"| `{name}` | {value} |" for name, value in settings.items()]
         lines.append("")
-    return lines + [f"**Departures from the papers.** {DEPARTURES}", ""]
+    return [*lines, f"**Departures from the papers.** {DEPARTURES}", ""]
 
 
 def _summary_lines(results: dict[str, Any]) -> list[str]:
@@ -103,15 +110,18 @@ def _summary_lines(results: dict[str, Any]) -> list[str]:
     for section in results["sections"].values():
         claims = section["claims"]
         held = [c["text"] for c in claims if c["held"]]
-        failed = [c["text"] for c in claims if not c["held"]]
-        if not failed:
+        unmeasured = [c["text"] for c in claims if not c.get("measured", True)]
+        failed = [c["text"] for c in claims if not c["held"] and c["text"] not in unmeasured]
+        if not failed and not unmeasured:
             which = "all"
         elif len(held) > len(failed):
             which = "all but: " + "; ".join(failed)
         else:
             which = ("held: " + "; ".join(held)) if held else "none"
+        if unmeasured:
+            which += "; not measured: " + "; ".join(unmeasured)
         lines.append(f"| {section['title']} | {len(held)} of {len(claims)} | {which} |")
-    return lines + [""]
+    return [*lines, ""]
 
 
 def write_report(out: Path, results: dict[str, Any]) -> Path:

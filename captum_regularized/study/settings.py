@@ -71,7 +71,7 @@ class StudySettings:
     perturbation_steps: int
     figure_rows: int
 
-    def with_seeds(self, seeds: int) -> "StudySettings":
+    def with_seeds(self, seeds: int) -> StudySettings:
         """A copy with another number of seeds.
 
         Examples

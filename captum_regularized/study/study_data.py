@@ -11,7 +11,7 @@ from torch.utils.data import Dataset, TensorDataset
 from captum_regularized.datasets import SyntheticShapes
 from captum_regularized.study.settings import StudySettings
 
-__all__ = ["SeedData", "StudyData", "TEST_SEED_OFFSET"]
+__all__ = ["TEST_SEED_OFFSET", "SeedData", "StudyData"]
 
 TEST_SEED_OFFSET = 1_000_003
 """The synthetic held-out set of seed ``s`` uses data seed ``s + TEST_SEED_OFFSET``."""

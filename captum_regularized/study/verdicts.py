@@ -151,11 +151,14 @@ class ClaimVerdict:
     def as_dict(self) -> dict[str, object]:
         """JSON-ready record."""
         record = asdict(self.claim)
+        def number(value: float) -> float | None:  # strict JSON has no NaN
+            return None if math.isnan(value) else value
+
         record.update(
-            baseline_mean=self.baseline_mean,
-            method_mean=self.method_mean,
-            improvement_mean=self.improvement_mean,
-            improvement_spread=self.improvement_spread,
+            baseline_mean=number(self.baseline_mean),
+            method_mean=number(self.method_mean),
+            improvement_mean=number(self.improvement_mean),
+            improvement_spread=number(self.improvement_spread),
             seeds=self.seeds,
             held=self.held,
             measured=self.measured,

@@ -105,8 +105,8 @@ for name, model in {"baseline": baseline, "regularized": regularized}.items():
 # Lightning is not a dependency of this package, so here the same ``training_step``
 # (without ``self.log_dict``) runs in the loop Lightning would run for us: a few steps
 # on the regularized model, the penalty going into ``backward`` with the loss.
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
+import torch.nn.functional as F
+from torch import nn
 
 
 class GuidedAlignedClassifier(nn.Module):

@@ -151,10 +151,10 @@ plt.show()
 # :func:`~captum_regularized.metrics.gini_sparseness`, and its ``PointingGame`` the same
 # test as :func:`~captum_regularized.metrics.pointing_game`, so the two columns of each
 # pair below agree.
-import numpy as np  # noqa: E402
-import quantus  # noqa: E402
+import numpy as np
+import quantus
 
-from captum_regularized.integrations.quantus import explain_func  # noqa: E402
+from captum_regularized.integrations.quantus import explain_func
 
 x_batch, y_batch = images.numpy(), labels.numpy()
 s_batch = masks.float().numpy()

@@ -76,6 +76,16 @@ def test_non_finite_values_stay_where_they_are(entry: Entry, value):
     assert bad.sum() == 1 and bool(bad[1].any()), "the non-finite pixel was hidden or spread"
 
 
+@pytest.mark.parametrize(
+    "entry", select(lambda e: e.kind != "map" and not e.name.startswith("evaluate_"))
+)
+def test_non_tensor_inputs_are_a_type_error(entry: Entry):
+    model, batch = make_model(), make_batch()
+    batch.inputs = batch.inputs.tolist()
+    with untouched(model), pytest.raises(TypeError, match="inputs"):
+        entry.call(model, batch, _target(entry, batch))
+
+
 @pytest.mark.parametrize("entry", WITH_INPUTS)
 def test_integer_inputs_are_a_type_error(entry: Entry):
     model, batch = make_model(), make_batch()

@@ -87,7 +87,7 @@ def test_mix32_matches_plain_python() -> None:
 
 
 def test_outputs_are_well_formed() -> None:
-    images, labels, masks = SyntheticShapes(30, image_size=40, noise=0.2).tensors()
+    images, _labels, masks = SyntheticShapes(30, image_size=40, noise=0.2).tensors()
     assert images.shape == (30, 3, 40, 40) and images.dtype == torch.float32
     assert masks.shape == (30, 1, 40, 40) and masks.dtype == torch.bool
     assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0

@@ -107,7 +107,13 @@ def test_image_folder_skips_mask_metrics(tmp_path):
     metrics = {m for rows in section["tables"].values() for r in rows.values() for m in r}
     assert "pointing_game" not in metrics and "energy_in_mask" not in metrics
     assert "deletion_auc" in metrics
-    assert {c["metric"] for c in section["claims"]} == {"deletion_auc", "insertion_auc"}
+    measured = {c["metric"] for c in section["claims"] if c["measured"]}
+    assert measured == {"deletion_auc", "insertion_auc"}
+    unmeasured = [c for c in section["claims"] if not c["measured"]]
+    assert {c["metric"] for c in unmeasured} == {"pointing_game", "energy_in_mask"}
+    assert all(c["verdict"] == "not measured" and c["missing"] for c in unmeasured)
+    report = (out / "report.md").read_text()
+    assert report.count("not measured:") >= len(unmeasured)
 
 
 @pytest.mark.parametrize(

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
+from captum_regularized.models import SimpleCNN
 from captum_regularized.study.model_zoo import ScaledLogits, TrainedModel
 from captum_regularized.study.norm_adversarial_section import patch_norms
 from captum_regularized.study.report import format_value
-from captum_regularized.models import SimpleCNN
 
 
 @pytest.mark.parametrize("size, patch", [(8, 4), (7, 3), (5, 5)])
