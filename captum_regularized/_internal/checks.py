@@ -145,3 +145,29 @@ def check_class_scores(
             f"{tuple(output.shape)}"
         )
     return output
+
+
+def check_data_batch(images: torch.Tensor, index: int, who: str, *, floating: bool = True) -> None:
+    """Refuse a data-loader batch of images that holds NaN or inf (or is not floating).
+
+    One check per batch, before the model sees it: a non-finite image would otherwise
+    turn BatchNorm statistics, scores or weights into NaN without a word.
+
+    Examples
+    --------
+    >>> check_data_batch(torch.zeros(2, 3), 0, "evaluate_accuracy")
+    >>> check_data_batch(torch.tensor([[float("nan")]]), 4, "evaluate_accuracy")
+    Traceback (most recent call last):
+    ...
+    ValueError: evaluate_accuracy: the images of data batch 4 contain NaN or infinite values
+    """
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{who}: data batch {index} images must be a tensor, got "
+                        f"{type(images).__name__}")
+    if not images.is_floating_point():
+        if floating:
+            raise TypeError(f"{who}: the images of data batch {index} must be a floating-point "
+                            f"tensor (gradients need one), got {images.dtype}")
+        return
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError(f"{who}: the images of data batch {index} contain NaN or infinite values")

@@ -42,6 +42,10 @@ from captum_regularized._internal.captum_compat import (
     format_additional_args,
     run_forward,
 )
+from captum_regularized._internal.input_gradients import (
+    check_not_modified_in_place,
+    gradient_leaf,
+)
 from captum_regularized._internal.model_state import find_module
 from captum_regularized._internal.per_example_batchnorm import (
     batch_norm_with_switchable_statistics,
@@ -49,9 +53,9 @@ from captum_regularized._internal.per_example_batchnorm import (
 from captum_regularized._internal.targets import target_scores
 
 __all__ = [
+    "RELU_FUNCTIONS",
     "GuidedAndPlain",
     "GuidedReLUSwitch",
-    "RELU_FUNCTIONS",
     "check_not_compiled",
     "guided_and_plain_gradients",
     "recording_relus",
@@ -237,17 +241,21 @@ def guided_and_plain_gradients(
     forward_func : callable
         The model (or a function calling it). ReLUs are found while it runs.
     inputs : Tensor
-        A batch ``(B, ...)``; it is not modified and its ``requires_grad`` is left alone
-        (the gradients are taken with respect to a detached copy).
+        A batch ``(B, ...)``; it is not modified and its ``requires_grad`` is left alone.
+        The gradients are taken with respect to a detached leaf, except with
+        ``create_graph=True`` and inputs on an autograd graph: then with respect to a
+        copy still on that graph, so the logits and the plain gradient back-propagate
+        into whatever produced ``inputs`` (see
+        :func:`~captum_regularized._internal.input_gradients.gradient_leaf`).
     target : int, list, tuple, Tensor or None
         Any Captum target form; ``None`` means the predicted class for a ``(B, C)``
         output (see :func:`~captum_regularized._internal.targets.target_scores`).
     additional_forward_args : Any
         Passed after ``inputs``, as in Captum.
     create_graph : bool
-        Keep the graph of the plain gradient (and of the logits) for double
-        backpropagation. With ``False`` the forward graph is freed and the logits come
-        back detached.
+        Keep the graph of the plain gradient (and of the logits, down to the caller's
+        graph of ``inputs``) for double backpropagation. With ``False`` the forward
+        graph is freed and the logits come back detached.
     score_fn : callable, optional
         ``score_fn(output) -> (B,)`` picks the scores to differentiate instead of
         ``target`` (for callers that validated their targets already and want no host
@@ -272,6 +280,8 @@ def guided_and_plain_gradients(
         silently equal the plain one.
     TypeError
         For a ``torch.compile``'d module or a non-floating input.
+    RuntimeError
+        When the forward pass modifies its input in place.
 
     Examples
     --------
@@ -285,12 +295,14 @@ def guided_and_plain_gradients(
     if not inputs.is_floating_point():
         raise TypeError(f"inputs must be a floating-point tensor, got {inputs.dtype}")
     check_not_compiled(find_module(forward_func), "forward_func")
-    leaf = inputs.detach().requires_grad_(True)
+    leaf = gradient_leaf(inputs, keep_graph=create_graph)
+    version = leaf._version
     switch = GuidedReLUSwitch()
     with torch.enable_grad():
         with recording_relus(switch, split_batchnorm=per_example):
             args = format_additional_args(additional_forward_args)
             logits = run_forward(forward_func, (leaf,), args)
+        check_not_modified_in_place(leaf, version, "forward_func")
         if switch.num_relus == 0:
             raise ValueError(
                 "forward_func has no ReLU (nn.ReLU or functional relu) on the path from the "

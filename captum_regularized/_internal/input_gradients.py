@@ -6,21 +6,35 @@ treats examples independently, e.g. eval-mode BatchNorm) an example's gradient d
 not depend on the rest of the batch. Only the input gradient is requested from
 autograd: no parameter ``.grad`` is touched and no weight gradient is computed
 (unless ``create_graph=True`` asks to differentiate through it later).
+
+With ``create_graph=True`` the caller's autograd graph is kept: when ``inputs`` come
+out of trainable modules (``reg(pre(x), y)``), the gradient is taken with respect to a
+copy that still hangs on that graph, so the logits *and* the penalty on the gradient
+back-propagate into ``pre`` as they would through the composed model.
+
+The checks of a training batch (:func:`check_training_batch`,
+:func:`check_class_logits`) are shared by the three training losses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 __all__ = [
     "InputGradient",
-    "check_training_batch",
     "PerExampleLoss",
+    "batchnorm_statistics_restored_on_error",
+    "check_class_logits",
+    "check_not_modified_in_place",
+    "check_training_batch",
     "cross_entropy_per_example",
+    "gradient_leaf",
     "input_gradient",
     "per_example_losses",
 ]
@@ -32,11 +46,16 @@ PerExampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def cross_entropy_per_example(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Unreduced cross-entropy, shape ``(B,)`` (the default loss).
 
+    The logits must be ``(B, C)`` and the labels class indices in ``[0, C - 1]``
+    (:func:`check_class_logits`); ``ignore_index`` (``-100``) is refused rather than
+    silently counted as a zero loss.
+
     Examples
     --------
     >>> cross_entropy_per_example(torch.zeros(2, 4), torch.tensor([0, 3])).shape
     torch.Size([2])
     """
+    check_class_logits(logits, labels)
     return F.cross_entropy(logits, labels, reduction="none")
 
 
@@ -80,6 +99,54 @@ def per_example_losses(
     return losses
 
 
+def gradient_leaf(inputs: torch.Tensor, keep_graph: bool) -> torch.Tensor:
+    """The tensor to differentiate with respect to in place of ``inputs``.
+
+    ``keep_graph`` with ``inputs`` on an autograd graph (they require grad): a copy
+    still connected to that graph, so that whatever is computed from it (logits, a
+    penalty on a ``create_graph=True`` gradient) back-propagates into the modules that
+    produced ``inputs``. Otherwise a detached leaf sharing ``inputs``' storage (no copy,
+    and the caller's graph is not touched). ``inputs`` themselves are never modified.
+
+    Examples
+    --------
+    >>> pre = torch.nn.Linear(2, 2)
+    >>> z = pre(torch.rand(3, 2))
+    >>> gradient_leaf(z, keep_graph=True).grad_fn is not None
+    True
+    >>> gradient_leaf(z, keep_graph=False).is_leaf
+    True
+    """
+    if keep_graph and inputs.requires_grad:
+        return inputs.clone()
+    return inputs.detach().requires_grad_(True)
+
+
+def check_not_modified_in_place(leaf: torch.Tensor, version: int, who: str = "model") -> None:
+    """Raise ``RuntimeError`` when the forward pass wrote into the tensor it was given.
+
+    The gradient would then be that of the modified tensor, not of the input.
+
+    Examples
+    --------
+    >>> x = torch.zeros(2)
+    >>> version = x._version
+    >>> _ = x.add_(1)
+    >>> check_not_modified_in_place(x, version)
+    Traceback (most recent call last):
+    ...
+    RuntimeError: model modified its input in place (e.g. x.sub_(...) or an in-place \
+activation on the input); the input gradient would be that of the modified tensor. \
+Make the first operation out of place
+    """
+    if leaf._version != version:
+        raise RuntimeError(
+            f"{who} modified its input in place (e.g. x.sub_(...) or an in-place activation "
+            "on the input); the input gradient would be that of the modified tensor. Make "
+            "the first operation out of place"
+        )
+
+
 def input_gradient(
     forward: Callable[[torch.Tensor], torch.Tensor],
     inputs: torch.Tensor,
@@ -95,14 +162,21 @@ def input_gradient(
     forward : callable
         The model (or any ``x -> logits``).
     inputs : Tensor
-        Batch of inputs; not modified (a detached leaf copy is differentiated).
+        Batch of inputs; not modified. With ``create_graph=True`` and inputs that
+        require grad, the caller's graph is kept (see :func:`gradient_leaf`);
+        otherwise a detached leaf is differentiated.
     labels : Tensor
         Passed to ``loss_fn``.
     loss_fn : callable
         ``loss_fn(logits, labels) -> (B,)``.
     create_graph : bool
         Keep the graph of ``g`` so a penalty on it can be back-propagated into the
-        parameters (double back-propagation).
+        parameters (double back-propagation), and the graph of ``inputs``.
+
+    Raises
+    ------
+    RuntimeError
+        When ``forward`` modifies its input in place.
 
     Examples
     --------
@@ -111,18 +185,47 @@ def input_gradient(
     >>> out.gradient.shape, out.gradient.requires_grad
     (torch.Size([4, 3]), False)
     """
-    x = inputs.detach().requires_grad_(True)
+    x = gradient_leaf(inputs, keep_graph=create_graph)
+    version = x._version
     with torch.enable_grad():
         logits = forward(x)
+        check_not_modified_in_place(x, version)
         losses = per_example_losses(loss_fn, logits, labels)
         (gradient,) = torch.autograd.grad(losses.sum(), x, create_graph=create_graph)
     return InputGradient(losses, logits, gradient)
 
 
-def check_training_batch(inputs: object, labels: object) -> None:
+def check_training_batch(
+    inputs: object, labels: object, *, class_indices: bool = False
+) -> None:
     """Raise a clear ``TypeError``/``ValueError`` for a malformed ``(inputs, labels)`` batch.
 
-    No host synchronisation: only types, dtypes and shapes are checked.
+    Call it before any forward pass. Types, dtypes and shapes are checked first; then,
+    with one host synchronisation for the batch, the values: ``inputs`` must be finite
+    (a NaN would poison the BatchNorm running statistics and the weights) and, with
+    ``class_indices`` on a GPU, the labels non-negative. The class range needs the
+    number of classes, known from the logits: :func:`check_class_logits` checks it
+    (CPU labels, both ends) before any loss is computed.
+
+    Parameters
+    ----------
+    inputs : Tensor
+        The batch ``(B, ...)``, floating point.
+    labels : Tensor
+        One entry per example in dim 0.
+    class_indices : bool
+        The labels are class indices for cross-entropy: a 1-D integer tensor ``(B,)``
+        of non-negative values (``ignore_index=-100`` is refused, not skipped). Leave
+        ``False`` when a custom ``loss_fn`` decides what labels are.
+
+    Raises
+    ------
+    TypeError
+        ``inputs`` not a floating tensor; ``labels`` not a tensor, or (class indices)
+        not of an integer dtype.
+    ValueError
+        Empty batch, labels of the wrong length or (class indices) shape, non-finite
+        inputs, negative class indices on a GPU.
 
     Examples
     --------
@@ -130,6 +233,10 @@ def check_training_batch(inputs: object, labels: object) -> None:
     Traceback (most recent call last):
     ...
     ValueError: labels must have one entry per example (2) in dim 0, got shape (3,)
+    >>> check_training_batch(torch.tensor([[0.0], [float("nan")]]), torch.zeros(2).long())
+    Traceback (most recent call last):
+    ...
+    ValueError: inputs contains NaN or infinite values
     """
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
@@ -146,3 +253,101 @@ def check_training_batch(inputs: object, labels: object) -> None:
             f"labels must have one entry per example ({inputs.shape[0]}) in dim 0, "
             f"got shape {tuple(labels.shape)}"
         )
+    if class_indices:
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise TypeError(
+                f"labels must be an integer tensor of class indices, got {labels.dtype} "
+                "(pass a loss_fn for soft or other targets where one is accepted)"
+            )
+        if labels.dim() != 1:
+            raise ValueError(
+                f"labels must be a 1-D tensor of class indices, shape ({inputs.shape[0]},), "
+                f"got shape {tuple(labels.shape)}"
+            )
+    finite = torch.isfinite(inputs).all()
+    ok = finite
+    if class_indices and labels.device.type != "cpu":
+        # One synchronisation for both value checks. CPU labels are range-checked
+        # against the number of classes by check_class_logits, at no such cost.
+        ok = finite & (labels >= 0).all().to(finite.device)
+    if not bool(ok):
+        if not bool(finite):
+            raise ValueError("inputs contains NaN or infinite values")
+        _raise_label_range(labels, None)
+
+
+def _raise_label_range(labels: torch.Tensor, num_classes: int | None) -> None:
+    low = int(labels.min())
+    high = int(labels.max())
+    classes = "[0, C - 1]" if num_classes is None else f"[0, {num_classes - 1}]"
+    known = "" if num_classes is None else f" (the model has {num_classes} logits)"
+    bad = low if low < 0 else high
+    hint = (
+        "; ignore_index is not supported: drop those examples from the batch"
+        if bad == -100
+        else ""
+    )
+    raise ValueError(f"labels must be class indices in {classes}{known}, got {bad}{hint}")
+
+
+def check_class_logits(logits: object, labels: torch.Tensor) -> None:
+    """Logits must be ``(B, C)``; CPU labels are range-checked against ``C``.
+
+    On a GPU the upper end of the range is not checked here (it would cost a second
+    host synchronisation per step; CUDA's cross-entropy fails loudly on it), and
+    negative labels, which cross-entropy would silently ignore (``-100``), are caught
+    by :func:`check_training_batch` before the forward pass.
+
+    Examples
+    --------
+    >>> check_class_logits(torch.zeros(2, 3), torch.tensor([0, 3]))
+    Traceback (most recent call last):
+    ...
+    ValueError: labels must be class indices in [0, 2] (the model has 3 logits), got 3
+    """
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"model must return logits of shape (batch, classes), got {shape}")
+    num_classes = logits.shape[1]
+    on_cpu = labels.device.type == "cpu" and labels.numel() > 0
+    if on_cpu and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        _raise_label_range(labels, num_classes)
+
+
+@contextlib.contextmanager
+def batchnorm_statistics_restored_on_error(model: nn.Module) -> Iterator[None]:
+    """Write BatchNorm running statistics back when the block raises.
+
+    A training step that fails half-way (bad labels found from the logits, a BatchNorm
+    layer refusing a batch) must leave the model as found. Only train-mode layers that
+    track running statistics can move, so only theirs are saved (a device copy, no host
+    synchronisation); on success nothing is written back.
+
+    Examples
+    --------
+    >>> bn = nn.BatchNorm1d(2).train()
+    >>> try:
+    ...     with batchnorm_statistics_restored_on_error(bn):
+    ...         _ = bn(torch.randn(8, 2) + 5)
+    ...         raise KeyError("late failure")
+    ... except KeyError:
+    ...     pass
+    >>> bn.running_mean.tolist()
+    [0.0, 0.0]
+    """
+    saved = [
+        (buffer, buffer.detach().clone())
+        for module in model.modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        and module.training
+        and module.track_running_stats
+        for buffer in (module.running_mean, module.running_var, module.num_batches_tracked)
+        if buffer is not None
+    ]
+    try:
+        yield
+    except BaseException:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+        raise

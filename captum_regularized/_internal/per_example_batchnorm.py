@@ -9,11 +9,13 @@ gradient of example ``i``'s score" want that path cut; the training loss wants i
 :func:`batch_norm_with_switchable_statistics` computes train-mode batch norm from its
 parts and hands the mean and variance to ``on_statistics`` (which puts a switchable
 tensor hook on them that zeroes their gradient while switched on). The running
-statistics are updated exactly once, as ``F.batch_norm`` does.
+statistics are updated exactly once, as ``F.batch_norm`` does, and a batch with one
+value per channel is refused with ``F.batch_norm``'s own ``ValueError``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -35,6 +37,13 @@ def batch_norm_with_switchable_statistics(
 
     Half-precision inputs (autocast) are normalised in float32 and returned in their dtype.
 
+    Raises
+    ------
+    ValueError
+        With one value per channel (a batch of one through ``BatchNorm1d``), as
+        ``F.batch_norm`` does in training: the batch variance would be 0 and the running
+        variance dragged towards it. Raised before the running statistics move.
+
     Examples
     --------
     >>> x = torch.randn(8, 3, 4, 4)
@@ -48,7 +57,11 @@ def batch_norm_with_switchable_statistics(
     """
     dims = [0, *range(2, input.dim())]
     shape = [1, input.shape[1]] + [1] * (input.dim() - 2)
-    count = input.numel() // input.shape[1]
+    count = input.shape[0] * math.prod(input.shape[2:])
+    if count == 1:
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got input size {input.size()}"
+        )
     x = input.float() if input.dtype in (torch.float16, torch.bfloat16) else input
     mean = x.mean(dims)
     var = x.var(dims, correction=0)

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 from tqdm.auto import tqdm
 
-from captum_regularized._internal.checks import check_class_scores
+from captum_regularized._internal.checks import check_class_scores, check_data_batch
 from captum_regularized._internal.model_state import model_device, preserved_model
 from captum_regularized.metrics.allegiance import allegiance_deletion_auc
 from captum_regularized.metrics.confidence_change import ConfidenceChange, confidence_change
@@ -288,11 +288,12 @@ def evaluate_dataset(
     ------
     ValueError
         For an empty data set, an unknown metric name, a metric that needs what the
-        batch lacks (maps, masks), or a model output that is not ``(batch, classes)``.
+        batch lacks (maps, masks), a batch of images holding NaN or inf (checked before
+        the model sees it), or a model output that is not ``(batch, classes)``.
     TypeError
         When ``data`` is not a ``DataLoader``, its batches are not
-        ``(images, labels, ...)``, or the model returns something other than one tensor
-        (a tuple or dict of outputs).
+        ``(images, labels, ...)``, its images are not floating point, or the model
+        returns something other than one tensor (a tuple or dict of outputs).
 
     Examples
     --------
@@ -319,12 +320,14 @@ def evaluate_dataset(
     pieces: dict[str, list[torch.Tensor]] = {name: [] for name in chosen}
     with preserved_model(model, eval_mode=True):
         show = progress and (world is None or world[0] == 0)
-        for batch in tqdm(loader, desc="evaluating", disable=not show, leave=False):
+        bar = tqdm(loader, desc="evaluating", disable=not show, leave=False)
+        for index, batch in enumerate(bar):
             if not isinstance(batch, (tuple, list)) or len(batch) < 2:
                 raise TypeError(
                     "data must yield (images, labels) or (images, labels, masks) batches"
                 )
             images, labels = batch[0].to(device), batch[1].to(device)
+            check_data_batch(images, index, "evaluate_dataset")
             has_masks = len(batch) > 2 and isinstance(batch[2], torch.Tensor)
             masks = batch[2].to(device) if has_masks else None
             if target == "predicted":

@@ -16,7 +16,10 @@ from typing import Any
 import torch
 
 from captum_regularized._internal.captum_compat import TargetType
-from captum_regularized._internal.checks import check_attribution_inputs
+from captum_regularized._internal.checks import (
+    check_attribution_inputs,
+    check_autograd_available,
+)
 from captum_regularized._internal.guided_relu import guided_and_plain_gradients
 from captum_regularized._internal.model_state import find_module, preserved_model
 
@@ -52,8 +55,13 @@ def gradient_alignment(
 
     Raises
     ------
+    RuntimeError
+        Inside ``torch.inference_mode()`` (gradients cannot be taken there).
+    TypeError
+        When ``inputs`` is not a floating-point tensor.
     ValueError
-        When the model has no ReLU (the guided gradient would equal the plain one).
+        When the model has no ReLU (the guided gradient would equal the plain one), or
+        ``inputs`` hold NaN or infinite values or live on another device than the model.
 
     Examples
     --------
@@ -62,6 +70,7 @@ def gradient_alignment(
     >>> values.shape, bool((values.abs() <= 1 + 1e-6).all())
     (torch.Size([2]), True)
     """
+    check_autograd_available("gradient_alignment")
     model = find_module(forward_func)
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")

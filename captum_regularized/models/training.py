@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
-from captum_regularized._internal.checks import check_class_scores
+from captum_regularized._internal.checks import check_class_scores, check_data_batch
 from captum_regularized._internal.model_state import model_device, preserved_model
 from captum_regularized.datasets.image_folder import collate_with_optional_masks
 
@@ -96,7 +96,8 @@ def train_classifier(
     ------
     ValueError
         For ``epochs`` or ``batch_size`` below 1, ``lr <= 0`` or an empty ``train_set``
-        (before any work), or a model output that is not ``(batch, classes)``.
+        (before any work), a batch of images holding NaN or inf (before the model sees
+        it: nothing is updated from it), or a model output that is not ``(batch, classes)``.
     TypeError
         When ``train_set`` has no length, its batches are not ``(images, labels, ...)``,
         or the model returns something other than one tensor (a tuple or dict).
@@ -161,9 +162,10 @@ def _train(
         correct = torch.zeros((), device=device)
         seen, with_logits = 0, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
-        for batch in bar:
+        for index, batch in enumerate(bar):
             images, labels = _images_and_labels(batch)
             images, labels = images.to(device), labels.to(device)
+            check_data_batch(images, index, "train_classifier", floating=False)
             optimizer.zero_grad(set_to_none=True)
             if loss is None:
                 logits = check_class_scores(model(images), batch=len(images), who="model")
@@ -232,7 +234,9 @@ def evaluate_accuracy(
     Raises
     ------
     ValueError
-        For an empty ``data`` set or a model output that is not ``(batch, classes)``.
+        For an empty ``data`` set, a batch of images holding NaN or inf, or a model
+        output that is not ``(batch, classes)``. Integer images are passed to the model
+        as they are (a model may normalise them itself).
     TypeError
         When the model returns something other than one tensor (a tuple or dict).
 
@@ -251,10 +255,11 @@ def evaluate_accuracy(
     correct: torch.Tensor | None = None
     seen = 0
     with preserved_model(model, eval_mode=True):
-        for batch in loader:
+        for index, batch in enumerate(loader):
             images, labels = _images_and_labels(batch)
             if target_device is not None:
                 images = images.to(target_device)
+            check_data_batch(images, index, "evaluate_accuracy", floating=False)
             logits = check_class_scores(model(images), batch=len(images), who="model")
             hits = (logits.argmax(1) == labels.to(logits.device)).sum()
             correct = hits if correct is None else correct + hits

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from captum_regularized._internal.checks import check_autograd_available
 from captum_regularized._internal.input_gradients import (
+    batchnorm_statistics_restored_on_error,
     check_training_batch,
     cross_entropy_per_example,
     input_gradient,
@@ -37,7 +39,10 @@ class GradientNormPenalty:
     penalty, the form that
     :func:`~captum_regularized.models.train_classifier` adds to the cross-entropy. The
     model's mode, flags and BatchNorm statistics are handled exactly as in a plain
-    training step (one forward pass); no hook is added, inputs are not modified.
+    training step (one forward pass); no hook is added, inputs are not modified. The
+    caller's autograd graph is kept: with ``pen(pre(images), labels)`` the logits and the
+    penalty back-propagate into a trainable ``pre`` as through the composed model.
+    Non-finite inputs and bad labels are refused, the BatchNorm statistics left as found.
 
     Parameters
     ----------
@@ -46,9 +51,9 @@ class GradientNormPenalty:
     norm : {"l1", "elastic_net", "group", "gaze"}
         The structure to encourage.
     epsilon : float
-        Weight ``eps`` (``eps1`` of the elastic net), ``>= 0``.
+        Weight ``eps`` (``eps1`` of the elastic net), finite and ``>= 0``.
     epsilon2 : float
-        The elastic net's ``eps2 > 0``; must be 0 for the other norms.
+        The elastic net's ``eps2 > 0`` (finite); must be 0 for the other norms.
     group_size : int
         Patch side for ``"group"``.
 
@@ -88,15 +93,35 @@ class GradientNormPenalty:
         Parameters
         ----------
         inputs : Tensor
-            Batch ``(B, ...)``; ``(B, C, H, W)`` for ``"group"``.
+            Batch ``(B, ...)``, finite; ``(B, C, H, W)`` for ``"group"``.
         labels : Tensor
-            Class indices ``(B,)``.
+            Class indices ``(B,)`` in ``[0, C - 1]`` (``-100``, cross-entropy's
+            ``ignore_index``, is refused: drop those examples instead).
         mask : Tensor, optional
-            Required for ``"gaze"``, rejected otherwise.
+            Required for ``"gaze"`` (values in ``[0, 1]``), rejected otherwise.
+
+        Returns
+        -------
+        tuple of Tensor
+            The logits ``(B, C)`` and the penalty (0-d), both with their graph down to
+            the caller's.
+
+        Raises
+        ------
+        RuntimeError
+            Inside ``torch.inference_mode()``; for a model that modifies its input in
+            place.
+        TypeError
+            Non-floating ``inputs``; labels that are not an integer tensor.
+        ValueError
+            NaN or infinite ``inputs`` (before any forward pass); labels not ``(B,)`` or
+            out of range; logits not ``(B, C)``; a bad ``mask``.
         """
-        check_training_batch(inputs, labels)
+        check_autograd_available(type(self).__name__)
+        check_training_batch(inputs, labels, class_indices=True)
         mask = check_mask(self.spec, mask, inputs)
-        out = input_gradient(
-            self.model, inputs, labels, cross_entropy_per_example, create_graph=True
-        )
+        with batchnorm_statistics_restored_on_error(self.model):
+            out = input_gradient(
+                self.model, inputs, labels, cross_entropy_per_example, create_graph=True
+            )
         return out.logits, conjugate_penalty(self.spec, out.gradient, mask).mean()

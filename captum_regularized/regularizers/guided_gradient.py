@@ -11,18 +11,25 @@ through it) and ``g_G`` is the guided-backprop gradient of the same logit, a fix
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 from collections.abc import Callable, Iterator
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
 
 from captum_regularized._internal.captum_compat import format_additional_args
+from captum_regularized._internal.checks import check_autograd_available
 from captum_regularized._internal.guided_relu import (
     check_not_compiled,
     guided_and_plain_gradients,
 )
-from captum_regularized._internal.input_gradients import check_training_batch
+from captum_regularized._internal.input_gradients import (
+    batchnorm_statistics_restored_on_error,
+    check_class_logits,
+    check_training_batch,
+)
 
 __all__ = ["GuidedGradientRegularizer"]
 
@@ -78,21 +85,6 @@ def _batchnorm_statistics_frozen(model: nn.Module) -> Iterator[None]:
             module.track_running_stats = True
 
 
-def _check_logits(logits: torch.Tensor, labels: torch.Tensor) -> None:
-    """Logits must be ``(B, C)``; CPU labels are range-checked (free there, a sync on GPUs)."""
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"model must return logits of shape (batch, classes), got {shape}")
-    num_classes = logits.shape[1]
-    if labels.device.type == "cpu" and labels.numel():
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= num_classes:
-            raise ValueError(
-                f"labels must be class indices in [0, {num_classes - 1}] (the model has "
-                f"{num_classes} logits), got {low if low < 0 else high}"
-            )
-
-
 def _is_per_example(value: Any, batch: int) -> bool:
     return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch
 
@@ -125,6 +117,11 @@ class GuidedGradientRegularizer:
     once per step, as in plain training. Functional ReLUs (``F.relu``, ``torch.relu``,
     ``Tensor.relu`` and their in-place forms) get the guided rule too, unlike in Captum.
 
+    The caller's autograd graph is kept: with ``reg(pre(images), labels)`` the logits and
+    the penalty back-propagate into a trainable ``pre`` exactly as the same loss written
+    with plain autograd on the composed model would. Non-finite inputs are refused before
+    any forward pass, and the model's BatchNorm statistics are left as found on error.
+
     Parameters
     ----------
     model : nn.Module
@@ -132,7 +129,8 @@ class GuidedGradientRegularizer:
         ``DistributedDataParallel``. Not ``torch.compile``'d (compiled graphs cannot be
         differentiated twice; pass ``compiled._orig_mod``).
     weight : float
-        Multiplies the mean distance (the paper's best: ``7.5e-3`` with cosine).
+        Multiplies the mean distance (the paper's best: ``7.5e-3`` with cosine); finite
+        and ``>= 0``.
     distance : {"cosine", "l1", "mse"} or callable
         ``"cosine"``: ``1 - cos(g, g_G)``. ``"l1"`` / ``"mse"``: mean absolute / squared
         difference of the per-example gradients scaled to unit L2 norm (so the weight
@@ -146,6 +144,8 @@ class GuidedGradientRegularizer:
         a cost knob. The logits still cover the whole batch. Below 1 the subset takes a
         second forward pass whose train-mode BatchNorm layers use the subset's batch
         statistics without updating their running statistics (they still move once).
+        As in PyTorch, a train-mode BatchNorm layer refuses a subset (or batch) with one
+        value per channel, e.g. one example through ``nn.BatchNorm1d``.
 
     Attributes
     ----------
@@ -184,15 +184,17 @@ class GuidedGradientRegularizer:
         self,
         model: nn.Module,
         weight: float = 7.5e-3,
-        distance: Union[str, Distance] = "cosine",
+        distance: str | Distance = "cosine",
         target: str = "label",
         fraction: float = 1.0,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         check_not_compiled(model)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-            raise ValueError(f"weight must be a non-negative number, got {weight!r}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float, numbers.Real)):
+            raise TypeError(f"weight must be a number, got {type(weight).__name__}")
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
         if isinstance(distance, str):
             if distance not in _DISTANCES:
                 raise ValueError(
@@ -207,8 +209,8 @@ class GuidedGradientRegularizer:
             )
         if target not in ("label", "predicted"):
             raise ValueError(f"target must be 'label' or 'predicted', got {target!r}")
-        number = isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
-        if not number or not 0 < fraction <= 1:
+        number = isinstance(fraction, (int, float, numbers.Real)) and not isinstance(fraction, bool)
+        if not number or not 0 < fraction <= 1:  # NaN fails the comparison too
             raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
         self.model = model
         self.weight = float(weight)
@@ -245,26 +247,45 @@ class GuidedGradientRegularizer:
         Returns
         -------
         tuple of Tensor
-            The logits ``(B, C)`` (with their graph) and the weighted penalty (0-d).
+            The logits ``(B, C)`` and the weighted penalty (0-d), both with their graph
+            down to the caller's: when ``inputs`` come out of trainable modules
+            (``reg(pre(x), labels)``), the training loss back-propagates into them too,
+            exactly as through the composed model.
+
+        Raises
+        ------
+        RuntimeError
+            Inside ``torch.inference_mode()``; for a model that modifies its input in
+            place.
+        TypeError
+            Non-floating ``inputs``; labels that are not an integer tensor.
+        ValueError
+            NaN or infinite ``inputs`` (checked before any forward pass); labels not of
+            shape ``(B,)`` or outside ``[0, C - 1]`` (``-100``, cross-entropy's
+            ``ignore_index``, included); logits not ``(B, C)``; a train-mode BatchNorm
+            layer seeing one value per channel (PyTorch's own refusal); no ReLU.
+            BatchNorm running statistics are left as found whenever it raises.
         """
-        self._check_batch(inputs, labels)
+        check_autograd_available(type(self).__name__)
+        check_training_batch(inputs, labels, class_indices=True)
         batch = inputs.shape[0]
         count = max(1, min(batch, round(self.fraction * batch)))
-        if count == batch:
-            logits, plain, guided = guided_and_plain_gradients(
-                self.model,
-                inputs,
-                additional_forward_args=additional_forward_args,
-                create_graph=True,
-                per_example=True,
-                score_fn=lambda output: self._scores(output, labels),
-            )
-        else:
-            logits, plain, guided = self._subset_gradients(
-                inputs, labels, additional_forward_args, count
-            )
-        per_example = self._distance(plain, guided)
-        _check_per_example_loss(per_example, plain.shape[0])
+        with batchnorm_statistics_restored_on_error(self.model):
+            if count == batch:
+                logits, plain, guided = guided_and_plain_gradients(
+                    self.model,
+                    inputs,
+                    additional_forward_args=additional_forward_args,
+                    create_graph=True,
+                    per_example=True,
+                    score_fn=lambda output: self._scores(output, labels),
+                )
+            else:
+                logits, plain, guided = self._subset_gradients(
+                    inputs, labels, additional_forward_args, count
+                )
+            per_example = self._distance(plain, guided)
+            _check_per_example_loss(per_example, plain.shape[0])
         self.last_cosine = (
             (_unit_rows(plain.detach()) * _unit_rows(guided)).sum(1).mean().detach()
         )
@@ -279,7 +300,7 @@ class GuidedGradientRegularizer:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         args = format_additional_args(additional_forward_args)
         logits = self.model(inputs, *(args or ()))
-        _check_logits(logits, labels)
+        check_class_logits(logits, labels)
         batch = inputs.shape[0]
         rows = torch.randperm(batch, device=inputs.device)[:count]
         chosen = labels if self.target == "label" else logits.detach().argmax(1)
@@ -300,15 +321,7 @@ class GuidedGradientRegularizer:
         return logits, plain, guided
 
     def _scores(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        _check_logits(logits, labels)
+        check_class_logits(logits, labels)
         classes = labels if self.target == "label" else logits.detach().argmax(1)
         return _logits_at(logits, classes)
 
-    @staticmethod
-    def _check_batch(inputs: torch.Tensor, labels: torch.Tensor) -> None:
-        check_training_batch(inputs, labels)
-        if labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
-            raise TypeError(
-                f"labels must be a 1-D integer tensor of class indices, got {labels.dtype} "
-                f"with shape {tuple(labels.shape)}"
-            )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+from typing import Any
 
 import torch
 from torch import nn
 
-from captum_regularized._internal.checks import check_same_device
+from captum_regularized._internal.checks import check_autograd_available, check_same_device
 from captum_regularized._internal.input_gradients import (
     PerExampleLoss,
     check_training_batch,
@@ -29,6 +32,44 @@ __all__ = ["NormRegularizedAdversarialLoss"]
 
 _DEFAULT_STEP_FACTOR = 2.5
 """Default step size: ``2.5 * radius / steps`` (Madry et al.'s PGD rule)."""
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_settings(
+    step_size: Any, clean_weight: Any, input_range: Any
+) -> tuple[float | None, float, tuple[float, float] | None]:
+    """Validate the float settings (NaN must not slip through a ``not x > 0`` test)."""
+    if step_size is not None:
+        if not _is_real(step_size):
+            raise TypeError(
+                f"step_size must be a number or None, got {type(step_size).__name__}"
+            )
+        if not math.isfinite(step_size) or step_size <= 0:
+            raise ValueError(
+                f"step_size must be a finite number > 0 (or None for the default), "
+                f"got {step_size}"
+            )
+        step_size = float(step_size)
+    if not _is_real(clean_weight):
+        raise TypeError(f"clean_weight must be a number, got {type(clean_weight).__name__}")
+    if not 0.0 <= clean_weight <= 1.0:  # NaN fails the comparison too
+        raise ValueError(f"clean_weight must lie in [0, 1], got {clean_weight}")
+    bounds = None
+    if input_range is not None:
+        try:
+            lo, hi = input_range
+        except (TypeError, ValueError):
+            lo = hi = None
+        if not (_is_real(lo) and _is_real(hi)):
+            raise TypeError(f"input_range must be a pair of numbers (lo, hi), got {input_range!r}")
+        lo, hi = float(lo), float(hi)
+        if not lo < hi:  # NaN fails the comparison too; infinite bounds clamp one side
+            raise ValueError(f"input_range must be (lo, hi) with lo < hi, got {input_range}")
+        bounds = (lo, hi)
+    return step_size, float(clean_weight), bounds
 
 
 def unwrap_parallel(model: nn.Module) -> nn.Module:
@@ -98,14 +139,15 @@ class NormRegularizedAdversarialLoss:
     norm : {"l1", "elastic_net", "group", "gaze"}
         The structure to encourage.
     epsilon : float
-        Adversary radius ``eps`` (``eps1`` of the elastic net), ``>= 0``.
+        Adversary radius ``eps`` (``eps1`` of the elastic net), finite and ``>= 0``.
     epsilon2 : float
-        The elastic net's ``eps2 > 0``; must be 0 for the other norms.
+        The elastic net's ``eps2 > 0`` (finite); must be 0 for the other norms.
     steps : int
         1 for the closed form, more for the iterative solver.
     step_size : float, optional
-        Ascent step length. Default ``2.5 * epsilon / steps`` (``l1``, ``group``) and
-        ``2.5 * ||delta_closed_form||_2 / steps`` per example (``elastic_net``).
+        Ascent step length, finite and ``> 0``. Default ``2.5 * epsilon / steps``
+        (``l1``, ``group``) and ``2.5 * ||delta_closed_form||_2 / steps`` per example
+        (``elastic_net``).
     group_size : int
         Side of the square patches of ``"group"`` (per channel). When it does not divide
         the image side, the last row/column of patches is smaller (the remainder).
@@ -113,10 +155,14 @@ class NormRegularizedAdversarialLoss:
         Weight ``w`` in ``(1 - w) * adversarial loss + w * clean loss``; 0 (default) is
         the authors' setting.
     input_range : (float, float), optional
-        Clamp ``x + delta`` to ``[lo, hi]``.
+        Clamp ``x + delta`` to ``[lo, hi]`` (``lo < hi``; an infinite bound leaves that
+        side open).
     loss_fn : callable, optional
         ``loss_fn(logits, labels) -> (B,)`` per-example losses; default unreduced
-        cross-entropy. The training loss is its mean.
+        cross-entropy, whose labels must be class indices ``(B,)`` in ``[0, C - 1]``
+        (``ignore_index=-100`` is refused). With a custom ``loss_fn`` the labels are
+        whatever it takes (only their batch dim is checked). The training loss is its
+        mean.
 
     Examples
     --------
@@ -152,21 +198,16 @@ class NormRegularizedAdversarialLoss:
             raise ValueError(f"steps must be an int >= 1, got {steps!r}")
         if norm == "gaze" and steps != 1:
             raise ValueError("norm='gaze' has only the closed form; use steps=1")
-        if step_size is not None and not step_size > 0:
-            raise ValueError(f"step_size must be > 0 (or None for the default), got {step_size}")
-        if not 0.0 <= clean_weight <= 1.0:
-            raise ValueError(f"clean_weight must lie in [0, 1], got {clean_weight}")
-        if input_range is not None:
-            if len(input_range) != 2 or not input_range[0] < input_range[1]:
-                raise ValueError(f"input_range must be (lo, hi) with lo < hi, got {input_range}")
+        step_size, clean_weight, bounds = _check_settings(step_size, clean_weight, input_range)
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
         self.model = model
         self.steps = steps
         self.step_size = step_size
-        self.clean_weight = float(clean_weight)
-        self.input_range = None if input_range is None else tuple(map(float, input_range))
+        self.clean_weight = clean_weight
+        self.input_range = bounds
         self.loss_fn: PerExampleLoss = loss_fn or cross_entropy_per_example
+        self._class_labels = loss_fn is None
 
     @property
     def norm(self) -> str:
@@ -193,6 +234,19 @@ class NormRegularizedAdversarialLoss:
         Tensor
             ``delta`` with ``x + delta`` already clamped to ``input_range``.
 
+        Raises
+        ------
+        RuntimeError
+            Inside ``torch.inference_mode()``.
+        TypeError
+            Non-floating ``inputs``; with the default loss, labels that are not an
+            integer tensor.
+        ValueError
+            NaN or infinite ``inputs`` (before any forward pass); labels of the wrong
+            length; with the default loss, labels not ``(B,)`` or outside
+            ``[0, C - 1]`` (``-100``, cross-entropy's ``ignore_index``, is refused
+            rather than averaged in as a zero loss); a bad ``mask``.
+
         Examples
         --------
         >>> model = torch.nn.Linear(4, 2)
@@ -201,17 +255,19 @@ class NormRegularizedAdversarialLoss:
         >>> adv.perturb(torch.rand(5, 4), torch.zeros(5, dtype=torch.long)).shape
         torch.Size([5, 4])
         """
-        check_training_batch(inputs, labels)
-        check_same_device((inputs,), unwrap_parallel(self.model))
-        mask = check_mask(self.spec, mask, inputs)
-        inner = unwrap_parallel(self.model)
-        with preserved_model(inner), kept_batchnorm_statistics(inner):
-            return self._solve(inner, inputs.detach(), labels, mask).detach()
+        check_autograd_available(f"{type(self).__name__}.perturb")
+        mask = self._check_call(inputs, labels, mask)
+        return self._perturbation(inputs, labels, mask)
 
     def __call__(
         self, inputs: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Scalar training loss: the mean loss on ``inputs + delta`` (plus the clean part).
+
+        ``delta`` is a constant (the inner maximum's solution), but ``inputs`` keep the
+        caller's graph: with ``adv(pre(images), labels)`` the loss back-propagates into a
+        trainable ``pre`` through ``pre(images) + delta``. Arguments and errors as in
+        :meth:`perturb`.
 
         Examples
         --------
@@ -220,13 +276,28 @@ class NormRegularizedAdversarialLoss:
         >>> adv(torch.rand(5, 4), torch.zeros(5, dtype=torch.long)).shape
         torch.Size([])
         """
-        delta = self.perturb(inputs, labels, mask)
-        x = inputs.detach()
-        loss = per_example_losses(self.loss_fn, self.model(x + delta), labels).mean()
+        check_autograd_available(type(self).__name__)
+        mask = self._check_call(inputs, labels, mask)
+        delta = self._perturbation(inputs, labels, mask)
+        loss = per_example_losses(self.loss_fn, self.model(inputs + delta), labels).mean()
         if self.clean_weight > 0:
-            clean = per_example_losses(self.loss_fn, self.model(x), labels).mean()
+            clean = per_example_losses(self.loss_fn, self.model(inputs), labels).mean()
             loss = (1 - self.clean_weight) * loss + self.clean_weight * clean
         return loss
+
+    def _check_call(
+        self, inputs: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        check_training_batch(inputs, labels, class_indices=self._class_labels)
+        check_same_device((inputs,), unwrap_parallel(self.model))
+        return check_mask(self.spec, mask, inputs)
+
+    def _perturbation(
+        self, inputs: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        inner = unwrap_parallel(self.model)
+        with preserved_model(inner), kept_batchnorm_statistics(inner):
+            return self._solve(inner, inputs.detach(), labels, mask).detach()
 
     def _feasible(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         delta = project(self.spec, delta)
@@ -257,17 +328,15 @@ class NormRegularizedAdversarialLoss:
         if self.steps == 1:
             return delta
         step = self.step_size if self.step_size is not None else self._default_step(delta)
-        best_delta, best_value = delta, None
+        best_delta = delta
+        best_value = torch.full_like(first.losses.detach(), -math.inf)
         shape = (-1,) + (1,) * (x.dim() - 1)
         for _ in range(self.steps - 1):
             current = input_gradient(model, x + delta, labels, self.loss_fn)
             value = self._objective(current.losses, delta)
-            if best_value is None:
-                best_delta, best_value = delta, value
-            else:
-                better = value > best_value
-                best_delta = torch.where(better.reshape(shape), delta, best_delta)
-                best_value = torch.where(better, value, best_value)
+            better = value > best_value
+            best_delta = torch.where(better.reshape(shape), delta, best_delta)
+            best_value = torch.where(better, value, best_value)
             direction = current.gradient - adversary_cost_gradient(self.spec, delta)
             delta = self._feasible(x, delta + ascent_step(self.spec, direction, step))
         with torch.no_grad():

@@ -193,6 +193,9 @@ class Entry:
         Extra arguments of ``attribute`` used by those wrappers.
     tuple_inputs, noise_tunnel, infidelity, convergence_delta, autocast : bool
         Capabilities the contracts check.
+    float_inputs_only : bool
+        Integer inputs are a ``TypeError``; ``False`` where they go to the model as they
+        are (forward-only evaluation of a model that may normalise them itself).
     rejects_non_finite : bool
         NaN / inf inputs (maps, for map-only entries) are a ``ValueError``; ``False``
         where the entry is a plain element-wise reduction that keeps them visible.
@@ -216,6 +219,7 @@ class Entry:
     infidelity: bool = False
     convergence_delta: bool = False
     autocast: bool = True
+    float_inputs_only: bool = True
     rejects_non_finite: bool = True
     train_buffers: Literal["untouched", "one_forward", "any"] = "untouched"
 
@@ -365,7 +369,9 @@ ENTRIES: list[Entry] = [
         Entry(f"NormRegularizedAdversarialLoss[{norm},{steps}]", "loss",
               _adversarial(norm, steps=steps, **kw), labels=True, empty_batch="error",
               train_buffers="any")
-        for norm, steps, kw in [("l1", 1, {}), ("l1", 3, {}), ("elastic_net", 2, {"epsilon2": 0.05})]
+        for norm, steps, kw in [
+            ("l1", 1, {}), ("l1", 3, {}), ("elastic_net", 2, {"epsilon2": 0.05})
+        ]
     ),
     Entry("NormRegularizedAdversarialLoss.perturb", "loss",
           _adversarial("group", perturb=True, steps=2, group_size=4), labels=True,
@@ -391,7 +397,7 @@ ENTRIES: list[Entry] = [
     Entry("gradient_alignment", "metric", _gradient_alignment, targets=True),
     Entry("evaluate_dataset", "metric", _evaluate_dataset, empty_batch="error", autocast=False),
     Entry("evaluate_accuracy", "metric", _evaluate_accuracy, differentiates=False,
-          empty_batch="error", autocast=False),
+          empty_batch="error", autocast=False, float_inputs_only=False),
     Entry("gini_sparseness", "map", _map_only(metrics.gini_sparseness), differentiates=False),
     Entry("pointing_game", "map", _map_only(metrics.pointing_game, with_masks=True),
           differentiates=False, empty_batch="error"),

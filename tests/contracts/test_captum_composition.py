@@ -85,8 +85,8 @@ def test_convergence_delta(entry: Entry):
     method = _wrapped(entry, model)
     assert method.has_convergence_delta()
     kwargs = entry.attribute_kwargs or {}
-    maps, delta = method.attribute(batch.inputs, target=batch.labels,
-                                   return_convergence_delta=True, **kwargs)
+    _, delta = method.attribute(batch.inputs, target=batch.labels,
+                                return_convergence_delta=True, **kwargs)
     assert delta.shape == (BATCH,) and torch.isfinite(delta).all()
     alone = [method.attribute(batch.inputs[i:i + 1], target=int(batch.labels[i]),
                               return_convergence_delta=True, **kwargs)[1] for i in range(BATCH)]

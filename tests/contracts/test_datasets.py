@@ -51,8 +51,8 @@ def test_items_have_the_documented_form(name: str, tmp_path: Path):
         image, label, mask = data[index]
         assert image.dtype == torch.float32 and image.dim() == 3
         assert image.shape[1:] == (SIZE, SIZE)
-        assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
-        assert int(label) == label and 0 <= int(label)
+        assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
+        assert int(label) == label and int(label) >= 0
         if mask is not None:
             assert mask.dtype == torch.bool and mask.shape == (1, SIZE, SIZE)
     again = DATASETS[name](tmp_path)[0]

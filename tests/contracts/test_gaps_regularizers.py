@@ -92,7 +92,7 @@ def _pre_and_model(seed: int = 0) -> tuple[nn.Module, nn.Module]:
 
 def _gradients(loss: torch.Tensor, modules: tuple[nn.Module, ...]) -> list[torch.Tensor]:
     params = [p for m in modules for p in m.parameters()]
-    return list(torch.autograd.grad(loss, params))
+    return list(torch.autograd.grad(loss, params, retain_graph=True, materialize_grads=True))
 
 
 def _cross_entropy_gradient(model: nn.Module, z: torch.Tensor, labels: torch.Tensor):
@@ -121,38 +121,62 @@ def test_gap_3_gradient_norm_penalty_trains_a_module_before_it():
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-10)
 
 
-def test_gap_3_guided_gradient_regularizer_trains_a_module_before_it():
-    pre, model = _pre_and_model()
-    x, labels = _batch()
-    x = x.double()
-    reg = GuidedGradientRegularizer(model, weight=0.7)
-    logits, penalty = reg(pre(x), labels)
-    got = _gradients(F.cross_entropy(logits, labels) + penalty, (pre, model))
+def _smooth_relu_net() -> nn.Module:
+    """A ReLU net with a tanh before the ReLU, so the logit gradient depends on the input
+    (in a purely piecewise-linear net it is locally constant and no penalty on it can
+    reach a module before the net)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.Tanh(), nn.Conv2d(4, 4, 3), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+    ).double()
 
-    z = pre(x)
-    ref_logits = model(z)
+
+def _guided_reference(model: nn.Module, z: torch.Tensor, labels: torch.Tensor, weight: float):
+    """Logits and ``weight * mean(1 - cos(dS/dz, guided))`` by autograd and Captum."""
+    logits = model(z)
     (plain,) = torch.autograd.grad(
-        ref_logits.gather(1, labels[:, None]).sum(), z, create_graph=True
+        logits.gather(1, labels[:, None]).sum(), z, create_graph=True
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         guided = GuidedBackprop(model).attribute(z.detach().clone(), target=labels)
     cosine = F.cosine_similarity(plain.flatten(1), guided.detach().flatten(1))
-    ref_loss = F.cross_entropy(ref_logits, labels) + 0.7 * (1 - cosine).mean()
-    expected = _gradients(ref_loss, (pre, model))
-    assert expected[0].abs().sum() > 0
-    for a, b in zip(got, expected):
+    return logits, weight * (1 - cosine).mean()
+
+
+def test_gap_3_guided_gradient_regularizer_trains_a_module_before_it():
+    torch.manual_seed(0)
+    pre, model = nn.Conv2d(3, 3, 1).double(), _smooth_relu_net()
+    x, labels = _batch()
+    x = x.double()
+    logits, penalty = GuidedGradientRegularizer(model, weight=0.7)(pre(x), labels)
+    got_ce = _gradients(F.cross_entropy(logits, labels), (pre, model))
+    got_penalty = _gradients(penalty, (pre, model))
+
+    ref_logits, ref_penalty = _guided_reference(model, pre(x), labels, 0.7)
+    expected_ce = _gradients(F.cross_entropy(ref_logits, labels), (pre, model))
+    expected_penalty = _gradients(ref_penalty, (pre, model))
+    assert expected_ce[0].abs().sum() > 0 and expected_penalty[0].abs().sum() > 0
+    for a, b in zip(got_ce + got_penalty, expected_ce + expected_penalty):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-10)
 
 
 def test_gap_3_guided_subset_keeps_the_callers_graph_for_logits_and_penalty():
-    pre, model = _pre_and_model()
+    torch.manual_seed(0)
+    pre, model = nn.Conv2d(3, 3, 1).double(), _smooth_relu_net()
     x, labels = _batch()
-    reg = GuidedGradientRegularizer(model, weight=1.0, fraction=0.5)
-    logits, penalty = reg(pre(x.double()), labels)
-    (from_logits,) = torch.autograd.grad(logits.sum(), pre.weight, retain_graph=True)
-    (from_penalty,) = torch.autograd.grad(penalty, pre.weight)
-    assert from_logits.abs().sum() > 0 and from_penalty.abs().sum() > 0
+    x = x.double()
+    torch.manual_seed(5)
+    logits, penalty = GuidedGradientRegularizer(model, weight=1.0, fraction=0.5)(pre(x), labels)
+    torch.manual_seed(5)
+    rows = torch.randperm(4)[:2]  # the subset the regularizer drew
+    got = _gradients(F.cross_entropy(logits, labels) + penalty, (pre,))
+
+    z = pre(x)
+    _, ref_penalty = _guided_reference(model, z[rows], labels[rows], 1.0)
+    expected = _gradients(F.cross_entropy(model(z), labels) + ref_penalty, (pre,))
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-6, atol=1e-10)
+    assert _gradients(ref_penalty, (pre,))[0].abs().sum() > 0
 
 
 @pytest.mark.parametrize("clean_weight", [0.0, 0.4])
@@ -222,11 +246,11 @@ def _mlp_with_batchnorm() -> nn.Module:
 def test_gap_4_one_value_per_channel_is_refused_as_pytorch_does():
     model = _mlp_with_batchnorm()
     x, labels = torch.rand(1, 5), torch.tensor([2])
-    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+    message = "Expected more than 1 value per channel when training"
+    with pytest.raises(ValueError, match=message):
         model(x)  # plain PyTorch's own refusal, the behaviour to match
-    with untouched(model, x, labels):
-        with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
-            GuidedGradientRegularizer(model)(x, labels)
+    with untouched(model, x, labels), pytest.raises(ValueError, match=message):
+        GuidedGradientRegularizer(model)(x, labels)
 
 
 def test_gap_4_earlier_batchnorm_statistics_are_restored_when_a_later_layer_refuses():
@@ -279,6 +303,30 @@ def test_gap_8_bad_class_labels_are_refused_and_the_model_left_as_found(
     images, _ = _batch()
     with untouched(model, images, labels), pytest.raises(error, match=match):
         LABELLED_CALLS[entry](model)(images, labels)
+
+
+@pytest.mark.parametrize("bad_label", [-1, -100])
+def test_gap_8_negative_labels_are_refused_on_every_device(device, bad_label):
+    # On a GPU they are caught before the forward pass (cross-entropy would silently
+    # ignore -100 there); on the CPU from the logits, with the class count in the message.
+    model = _cnn().to(device).train()
+    images, labels = (t.to(device) for t in _batch())
+    labels[1] = bad_label
+    for name, make in LABELLED_CALLS.items():
+        with untouched(model, images, labels), pytest.raises(
+            ValueError, match=rf"labels must be class indices in \[0, .*got {bad_label}"
+        ):
+            make(model)(images, labels)
+        assert all(p.grad is None for p in model.parameters()), name
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+def test_gap_1_non_finite_inputs_are_refused_on_every_device(device, entry):
+    model = _cnn().to(device).train()
+    images, labels = (t.to(device) for t in _batch())
+    images[0, 0, 0, 0] = math.nan
+    with untouched(model, images, labels), pytest.raises(ValueError, match="inputs"):
+        ENTRY_POINTS[entry](model, images, labels)
 
 
 def test_gap_8_a_custom_loss_fn_takes_whatever_labels_it_wants():
@@ -357,6 +405,9 @@ INFERENCE_CALLS = {
 def test_gap_inference_mode_is_named(entry):
     model = _cnn().train()
     images, labels = _batch()
-    with untouched(model, images, labels), torch.inference_mode():
-        with pytest.raises(RuntimeError, match="inference_mode"):
-            INFERENCE_CALLS[entry](model, images, labels)
+    with (
+        untouched(model, images, labels),
+        torch.inference_mode(),
+        pytest.raises(RuntimeError, match="inference_mode"),
+    ):
+        INFERENCE_CALLS[entry](model, images, labels)

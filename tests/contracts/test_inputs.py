@@ -36,8 +36,10 @@ def _target(entry: Entry, batch):
 
 
 def _argument(entry: Entry) -> str:
-    """The argument a map-only entry checks (its first), else ``inputs``."""
-    return "inputs" if entry.kind != "map" or entry.name == "reduce_channels" else ""
+    """What the error must name: the maps for map-only entries, else the inputs."""
+    if entry.name.startswith("evaluate_"):
+        return "images of data batch"
+    return "inputs" if entry.kind != "map" or entry.name == "reduce_channels" else "maps|attrib"
 
 
 def _spoil(entry: Entry, batch, value: float):
@@ -62,7 +64,9 @@ NON_FINITE = pytest.mark.parametrize(
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_non_finite_values_are_refused_before_the_model_runs(entry: Entry, value, mode):
     model, batch = make_model().train(mode == "train"), _spoil(entry, make_batch(), value)
-    with untouched(model, batch.inputs, batch.maps), pytest.raises(ValueError, match=_argument(entry)):
+    with untouched(model, batch.inputs, batch.maps), pytest.raises(
+        ValueError, match=_argument(entry)
+    ):
         entry.call(model, batch, _target(entry, batch))
     assert model.fault.calls == 0, "the model ran on a non-finite batch"
 
@@ -86,11 +90,11 @@ def test_non_tensor_inputs_are_a_type_error(entry: Entry):
         entry.call(model, batch, _target(entry, batch))
 
 
-@pytest.mark.parametrize("entry", WITH_INPUTS)
+@pytest.mark.parametrize("entry", select(lambda e: e.kind != "map" and e.float_inputs_only))
 def test_integer_inputs_are_a_type_error(entry: Entry):
     model, batch = make_model(), make_batch()
     batch.inputs = (batch.inputs * 255).to(torch.uint8)
-    with pytest.raises(TypeError, match="inputs|float"):
+    with pytest.raises(TypeError, match=r"inputs|images|float"):
         entry.call(model, batch, _target(entry, batch))
 
 
@@ -99,7 +103,7 @@ def test_inputs_on_another_device_are_refused(entry: Entry):
     # The meta device stands for "another device" on machines with one device.
     model, batch = make_model(), make_batch()
     batch.inputs = batch.inputs.to("meta")
-    with pytest.raises((ValueError, RuntimeError), match="device|meta"):
+    with pytest.raises((ValueError, RuntimeError), match=r"device|meta"):
         entry.call(model, batch, _target(entry, batch))
 
 
@@ -107,7 +111,7 @@ def test_inputs_on_another_device_are_refused(entry: Entry):
 def test_empty_batch(entry: Entry):
     model, batch = make_model(), make_batch().select(slice(0, 0))
     if entry.empty_batch == "error":
-        with pytest.raises(ValueError, match="empty|inputs|data|batch"):
+        with pytest.raises(ValueError, match=r"empty|inputs|data|batch"):
             entry.call(model, batch, _target(entry, batch))
         return
     output = entry.call(model, batch, _target(entry, batch))

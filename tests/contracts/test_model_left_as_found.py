@@ -94,7 +94,7 @@ def test_model_left_as_found_when_the_model_raises(entry: Entry, where: str, mod
     # A loss may have run its one plain forward in train mode before the fault: its
     # BatchNorm statistics are then those of that forward, checked on success above.
     buffers = mode == "eval" or entry.train_buffers == "untouched"
-    with untouched(model, batch.inputs, batch.labels, batch.maps, batch.masks, buffers=buffers):
-        with pytest.raises(FaultRaised):
-            entry.call(model, batch, _target(entry, batch))
+    inputs = (batch.inputs, batch.labels, batch.maps, batch.masks)
+    with untouched(model, *inputs, buffers=buffers), pytest.raises(FaultRaised):
+        entry.call(model, batch, _target(entry, batch))
     assert all(g is None for g in _grads(model).values()), "parameter .grad was written"

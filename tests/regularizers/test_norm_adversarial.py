@@ -88,13 +88,16 @@ def test_closed_form_matches_the_formula_on_the_model_gradient(norm, device):
 
 
 def test_examples_do_not_depend_on_the_rest_of_the_batch():
-    model = _model().eval()
+    # float64: in float32 the batched and single-example convolutions differ in the last
+    # bits, enough to flip best-iterate choices between two iterates of almost equal value.
+    model = _model().double().eval()
     images, labels, _ = _batch(n=4)
+    images = images.double()
     for norm in ITERATIVE:
         adv = NormRegularizedAdversarialLoss(model, **SETTINGS[norm], steps=3)
         together = adv.perturb(images, labels)
         alone = torch.cat([adv.perturb(images[i:i + 1], labels[i:i + 1]) for i in range(4)])
-        torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(together, alone, rtol=1e-9, atol=1e-12)
 
 
 # ---------------------------------------------------------------- iterative solver
