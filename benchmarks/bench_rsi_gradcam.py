@@ -14,6 +14,12 @@ Peers, all on the same inputs and device:
 ``rsi`` is ``LayerRSIGradCam`` as called by default (on CPUs passes of about 2**20
 input elements, on GPUs all points in one pass); ``rsi[one pass]`` forces a single
 pass, and ``layer_ig[ibs=N]`` gives Captum the pass size ours picked on CPUs.
+``rsi[auto 1e-2]`` and ``rsi[auto 1e-3]`` choose the steps per example
+(``n_steps="auto"`` at that tolerance, ``max_steps=256``); their notes give the steps
+the examples used (mean, max) and the lowest per-example Spearman correlation of their
+maps with a 256-step map (computed once, untimed; tied values get average ranks).
+``--layer`` explains another stage of the ResNet (``layer3`` leaves a nonlinear
+``layer4`` between the layer and the score, so the path sum converges more slowly).
 
 Time: median wall-clock time per call (synchronised on CUDA) after one warm-up, the
 methods interleaved. Peak memory: the most memory the call's own tensors held at once,
@@ -71,6 +77,35 @@ def author_loop(
     return torch.relu((weights * previous[0]).sum(dim=1, keepdim=True))
 
 
+def _ranks(values: torch.Tensor) -> torch.Tensor:
+    """Ranks ``0..n-1`` of a 1-D tensor, ties sharing their average rank."""
+    order = values.argsort()
+    ranks = torch.empty_like(values, dtype=torch.float64)
+    ranks[order] = torch.arange(values.numel(), dtype=torch.float64, device=values.device)
+    _, groups = values.unique(return_inverse=True)
+    sums = torch.zeros(int(groups.max()) + 1, dtype=torch.float64, device=values.device)
+    counts = torch.zeros_like(sums)
+    sums.index_add_(0, groups, ranks)
+    counts.index_add_(0, groups, torch.ones_like(ranks))
+    return (sums / counts)[groups]
+
+
+def lowest_spearman(maps: torch.Tensor, reference: torch.Tensor) -> float:
+    """The lowest per-example Spearman correlation between two batches of maps.
+
+    Two constant maps correlate 1 when equal; a constant map against a varying one, 0.
+    """
+    lowest = 1.0
+    for a, b in zip(maps.flatten(1).double(), reference.flatten(1).double()):
+        ra, rb = _ranks(a) - (a.numel() - 1) / 2, _ranks(b) - (b.numel() - 1) / 2
+        norm = float(ra.norm() * rb.norm())
+        if norm == 0:  # a constant map
+            lowest = min(lowest, 1.0 if torch.equal(a, b) else 0.0)
+            continue
+        lowest = min(lowest, float((ra * rb).sum()) / norm)
+    return lowest
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_device_argument(parser)
@@ -80,6 +115,9 @@ def main() -> None:
     parser.add_argument("--n-steps", type=int, default=50)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--size", type=int, default=96)
+    parser.add_argument(
+        "--layer", default="layer4", choices=["layer1", "layer2", "layer3", "layer4"]
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -94,17 +132,29 @@ def main() -> None:
     def probabilities(inp: torch.Tensor) -> torch.Tensor:
         return torch.softmax(model(inp), dim=1)
 
-    rsi = LayerRSIGradCam(model, model.layer4)
-    layer_ig = LayerIntegratedGradients(probabilities, model.layer4)
-    grad_cam = LayerGradCam(probabilities, model.layer4)
+    layer = getattr(model, args.layer)
+    rsi = LayerRSIGradCam(model, layer)
+    layer_ig = LayerIntegratedGradients(probabilities, layer)
+    grad_cam = LayerGradCam(probabilities, layer)
     methods: dict[str, Callable[[], Any]] = {
         "rsi": lambda: rsi.attribute(x, target=target, n_steps=steps, output_transform="softmax"),
         "layer_ig": lambda: layer_ig.attribute(
             x, target=target, n_steps=steps, method="riemann_trapezoid"
         ),
-        "loop": lambda: author_loop(model, model.layer4, x, target, steps),
+        "loop": lambda: author_loop(model, layer, x, target, steps),
         "grad_cam": lambda: grad_cam.attribute(x, target=target),
     }
+    tolerances = {"rsi[auto 1e-2]": 1e-2, "rsi[auto 1e-3]": 1e-3}
+    auto_rsi = LayerRSIGradCam(model, layer)  # its own instance: last_n_steps stays apart
+
+    def auto(tolerance: float) -> Callable[[], Any]:
+        return lambda: auto_rsi.attribute(
+            x, target=target, n_steps="auto", tolerance=tolerance, max_steps=256,
+            output_transform="softmax",
+        )
+
+    for name, tolerance in tolerances.items():
+        methods[name] = auto(tolerance)
     rows_per_pass = automatic_pass_rows((x,))
     if not args.quick:
         # the same pass size for both path methods, and ours in a single pass
@@ -118,16 +168,35 @@ def main() -> None:
                 internal_batch_size=rows_per_pass,
             )
     print(
-        f"resnet18/layer4 batch={args.batch} {args.size}x{args.size} n_steps={steps} "
+        f"resnet18/{args.layer} batch={args.batch} {args.size}x{args.size} n_steps={steps} "
         f"device={device} threads={torch.get_num_threads()} repeats={repeats} (median)"
     )
     times = median_seconds(methods, device, repeats)
     rows = {key: Row(times[key], peak_bytes(fn, device)) for key, fn in methods.items()}
-    print_table(rows, ["layer_ig", "loop", "grad_cam"])
+    reference = rsi.attribute(x, target=target, n_steps=256, output_transform="softmax")
+    notes, quality = {}, {}
+    for name in tolerances:
+        maps = methods[name]()
+        used = auto_rsi.last_n_steps
+        assert used is not None
+        quality[name] = lowest_spearman(maps, reference)
+        notes[name] = (
+            f"steps mean {used.double().mean():.1f} max {int(used.max())}; "
+            f"spearman vs 256 steps {quality[name]:.5f}"
+        )
+    print_table(
+        rows, ["rsi", "layer_ig", "loop", "grad_cam"], notes=notes, notes_header="auto steps"
+    )
     t_rsi, t_ig, t_loop = times["rsi"], times["layer_ig"], times["loop"]
     print(
         f"targets: rsi/layer_ig time {t_rsi / t_ig:.2f} (CPU goal <= 0.60); "
         f"loop/rsi speed-up {t_loop / t_rsi:.1f}x (CUDA goal >= 5x)"
+    )
+    t_auto = times["rsi[auto 1e-2]"]
+    print(
+        f"targets (auto 1e-2): time vs {steps} fixed steps {t_auto / t_rsi:.2f} (goal <= 0.40); "
+        f"vs layer_ig {t_auto / t_ig:.2f} (goal <= 0.35); "
+        f"spearman vs 256 steps {quality['rsi[auto 1e-2]']:.5f} (goal >= 0.999)"
     )
     same_size = f"layer_ig[ibs={rows_per_pass}]"
     if same_size in times:

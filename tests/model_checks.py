@@ -2,8 +2,9 @@
 
 ``untouched(model, *inputs)`` snapshots a model and its inputs, runs the block, and
 asserts afterwards that no hook of any kind is left on any submodule or globally,
-train/eval modes, ``requires_grad`` flags and ``torch.is_grad_enabled()`` are the same,
-parameters (and optionally buffers, BatchNorm statistics and ``num_batches_tracked``
+train/eval modes, ``requires_grad`` flags, BatchNorm ``track_running_stats`` and
+``momentum``, ``torch.is_grad_enabled()`` and the stack of torch function modes are the
+same, parameters (and optionally buffers, BatchNorm statistics and ``num_batches_tracked``
 among them) hold the same values, and the inputs were not modified in place. It checks
 even when the block raises, so it can wrap a ``pytest.raises`` block.
 """
@@ -69,9 +70,11 @@ class ModelSnapshot:
     buffers: dict[str, torch.Tensor]
     hooks: dict[str, int]
     grad_enabled: bool
+    function_modes: int
+    batchnorm_settings: dict[str, tuple[bool, float | None]]
 
     @classmethod
-    def take(cls, model: nn.Module) -> "ModelSnapshot":
+    def take(cls, model: nn.Module) -> ModelSnapshot:
         return cls(
             modes={n: m.training for n, m in model.named_modules()},
             flags={n: p.requires_grad for n, p in model.named_parameters()},
@@ -79,6 +82,12 @@ class ModelSnapshot:
             buffers={n: b.detach().clone() for n, b in model.named_buffers()},
             hooks=hook_counts(model),
             grad_enabled=torch.is_grad_enabled(),
+            function_modes=len(torch.overrides._get_current_function_mode_stack()),
+            batchnorm_settings={
+                n: (m.track_running_stats, m.momentum)
+                for n, m in model.named_modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            },
         )
 
     def assert_unchanged(
@@ -88,6 +97,8 @@ class ModelSnapshot:
         changed = {k: (v, now.hooks.get(k)) for k, v in self.hooks.items() if now.hooks.get(k) != v}
         assert not changed, f"hooks were added or removed (before, after): {changed}"
         assert now.grad_enabled == self.grad_enabled, "torch.is_grad_enabled() changed"
+        assert now.function_modes == self.function_modes, "a torch function mode was left on"
+        assert now.batchnorm_settings == self.batchnorm_settings, "BatchNorm settings changed"
         assert now.modes == self.modes, "train/eval modes changed"
         assert now.flags == self.flags, "requires_grad flags changed"
         if values:

@@ -18,18 +18,15 @@ The checks of a training batch (:func:`check_training_batch`,
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 __all__ = [
     "InputGradient",
     "PerExampleLoss",
-    "batchnorm_statistics_restored_on_error",
     "check_class_logits",
     "check_not_modified_in_place",
     "check_training_batch",
@@ -312,42 +309,3 @@ def check_class_logits(logits: object, labels: torch.Tensor) -> None:
     on_cpu = labels.device.type == "cpu" and labels.numel() > 0
     if on_cpu and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         _raise_label_range(labels, num_classes)
-
-
-@contextlib.contextmanager
-def batchnorm_statistics_restored_on_error(model: nn.Module) -> Iterator[None]:
-    """Write BatchNorm running statistics back when the block raises.
-
-    A training step that fails half-way (bad labels found from the logits, a BatchNorm
-    layer refusing a batch) must leave the model as found. Only train-mode layers that
-    track running statistics can move, so only theirs are saved (a device copy, no host
-    synchronisation); on success nothing is written back.
-
-    Examples
-    --------
-    >>> bn = nn.BatchNorm1d(2).train()
-    >>> try:
-    ...     with batchnorm_statistics_restored_on_error(bn):
-    ...         _ = bn(torch.randn(8, 2) + 5)
-    ...         raise KeyError("late failure")
-    ... except KeyError:
-    ...     pass
-    >>> bn.running_mean.tolist()
-    [0.0, 0.0]
-    """
-    saved = [
-        (buffer, buffer.detach().clone())
-        for module in model.modules()
-        if isinstance(module, nn.modules.batchnorm._BatchNorm)
-        and module.training
-        and module.track_running_stats
-        for buffer in (module.running_mean, module.running_var, module.num_batches_tracked)
-        if buffer is not None
-    ]
-    try:
-        yield
-    except BaseException:
-        with torch.no_grad():
-            for buffer, value in saved:
-                buffer.copy_(value)
-        raise

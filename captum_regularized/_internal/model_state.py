@@ -147,6 +147,45 @@ def kept_batchnorm_statistics(model: nn.Module | None) -> Iterator[None]:
                 buffer.copy_(value)
 
 
+@contextlib.contextmanager
+def batchnorm_statistics_restored_on_error(model: nn.Module) -> Iterator[None]:
+    """Write BatchNorm running statistics back when the block raises.
+
+    A training step that fails half-way (bad labels found from the logits, a BatchNorm
+    layer refusing a batch) must leave the model as found. Only train-mode layers that
+    track running statistics can move, so only theirs are saved (a device copy, no host
+    synchronisation); on success nothing is written back.
+
+    Examples
+    --------
+    >>> bn = nn.BatchNorm1d(2).train()
+    >>> try:
+    ...     with batchnorm_statistics_restored_on_error(bn):
+    ...         _ = bn(torch.randn(8, 2) + 5)
+    ...         raise KeyError("late failure")
+    ... except KeyError:
+    ...     pass
+    >>> bn.running_mean.tolist()
+    [0.0, 0.0]
+    """
+    saved = [
+        (buffer, buffer.detach().clone())
+        for module in model.modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        and module.training
+        and module.track_running_stats
+        for buffer in (module.running_mean, module.running_var, module.num_batches_tracked)
+        if buffer is not None
+    ]
+    try:
+        yield
+    except BaseException:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+        raise
+
+
 def model_device(model: nn.Module | None) -> torch.device | None:
     """Device of the model's first parameter or buffer, ``None`` when it has neither.
 

@@ -9,12 +9,15 @@ module holds the mechanics every such method shares:
   rows: groups of examples, and per group runs of consecutive path points. Points are
   visited from the real input (``l = m``) down to the baseline (``l = 0``), so the first
   pass of every group sees the real input (handy for ``target=None`` = predicted class).
+* :func:`step_passes` splits any list of path points (for instance only the new
+  midpoints of a refinement that doubles the step count) into passes of bounded rows.
 * :func:`take_examples` / :func:`path_points` / :func:`expand_for_steps` build the rows
   of one pass (step-major: row ``s * g + e`` is point ``steps[s]`` of example ``e``).
   Additional forward arguments follow Captum's convention: a tensor whose dim 0 is the
   batch is per-example (restricted and repeated with the rows); anything else, a shared
   ``(classes,)`` bias or a 0-d tensor included, is passed unchanged to every call
   (:func:`per_example_flags` tells which is which, on the full batch).
+  :func:`take_positions` keeps some examples of a group (those still being refined).
 * :class:`LayerTap` runs one pass and returns the model output together with the layer's
   activation as a fresh leaf, so the gradient of any score with respect to the activation
   costs only a backward pass through the part of the model *after* the layer.
@@ -46,7 +49,9 @@ __all__ = [
     "path_points",
     "per_example_flags",
     "plan_path",
+    "step_passes",
     "take_examples",
+    "take_positions",
 ]
 
 
@@ -138,6 +143,71 @@ def plan_path(batch: int, n_steps: int, internal_batch_size: int | None) -> Path
     groups = [slice(start, min(start + group, batch)) for start in range(0, batch, group)]
     chunks = [descending[i : i + per_pass] for i in range(0, len(descending), per_pass)]
     return PathPlan(groups, chunks)
+
+
+def step_passes(
+    steps: Sequence[int], examples: int, internal_batch_size: int | None
+) -> list[list[int]]:
+    """Split ``steps`` (path points, in the order given) into passes of bounded rows.
+
+    A pass of ``k`` points over ``examples`` examples has ``k * examples`` rows. With
+    ``internal_batch_size=None``, or no examples, every point goes into one pass;
+    otherwise each pass holds ``max(1, internal_batch_size // examples)`` consecutive
+    points of the list (so at most ``internal_batch_size`` rows whenever
+    ``examples <= internal_batch_size``, as :func:`plan_path`'s groups guarantee).
+
+    Examples
+    --------
+    >>> step_passes([1, 3, 5, 7], examples=2, internal_batch_size=5)
+    [[1, 3], [5, 7]]
+    >>> step_passes([4, 3, 2, 1, 0], examples=3, internal_batch_size=None)
+    [[4, 3, 2, 1, 0]]
+    """
+    if internal_batch_size is None or examples == 0:
+        return [list(steps)]
+    per_pass = max(1, internal_batch_size // examples)
+    return [list(steps[i : i + per_pass]) for i in range(0, len(steps), per_pass)]
+
+
+def take_positions(
+    target: TargetType,
+    additional_args: tuple[Any, ...] | None,
+    per_example: Sequence[bool] | None,
+    positions: Sequence[int],
+) -> tuple[TargetType, tuple[Any, ...] | None]:
+    """Keep the examples at ``positions`` of a group's target and additional args.
+
+    The group's ``target`` and ``additional_args`` come from :func:`take_examples`:
+    a list target or a 1-D tensor target has one entry per example of the group and is
+    restricted, a shared target is kept. Args flagged in ``per_example`` (from
+    :func:`per_example_flags` on the full batch) are restricted along dim 0, the
+    others passed unchanged.
+
+    Examples
+    --------
+    >>> t, args = take_positions([5, 6, 7], (torch.arange(3), "x"), (True, False), [0, 2])
+    >>> t, args[0].tolist(), args[1]
+    ([5, 7], [0, 2], 'x')
+    >>> take_positions(torch.tensor([4, 5, 6]), None, None, [1])[0].tolist()
+    [5]
+    """
+    if isinstance(target, list):
+        target = [target[i] for i in positions]  # type: ignore[assignment]
+    elif isinstance(target, torch.Tensor) and target.numel() > 1:
+        target = target[torch.tensor(list(positions), dtype=torch.long, device=target.device)]
+    if additional_args is not None:
+        flags = (
+            per_example
+            if per_example is not None
+            else [isinstance(arg, torch.Tensor) and arg.dim() > 0 for arg in additional_args]
+        )
+        additional_args = tuple(
+            arg[torch.tensor(list(positions), dtype=torch.long, device=arg.device)]
+            if flag
+            else arg
+            for arg, flag in zip(additional_args, flags)
+        )
+    return target, additional_args
 
 
 def _is_per_example(value: Any, batch: int) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
@@ -40,7 +41,9 @@ from captum_regularized._internal.path_batching import (
     path_points,
     per_example_flags,
     plan_path,
+    step_passes,
     take_examples,
+    take_positions,
 )
 from captum_regularized._internal.targets import class_indices, target_scores
 
@@ -48,6 +51,11 @@ __all__ = ["LayerRSIGradCam"]
 
 OutputTransform = Literal["softmax", "log_softmax"] | Callable[[torch.Tensor], torch.Tensor] | None
 VARIANTS = ("plain", "unit_selection", "relu_gradients")
+AUTO_START_STEPS = 4
+"""Path intervals of the first level of ``n_steps="auto"``; later levels double it."""
+_SUM_CHUNK = 16
+"""Path intervals summed at once over the stored points of ``n_steps="auto"`` (bounds
+the temporaries of the sum to this many points' worth of layer values)."""
 NAMED_TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "softmax": lambda out: torch.softmax(out, dim=1),
     "log_softmax": lambda out: torch.log_softmax(out, dim=1),
@@ -72,6 +80,71 @@ def _resolve_output_transform(
         "output_transform must be None, 'softmax', 'log_softmax' or a callable, "
         f"got {type(output_transform).__name__}"
     )
+
+
+def _check_steps(n_steps: object, tolerance: object, max_steps: object) -> bool:
+    """Validate the step arguments; True when ``n_steps`` is ``"auto"``."""
+    if isinstance(n_steps, str):
+        if n_steps != "auto":
+            raise ValueError(f"n_steps must be an int >= 1 or 'auto', got {n_steps!r}")
+    elif isinstance(n_steps, bool) or not isinstance(n_steps, int):
+        raise TypeError(f"n_steps must be an int or 'auto', got {type(n_steps).__name__}")
+    elif n_steps < 1:
+        raise ValueError(f"n_steps must be at least 1, got {n_steps}")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)):
+        raise TypeError(f"tolerance must be a float, got {type(tolerance).__name__}")
+    if not math.isfinite(tolerance) or tolerance <= 0:
+        raise ValueError(f"tolerance must be a finite number > 0, got {tolerance}")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int):
+        raise TypeError(f"max_steps must be an int, got {type(max_steps).__name__}")
+    if max_steps < AUTO_START_STEPS:
+        raise ValueError(
+            f"max_steps must be at least {AUTO_START_STEPS} (the first step count of "
+            f"n_steps='auto'), got {max_steps}"
+        )
+    return n_steps == "auto"
+
+
+def _trapezoid_sum(
+    activations: torch.Tensor, gradients: torch.Tensor, relu_gradients: bool
+) -> torch.Tensor:
+    """Per-unit trapezoidal Riemann–Stieltjes sum over stored points.
+
+    ``activations`` and ``gradients`` are ``(points, examples, C, h, w)`` in ascending
+    path order (``l = 0`` first); the terms are those of :class:`_PathIntegral`,
+    summed :data:`_SUM_CHUNK` intervals at a time.
+    """
+    total: torch.Tensor | None = None
+    intervals = activations.shape[0] - 1
+    for start in range(0, intervals, _SUM_CHUNK):
+        stop = min(start + _SUM_CHUNK, intervals)
+        grads = gradients[start : stop + 1]
+        if relu_gradients:
+            grads = torch.relu(grads)
+        mean_gradients = 0.5 * (grads[1:] + grads[:-1])
+        rises = activations[start + 1 : stop + 1] - activations[start:stop]
+        part = (mean_gradients * rises).sum(0)
+        total = part if total is None else total + part
+    if total is None:
+        raise RuntimeError("the path integral needs at least two points")
+    return total
+
+
+def _cam_from_rsi(
+    rsi: torch.Tensor,
+    at_input: torch.Tensor,
+    at_baseline: torch.Tensor,
+    variant: str,
+    relu_attributions: bool,
+) -> torch.Tensor:
+    """The map ``(examples, 1, h, w)`` from the variant's per-unit RSI and ``A_m``, ``A_0``."""
+    if variant == "unit_selection":
+        rsi = rsi * ((at_input > 0) & (rsi > 0) & (at_input > at_baseline))
+    weights = rsi.mean(dim=(2, 3), keepdim=True)
+    cam = (weights * at_input).sum(dim=1, keepdim=True)
+    if relu_attributions:
+        cam = torch.relu(cam)
+    return cam
 
 
 @contextlib.contextmanager
@@ -184,6 +257,24 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
     The reduction is streamed, so memory is bounded by ``internal_batch_size`` times
     the layer size, not by ``n_steps``.
 
+    ``n_steps="auto"`` chooses ``m`` per example by nested trapezoid refinement: it
+    starts at ``m = 4`` (:data:`AUTO_START_STEPS`) and doubles ``m`` by evaluating only
+    the new midpoints ``l = 1, 3, ..., 2m - 1`` of the finer grid (the old points are
+    the even ones, ``l/m = 2l/2m``, and are reused). An example stops at the first
+    count whose completeness gap ``|sum RSI - (y_t(x) - y_t(x'))|`` of the plain sum is
+    at most ``tolerance * |y_t(x) - y_t(x')|``, or at the largest count ``4 * 2**j`` not
+    above ``max_steps``; examples that stop leave the batch, so the others' passes get
+    smaller. The result for an example that stopped at ``m`` is the fixed ``n_steps=m``
+    result (up to float rounding), whatever the variant: the criterion is always the
+    plain sum's gap, the variant only shapes the map. The count each example used is
+    kept in :attr:`last_n_steps`. Refinement needs every point of the current level,
+    so the activations and gradients of its ``m + 1`` points are stored for the examples
+    still refining: about ``2 (m + 1)`` times the layer size per example, in float32
+    (``internal_batch_size`` bounds the examples refined together and the rows per pass).
+    The gap is compared once per level, one host synchronisation per doubling. The gap
+    converges only when the score depends on the input through the layer alone (no
+    path around it) and ``y_t(x) != y_t(x')``; otherwise examples run to ``max_steps``.
+
     Explain models in eval mode. A model left in train mode is run as found, so its
     BatchNorm layers normalise each pass with that pass's own statistics and the map
     then depends on how the path points are batched; their running statistics are
@@ -214,6 +305,14 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
     device_ids : list of int, optional
         Kept for Captum's signature. ``nn.DataParallel`` models are not supported.
 
+    Attributes
+    ----------
+    last_n_steps : Tensor or None
+        Path intervals ``m`` each example of the last successful :meth:`attribute` call
+        used, a ``(B,)`` long tensor on the inputs' device (``n_steps`` everywhere for a
+        fixed count; the chosen counts for ``n_steps="auto"``). ``None`` before the first
+        call. Not shared safely between threads that call the same instance.
+
     Examples
     --------
     >>> from captum_regularized.models import SimpleCNN
@@ -224,6 +323,15 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
     torch.Size([2, 1, 4, 4])
     >>> LayerAttribution.interpolate(maps, (16, 16)).shape
     torch.Size([2, 1, 16, 16])
+
+    Adaptive step counts, with the completeness gap each example reached:
+
+    >>> maps, gaps = cam.attribute(
+    ...     torch.rand(2, 3, 16, 16), target=1, n_steps="auto", tolerance=1e-2,
+    ...     return_convergence_delta=True,
+    ... )
+    >>> cam.last_n_steps.dtype, cam.last_n_steps.shape, gaps.shape
+    (torch.int64, torch.Size([2]), torch.Size([2]))
     """
 
     def __init__(
@@ -247,6 +355,7 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
             )
         LayerAttribution.__init__(self, forward_func, layer, device_ids)
         GradientAttribution.__init__(self, forward_func)
+        self.last_n_steps: torch.Tensor | None = None
 
     def has_convergence_delta(self) -> bool:
         """True: ``attribute(..., return_convergence_delta=True)`` gives the completeness gap.
@@ -295,7 +404,7 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
         target: TargetType = None,
         additional_forward_args: Any = None,
         baselines: BaselineType = None,
-        n_steps: int = 50,
+        n_steps: int | Literal["auto"] = 50,
         internal_batch_size: int | None = None,
         output_transform: OutputTransform = None,
         variant: str = "plain",
@@ -303,6 +412,8 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
         attribute_to_layer_input: bool = False,
         reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         return_convergence_delta: bool = False,
+        tolerance: float = 1e-2,
+        max_steps: int = 256,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Compute RSI-Grad-CAM maps of shape ``(B, 1, h, w)``.
 
@@ -320,8 +431,12 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
             tensor, a number) is passed unchanged to every forward call.
         baselines : Tensor, number or tuple, optional
             Start of the path, in Captum's forms; default zeros.
-        n_steps : int
-            Number of path intervals ``m`` (``m + 1`` points, both ends included).
+        n_steps : int or 'auto'
+            Number of path intervals ``m`` (``m + 1`` points, both ends included), or
+            ``'auto'``: per example, the first of ``m = 4, 8, 16, ...`` (nested: each
+            count reuses the previous count's points) whose completeness gap is at most
+            ``tolerance * |y_t(x) - y_t(x')|``, at most ``max_steps`` (see the class
+            notes). :attr:`last_n_steps` tells the counts used.
         internal_batch_size : int, optional
             Rows per forward/backward pass; bounds peak memory. ``None`` runs every path
             point of every example in one pass on GPUs, and passes of about 2**20 input
@@ -344,7 +459,14 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
             ``(B, C, h, w)``, e.g. :func:`~captum_regularized.attr.vit_tokens_to_map`
             for vision-transformer tokens.
         return_convergence_delta : bool
-            Also return ``sum RSI - (y_t(x) - y_t(x'))`` per example (``'plain'`` only).
+            Also return ``sum RSI - (y_t(x) - y_t(x'))`` per example (``'plain'`` only),
+            at the count each example used.
+        tolerance : float
+            For ``n_steps='auto'``: the relative completeness gap at which an example
+            stops (finite, > 0). Checked, and otherwise unused, for a fixed count.
+        max_steps : int
+            For ``n_steps='auto'``: the most path intervals an example gets (at least 4);
+            the last count is the largest ``4 * 2**j`` not above it (256 by default).
 
         Returns
         -------
@@ -356,13 +478,14 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
         Raises
         ------
         ValueError
-            For ``n_steps < 1``, an unknown ``variant`` or ``output_transform``, a baseline
-            of the wrong shape, a bad ``target`` (out of range, wrong length), an output
-            that does not keep the batch in dim 0, a layer
-            that never runs (or runs twice), a layer that runs with autograd off inside
-            ``forward_func`` (reentrant activation checkpointing), an activation that
-            is not 4-D after ``reshape_transform``, a score that does not depend on the
-            layer, or ``return_convergence_delta`` with a variant other than ``'plain'``.
+            For ``n_steps < 1`` or a string other than ``'auto'``, ``tolerance`` not finite
+            and positive, ``max_steps < 4``, an unknown ``variant`` or ``output_transform``,
+            a baseline of the wrong shape, a bad ``target`` (out of range, wrong length),
+            an output that does not keep the batch in dim 0, a layer that never runs (or
+            runs twice), a layer that runs with autograd off inside ``forward_func``
+            (reentrant activation checkpointing), an activation that is not 4-D after
+            ``reshape_transform``, a score that does not depend on the layer, or
+            ``return_convergence_delta`` with a variant other than ``'plain'``.
         TypeError
             For non-tensor or non-floating inputs and wrongly typed arguments (``target``
             included).
@@ -370,10 +493,7 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
             When called inside ``torch.inference_mode()``.
         """
         check_autograd_available("LayerRSIGradCam")
-        if isinstance(n_steps, bool) or not isinstance(n_steps, int):
-            raise TypeError(f"n_steps must be an int, got {type(n_steps).__name__}")
-        if n_steps < 1:
-            raise ValueError(f"n_steps must be at least 1, got {n_steps}")
+        auto = _check_steps(n_steps, tolerance, max_steps)
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         if return_convergence_delta and variant != "plain":
@@ -393,35 +513,63 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
         out_dtype = functools.reduce(torch.promote_types, (x.dtype for x in inputs_tuple))
         if internal_batch_size is None:
             internal_batch_size = automatic_pass_rows(inputs_tuple)
-        plan = plan_path(batch, n_steps, internal_batch_size)
+        plan = plan_path(
+            batch, AUTO_START_STEPS if auto else int(n_steps), internal_batch_size
+        )
         statistics_kept = (
             kept_batchnorm_statistics(model)
             if model is not None
             else _kept_reached_batchnorm_statistics()
         )
 
-        maps, deltas = [], []
+        maps, deltas, counts = [], [], []
         with preserved_model(model) as hooks, statistics_kept:
             tap = LayerTap(self.layer, hooks, use_input=attribute_to_layer_input)
             for rows in plan.example_groups:
                 group_target, group_args = take_examples(target, args, rows, batch)
-                cam, delta = self._attribute_group(
-                    tap,
-                    tuple(x[rows] for x in inputs_tuple),
-                    tuple(b if b.shape[0] == 1 else b[rows] for b in baselines_tuple),
-                    group_target,
-                    group_args,
-                    per_example,
-                    n_steps,
-                    plan.step_chunks,
-                    transform,
-                    variant,
-                    relu_attributions,
-                    reshape_transform,
-                )
+                group_inputs = tuple(x[rows] for x in inputs_tuple)
+                group_baselines = tuple(b if b.shape[0] == 1 else b[rows] for b in baselines_tuple)
+                if auto:
+                    cam, delta, used = self._attribute_group_auto(
+                        tap,
+                        group_inputs,
+                        group_baselines,
+                        group_target,
+                        group_args,
+                        per_example,
+                        internal_batch_size,
+                        float(tolerance),
+                        max_steps,
+                        transform,
+                        variant,
+                        relu_attributions,
+                        reshape_transform,
+                    )
+                    counts.append(used)
+                else:
+                    cam, delta = self._attribute_group(
+                        tap,
+                        group_inputs,
+                        group_baselines,
+                        group_target,
+                        group_args,
+                        per_example,
+                        int(n_steps),
+                        plan.step_chunks,
+                        transform,
+                        variant,
+                        relu_attributions,
+                        reshape_transform,
+                    )
                 maps.append(cam)
                 deltas.append(delta)
         attributions = torch.cat(maps).to(out_dtype)
+        device = inputs_tuple[0].device
+        self.last_n_steps = (
+            torch.cat(counts)
+            if auto
+            else torch.full((batch,), int(n_steps), dtype=torch.long, device=device)
+        )
         if return_convergence_delta:
             return attributions, torch.cat(deltas).to(out_dtype)
         return attributions
@@ -442,36 +590,157 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
         reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Maps and deltas (float32 or wider) of one group of examples, streamed over the path."""
-        group = inputs[0].shape[0]
         integral = _PathIntegral(relu_gradients=variant == "relu_gradients")
         end_scores: list[torch.Tensor] = []  # [at the input, at the baseline]
         classes: torch.Tensor | None = None
         for steps in step_chunks:
-            points = path_points(inputs, baselines, steps, n_steps)
-            _, chunk_args = expand_for_steps(None, args, len(steps), per_example)
-            output, leaf = tap.run(self.forward_func, points, chunk_args)
-            with torch.enable_grad():
-                scores, classes = _select_scores(
-                    transform(output), target, classes, group, len(steps)
-                )
-            gradient = _layer_gradient(scores, leaf)
-            activations = _as_maps(leaf.detach(), reshape_transform, len(steps), group)
-            gradients = _as_maps(gradient, reshape_transform, len(steps), group)
+            activations, gradients, scores, classes = self._run_pass(
+                tap, inputs, baselines, args, per_example, steps, n_steps,
+                transform, target, classes, reshape_transform,
+            )
             integral.add(activations, gradients, ends_at_baseline=steps[-1] == 0)
-            scores = scores.detach().reshape(len(steps), group)
             if not end_scores:
                 end_scores.append(scores[0])
             if steps[-1] == 0:
                 end_scores.append(scores[-1])
         rsi, at_input, at_baseline = integral.result()
         delta = rsi.sum(dim=(1, 2, 3)) - (end_scores[0] - end_scores[-1]).to(rsi.dtype)
-        if variant == "unit_selection":
-            rsi = rsi * ((at_input > 0) & (rsi > 0) & (at_input > at_baseline))
-        weights = rsi.mean(dim=(2, 3), keepdim=True)
-        cam = (weights * at_input).sum(dim=1, keepdim=True)
-        if relu_attributions:
-            cam = torch.relu(cam)
+        cam = _cam_from_rsi(rsi, at_input, at_baseline, variant, relu_attributions)
         return cam, delta
+
+    def _run_pass(
+        self,
+        tap: LayerTap,
+        inputs: tuple[torch.Tensor, ...],
+        baselines: tuple[torch.Tensor, ...],
+        args: tuple[Any, ...] | None,
+        per_example: tuple[bool, ...] | None,
+        steps: list[int],
+        n_steps: int,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        target: TargetType,
+        classes: torch.Tensor | None,
+        reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One pass over points ``steps`` (of ``n_steps`` intervals) of a group's examples.
+
+        Returns the activations and gradients ``(len(steps), examples, C, h, w)`` (float32
+        or wider), the detached scores ``(len(steps), examples)`` and the classes (see
+        :func:`_select_scores`).
+        """
+        group = inputs[0].shape[0]
+        points = path_points(inputs, baselines, steps, n_steps)
+        _, pass_args = expand_for_steps(None, args, len(steps), per_example)
+        output, leaf = tap.run(self.forward_func, points, pass_args)
+        with torch.enable_grad():
+            scores, classes = _select_scores(transform(output), target, classes, group, len(steps))
+        gradient = _layer_gradient(scores, leaf)
+        activations = _as_maps(leaf.detach(), reshape_transform, len(steps), group)
+        gradients = _as_maps(gradient, reshape_transform, len(steps), group)
+        return activations, gradients, scores.detach().reshape(len(steps), group), classes
+
+    def _attribute_group_auto(
+        self,
+        tap: LayerTap,
+        inputs: tuple[torch.Tensor, ...],
+        baselines: tuple[torch.Tensor, ...],
+        target: TargetType,
+        args: tuple[Any, ...] | None,
+        per_example: tuple[bool, ...] | None,
+        internal_batch_size: int | None,
+        tolerance: float,
+        max_steps: int,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        variant: str,
+        relu_attributions: bool,
+        reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Maps, plain deltas and step counts of one group, by nested refinement.
+
+        The current level's points are stored in ascending path order, ``(m + 1,
+        examples, C, h, w)``, for the examples still refining. Doubling ``m`` allocates
+        the finer grid, copies the old points into its even slots and fills the odd
+        slots with the new midpoints, pass by pass.
+        """
+        group = inputs[0].shape[0]
+        device = inputs[0].device
+        n_steps = AUTO_START_STEPS
+        activations: torch.Tensor | None = None
+        gradients: torch.Tensor | None = None
+        at_input_scores: torch.Tensor | None = None
+        at_baseline_scores: torch.Tensor | None = None
+        classes: torch.Tensor | None = None
+        # The first level in descending order: the first pass sees the real inputs,
+        # which fixes the class for target=None.
+        for steps in step_passes(list(range(n_steps, -1, -1)), group, internal_batch_size):
+            acts, grads, scores, classes = self._run_pass(
+                tap, inputs, baselines, args, per_example, steps, n_steps,
+                transform, target, classes, reshape_transform,
+            )
+            if activations is None or gradients is None:
+                activations = acts.new_empty((n_steps + 1, *acts.shape[1:]))
+                gradients = grads.new_empty((n_steps + 1, *grads.shape[1:]))
+                at_input_scores = scores[0]
+            activations[steps[-1] : steps[0] + 1] = acts.flip(0)
+            gradients[steps[-1] : steps[0] + 1] = grads.flip(0)
+            if steps[-1] == 0:
+                at_baseline_scores = scores[-1]
+        if activations is None or gradients is None or at_input_scores is None:
+            raise RuntimeError("the first level of n_steps='auto' ran no pass")
+        if at_baseline_scores is None:
+            raise RuntimeError("the first level of n_steps='auto' missed the baseline")
+        rise = (at_input_scores - at_baseline_scores).to(activations.dtype)
+        cams = activations.new_zeros((group, 1, *activations.shape[-2:]))
+        deltas = activations.new_zeros((group,))
+        used = torch.zeros((group,), dtype=torch.long, device=device)
+        active = list(range(group))  # positions in the group of the examples refining
+        while active:
+            plain = _trapezoid_sum(activations, gradients, relu_gradients=False)
+            gap = plain.sum(dim=(1, 2, 3)) - rise
+            if 2 * n_steps > max_steps:
+                stops = [True] * len(active)
+            else:  # the one host synchronisation of a level
+                stops = (gap.abs() <= tolerance * rise.abs()).tolist()
+            stopping = [i for i, stop in enumerate(stops) if stop]
+            if stopping:
+                chosen = torch.tensor(stopping, dtype=torch.long, device=device)
+                acts, grads = activations[:, chosen], gradients[:, chosen]
+                rsi = (
+                    _trapezoid_sum(acts, grads, relu_gradients=True)
+                    if variant == "relu_gradients"
+                    else plain[chosen]
+                )
+                where = torch.tensor([active[i] for i in stopping], dtype=torch.long, device=device)
+                cams[where] = _cam_from_rsi(rsi, acts[-1], acts[0], variant, relu_attributions)
+                deltas[where] = gap[chosen]
+                used[where] = n_steps
+            refining = [i for i, stop in enumerate(stops) if not stop]
+            if not refining:
+                break
+            kept = torch.tensor(refining, dtype=torch.long, device=device)
+            if stopping:
+                inputs = tuple(x[kept] for x in inputs)
+                baselines = tuple(b if b.shape[0] == 1 else b[kept] for b in baselines)
+                target, args = take_positions(target, args, per_example, refining)
+                classes = None if classes is None else classes[kept]
+                rise = rise[kept]
+                active = [active[i] for i in refining]
+            finer = activations.new_empty((2 * n_steps + 1, len(active), *activations.shape[2:]))
+            finer[0::2] = activations[:, kept] if stopping else activations
+            activations = finer
+            finer = gradients.new_empty(activations.shape)
+            finer[0::2] = gradients[:, kept] if stopping else gradients
+            gradients = finer
+            del finer, plain, gap
+            n_steps *= 2
+            for steps in step_passes(list(range(1, n_steps, 2)), len(active), internal_batch_size):
+                acts, grads, _, _ = self._run_pass(
+                    tap, inputs, baselines, args, per_example, steps, n_steps,
+                    transform, target, classes, reshape_transform,
+                )
+                activations[steps[0] : steps[-1] + 1 : 2] = acts
+                gradients[steps[0] : steps[-1] + 1 : 2] = grads
+        return cams, deltas, used
 
 
 def _select_scores(

@@ -7,11 +7,11 @@ from torch import nn
 
 from captum_regularized._internal.checks import check_autograd_available
 from captum_regularized._internal.input_gradients import (
-    batchnorm_statistics_restored_on_error,
     check_training_batch,
     cross_entropy_per_example,
     input_gradient,
 )
+from captum_regularized._internal.model_state import batchnorm_statistics_restored_on_error
 from captum_regularized._internal.structured_norms import NormSpec, check_mask, conjugate_penalty
 
 __all__ = ["GradientNormPenalty"]

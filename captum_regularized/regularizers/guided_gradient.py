@@ -26,10 +26,10 @@ from captum_regularized._internal.guided_relu import (
     guided_and_plain_gradients,
 )
 from captum_regularized._internal.input_gradients import (
-    batchnorm_statistics_restored_on_error,
     check_class_logits,
     check_training_batch,
 )
+from captum_regularized._internal.model_state import batchnorm_statistics_restored_on_error
 
 __all__ = ["GuidedGradientRegularizer"]
 

@@ -106,7 +106,8 @@ class TwoInputNet(nn.Module):
 
 
 def make_model(seed: int = 0) -> ContractNet:
-    """A :class:`ContractNet` with non-trivial BatchNorm statistics, in eval mode."""
+    """A :class:`ContractNet` with non-trivial BatchNorm statistics and one frozen
+    parameter, in eval mode."""
     torch.manual_seed(seed)
     model = ContractNet()
     with torch.no_grad():
@@ -116,6 +117,7 @@ def make_model(seed: int = 0) -> ContractNet:
                 module.running_var.uniform_(0.5, 1.5)
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.uniform_(-0.1, 0.1)
+    model.stem[0].weight.requires_grad_(False)  # a frozen parameter must stay frozen
     return model.eval()
 
 

@@ -15,7 +15,14 @@ import copy
 import pytest
 import torch
 
-from tests.contracts.registry import Entry, FaultRaised, make_batch, make_model, select
+from tests.contracts.registry import (
+    Entry,
+    FaultRaised,
+    make_batch,
+    make_model,
+    output_tensors,
+    select,
+)
 from tests.model_checks import ModelSnapshot, untouched
 
 WITH_MODEL = select(lambda e: e.uses_model)
@@ -38,6 +45,19 @@ def test_eval_model_left_as_found(entry: Entry, grad_enabled: bool):
     ):
         entry.call(model, batch, _target(entry, batch))
     assert all(g is None for g in _grads(model).values()), "parameter .grad was written"
+
+
+@pytest.mark.parametrize("entry", select(lambda e: e.kind in ("attribution", "metric")))
+def test_no_grad_around_the_call_changes_nothing(entry: Entry):
+    """Gradients are switched on inside where needed: the same answer under no_grad."""
+    model, batch = make_model(), make_batch()
+    expected = output_tensors(entry.call(model, batch, _target(entry, batch)))
+    with torch.no_grad():
+        got = output_tensors(entry.call(model, batch, _target(entry, batch)))
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e)
+        assert not g.requires_grad
 
 
 @pytest.mark.parametrize("entry", WITH_MODEL)

@@ -21,7 +21,7 @@ def _trapezoid(ys, xs):
 
 def test_fractions_are_the_papers():
     expected = (0, 0.03, 0.05, 0.07, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-    assert ALLEGIANCE_FRACTIONS == expected
+    assert expected == ALLEGIANCE_FRACTIONS
 
 
 def test_hand_made_corner_case():
@@ -67,7 +67,7 @@ def test_fill_white_keeps_a_bright_pixel_bright():
 
 def _loop_kept(model, x, maps, fill):
     """Reference: the protocol written out per example and per fraction."""
-    batch, channels, height, width = x.shape
+    batch, _, height, width = x.shape
     model.eval()
     kept = []
     with torch.no_grad():

@@ -52,7 +52,9 @@ def test_loss_hook_forms():
     def scalar_loss(x, y):
         return F.cross_entropy(model(x), y)
 
-    history = train_classifier(model, data, epochs=1, batch_size=4, loss=scalar_loss, progress=False)
+    history = train_classifier(
+        model, data, epochs=1, batch_size=4, loss=scalar_loss, progress=False
+    )
     assert math.isnan(history[0]["accuracy"]) and history[0]["loss"] > 0
 
 

@@ -130,7 +130,7 @@ def test_bad_arguments_and_calls():
         GradientNormPenalty(model, norm="linf")
     with pytest.raises(ValueError, match="epsilon must be"):
         GradientNormPenalty(model, epsilon=-0.1)
-    with pytest.raises(TypeError, match="model must be an nn.Module"):
+    with pytest.raises(TypeError, match=r"model must be an nn\.Module"):
         GradientNormPenalty("model")
     with untouched(model, images, labels):
         with pytest.raises(ValueError, match="needs a mask"):

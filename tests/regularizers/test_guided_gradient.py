@@ -187,16 +187,6 @@ def test_additional_forward_args_reach_the_model():
     assert torch.isfinite(subset)
 
 
-@pytest.mark.parametrize("train", [False, True])
-def test_modes_flags_and_hooks_are_left_as_found(train):
-    model = small_cnn().train(train)
-    model.stem[0].weight.requires_grad_(False)
-    x = torch.rand(2, 3, 12, 12)
-    with untouched(model, x, buffers=not train):
-        GuidedGradientRegularizer(model)(x, torch.tensor([0, 1]))
-    assert len(torch.overrides._get_current_function_mode_stack()) == 0
-
-
 def test_an_exception_midway_leaves_no_hook_or_mode_behind():
     model = small_cnn().train()
     reg = GuidedGradientRegularizer(model, distance=lambda g, gg: torch.zeros(7), fraction=0.5)
