@@ -1,5 +1,6 @@
-"""Synthetic images with ground-truth evidence masks, and a loader for real image folders."""
+"""Synthetic images with ground-truth evidence masks, and loaders for real images."""
 
+from captum_regularized.datasets.fashion_mnist import FashionMNISTWithMasks
 from captum_regularized.datasets.image_folder import (
     ImageFolderWithMasks,
     collate_with_optional_masks,
@@ -10,6 +11,7 @@ from captum_regularized.datasets.synthetic_shapes import SyntheticShapes
 
 __all__ = [
     "SHAPE_NAMES",
+    "FashionMNISTWithMasks",
     "ImageFolderWithMasks",
     "ShapesLayout",
     "SyntheticShapes",

