@@ -5,13 +5,15 @@ training step (forward, backward, SGD update) is timed for
 
 * plain cross-entropy training (the unit of every ratio);
 * :class:`NormRegularizedAdversarialLoss` for every norm with ``steps=1`` (closed form)
-  and ``steps=7`` (iterative; ``gaze`` has only the closed form);
+  and ``steps=7`` (iterative, last iterate: the default; ``gaze`` has only the closed
+  form), and ``l1`` with ``steps=7, select_iterate="best"`` (one more forward pass);
 * :class:`GradientNormPenalty` for every norm (double back-propagation);
 * the peers: Captum's ``captum.robust.FGSM`` and ``captum.robust.PGD`` (L-inf, same
   radius and steps), each followed by the same outer training step.
 
 Targets: ``steps=1`` at most 2.2x plain, ``steps=k`` at most ``(k + 1.2)x`` plain,
-``l1`` no slower than Captum's peer with the same number of steps.
+``l1`` (default settings) no slower than Captum's peer with the same number of steps:
+both run ``k`` forward and backward passes before the outer step.
 
 Time: median time per step after one warm-up step, the configurations interleaved.
 On GPUs it is the synchronised wall-clock time; on CPUs it is the process's CPU time
@@ -87,6 +89,11 @@ def _steps(device: torch.device) -> dict[str, tuple[Callable[[], None], float | 
                 train_on(lambda adv=adv, extra=extra: adv(images, labels, **extra)),
                 2.2 if steps == 1 else steps + 1.2,
             )
+    best = NormRegularizedAdversarialLoss(model, **NORM_SETTINGS["l1"], steps=STEPS,
+                                          input_range=(0.0, 1.0), select_iterate="best")
+    configs[f"adversarial l1 steps={STEPS} best"] = (
+        train_on(lambda: best(images, labels)), STEPS + 1.2
+    )
     for name, settings in NORM_SETTINGS.items():
         pen = GradientNormPenalty(model, **settings)
         extra = {"mask": mask} if name == "gaze" else {}
@@ -133,12 +140,14 @@ def main(argv: list[str] | None = None) -> None:
         name: f"<={target:.1f}" for name, (_, target) in configs.items() if target is not None
     }
     print_table(rows, ["plain"], label="configuration", notes=targets, notes_header="target")
-    for steps in (1, STEPS):
-        ours = times[f"adversarial l1 steps={steps}"]
-        peer_name = (
-            "captum FGSM (peer, steps=1)" if steps == 1 else f"captum PGD (peer, steps={STEPS})"
-        )
-        print(f"l1 steps={steps} vs {peer_name}: {ours / times[peer_name]:.2f}x its time")
+    for ours, peer_name in [
+        ("adversarial l1 steps=1", "captum FGSM (peer, steps=1)"),
+        (f"adversarial l1 steps={STEPS}", f"captum PGD (peer, steps={STEPS})"),
+        (f"adversarial l1 steps={STEPS} best", f"captum PGD (peer, steps={STEPS})"),
+    ]:
+        target = " (target <=1.00x)" if not ours.endswith("best") else ""
+        print(f"{ours.removeprefix('adversarial ')} vs {peer_name}: "
+              f"{times[ours] / times[peer_name]:.2f}x its time{target}")
 
 
 if __name__ == "__main__":

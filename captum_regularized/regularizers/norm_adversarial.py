@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -32,6 +32,9 @@ __all__ = ["NormRegularizedAdversarialLoss"]
 
 _DEFAULT_STEP_FACTOR = 2.5
 """Default step size: ``2.5 * radius / steps`` (Madry et al.'s PGD rule)."""
+
+_SELECTIONS = ("last", "best")
+"""Values of ``select_iterate``: the solver's last iterate, or each example's best."""
 
 
 def _is_real(value: Any) -> bool:
@@ -117,8 +120,22 @@ class NormRegularizedAdversarialLoss:
         sign steps for ``l1``, per-patch normalised steps for ``group``, per-example
         L2-normalised steps for ``elastic_net``; after each step ``delta`` is projected
         onto the feasible set (``||delta||_inf <= eps`` box, per-patch ``eps`` ball).
-        Every example keeps its best iterate, so the inner objective is never below the
-        closed form's. ``gaze`` has only the closed form.
+        ``gaze`` has only the closed form.
+
+    Cost, and which iterate is used
+        ``steps=k`` costs ``k`` forward and backward passes (input gradient only) before
+        the outer training pass: the cost of Captum's ``PGD`` with ``step_num=k`` (and
+        of ``FGSM`` for ``k = 1``). With ``select_iterate="last"`` (the default) the
+        last iterate is used, as in Captum's ``PGD`` and Madry et al.'s adversarial
+        training. With ``select_iterate="best"`` every example keeps the iterate of
+        highest inner objective ``l(x + delta) - R(delta)``, so that objective is never
+        below the closed form's. Iterates ``1 .. k-1`` are scored by the forward pass
+        that also gives their gradient, at no cost; the last one is scored by one
+        extra forward pass without gradient. Both settings take the same steps and
+        differ only in which iterate is returned. The choice matters most for
+        ``elastic_net``: its closed form is already stationary for the first-order
+        objective, and the fixed-length steps from there can end on an iterate worse
+        than the closed form, which ``"best"`` never returns.
 
     Model state
         The inner passes run the model in its current mode (dropout stays active while
@@ -157,6 +174,10 @@ class NormRegularizedAdversarialLoss:
     input_range : (float, float), optional
         Clamp ``x + delta`` to ``[lo, hi]`` (``lo < hi``; an infinite bound leaves that
         side open).
+    select_iterate : {"last", "best"}
+        Which iterate of the iterative solver ``delta`` is: the last one (default; the
+        cost of Captum's ``PGD``) or each example's best one (one extra forward pass);
+        see above. Ignored for ``steps=1``.
     loss_fn : callable, optional
         ``loss_fn(logits, labels) -> (B,)`` per-example losses; default unreduced
         cross-entropy, whose labels must be class indices ``(B,)`` in ``[0, C - 1]``
@@ -176,6 +197,13 @@ class NormRegularizedAdversarialLoss:
     >>> loss = adv(images, labels)
     >>> loss.dim(), loss.requires_grad
     (0, True)
+
+    Seven ascent steps, each example keeping its best iterate:
+
+    >>> best = NormRegularizedAdversarialLoss(model, epsilon=0.01, steps=7,
+    ...                                       select_iterate="best")
+    >>> best.perturb(images, labels).shape
+    torch.Size([4, 3, 16, 16])
     """
 
     def __init__(
@@ -190,6 +218,7 @@ class NormRegularizedAdversarialLoss:
         clean_weight: float = 0.0,
         input_range: tuple[float, float] | None = None,
         loss_fn: PerExampleLoss | None = None,
+        select_iterate: Literal["last", "best"] = "last",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -201,11 +230,16 @@ class NormRegularizedAdversarialLoss:
         step_size, clean_weight, bounds = _check_settings(step_size, clean_weight, input_range)
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        if not isinstance(select_iterate, str) or select_iterate not in _SELECTIONS:
+            raise ValueError(
+                f"select_iterate must be one of {_SELECTIONS}, got {select_iterate!r}"
+            )
         self.model = model
         self.steps = steps
         self.step_size = step_size
         self.clean_weight = clean_weight
         self.input_range = bounds
+        self.select_iterate = select_iterate
         self.loss_fn: PerExampleLoss = loss_fn or cross_entropy_per_example
         self._class_labels = loss_fn is None
 
@@ -313,8 +347,20 @@ class NormRegularizedAdversarialLoss:
             return factor * radius.reshape(-1, *([1] * (first_delta.dim() - 1)))
         return factor * self.spec.epsilon
 
-    def _objective(self, losses: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        return losses.detach() - adversary_cost(self.spec, delta)
+    def _keep_better(
+        self,
+        losses: torch.Tensor,
+        delta: torch.Tensor,
+        best: tuple[torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per example, ``(delta, its objective)`` where it beats ``best``, else ``best``."""
+        best_delta, best_value = best
+        value = losses.detach() - adversary_cost(self.spec, delta)
+        better = value > best_value
+        shape = (-1,) + (1,) * (delta.dim() - 1)
+        return torch.where(better.reshape(shape), delta, best_delta), torch.where(
+            better, value, best_value
+        )
 
     def _solve(
         self,
@@ -328,18 +374,16 @@ class NormRegularizedAdversarialLoss:
         if self.steps == 1:
             return delta
         step = self.step_size if self.step_size is not None else self._default_step(delta)
-        best_delta = delta
-        best_value = torch.full_like(first.losses.detach(), -math.inf)
-        shape = (-1,) + (1,) * (x.dim() - 1)
+        keep_best = self.select_iterate == "best"
+        best = (delta, torch.full_like(first.losses.detach(), -math.inf))
         for _ in range(self.steps - 1):
             current = input_gradient(model, x + delta, labels, self.loss_fn)
-            value = self._objective(current.losses, delta)
-            better = value > best_value
-            best_delta = torch.where(better.reshape(shape), delta, best_delta)
-            best_value = torch.where(better, value, best_value)
+            if keep_best:  # the pass that gives this step also scores the iterate it leaves
+                best = self._keep_better(current.losses, delta, best)
             direction = current.gradient - adversary_cost_gradient(self.spec, delta)
             delta = self._feasible(x, delta + ascent_step(self.spec, direction, step))
-        with torch.no_grad():
+        if not keep_best:
+            return delta  # Captum's PGD cost: one forward and backward pass per step
+        with torch.no_grad():  # only the last iterate needs a forward pass of its own
             losses = per_example_losses(self.loss_fn, model(x + delta), labels)
-        better = self._objective(losses, delta) > best_value
-        return torch.where(better.reshape(shape), delta, best_delta)
+        return self._keep_better(losses, delta, best)[0]

@@ -78,9 +78,11 @@ def _adversarial(norm: str, iterative: bool) -> LossFactory:
             options["epsilon2"] = s.adv_epsilon2
         if norm == "group":
             options = {"epsilon": s.adv_group_epsilon, "group_size": s.adv_group_size}
+        # The published study keeps each example's best iterate (one extra forward per
+        # step, see ``select_iterate``); the library's default is PGD's last iterate.
         return NormRegularizedAdversarialLoss(
             model, norm=norm, steps=s.adv_steps if iterative else 1, input_range=(0.0, 1.0),
-            **options,
+            select_iterate="best", **options,
         )
 
     return factory

@@ -7,9 +7,18 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from captum.robust import FGSM, PGD
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from captum_regularized._internal.structured_norms import (
+    NormSpec,
+    adversary_cost,
+    adversary_cost_gradient,
+    ascent_step,
+    closed_form_maximiser,
+    project,
+)
 from captum_regularized.models import SimpleCNN, train_classifier
 from captum_regularized.regularizers import GradientNormPenalty, NormRegularizedAdversarialLoss
 from tests.distributed import run_distributed
@@ -87,14 +96,16 @@ def test_closed_form_matches_the_formula_on_the_model_gradient(norm, device):
     assert not delta.requires_grad
 
 
-def test_examples_do_not_depend_on_the_rest_of_the_batch():
+@pytest.mark.parametrize("select", ["last", "best"])
+def test_examples_do_not_depend_on_the_rest_of_the_batch(select):
     # float64: in float32 the batched and single-example convolutions differ in the last
     # bits, enough to flip best-iterate choices between two iterates of almost equal value.
     model = _model().double().eval()
     images, labels, _ = _batch(n=4)
     images = images.double()
     for norm in ITERATIVE:
-        adv = NormRegularizedAdversarialLoss(model, **SETTINGS[norm], steps=3)
+        adv = NormRegularizedAdversarialLoss(model, **SETTINGS[norm], steps=3,
+                                             select_iterate=select)
         together = adv.perturb(images, labels)
         alone = torch.cat([adv.perturb(images[i:i + 1], labels[i:i + 1]) for i in range(4)])
         torch.testing.assert_close(together, alone, rtol=1e-9, atol=1e-12)
@@ -126,12 +137,191 @@ def test_iterative_objective_is_at_least_the_closed_forms(norm):
     images, labels, _ = _batch(n=6)
     settings = dict(SETTINGS[norm], epsilon=4 * SETTINGS[norm]["epsilon"])
     closed = NormRegularizedAdversarialLoss(model, **settings).perturb(images, labels)
-    iterative = NormRegularizedAdversarialLoss(model, **settings, steps=6).perturb(images, labels)
+    iterative = NormRegularizedAdversarialLoss(
+        model, **settings, steps=6, select_iterate="best"
+    ).perturb(images, labels)
     args = (norm, settings["epsilon"], settings.get("epsilon2", 0.0))
     closed_value = _inner_objective(model, images, labels, closed, *args)
     iterative_value = _inner_objective(model, images, labels, iterative, *args)
     assert bool((iterative_value >= closed_value - 1e-5).all())
     assert float((iterative_value - closed_value).max()) > 1e-4  # the steps do something
+
+
+def _reference_solver(model, images, labels, spec, steps, step_size=None,
+                      input_range=None, keep_best=True):
+    """The iterative solver as it stood before the cost change, written out as a loop.
+
+    Closed form from ``delta = 0``, ``steps - 1`` projected ascent steps on ``l - R``,
+    and (``keep_best``) every example's best iterate, the last one scored by a forward
+    pass of its own. The per-norm pieces (closed form, projection, step, cost) are the
+    library's, tested in ``test_structured_norms.py``, so that the comparison with the
+    class can be bit for bit.
+    """
+
+    def feasible(delta):
+        delta = project(spec, delta)
+        if input_range is not None:
+            delta = (images + delta).clamp(*input_range) - images
+        return delta
+
+    losses, g = _loss_gradient(model, images, labels)
+    delta = feasible(closed_form_maximiser(spec, g))
+    if step_size is None:
+        if spec.norm == "elastic_net":
+            radius = torch.linalg.vector_norm(delta.reshape(delta.shape[0], -1), dim=1)
+            step_size = (2.5 / steps) * radius.reshape(-1, 1, 1, 1)
+        else:
+            step_size = (2.5 / steps) * spec.epsilon
+    iterates, values = [], []
+    for _ in range(steps - 1):
+        losses, g = _loss_gradient(model, images + delta, labels)
+        iterates.append(delta)
+        values.append(losses - adversary_cost(spec, delta))
+        direction = g - adversary_cost_gradient(spec, delta)
+        delta = feasible(delta + ascent_step(spec, direction, step_size))
+    if not keep_best:
+        return delta
+    with torch.no_grad():
+        losses = F.cross_entropy(model(images + delta), labels, reduction="none")
+    iterates.append(delta)
+    values.append(losses - adversary_cost(spec, delta))
+    best = delta.clone()
+    for i in range(images.shape[0]):  # first strict maximum of each example's values
+        scores = [float(v[i]) for v in values]
+        best[i] = iterates[scores.index(max(scores))][i]
+    return best
+
+
+REFERENCE_CASES = [
+    ("l1", {}, {"input_range": (0.0, 1.0)}),
+    ("l1", {"step_size": 0.03}, {}),
+    ("elastic_net", {}, {}),
+    ("group", {}, {}),
+    ("group", {"step_size": 0.05}, {"input_range": (0.0, 1.0)}),
+]
+
+
+@pytest.mark.parametrize("select", ["best", "last"])
+@pytest.mark.parametrize("norm,step,extra", REFERENCE_CASES)
+def test_solver_is_bit_identical_to_the_reference_loop(norm, step, extra, select):
+    """``select_iterate="best"`` is the solver as it was; ``"last"`` its last iterate.
+
+    Train-mode BatchNorm (batch statistics): every inner pass sees the whole batch.
+    """
+    model = _model().train()
+    reference = copy.deepcopy(model)
+    images, labels, _ = _batch(n=6)
+    settings = dict(SETTINGS[norm], epsilon=4 * SETTINGS[norm]["epsilon"])
+    spec = NormSpec(norm, settings["epsilon"], settings.get("epsilon2", 0.0),
+                    settings.get("group_size", 14))
+    adv = NormRegularizedAdversarialLoss(model, **settings, steps=5, **step, **extra,
+                                         select_iterate=select)
+    delta = adv.perturb(images, labels)
+    expected = _reference_solver(reference, images, labels, spec, 5,
+                                 step.get("step_size"), extra.get("input_range"),
+                                 keep_best=select == "best")
+    assert torch.equal(delta, expected)
+
+
+@pytest.mark.parametrize("norm", ITERATIVE)
+def test_best_iterate_scores_at_least_the_last_one(norm):
+    model = _model(batch_norm=False)
+    images, labels, _ = _batch(n=6)
+    settings = dict(SETTINGS[norm], epsilon=4 * SETTINGS[norm]["epsilon"])
+    last, best = (
+        NormRegularizedAdversarialLoss(model, **settings, steps=6, select_iterate=select)
+        .perturb(images, labels)
+        for select in ("last", "best")
+    )
+    args = (norm, settings["epsilon"], settings.get("epsilon2", 0.0))
+    last_value = _inner_objective(model, images, labels, last, *args)
+    best_value = _inner_objective(model, images, labels, best, *args)
+    assert bool((best_value >= last_value - 1e-6).all())
+    assert float((best_value - last_value).max()) > 1e-5  # the choice matters somewhere
+
+
+@pytest.mark.filterwarnings("ignore:Input Tensor .* did not already require")
+def test_l1_last_iterate_is_captums_pgd():
+    """With ``step_size=epsilon`` the ``l1`` solver takes Captum's ``PGD`` (L-inf) steps.
+
+    The first step of both is ``epsilon * sign(g)`` from ``x``. float64 and a smooth
+    model keep every gradient entry far above Captum's zero threshold (1e-6).
+    """
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+    gen = torch.Generator().manual_seed(4)
+    images = torch.rand(8, 3, 4, 4, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, 3, (8,), generator=gen)
+    eps = 0.1
+    adv = NormRegularizedAdversarialLoss(model, norm="l1", epsilon=eps, steps=6, step_size=eps,
+                                         input_range=(0.0, 1.0))
+    ours = images + adv.perturb(images, labels)
+    pgd = PGD(model, loss_func=lambda out, y: F.cross_entropy(out, y, reduction="none"),
+              lower_bound=0.0, upper_bound=1.0)
+    theirs = pgd.perturb(images, radius=eps, step_size=eps, step_num=6, target=labels)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
+    assert float((ours - images).abs().max()) == pytest.approx(eps)
+
+
+class _PassCounter(torch.autograd.Function):
+    """Identity on the logits whose backward counts the backward passes."""
+
+    @staticmethod
+    def forward(ctx, logits, counts):
+        ctx.counts = counts
+        return logits.view_as(logits)
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.counts["backward"] += 1
+        return grad, None
+
+
+class _CountingModel(nn.Module):
+    """The model, counting forward passes (with and without autograd) and backward ones."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.counts = {"forward": 0, "no_grad_forward": 0, "backward": 0}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.counts["forward" if torch.is_grad_enabled() else "no_grad_forward"] += 1
+        return _PassCounter.apply(self.model(x), self.counts)
+
+    def reset(self) -> dict:
+        counts = dict(self.counts)
+        self.counts.update(forward=0, no_grad_forward=0, backward=0)
+        return counts
+
+
+@pytest.mark.filterwarnings("ignore:Input Tensor .* did not already require")
+@pytest.mark.parametrize("norm", ITERATIVE)
+@pytest.mark.parametrize("steps", [1, 2, 7])
+def test_passes_are_those_of_captums_pgd(norm, steps):
+    """``steps`` forward and backward passes, like ``PGD(step_num=steps)`` / ``FGSM``.
+
+    ``select_iterate="best"`` adds one forward pass without gradient (none at one step);
+    the training loss adds the outer forward pass and its backward pass.
+    """
+    model = _CountingModel(_model().train())
+    images, labels, _ = _batch()
+    if steps == 1:
+        FGSM(model, lower_bound=0.0, upper_bound=1.0).perturb(images, 0.05, target=labels)
+    else:
+        PGD(model, lower_bound=0.0, upper_bound=1.0).perturb(
+            images, radius=0.05, step_size=0.02, step_num=steps, target=labels)
+    peer = model.reset()
+    assert peer == {"forward": steps, "no_grad_forward": 0, "backward": steps}
+    adv = NormRegularizedAdversarialLoss(model, **SETTINGS[norm], steps=steps)
+    adv.perturb(images, labels)
+    assert model.reset() == peer
+    adv(images, labels).backward()
+    assert model.reset() == {"forward": steps + 1, "no_grad_forward": 0, "backward": steps + 1}
+    best = NormRegularizedAdversarialLoss(model, **SETTINGS[norm], steps=steps,
+                                          select_iterate="best")
+    best.perturb(images, labels)
+    assert model.reset() == dict(peer, no_grad_forward=int(steps > 1))
 
 
 def test_l1_iterative_keeps_inputs_in_range():
@@ -232,6 +422,8 @@ def test_zero_gradient_gives_zero_perturbation():
         ({"clean_weight": 1.5}, "clean_weight"),
         ({"input_range": (1.0, 0.0)}, "input_range"),
         ({"norm": "elastic_net"}, "epsilon2 > 0"),
+        ({"select_iterate": "first"}, "select_iterate must be one of"),
+        ({"select_iterate": None}, "select_iterate must be one of"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -255,7 +447,7 @@ def test_bad_calls_leave_model_and_inputs_untouched():
             l1.perturb(images, labels[:2])
         with pytest.raises(TypeError, match="floating-point"):
             l1.perturb(images.long(), labels)
-    with pytest.raises(TypeError, match="model must be an nn.Module"):
+    with pytest.raises(TypeError, match=r"model must be an nn\.Module"):
         NormRegularizedAdversarialLoss(lambda x: x)
 
 
@@ -355,9 +547,9 @@ def shapes_runs() -> dict:
     Fine-tuning one shared, well-trained model keeps the test short and the comparison
     controlled: the three models differ only in the loss of the last two epochs.
     """
+    from captum_regularized._internal.structured_norms import group_norms
     from captum_regularized.datasets import SyntheticShapes
     from captum_regularized.metrics import gini_sparseness
-    from captum_regularized._internal.structured_norms import group_norms
 
     settings = {"image_size": 32, "num_classes": 3, "num_distractors": 1, "noise": 0.05}
     train_images, train_labels, _ = SyntheticShapes(512, seed=0, **settings).render(range(512))
