@@ -12,8 +12,14 @@ from captum.attr import GuidedBackprop
 from torch import nn
 
 from captum_regularized._internal.guided_relu import (
+    GUIDED_RULES,
+    SUPPORTED_ACTIVATIONS,
+    GuidedActivationSwitch,
     GuidedReLUSwitch,
+    check_not_compiled,
     guided_and_plain_gradients,
+    guided_forward,
+    recording_activations,
     recording_relus,
 )
 from captum_regularized.models import SimpleCNN
@@ -192,11 +198,13 @@ def test_inputs_and_model_left_untouched_and_no_mode_left():
 
 
 def test_a_model_without_relu_is_a_clear_error():
-    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2), nn.Sigmoid())
     x = torch.randn(3, 4)
-    with untouched(model, x), pytest.raises(ValueError, match="no ReLU"):
+    with untouched(model, x), pytest.raises(ValueError, match="no ReLU") as error:
         guided_and_plain_gradients(model, x, 0)
     assert function_modes_active() == 0
+    for name in SUPPORTED_ACTIVATIONS.split(", "):
+        assert name in str(error.value)
 
 
 def test_an_exception_in_the_forward_pass_leaves_no_mode_active():
@@ -269,3 +277,97 @@ def test_a_module_compiled_in_place_is_refused():
     model.compile()
     with pytest.raises(TypeError, match=r"compiled in place"):
         guided_and_plain_gradients(model, torch.rand(1, 3, 8, 8), 0)
+
+
+# ------------------------------------------------------------ the other activations
+
+
+class SmoothMLP(nn.Module):
+    """SiLU, a GELU reused, Hardtanh and an in-place ELU: the rule's non-ReLU cases."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.a, self.b, self.c = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+        with torch.no_grad():
+            self.a.weight.mul_(4.0)
+        self.gelu = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.gelu(F.silu(self.a(x)))
+        h = F.elu(self.b(h), inplace=True) + F.hardtanh(h)
+        return self.c(self.gelu(h))
+
+
+def test_the_switch_records_every_family_and_keeps_the_old_names():
+    assert GuidedReLUSwitch is GuidedActivationSwitch and recording_relus is recording_activations
+    switch = GuidedActivationSwitch()
+    with recording_activations(switch):
+        SmoothMLP()(torch.randn(2, 6, requires_grad=True))
+    assert switch.families == {"SiLU": 1, "GELU": 2, "ELU": 1, "Hardtanh": 1}
+    assert switch.num_relus == switch.num_activations == 5
+
+
+def test_relu6_written_as_hardtanh_is_recognised_without_a_gate():
+    x = torch.randn(4, 6, requires_grad=True)
+    switch = GuidedActivationSwitch()
+    with recording_activations(switch):
+        nn.ReLU6()(x)
+        F.hardtanh(x, min_val=0.0, max_val=6.0)
+        F.hardtanh(x, 0.0, 2.0)
+        nn.Hardtanh()(x)
+    assert switch.families == {"ReLU6": 2, "Hardtanh": 2}
+
+
+def test_create_graph_keeps_a_differentiable_plain_gradient_on_smooth_activations():
+    model = SmoothMLP()
+    x = torch.randn(4, 6)
+    target = torch.tensor([0, 2, 1, 1])
+    logits, plain, guided = guided_and_plain_gradients(model, x, target, create_graph=True)
+    ours = torch.autograd.grad(logits.sum() + plain.square().sum(), list(model.parameters()))
+    xr = x.clone().requires_grad_(True)
+    out = model(xr)
+    (g,) = torch.autograd.grad(out.gather(1, target[:, None]).sum(), xr, create_graph=True)
+    reference = torch.autograd.grad(out.sum() + g.square().sum(), list(model.parameters()))
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a, b)
+    assert not torch.allclose(plain.detach(), guided)
+
+
+def test_the_ungated_rule_keeps_the_negative_side_of_smooth_activations():
+    model = nn.Sequential(nn.Linear(6, 8), nn.ELU(), nn.Linear(8, 3))
+    x, target = torch.randn(5, 6), torch.tensor([0, 1, 2, 0, 1])
+    _, _, gated = guided_and_plain_gradients(model, x, target, rule="gated")
+    _, _, ungated = guided_and_plain_gradients(model, x, target, rule="ungated")
+    z = model[0](x).detach()
+    up = model[2].weight[target].clamp_min(0)  # max(grad_out, 0) at the ELU's output
+    slope = torch.where(z > 0, 1.0, torch.exp(z))
+    torch.testing.assert_close(gated, (slope * (z > 0) * up) @ model[0].weight.detach())
+    torch.testing.assert_close(ungated, (slope * up) @ model[0].weight.detach())
+    assert sorted(GUIDED_RULES) == ["gated", "ungated"]
+
+
+@pytest.mark.parametrize("rule, error", [("deconvnet", ValueError), (None, TypeError)])
+def test_an_unknown_rule_is_named(rule, error):
+    with pytest.raises(error, match="rule"):
+        guided_and_plain_gradients(ReusedReLU(), torch.randn(2, 6), 0, rule=rule)
+    with pytest.raises(error, match="rule"):
+        GuidedActivationSwitch(rule)
+
+
+def test_guided_forward_refuses_a_model_that_writes_into_its_input():
+    class WritesInput(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x.mul_(2.0)
+            return F.relu(x).sum(1, keepdim=True)
+
+    leaf = torch.randn(2, 3)
+    with pytest.raises(RuntimeError, match="in place"):
+        guided_forward(WritesInput(), (leaf,), None, GuidedActivationSwitch())
+    assert function_modes_active() == 0
+
+
+def test_check_not_compiled_says_why():
+    compiled = torch.compile(nn.Linear(2, 2))
+    with pytest.raises(TypeError, match=r"model is a torch.compile'd module; because\. Pass"):
+        check_not_compiled(compiled, reason="because")

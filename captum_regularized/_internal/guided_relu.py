@@ -1,24 +1,51 @@
-"""ReLU hook switching: one forward pass, the guided-backprop rule for one backward pass.
+"""The guided rule for one backward pass, on ReLU and the other rectifying activations.
 
 Guided backpropagation (Springenberg et al.) changes only the backward pass of every
-ReLU: the gradient reaching the ReLU's input is ``relu(grad_out) * (x > 0)`` instead
-of ``grad_out * (x > 0)``. Clamping the gradient that reaches the ReLU's *output* at
-zero gives exactly that, so the rule is a tensor hook on each ReLU output.
+ReLU: the gradient reaching the ReLU's input is ``relu(grad_out) * (z > 0)`` instead
+of ``grad_out * (z > 0)``. This module applies the same idea to every activation
+``y = sigma(z)`` of :data:`GUIDED_ACTIVATIONS`, with one of two rules
+(:data:`GUIDED_RULES`, chosen by ``rule=``):
 
-:class:`GuidedReLUSwitch` records those hooks during a forward pass and keeps them
-*off*; ``with switch.guided(): torch.autograd.grad(...)`` turns them on for one
+``"gated"`` (the default)
+    ``grad_in = sigma'(z) * 1[z > 0] * max(grad_out, 0)``: only units that are on
+    (``z > 0``) pass, and only positive evidence. For ReLU this *is* Springenberg's
+    rule (``sigma'(z) = 1[z > 0]``), so for ``nn.ReLU`` models the result equals
+    ``captum.attr.GuidedBackprop``; the same holds for ReLU6 (``sigma' = 1[0 < z < 6]``)
+    and for LeakyReLU / PReLU / RReLU, whose negative side it closes. For smooth
+    activations (GELU, SiLU, Mish, ELU, Softplus, ...) it keeps the activation's own
+    slope where ``z > 0`` and, like ReLU, passes nothing where ``z <= 0``; every
+    activation's local factor is then ``>= 0`` (for Hardtanh / ReLU6 ``0`` above the
+    upper bound), so the guided gradient keeps the sign structure of classic guided
+    backprop.
+``"ungated"``
+    ``grad_in = sigma'(z) * max(grad_out, 0)``: no ``1[z > 0]`` gate, only the
+    upstream gradient is rectified. Identical to ``"gated"`` for ReLU and ReLU6; for
+    the others the negative side passes with the activation's own slope (for GELU,
+    SiLU and Mish that slope can be negative, so the guided gradient can be too).
+
+Each rule is a tensor hook on the activation's *output* that replaces ``grad_out`` by
+``max(grad_out, 0)`` (times the gate ``1[z > 0]`` for ``"gated"``); autograd's own
+backward of the activation then multiplies by ``sigma'(z)``. The gate is recorded as
+a boolean tensor during the forward pass, before an in-place form overwrites ``z``
+(one byte per element of each non-ReLU activation; ReLU and ReLU6 need none).
+Sigmoid / Hardsigmoid gates (squeeze-and-excitation), softmax (attention), LayerNorm,
+Tanh and everything else keep their ordinary backward.
+
+:class:`GuidedActivationSwitch` records those hooks during a forward pass and keeps
+them *off*; ``with switch.guided(): torch.autograd.grad(...)`` turns them on for one
 backward pass. The same forward graph therefore serves a guided backward pass and
 ordinary ones (plain gradients, ``create_graph=True`` double backpropagation, the
-training loss), and BatchNorm statistics move once.
+training loss, a plain gradient to a layer for Guided Grad-CAM), and BatchNorm
+statistics move once.
 
-ReLUs are found by a :class:`torch.overrides.TorchFunctionMode` active during the
-forward pass. It sees ``nn.ReLU`` modules (in-place or not, reused or not) *and*
-functional ReLUs -- ``F.relu``, ``F.relu_``, ``torch.relu``, ``torch.relu_``,
-``Tensor.relu``, ``Tensor.relu_`` -- which Captum's module hooks silently miss. For
-models built from ``nn.ReLU`` modules the result equals
-``captum.attr.GuidedBackprop``. Nothing is registered on the model: the hooks live on
-the forward graph's tensors and the mode is popped when the forward pass ends, even
-on an exception.
+Activations are found by a :class:`torch.overrides.TorchFunctionMode` active during
+the forward pass. It sees the modules (``nn.ReLU``, ``nn.GELU``, ...: in-place or not,
+reused or not) *and* the functional forms (``F.relu``, ``torch.relu_``,
+``Tensor.relu``, ``F.gelu``, ``F.silu(inplace=True)``, ...), which Captum's module
+hooks silently miss (Captum's ``GuidedBackprop`` also knows ``nn.ReLU`` only). For
+models built from ``nn.ReLU`` modules the result equals ``captum.attr.GuidedBackprop``.
+Nothing is registered on the model: the hooks live on the forward graph's tensors and
+the mode is popped when the forward pass ends, even on an exception.
 
 ``per_example=True`` also holds train-mode BatchNorm batch statistics constant in the
 gradient passes (see :mod:`~captum_regularized._internal.per_example_batchnorm`), so
@@ -53,35 +80,161 @@ from captum_regularized._internal.per_example_batchnorm import (
 from captum_regularized._internal.targets import target_scores
 
 __all__ = [
+    "GUIDED_ACTIVATIONS",
+    "GUIDED_RULES",
     "RELU_FUNCTIONS",
+    "SUPPORTED_ACTIVATIONS",
+    "GuidedActivationSwitch",
     "GuidedAndPlain",
     "GuidedReLUSwitch",
+    "check_guided_model",
+    "check_guided_rule",
+    "check_has_activations",
     "check_not_compiled",
     "guided_and_plain_gradients",
+    "guided_forward",
+    "recording_activations",
     "recording_relus",
 ]
+
+GUIDED_RULES: dict[str, str] = {
+    "gated": "grad_in = sigma'(z) * 1[z > 0] * max(grad_out, 0)",
+    "ungated": "grad_in = sigma'(z) * max(grad_out, 0)",
+}
+"""The guided rules by name (see the module notes); ``"gated"`` is the default."""
 
 RELU_FUNCTIONS: frozenset[Callable[..., Any]] = frozenset(
     {F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
 )
-"""The ReLU entry points the guided rule applies to (``F.relu_`` is ``torch.relu_``;
-``nn.ReLU`` calls ``F.relu``)."""
+"""The ReLU entry points (``F.relu_`` is ``torch.relu_``; ``nn.ReLU`` calls ``F.relu``)."""
 
+
+def _existing(owner: Any, *names: str) -> list[Callable[..., Any]]:
+    return [getattr(owner, name) for name in names if hasattr(owner, name)]
+
+
+_NN = torch._C._nn
+_FAMILIES: dict[str, list[Callable[..., Any]]] = {
+    "ReLU": sorted(RELU_FUNCTIONS, key=repr),
+    # nn.ReLU6 is a Hardtanh(0, 6) and calls F.hardtanh
+    "ReLU6": [F.relu6, *_existing(_NN, "relu6", "relu6_")],
+    "Hardtanh": [F.hardtanh, *_existing(_NN, "hardtanh", "hardtanh_")],
+    "LeakyReLU": [F.leaky_relu, *_existing(_NN, "leaky_relu", "leaky_relu_")],
+    "PReLU": [F.prelu, torch.prelu, *_existing(torch.Tensor, "prelu")],
+    "RReLU": [F.rrelu, torch.rrelu, torch.rrelu_],
+    "ELU": [F.elu, *_existing(_NN, "elu", "elu_")],
+    "CELU": [F.celu, torch.celu, torch.celu_],
+    "SELU": [F.selu, torch.selu, torch.selu_],
+    "SiLU": [F.silu, *_existing(_NN, "silu", "silu_")],
+    "Hardswish": [F.hardswish, *_existing(_NN, "hardswish", "hardswish_")],
+    "GELU": [F.gelu, *_existing(_NN, "gelu")],
+    "Mish": [F.mish, *_existing(_NN, "mish", "mish_")],
+    "Softplus": [F.softplus, *_existing(_NN, "softplus")],
+}
+
+GUIDED_ACTIVATIONS: dict[Callable[..., Any], str] = {
+    function: family for family, functions in _FAMILIES.items() for function in functions
+}
+"""Every function the guided rule applies to, mapped to its activation's name.
+
+Modules reach these functions: ``nn.ReLU`` -> ``F.relu``, ``nn.ReLU6`` and
+``nn.Hardtanh`` -> ``F.hardtanh``, ``nn.LeakyReLU``, ``nn.PReLU``, ``nn.RReLU``,
+``nn.ELU``, ``nn.CELU``, ``nn.SELU``, ``nn.SiLU``, ``nn.Hardswish``, ``nn.GELU``
+(``approximate="none"`` or ``"tanh"``), ``nn.Mish`` and ``nn.Softplus`` -> their
+functional forms; in-place forms (``inplace=True``, ``torch.relu_``, ``F.elu_``, ...)
+are included. ``nn.RReLU`` is deterministic in eval mode; in train mode its random
+negative slope is closed by the ``"gated"`` rule anyway.
+"""
+
+SUPPORTED_ACTIVATIONS = ", ".join(_FAMILIES)
+"""The activation names, for messages."""
+
+_NO_GATE_NEEDED: frozenset[Callable[..., Any]] = frozenset(
+    [*_FAMILIES["ReLU"], *_FAMILIES["ReLU6"]]
+)
+"""Functions whose slope is already zero wherever ``z <= 0``: the gate changes nothing."""
+
+_HARDTANH: frozenset[Callable[..., Any]] = frozenset(_FAMILIES["Hardtanh"])
 
 _BATCH_NORM_SIGNATURE = inspect.signature(F.batch_norm)
 
 
-class GuidedReLUSwitch:
-    """Switchable guided-backprop hooks on the ReLU outputs of one forward graph.
+def check_guided_rule(rule: object) -> str:
+    """Return ``rule`` if it names a guided rule, else a ``ValueError`` / ``TypeError``.
+
+    Examples
+    --------
+    >>> check_guided_rule("ungated")
+    'ungated'
+    >>> check_guided_rule("relu")
+    Traceback (most recent call last):
+    ...
+    ValueError: rule must be one of ['gated', 'ungated'], got 'relu'
+    """
+    if not isinstance(rule, str):
+        raise TypeError(f"rule must be a string, one of {sorted(GUIDED_RULES)}; "
+                        f"got {type(rule).__name__}")
+    if rule not in GUIDED_RULES:
+        raise ValueError(f"rule must be one of {sorted(GUIDED_RULES)}, got {rule!r}")
+    return rule
+
+
+def _lookup(func: Callable[..., Any]) -> str | None:
+    try:
+        return GUIDED_ACTIVATIONS.get(func)
+    except TypeError:  # an unhashable callable is no activation of ours
+        return None
+
+
+def _activation_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if args:
+        return args[0]
+    return kwargs.get("input", kwargs.get("self"))
+
+
+def _hardtanh_bounds(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    low = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
+    high = args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)
+    return low, high
+
+
+def _classify(
+    func: Callable[..., Any], family: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[str, bool]:
+    """``(name, gate_free)``: the activation's name and whether its slope already
+    vanishes for ``z <= 0`` (ReLU, ReLU6 and any Hardtanh with ``min_val >= 0``)."""
+    if func in _NO_GATE_NEEDED:
+        return family, True
+    if func in _HARDTANH:  # nn.ReLU6 is Hardtanh(0, 6)
+        low, high = _hardtanh_bounds(args, kwargs)
+        if isinstance(low, (int, float)) and low >= 0:
+            return ("ReLU6" if (low, high) == (0, 6) else family), True
+    return family, False
+
+
+class GuidedActivationSwitch:
+    """Switchable guided-rule hooks on the activation outputs of one forward graph.
+
+    Parameters
+    ----------
+    rule : {"gated", "ungated"}
+        The guided rule (see the module notes and :data:`GUIDED_RULES`).
+
+    Attributes
+    ----------
+    num_activations : int
+        Activation outputs on the graph that carry a hook.
+    families : dict of str to int
+        How many of them each activation (``"ReLU"``, ``"GELU"``, ...) contributed.
 
     Examples
     --------
     >>> x = torch.tensor([1.0, 2.0], requires_grad=True)
-    >>> switch = GuidedReLUSwitch()
-    >>> with recording_relus(switch):
+    >>> switch = GuidedActivationSwitch()
+    >>> with recording_activations(switch):
     ...     y = (torch.relu(x) * torch.tensor([-1.0, 3.0])).sum()
-    >>> switch.num_relus
-    1
+    >>> switch.num_activations, switch.families
+    (1, {'ReLU': 1})
     >>> with switch.guided():
     ...     torch.autograd.grad(y, x, retain_graph=True)[0].tolist()
     [0.0, 3.0]
@@ -89,13 +242,26 @@ class GuidedReLUSwitch:
     [-1.0, 3.0]
     """
 
-    def __init__(self) -> None:
+    def __init__(self, rule: str = "gated") -> None:
+        self.rule = check_guided_rule(rule)
         self.active = False
         self.statistics_held = False
-        self.num_relus = 0
+        self.num_activations = 0
+        self.families: dict[str, int] = {}
 
-    def _hook(self, grad: torch.Tensor) -> torch.Tensor | None:
-        return grad.clamp_min(0) if self.active else None
+    @property
+    def num_relus(self) -> int:
+        """Alias of :attr:`num_activations` (the name from when only ReLU was known)."""
+        return self.num_activations
+
+    def _hook(self, gate: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor | None]:
+        def hook(grad: torch.Tensor) -> torch.Tensor | None:
+            if not self.active:
+                return None
+            positive = grad.clamp_min(0)
+            return positive if gate is None else torch.where(gate, positive, 0.0)
+
+        return hook
 
     def _statistics_hook(self, grad: torch.Tensor) -> torch.Tensor | None:
         return torch.zeros_like(grad) if self.statistics_held else None
@@ -105,11 +271,22 @@ class GuidedReLUSwitch:
         if statistic.requires_grad:
             statistic.register_hook(self._statistics_hook)
 
-    def attach(self, relu_output: torch.Tensor) -> None:
-        """Put the (switched-off) guided hook on one ReLU output that is in the graph."""
-        if relu_output.requires_grad:
-            relu_output.register_hook(self._hook)
-            self.num_relus += 1
+    def attach(
+        self,
+        output: torch.Tensor,
+        gate: torch.Tensor | None = None,
+        family: str = "ReLU",
+    ) -> None:
+        """Put the (switched-off) guided hook on one activation output in the graph.
+
+        ``gate`` is the boolean ``z > 0`` of the activation's input, recorded before the
+        call, or ``None`` where the activation's slope already vanishes for ``z <= 0``
+        (ReLU) or the rule has no gate.
+        """
+        if output.requires_grad:
+            output.register_hook(self._hook(gate))
+            self.num_activations += 1
+            self.families[family] = self.families.get(family, 0) + 1
 
     @contextlib.contextmanager
     def guided(self) -> Iterator[None]:
@@ -130,10 +307,14 @@ class GuidedReLUSwitch:
             self.statistics_held = False
 
 
-class _ReLURecorder(TorchFunctionMode):
-    """Hands the output of every ReLU call to a :class:`GuidedReLUSwitch`."""
+GuidedReLUSwitch = GuidedActivationSwitch
+"""The former name of :class:`GuidedActivationSwitch` (kept for its importers)."""
 
-    def __init__(self, switch: GuidedReLUSwitch, split_batchnorm: bool) -> None:
+
+class _ActivationRecorder(TorchFunctionMode):
+    """Hands the output of every guided activation call to a :class:`GuidedActivationSwitch`."""
+
+    def __init__(self, switch: GuidedActivationSwitch, split_batchnorm: bool) -> None:
         super().__init__()
         self.switch = switch
         self.split_batchnorm = split_batchnorm
@@ -161,28 +342,125 @@ class _ReLURecorder(TorchFunctionMode):
                     call["eps"],
                     self.switch.attach_statistics,
                 )
+        family = _lookup(func)
+        if family is None:
+            return func(*args, **kwargs)
+        family, gate_free = _classify(func, family, args, kwargs)
+        gate = None
+        if self.switch.rule == "gated" and not gate_free and torch.is_grad_enabled():
+            z = _activation_input(args, kwargs)
+            if isinstance(z, torch.Tensor) and z.requires_grad:
+                gate = z.detach() > 0  # before an in-place form overwrites z
         out = func(*args, **kwargs)
-        if func in RELU_FUNCTIONS and isinstance(out, torch.Tensor):
-            self.switch.attach(out)
+        if isinstance(out, torch.Tensor):
+            self.switch.attach(out, gate, family)
         return out
 
 
 @contextlib.contextmanager
-def recording_relus(
-    switch: GuidedReLUSwitch, split_batchnorm: bool = False
-) -> Iterator[GuidedReLUSwitch]:
-    """Run a forward pass with every ReLU output handed to ``switch`` (mode popped on exit).
+def recording_activations(
+    switch: GuidedActivationSwitch, split_batchnorm: bool = False
+) -> Iterator[GuidedActivationSwitch]:
+    """Run a forward pass with every guided activation's output handed to ``switch``.
 
-    With ``split_batchnorm``, train-mode ``F.batch_norm`` calls (``nn.BatchNorm*``) are
-    computed from their parts so that ``switch.per_example()`` can hold their batch
-    statistics constant (see :mod:`~captum_regularized._internal.per_example_batchnorm`).
+    The mode is popped on exit, also on an exception. With ``split_batchnorm``,
+    train-mode ``F.batch_norm`` calls (``nn.BatchNorm*``) are computed from their parts
+    so that ``switch.per_example()`` can hold their batch statistics constant (see
+    :mod:`~captum_regularized._internal.per_example_batchnorm`).
+
+    Examples
+    --------
+    >>> switch = GuidedActivationSwitch()
+    >>> x = torch.randn(2, 3, requires_grad=True)
+    >>> with recording_activations(switch):
+    ...     _ = F.gelu(x) + torch.nn.SiLU()(x) + torch.tanh(x)
+    >>> switch.families
+    {'GELU': 1, 'SiLU': 1}
     """
-    with _ReLURecorder(switch, split_batchnorm):
+    with _ActivationRecorder(switch, split_batchnorm):
         yield switch
 
 
-def check_not_compiled(model: nn.Module | None, name: str = "model") -> None:
-    """Raise ``TypeError`` for a ``torch.compile``'d module: it cannot double-backward.
+recording_relus = recording_activations
+"""The former name of :func:`recording_activations` (kept for its importers)."""
+
+
+def check_has_activations(switch: GuidedActivationSwitch, who: str = "forward_func") -> None:
+    """Raise ``ValueError`` when a recorded forward pass met no guided activation.
+
+    The guided gradient would silently equal the plain one.
+
+    Examples
+    --------
+    >>> check_has_activations(GuidedActivationSwitch(), "model")
+    Traceback (most recent call last):
+    ...
+    ValueError: model has no ReLU nor any other activation the guided rule knows (ReLU, \
+ReLU6, Hardtanh, LeakyReLU, PReLU, RReLU, ELU, CELU, SELU, SiLU, Hardswish, GELU, Mish, \
+Softplus; as modules or functions, in-place or not) on the path from the inputs to the \
+output, so the guided gradient would equal the plain one
+    """
+    if switch.num_activations == 0:
+        raise ValueError(
+            f"{who} has no ReLU nor any other activation the guided rule knows "
+            f"({SUPPORTED_ACTIVATIONS}; as modules or functions, in-place or not) on the "
+            "path from the inputs to the output, so the guided gradient would equal the "
+            "plain one"
+        )
+
+
+def guided_forward(
+    forward_func: Callable[..., Any],
+    leaves: tuple[torch.Tensor, ...],
+    additional_forward_args: tuple[Any, ...] | None,
+    switch: GuidedActivationSwitch,
+    *,
+    split_batchnorm: bool = False,
+) -> torch.Tensor:
+    """One recorded forward pass (autograd on); checks that it found an activation.
+
+    The hooks on the graph stay switched off: use ``switch.guided()`` around the
+    backward pass that should follow the guided rule.
+
+    Raises
+    ------
+    TypeError
+        When ``forward_func`` does not return a tensor.
+    RuntimeError
+        When it modifies one of ``leaves`` in place.
+    ValueError
+        When no guided activation is on the graph (:func:`check_has_activations`).
+
+    Examples
+    --------
+    >>> model = nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Linear(4, 1))
+    >>> x = torch.rand(2, 3, requires_grad=True)
+    >>> switch = GuidedActivationSwitch()
+    >>> out = guided_forward(model, (x,), None, switch)
+    >>> with switch.guided():
+    ...     (guided,) = torch.autograd.grad(out.sum(), x)
+    >>> guided.shape, switch.families
+    (torch.Size([2, 3]), {'GELU': 1})
+    """
+    versions = [leaf._version for leaf in leaves]
+    recording = recording_activations(switch, split_batchnorm=split_batchnorm)
+    with torch.enable_grad(), recording:
+        output = run_forward(forward_func, leaves, additional_forward_args)
+    for leaf, version in zip(leaves, versions):
+        check_not_modified_in_place(leaf, version, "forward_func")
+    check_has_activations(switch)
+    return output
+
+
+_DOUBLE_BACKWARD = "compiled graphs cannot be differentiated twice (double backpropagation)"
+
+
+def check_not_compiled(
+    model: nn.Module | None, name: str = "model", *, reason: str = _DOUBLE_BACKWARD
+) -> None:
+    """Raise ``TypeError`` for a ``torch.compile``'d module, with the way out.
+
+    ``reason`` says why it cannot be used (by default: it cannot double-backward).
 
     Examples
     --------
@@ -194,16 +472,50 @@ def check_not_compiled(model: nn.Module | None, name: str = "model") -> None:
         where = f"{name}.{module_name}" if module_name else name
         if hasattr(module, "_orig_mod"):
             raise TypeError(
-                f"{where} is a torch.compile'd module; compiled graphs cannot be "
-                "differentiated twice (double backpropagation). Pass the original module "
+                f"{where} is a torch.compile'd module; {reason}. Pass the original module "
                 f"({where}._orig_mod) instead."
             )
         if getattr(module, "_compiled_call_impl", None) is not None:
             raise TypeError(
-                f"{where} was compiled in place (module.compile()); compiled graphs cannot "
-                "be differentiated twice (double backpropagation). Use a module that was "
-                "not compiled."
+                f"{where} was compiled in place (module.compile()); {reason}. Use a module "
+                "that was not compiled."
             )
+
+
+_COMPILED_REASON = "the guided rule cannot reach the activations inside a compiled graph"
+
+
+def check_guided_model(
+    forward_func: Callable[..., Any], who: str, name: str = "model"
+) -> nn.Module | None:
+    """The module behind ``forward_func``, refused when compiled or ``nn.DataParallel``.
+
+    The guided rule is applied by a torch function mode of the calling thread:
+    ``nn.DataParallel`` runs its replicas in other threads and compiled graphs run
+    without it, so both would silently give the plain gradient.
+
+    Examples
+    --------
+    >>> model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    >>> check_guided_model(model, "GuidedBackprop") is model
+    True
+    >>> check_guided_model(nn.DataParallel(model), "GuidedBackprop")
+    Traceback (most recent call last):
+    ...
+    ValueError: model is an nn.DataParallel model, which GuidedBackprop does not support \
+(its replicas run in other threads, out of reach of the guided rule); pass model.module instead
+    """
+    if not callable(forward_func):
+        raise TypeError(f"{name} must be callable, got {type(forward_func).__name__}")
+    model = find_module(forward_func)
+    if isinstance(model, nn.DataParallel):
+        raise ValueError(
+            f"{name} is an nn.DataParallel model, which {who} does not support (its "
+            "replicas run in other threads, out of reach of the guided rule); pass "
+            f"{name}.module instead"
+        )
+    check_not_compiled(model, name, reason=_COMPILED_REASON)
+    return model
 
 
 class GuidedAndPlain(NamedTuple):
@@ -233,13 +545,15 @@ def guided_and_plain_gradients(
     *,
     score_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     per_example: bool = False,
+    rule: str = "gated",
 ) -> GuidedAndPlain:
     """Plain and guided-backprop input gradients of the target scores from one forward pass.
 
     Parameters
     ----------
     forward_func : callable
-        The model (or a function calling it). ReLUs are found while it runs.
+        The model (or a function calling it). Its activations (any of
+        :data:`GUIDED_ACTIVATIONS`) are found while it runs.
     inputs : Tensor
         A batch ``(B, ...)``; it is not modified and its ``requires_grad`` is left alone.
         The gradients are taken with respect to a detached leaf, except with
@@ -266,6 +580,9 @@ def guided_and_plain_gradients(
         gradient is that of its own score only. The forward values, the running
         statistics and later backward passes (the training loss) are unchanged. Without
         it (as in Captum), train-mode BatchNorm mixes the other examples' scores in.
+    rule : {"gated", "ungated"}
+        The guided rule (module notes, :data:`GUIDED_RULES`); both are the classic rule
+        on ReLU networks.
 
     Returns
     -------
@@ -276,8 +593,9 @@ def guided_and_plain_gradients(
     Raises
     ------
     ValueError
-        When no ReLU (module or functional) is on the graph: the guided gradient would
-        silently equal the plain one.
+        When no ReLU nor other guided activation (module or functional) is on the
+        graph: the guided gradient would silently equal the plain one. Also for an
+        unknown ``rule``.
     TypeError
         For a ``torch.compile``'d module or a non-floating input.
     RuntimeError
@@ -295,20 +613,16 @@ def guided_and_plain_gradients(
     if not inputs.is_floating_point():
         raise TypeError(f"inputs must be a floating-point tensor, got {inputs.dtype}")
     check_not_compiled(find_module(forward_func), "forward_func")
+    switch = GuidedActivationSwitch(rule)
     leaf = gradient_leaf(inputs, keep_graph=create_graph)
-    version = leaf._version
-    switch = GuidedReLUSwitch()
     with torch.enable_grad():
-        with recording_relus(switch, split_batchnorm=per_example):
-            args = format_additional_args(additional_forward_args)
-            logits = run_forward(forward_func, (leaf,), args)
-        check_not_modified_in_place(leaf, version, "forward_func")
-        if switch.num_relus == 0:
-            raise ValueError(
-                "forward_func has no ReLU (nn.ReLU or functional relu) on the path from the "
-                "inputs to the output, so the guided gradient equals the plain one; guided "
-                "backprop needs a ReLU network"
-            )
+        logits = guided_forward(
+            forward_func,
+            (leaf,),
+            format_additional_args(additional_forward_args),
+            switch,
+            split_batchnorm=per_example,
+        )
         scores = target_scores(logits, target) if score_fn is None else score_fn(logits)
         total = scores.sum()
         with switch.per_example():

@@ -5,6 +5,8 @@ layer methods) so it composes with ``NoiseTunnel``, ``captum.metrics`` and
 ``captum.attr.visualization``.
 """
 
+from captum_regularized.attr.guided_backprop import GuidedBackprop
+from captum_regularized.attr.guided_grad_cam import GuidedGradCam
 from captum_regularized.attr.map_postprocessing import normalize_per_example, reduce_channels
 from captum_regularized.attr.reshape_transforms import vit_tokens_to_map
 from captum_regularized.attr.rsi_grad_cam import LayerRSIGradCam
@@ -27,3 +29,4 @@ __all__ += [
     "signed_saliency_maps",
 ]
 __all__ += ["LayerRSIGradCam", "vit_tokens_to_map"]
+__all__ += ["GuidedBackprop", "GuidedGradCam"]

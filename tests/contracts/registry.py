@@ -243,6 +243,10 @@ def _rsi(model: nn.Module, batch: Batch, target: Any) -> Any:
     )
 
 
+def _guided_grad_cam(model: nn.Module, batch: Batch, target: Any) -> Any:
+    return attr.GuidedGradCam(model, _layer_of(model)).attribute(batch.inputs, target=target)
+
+
 def _layer_of(model: nn.Module) -> nn.Module:
     net = model.net if isinstance(model, TwoInputNet) else model
     return net.layer
@@ -359,6 +363,26 @@ ENTRIES: list[Entry] = [
         tuple_inputs=True,
         noise_tunnel=True,
         convergence_delta=True,
+    ),
+    Entry(
+        "GuidedBackprop",
+        "attribution",
+        _attribution(attr.GuidedBackprop),
+        targets=True,
+        method=attr.GuidedBackprop,
+        tuple_inputs=True,
+        noise_tunnel=True,
+        infidelity=True,
+    ),
+    Entry(
+        "GuidedGradCam",
+        "attribution",
+        _guided_grad_cam,
+        targets=True,
+        method=lambda model: attr.GuidedGradCam(model, _layer_of(model)),
+        tuple_inputs=True,
+        noise_tunnel=True,
+        infidelity=True,
     ),
     Entry("GuidedGradientRegularizer", "loss", _guided, labels=True,
           empty_batch="error", train_buffers="one_forward"),

@@ -1,0 +1,303 @@
+"""Guided Grad-CAM (Selvaraju et al.): guided backprop weighted by an upsampled Grad-CAM.
+
+``GuidedGradCam(model, layer).attribute(inputs, target)`` is called exactly like
+``captum.attr.GuidedGradCam`` and gives the same maps on models built from ``nn.ReLU``
+modules. Its guided half applies the guided rule to every rectifying activation
+(functional forms, ReLU6, SiLU, GELU, ...; see
+:mod:`captum_regularized._internal.guided_relu`), where Captum's silently uses the
+plain gradient. One forward pass serves both halves: the guided backward pass to the
+inputs and the plain backward pass to the layer run on the same graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from captum.attr import GradientAttribution, LayerAttribution
+from torch import nn
+
+from captum_regularized._internal.captum_compat import (
+    TargetType,
+    TensorOrTuple,
+    format_additional_args,
+    format_inputs,
+    format_output,
+    log_usage,
+)
+from captum_regularized._internal.checks import (
+    check_attribution_inputs,
+    check_autograd_available,
+)
+from captum_regularized._internal.guided_relu import (
+    GuidedActivationSwitch,
+    check_guided_model,
+    check_guided_rule,
+    guided_forward,
+)
+from captum_regularized._internal.model_state import (
+    HookBag,
+    find_module,
+    kept_batchnorm_statistics,
+    preserved_model,
+)
+from captum_regularized._internal.targets import target_scores
+
+__all__ = ["GuidedGradCam"]
+
+INTERPOLATE_MODES = ("nearest", "nearest-exact", "linear", "bilinear", "bicubic", "trilinear",
+                     "area")
+"""The ``interpolate_mode`` values (``torch.nn.functional.interpolate``'s modes)."""
+
+
+class _LayerCapture:
+    """Keeps the layer's output (or first input) of one forward pass, for its gradient.
+
+    The kept tensor is the one on the graph; the layer (input) or the rest of the model
+    (output) gets a copy, so an in-place operation after the tap (an in-place ReLU
+    right after the layer) cannot change the kept values or its gradient. A tensor that
+    is not on the graph (it does not depend on the inputs) is replaced by a leaf that
+    requires grad. The hook acts only while :attr:`active` (a recomputation in the
+    backward pass, as non-reentrant checkpointing does, is left alone).
+    """
+
+    def __init__(self, layer: nn.Module, hooks: HookBag, use_input: bool) -> None:
+        self.value: torch.Tensor | None = None
+        self.calls = 0
+        self.active = False
+        self.use_input = use_input
+        if use_input:
+            hooks.add(layer.register_forward_pre_hook(self._take_input))
+        else:
+            hooks.add(layer.register_forward_hook(self._take_output))
+
+    def _keep(self, value: Any) -> torch.Tensor:
+        self.calls += 1
+        what = "input" if self.use_input else "output"
+        if self.calls > 1:
+            raise ValueError(
+                "layer ran more than once in one forward pass; GuidedGradCam needs a layer "
+                "(module) that is used exactly once"
+            )
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(
+                f"GuidedGradCam needs a layer whose {what} is one tensor, got "
+                f"{type(value).__name__} (layers with several {what}s are not supported)"
+            )
+        kept = value if value.requires_grad else value.detach().requires_grad_()
+        self.value = kept
+        return kept.clone()
+
+    def _take_output(self, module: nn.Module, args: Any, output: Any) -> torch.Tensor | None:
+        return self._keep(output) if self.active else None
+
+    def _take_input(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        if not self.active:
+            return None
+        if not args:
+            raise TypeError("the layer was called without positional inputs to attribute to")
+        return (self._keep(args[0]), *args[1:])
+
+    def taken(self) -> torch.Tensor:
+        """The kept tensor; ``ValueError`` when the layer did not run."""
+        if self.value is None:
+            raise ValueError(
+                "layer did not run during the forward pass; choose a layer (module) on the "
+                "path from the inputs to the output"
+            )
+        return self.value
+
+
+def _layer_gradient(total: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
+    (gradient,) = torch.autograd.grad(total, activation, allow_unused=True)
+    if gradient is None:
+        raise ValueError(
+            "the target score does not depend on the layer; choose a layer on the path from "
+            "the inputs to the output"
+        )
+    return gradient
+
+
+def _grad_cam(
+    activation: torch.Tensor,
+    gradient: torch.Tensor,
+    reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> torch.Tensor:
+    """Grad-CAM ``relu(sum_k w_k A_k)`` with ``w_k`` the spatial mean of ``dS/dA_k``."""
+    if reshape_transform is not None:
+        activation, gradient = reshape_transform(activation), reshape_transform(gradient)
+    accumulate = torch.promote_types(activation.dtype, torch.float32)
+    activation, gradient = activation.to(accumulate), gradient.to(accumulate)
+    if gradient.dim() > 2:
+        gradient = gradient.mean(dim=tuple(range(2, gradient.dim())), keepdim=True)
+    return F.relu((gradient * activation).sum(dim=1, keepdim=True))
+
+
+def _upsampled(cam: torch.Tensor, inputs: torch.Tensor, index: int, mode: str) -> torch.Tensor:
+    size = tuple(inputs.shape[2:])
+    if not size or cam.dim() - 2 != len(size):
+        raise ValueError(
+            f"the Grad-CAM map has shape {tuple(cam.shape)} and cannot be interpolated to "
+            f"inputs[{index}] of shape {tuple(inputs.shape)}: the layer's activation needs the "
+            "batch, a channel dimension and as many spatial dimensions as the input (pass a "
+            "reshape_transform for token layers, e.g. attr.vit_tokens_to_map)"
+        )
+    return LayerAttribution.interpolate(cam, size, interpolate_mode=mode)
+
+
+class GuidedGradCam(GradientAttribution):
+    r"""Guided Grad-CAM: the guided-backprop map times the layer's upsampled Grad-CAM.
+
+    With ``A`` the layer's activation ``(B, K, h, w)`` and ``S`` the target score,
+    Grad-CAM is ``relu(sum_k w_k A_k)`` with ``w_k`` the spatial mean of ``dS/dA_k``
+    (a plain gradient); it is interpolated to the input's spatial size and multiplies
+    the guided-backprop map of every input channel (Selvaraju et al., "Grad-CAM",
+    ICCV 2017), exactly as ``captum.attr.GuidedGradCam`` combines them.
+
+    The guided half uses the rule of :class:`~captum_regularized.attr.GuidedBackprop`
+    (``rule="gated"``: ``sigma'(z) * 1[z > 0] * max(grad_out, 0)`` through every
+    activation, which is Springenberg's rule on ReLU), on functional and non-ReLU
+    activations too. Both halves come from one forward pass. The model is left as
+    found (its mode, flags, hooks and BatchNorm running statistics).
+
+    Parameters
+    ----------
+    model : callable
+        The model, or a function of the inputs calling it. Not ``torch.compile``'d and
+        not ``nn.DataParallel``.
+    layer : nn.Module
+        The layer whose activation gives the Grad-CAM map, usually the last
+        convolutional block. It must run exactly once per forward pass and output one
+        tensor.
+    device_ids : list of int, optional
+        Kept for Captum's signature (``nn.DataParallel`` is not supported).
+    rule : {"gated", "ungated"}
+        The guided rule (keyword only).
+
+    Examples
+    --------
+    >>> from captum_regularized.models import SimpleCNN
+    >>> model = SimpleCNN(num_classes=3, width=4).eval()
+    >>> maps = GuidedGradCam(model, model.block3).attribute(torch.rand(2, 3, 16, 16), target=1)
+    >>> maps.shape
+    torch.Size([2, 3, 16, 16])
+    """
+
+    def __init__(
+        self,
+        model: Callable[..., Any],
+        layer: nn.Module,
+        device_ids: list[int] | None = None,
+        *,
+        rule: str = "gated",
+    ) -> None:
+        module = check_guided_model(model, "GuidedGradCam")
+        if not isinstance(layer, nn.Module):
+            raise TypeError(f"layer must be an nn.Module, got {type(layer).__name__}")
+        if module is not None and not any(m is layer for m in module.modules()):
+            raise ValueError(
+                f"layer ({type(layer).__name__}) is not a submodule of the model passed as model"
+            )
+        super().__init__(model)
+        self.layer = layer
+        self.device_ids = device_ids
+        self.rule = check_guided_rule(rule)
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        """``False``: a guided gradient times a layer map, not gradient x input."""
+        return False
+
+    def has_convergence_delta(self) -> bool:
+        """``False``: no completeness property to report."""
+        return False
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        interpolate_mode: str = "nearest",
+        attribute_to_layer_input: bool = False,
+        reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> TensorOrTuple:
+        """Guided Grad-CAM maps of ``inputs`` for each example's target score.
+
+        Parameters
+        ----------
+        inputs : Tensor or tuple of Tensor
+            Floating-point inputs ``(B, C, *spatial)``, batch in dim 0; not modified.
+        target : any Captum target form, optional
+            ``None`` means the predicted class on a ``(B, C > 1)`` output.
+        additional_forward_args : optional
+            Extra arguments passed to the model after the inputs.
+        interpolate_mode : str
+            How the Grad-CAM map is resized to each input's spatial size: a mode of
+            ``torch.nn.functional.interpolate`` (:data:`INTERPOLATE_MODES`).
+        attribute_to_layer_input : bool
+            Use the layer's (first) input instead of its output.
+        reshape_transform : callable, optional
+            Turns the layer's activation (and, identically, its gradient) into
+            ``(B, K, *spatial)`` first, e.g. :func:`~captum_regularized.attr.vit_tokens_to_map`
+            for vision-transformer tokens (not in Captum's signature).
+
+        Returns
+        -------
+        Tensor or tuple of Tensor
+            Maps with the form, shapes and dtypes of ``inputs``.
+
+        Raises
+        ------
+        RuntimeError
+            Inside ``torch.inference_mode()``; when the model modifies its input in place.
+        TypeError
+            Non-floating inputs; a layer whose output (input) is not one tensor; a
+            ``reshape_transform`` that is not callable.
+        ValueError
+            Non-finite inputs, inputs without a shared batch size or on another device;
+            a target out of range; an unknown ``interpolate_mode``; a layer that does not
+            run, runs twice or does not reach the output; a map that cannot be
+            interpolated to an input; a model with no activation the guided rule knows.
+        """
+        check_autograd_available(type(self).__name__)
+        formatted, was_tuple = format_inputs(inputs)
+        model = find_module(self.forward_func)
+        check_attribution_inputs(formatted, model)
+        if interpolate_mode not in INTERPOLATE_MODES:
+            raise ValueError(
+                f"interpolate_mode must be one of {list(INTERPOLATE_MODES)}, "
+                f"got {interpolate_mode!r}"
+            )
+        if reshape_transform is not None and not callable(reshape_transform):
+            raise TypeError(
+                f"reshape_transform must be callable, got {type(reshape_transform).__name__}"
+            )
+        args = format_additional_args(additional_forward_args)
+        switch = GuidedActivationSwitch(self.rule)
+        with (
+            preserved_model(model) as hooks,
+            kept_batchnorm_statistics(model),
+            torch.enable_grad(),
+        ):
+            capture = _LayerCapture(self.layer, hooks, attribute_to_layer_input)
+            leaves = tuple(x.detach().requires_grad_() for x in formatted)
+            capture.active = True
+            try:
+                output = guided_forward(self.forward_func, leaves, args, switch)
+            finally:
+                capture.active = False
+            activation = capture.taken()
+            total = target_scores(output, target).sum()
+            with switch.guided():
+                guided = torch.autograd.grad(total, leaves, retain_graph=True, allow_unused=True)
+            gradient = _layer_gradient(total, activation)
+        cam = _grad_cam(activation.detach(), gradient, reshape_transform)
+        maps = []
+        for index, (grad, x) in enumerate(zip(guided, formatted)):
+            upsampled = _upsampled(cam, x, index, interpolate_mode)
+            guided_map = torch.zeros_like(x) if grad is None else grad
+            maps.append((guided_map * upsampled).to(x.dtype))
+        return format_output(was_tuple, tuple(maps))
