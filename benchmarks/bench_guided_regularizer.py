@@ -1,17 +1,21 @@
-"""Speed and memory of guided-gradient alignment training against its peers.
+"""Speed and memory of guided-gradient alignment training against its peers, both modes.
 
-For torchvision ``resnet18(num_classes=10)`` (weights=None), batch 16, 64x64, train
-mode, one SGD step each:
+For torchvision ``resnet18(num_classes=10)`` (weights=None; also ``mobilenet_v2`` and
+``efficientnet_b0`` with ``--models``), batch 16, 64x64, train mode, one SGD step each:
 
 (a) plain cross-entropy,
 (b) the straightforward composition: Captum ``GuidedBackprop`` in its own forward pass,
     then a second forward pass and ``autograd.grad(create_graph=True)`` for the plain
-    gradient (BatchNorm statistics move twice),
-(c) ``GuidedGradientRegularizer`` (one shared forward pass),
+    gradient (BatchNorm statistics move twice; resnet18 only: Captum's guided rule
+    sees ``nn.ReLU`` modules only),
+(c) ``GuidedGradientRegularizer`` (exact double backprop, one shared forward pass),
+(c_fd) ``GuidedGradientRegularizer(mode="finite_difference")``: first derivatives only,
 (floor) the plain gradient's double backpropagation alone, without any guided target:
     the least an exact double-backprop step costs,
+(p) / (p_fd) ``GradientNormPenalty(norm="l1")`` in both modes, for comparison,
 
-printed as time per step and peak memory, with ratios to (a).
+printed as time per step and peak memory, with ratios to (a) and to (floor), and the
+time of each finite-difference row relative to its exact row.
 
 Time: median wall-clock time per step (synchronised on CUDA) after one warm-up step,
 the variants interleaved so that load from other programs hits all alike. Peak memory:
@@ -22,7 +26,8 @@ separate untimed step (see ``benchmarks/_measure.py``).
 
 Usage::
 
-    python benchmarks/bench_guided_regularizer.py [--quick] [--device auto|cpu|cuda] [--threads N]
+    python benchmarks/bench_guided_regularizer.py [--quick] [--device auto|cpu|cuda] \
+        [--threads N] [--models resnet18,mobilenet_v2,efficientnet_b0] [--batch 16] [--size 64]
 """
 
 from __future__ import annotations
@@ -46,13 +51,19 @@ from _measure import (
 VARIANTS = {
     "a": "plain cross-entropy",
     "b": "Captum GuidedBackprop + 2nd forward (create_graph)",
-    "c": "GuidedGradientRegularizer (shared forward)",
+    "c": "GuidedGradientRegularizer (shared forward, double backprop)",
+    "c_fd": "GuidedGradientRegularizer(mode='finite_difference')",
     "floor": "double backprop of the plain gradient alone (no guided target)",
+    "p": "GradientNormPenalty(norm='l1') (double backprop)",
+    "p_fd": "GradientNormPenalty(norm='l1', mode='finite_difference')",
 }
 """``floor`` is not a way to train with the penalty: it is the cost that every exact
 double-backpropagation method pays before it computes any guided gradient, so (c)
-cannot be below it."""
+cannot be below it. The finite-difference rows can: they never differentiate twice."""
 WEIGHT = 7.5e-3
+EPSILON = 0.01
+MODELS = ("resnet18", "mobilenet_v2", "efficientnet_b0")
+GUIDED = ("b", "c", "c_fd")
 
 
 def _cosine_penalty(g: torch.Tensor, g_guided: torch.Tensor) -> torch.Tensor:
@@ -89,24 +100,49 @@ def _step_function(
             (g,) = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), leaf, create_graph=True)
             return F.cross_entropy(logits, y) + WEIGHT * g.square().mean()
 
-    else:
+    elif variant in ("c", "c_fd"):
         from captum_regularized.regularizers import GuidedGradientRegularizer
 
-        reg = GuidedGradientRegularizer(model, weight=WEIGHT)
+        mode = "finite_difference" if variant == "c_fd" else "double_backprop"
+        reg = GuidedGradientRegularizer(model, weight=WEIGHT, mode=mode)
 
         def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             logits, penalty = reg(x, y)
             return F.cross_entropy(logits, y) + penalty
 
+    else:
+        from captum_regularized.regularizers import GradientNormPenalty
+
+        mode = "finite_difference" if variant == "p_fd" else "double_backprop"
+        pen = GradientNormPenalty(model, norm="l1", epsilon=EPSILON, mode=mode)
+
+        def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            logits, penalty = pen(x, y)
+            return F.cross_entropy(logits, y) + penalty
+
     return step
 
 
-def _setup(variant: str, device: torch.device) -> Callable[[], None]:
+def _guided_rule_supports(name: str) -> str | None:
+    """``None`` when the guided regularizer runs on the model, else why it does not."""
+    from captum_regularized.regularizers import GuidedGradientRegularizer
+
+    model = getattr(torchvision.models, name)(num_classes=10).eval()
+    try:
+        GuidedGradientRegularizer(model)(torch.rand(2, 3, 32, 32), torch.tensor([0, 1]))
+    except ValueError as error:
+        return str(error).split(";")[0]
+    return None
+
+
+def _setup(
+    variant: str, device: torch.device, name: str = "resnet18", batch: int = 16, size: int = 64
+) -> Callable[[], None]:
     torch.manual_seed(0)
-    model = torchvision.models.resnet18(num_classes=10).to(device).train()
+    model = getattr(torchvision.models, name)(num_classes=10).to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-    x = torch.rand(16, 3, 64, 64, device=device)
-    y = torch.randint(0, 10, (16,), device=device)
+    x = torch.rand(batch, 3, size, size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
     step = _step_function(variant, model)
 
     def one_step() -> None:
@@ -122,18 +158,48 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="few steps (a smoke run)")
     add_device_argument(parser)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}"
+    )
+    parser.add_argument("--batch", type=int, default=16, help="batch size")
+    parser.add_argument("--size", type=int, default=64, help="image side")
     args = parser.parse_args()
     device = select_device(args.device)
     repeats = 3 if args.quick else 10
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"resnet18(num_classes=10), batch 16, 64x64, train mode, device {device}, "
-          f"threads {torch.get_num_threads()}, median of {repeats} interleaved steps")
-    steps = {variant: _setup(variant, device) for variant in VARIANTS}
-    times = median_seconds(steps, device, repeats)
-    rows = {v: Row(times[v], peak_bytes(step, device)) for v, step in steps.items()}
-    print_table(rows, ["a"], label="variant", notes=VARIANTS, notes_header="description")
-    print(f"(c) is {times['b'] / times['c']:.2f}x faster than (b)")
+    for name in args.models.split(","):
+        if name not in MODELS:
+            raise SystemExit(f"--models: unknown model {name!r}; choose from {MODELS}")
+        variants = [v for v in VARIANTS if name == "resnet18" or v != "b"]
+        unsupported = _guided_rule_supports(name)
+        if unsupported is not None:
+            variants = [v for v in variants if v not in GUIDED]
+        print(f"\n{name}(num_classes=10), batch {args.batch}, {args.size}x{args.size}, "
+              f"train mode, device {device}, "
+              f"threads {torch.get_num_threads()}, median of {repeats} interleaved steps")
+        if unsupported is not None:
+            print(f"(no guided rows: {unsupported})")
+        steps = {v: _setup(v, device, name, args.batch, args.size) for v in variants}
+        times = median_seconds(steps, device, repeats)
+        rows = {v: Row(times[v], peak_bytes(step, device)) for v, step in steps.items()}
+        notes = {v: VARIANTS[v] for v in variants}
+        print_table(rows, ["a", "floor"], label="variant", notes=notes, notes_header="description")
+        ratios = [
+            f"{fd}/{exact} time {times[fd] / times[exact]:.2f}x, "
+            f"memory {_ratio(rows[fd], rows[exact]):.2f}x"
+            for fd, exact in (("c_fd", "c"), ("p_fd", "p"))
+            if fd in times
+        ]
+        print("finite difference vs exact: " + "; ".join(ratios))
+        if "b" in times:
+            print(f"(c) is {times['b'] / times['c']:.2f}x faster than (b)")
+
+
+def _ratio(row: Row, reference: Row) -> float:
+    if row.peak_bytes is None or not reference.peak_bytes:
+        return float("nan")
+    return row.peak_bytes / reference.peak_bytes
 
 
 if __name__ == "__main__":

@@ -142,9 +142,11 @@ def kept_batchnorm_statistics(model: nn.Module | None) -> Iterator[None]:
     try:
         yield
     finally:
-        with torch.no_grad():
-            for buffer, value in saved:
-                buffer.copy_(value)
+        for buffer, value in saved:
+            # Through ``.data``: the buffer's version counter stays as it is, so a live
+            # graph that saved it (an eval-mode BatchNorm's backward, a loss accumulated
+            # before one backward) is not invalidated by the write-back.
+            buffer.data.copy_(value)
 
 
 @contextlib.contextmanager

@@ -1,20 +1,56 @@
-"""The penalty form of norm-regularized adversarial training (double back-propagation)."""
+"""The penalty form of norm-regularized adversarial training (Gong, Dou & Farnia, 2024).
+
+Two ways to train through the penalty on the input gradient: exact double
+back-propagation (the default) or a finite difference of first-order weight
+gradients, for models that cannot be differentiated twice (see
+:mod:`captum_regularized._internal.input_gradients` for the shared mechanics).
+"""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from captum_regularized._internal.checks import check_autograd_available
+from captum_regularized._internal.guided_relu import check_not_compiled
 from captum_regularized._internal.input_gradients import (
+    GradientScaler,
+    check_double_backward,
+    check_mode,
     check_training_batch,
+    compute_dtype,
     cross_entropy_per_example,
+    default_relative_step,
+    double_backward_attention,
+    double_backward_errors_explained,
+    finite_difference_penalty,
+    finite_difference_step,
+    gradient_scale,
     input_gradient,
+    leaf_in_place_error_explained,
+    perturbed_gradients,
+    rng_replayed,
+    running_statistics_frozen,
+    unwrap_distributed,
 )
 from captum_regularized._internal.model_state import batchnorm_statistics_restored_on_error
 from captum_regularized._internal.structured_norms import NormSpec, check_mask, conjugate_penalty
 
 __all__ = ["GradientNormPenalty"]
+
+
+@contextlib.contextmanager
+def _compile_hint() -> Iterator[None]:
+    """Add the way out to ``check_not_compiled``'s refusal."""
+    try:
+        yield
+    except TypeError as error:
+        raise TypeError(
+            f"{error}; or keep it and use mode='finite_difference' (first derivatives only)"
+        ) from error
 
 
 class GradientNormPenalty:
@@ -32,17 +68,50 @@ class GradientNormPenalty:
     patches per channel (``"group"``; smaller edge patches hold the remainder when
     ``group_size`` does not divide the image side) or
     ``eps sum_j (1 - 2 M_j) g_j^2 / ||g||_2`` (``"gaze"``, needs a mask ``M``).
-    ``g_i`` is not divided by the batch size. The gradient is kept in the graph
-    (``create_graph=True``), so ``penalty.backward()`` trains the parameters through it.
+    ``g_i`` is not divided by the batch size (it is the gradient of the *sum* of the
+    per-example losses; in train mode BatchNorm couples the examples through it).
 
-    One forward pass serves both terms: the call returns the logits of that pass and the
-    penalty, the form that
-    :func:`~captum_regularized.models.train_classifier` adds to the cross-entropy. The
-    model's mode, flags and BatchNorm statistics are handled exactly as in a plain
-    training step (one forward pass); no hook is added, inputs are not modified. The
-    caller's autograd graph is kept: with ``pen(pre(images), labels)`` the logits and the
-    penalty back-propagate into a trainable ``pre`` as through the composed model.
-    Non-finite inputs and bad labels are refused, the BatchNorm statistics left as found.
+    The call returns the logits of the model's forward pass and the penalty, the form
+    that :func:`~captum_regularized.models.train_classifier` adds to the cross-entropy.
+    The model's mode, flags and BatchNorm statistics are handled exactly as in a plain
+    training step (the running statistics move once); no hook is added, inputs are not
+    modified. The caller's autograd graph is kept: with ``pen(pre(images), labels)`` the
+    logits and the penalty back-propagate into a trainable ``pre`` as through the
+    composed model. Non-finite inputs and bad labels are refused, the BatchNorm
+    statistics left as found.
+
+    **Modes.** ``"double_backprop"`` keeps ``g`` in the graph (``create_graph=True``) so
+    ``penalty.backward()`` trains the parameters through it: exact, one forward pass,
+    about 1.8x a plain step's memory. Its forward pass runs with PyTorch's math
+    attention kernel (``sdpa_kernel([SDPBackend.MATH])``), since the fused attention
+    kernels (e.g. torchvision's ``VisionTransformer`` on CPU) have no double backward;
+    a model part that has none either (a custom ``autograd.Function`` with a
+    ``@once_differentiable`` backward, an operator without a second derivative) is
+    named in a ``RuntimeError``, and ``torch.compile``'d models are refused.
+
+    ``"finite_difference"`` needs first derivatives only (compiled models, custom
+    functions, fused attention kernels all work). With ``v = dR/dg`` computed from the
+    detached ``g``, the penalty's weight gradient ``(dg/dtheta)^T v`` is the forward
+    difference ``[grad_theta L(x + h v) - grad_theta L(x)] / h`` of the summed loss
+    ``L``: one first-order pass for ``g``, one at ``x + h v`` whose weight gradient is
+    kept, and the caller's forward pass at ``x``, whose own backward pass subtracts the
+    second term. The returned penalty has the exact value; its gradient is the
+    estimate (error ``O(h)`` plus rounding ``O(eps / h)``). The step ``h`` is chosen per
+    batch so that no example moves by more than ``fd_step`` times its own norm (default
+    ``0.02``, ``sqrt(eps)`` under half-precision autocast: ``0.031`` for float16), one
+    ``h`` for the batch so that BatchNorm's coupling stays exact. Forward
+    rather than central differences: the caller's pass provides ``L(x)`` for free, so a
+    step costs one extra forward and backward pass instead of two, and only one
+    forward graph is alive at a time, plus the kept weight gradient, which autograd
+    accumulates into in place (resnet18 at batch 16, 64x64: 1.35x a plain step's peak
+    memory, against 1.81x for the exact mode). All passes draw the same
+    dropout masks, and the extra passes leave the BatchNorm statistics and the random
+    state as one forward pass does. With inputs from the caller's trainable modules the
+    same difference (of ``grad_x L``) trains them too. On a ReLU network ``g`` is
+    piecewise constant in ``x`` apart from the softmax, and the ReLUs that switch between
+    ``x`` and ``x + h v`` make the difference quotient a smoothed gradient rather than
+    the exact one, which ignores them (on a small ReLU CNN their cosine is about 0.3;
+    on smooth networks the two agree to about 1 % at the default step).
 
     Parameters
     ----------
@@ -56,6 +125,18 @@ class GradientNormPenalty:
         The elastic net's ``eps2 > 0`` (finite); must be 0 for the other norms.
     group_size : int
         Patch side for ``"group"``.
+    mode : {"double_backprop", "finite_difference"}
+        How the penalty's weight gradient is computed (see above).
+    fd_step : float, optional
+        ``mode="finite_difference"`` only: the relative step ``tau`` in ``(0, 1)``;
+        ``None`` for ``max(0.02, sqrt(eps))`` of the compute dtype.
+    grad_scaler : torch.amp.GradScaler, optional
+        For mixed precision with loss scaling, PyTorch's gradient-penalty recipe: the
+        loss is multiplied by the scaler's factor before the input gradient (and, in
+        the finite-difference mode, the weight gradient at ``x + h v``) is taken, and
+        the gradients divided by it before the penalty, so half-precision gradients do
+        not underflow. Pass the scaler that scales the training loss; the caller then
+        calls ``scaler.scale(loss).backward()`` as usual.
 
     Examples
     --------
@@ -65,6 +146,11 @@ class GradientNormPenalty:
     >>> logits, penalty = pen(torch.rand(2, 3, 16, 16), torch.tensor([0, 2]))
     >>> logits.shape, penalty.shape, penalty.requires_grad
     (torch.Size([2, 3]), torch.Size([]), True)
+    >>> fd = GradientNormPenalty(model, norm="group", epsilon=0.1, group_size=4,
+    ...                          mode="finite_difference")
+    >>> _, estimate = fd(torch.rand(2, 3, 16, 16), torch.tensor([0, 2]))
+    >>> estimate.requires_grad
+    True
     """
 
     def __init__(
@@ -74,11 +160,27 @@ class GradientNormPenalty:
         epsilon: float = 0.01,
         epsilon2: float = 0.0,
         group_size: int = 14,
+        *,
+        mode: str = "double_backprop",
+        fd_step: float | None = None,
+        grad_scaler: GradientScaler | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         self.spec = NormSpec(norm, epsilon, epsilon2, group_size)
+        self.fd_step = check_mode(mode, fd_step)
+        if mode == "double_backprop":
+            with _compile_hint():
+                check_not_compiled(model)
+        if grad_scaler is not None and not callable(getattr(grad_scaler, "scale", None)):
+            raise TypeError(
+                "grad_scaler must be a torch.amp.GradScaler (an object with .scale(tensor)), "
+                f"got {type(grad_scaler).__name__}"
+            )
         self.model = model
+        self.mode = mode
+        self.grad_scaler = grad_scaler
+        self._double_backward_checked = False
 
     @property
     def norm(self) -> str:
@@ -110,7 +212,8 @@ class GradientNormPenalty:
         ------
         RuntimeError
             Inside ``torch.inference_mode()``; for a model that modifies its input in
-            place.
+            place; in ``mode="double_backprop"``, for a model that cannot be
+            differentiated twice (the message names ``mode="finite_difference"``).
         TypeError
             Non-floating ``inputs``; labels that are not an integer tensor.
         ValueError
@@ -120,8 +223,80 @@ class GradientNormPenalty:
         check_autograd_available(type(self).__name__)
         check_training_batch(inputs, labels, class_indices=True)
         mask = check_mask(self.spec, mask, inputs)
+        scale = gradient_scale(self.grad_scaler, inputs)
         with batchnorm_statistics_restored_on_error(self.model):
+            if self.mode == "finite_difference":
+                return self._finite_difference(inputs, labels, mask, scale)
+            return self._double_backprop(inputs, labels, mask, scale)
+
+    def _loss_fn(self, scale: torch.Tensor | None):  # type: ignore[no-untyped-def]
+        if scale is None:
+            return cross_entropy_per_example
+
+        def scaled(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            return cross_entropy_per_example(logits, labels).to(torch.float32) * scale
+
+        return scaled
+
+    def _double_backprop(
+        self,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        mask: torch.Tensor | None,
+        scale: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        who = type(self).__name__
+        with double_backward_errors_explained(who), double_backward_attention():
             out = input_gradient(
-                self.model, inputs, labels, cross_entropy_per_example, create_graph=True
+                self.model, inputs, labels, self._loss_fn(scale), create_graph=True
             )
-        return out.logits, conjugate_penalty(self.spec, out.gradient, mask).mean()
+        if not self._double_backward_checked:
+            check_double_backward(who, out.logits, out.gradient)
+            self._double_backward_checked = True
+        gradient = out.gradient if scale is None else out.gradient / scale
+        return out.logits, conjugate_penalty(self.spec, gradient, mask).mean()
+
+    def _finite_difference(
+        self,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        mask: torch.Tensor | None,
+        scale: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        model = self.model
+        extra = unwrap_distributed(model)  # the extra passes do not synchronise
+        with (
+            rng_replayed(inputs.device),
+            running_statistics_frozen(model),
+            leaf_in_place_error_explained(),
+        ):
+            first = input_gradient(extra, inputs, labels, self._loss_fn(scale))
+        gradient = first.gradient if scale is None else first.gradient / scale
+        with torch.enable_grad():
+            leaf = gradient.detach().requires_grad_(True)
+            value = conjugate_penalty(self.spec, leaf, mask).mean()
+            (direction,) = torch.autograd.grad(
+                value, leaf, allow_unused=True, materialize_grads=True
+            )
+        value = value.detach()
+
+        if self.spec.epsilon == 0 and self.spec.epsilon2 == 0:  # no penalty, no gradient
+            with torch.enable_grad():
+                logits = model(inputs)
+                losses = cross_entropy_per_example(logits, labels)
+            return logits, value + 0 * (losses.sum() - losses.sum().detach())
+
+        tau = self.fd_step or default_relative_step(compute_dtype(inputs))
+        step = finite_difference_step(inputs, direction, tau)
+
+        def loss_at(x: torch.Tensor) -> torch.Tensor:
+            return cross_entropy_per_example(extra(x), labels).sum()
+
+        with rng_replayed(inputs.device), running_statistics_frozen(model):
+            perturbed = perturbed_gradients(
+                loss_at, inputs, direction, step, list(model.parameters()), scale=scale
+            )
+        with torch.enable_grad():
+            logits = model(inputs)
+            losses = cross_entropy_per_example(logits, labels)
+        return logits, finite_difference_penalty(value, losses.sum(), perturbed, inputs)

@@ -296,8 +296,12 @@ def _evaluate_accuracy(model: nn.Module, batch: Batch, target: Any) -> Any:
     )
 
 
-def _guided(model: nn.Module, batch: Batch, target: Any) -> Any:
-    return regularizers.GuidedGradientRegularizer(model, weight=1.0)(batch.inputs, batch.labels)
+def _guided(mode: str) -> Call:
+    def call(model: nn.Module, batch: Batch, target: Any) -> Any:
+        reg = regularizers.GuidedGradientRegularizer(model, weight=1.0, mode=mode)
+        return reg(batch.inputs, batch.labels)
+
+    return call
 
 
 def _norm_penalty(norm: str, **kwargs: Any) -> Call:
@@ -384,12 +388,22 @@ ENTRIES: list[Entry] = [
         noise_tunnel=True,
         infidelity=True,
     ),
-    Entry("GuidedGradientRegularizer", "loss", _guided, labels=True,
-          empty_batch="error", train_buffers="one_forward"),
     *(
-        Entry(f"GradientNormPenalty[{norm}]", "loss", _norm_penalty(norm, **kw), labels=True,
+        Entry(f"GuidedGradientRegularizer[{mode}]", "loss", _guided(mode), labels=True,
               empty_batch="error", train_buffers="one_forward")
-        for norm, kw in [("l1", {}), ("group", {"group_size": 4}), ("gaze", {})]
+        for mode in ("double_backprop", "finite_difference")
+    ),
+    *(
+        Entry(f"GradientNormPenalty[{norm}{',fd' if kw.get('mode') else ''}]", "loss",
+              _norm_penalty(norm, **kw), labels=True,
+              empty_batch="error", train_buffers="one_forward")
+        for norm, kw in [
+            ("l1", {}),
+            ("group", {"group_size": 4}),
+            ("gaze", {}),
+            ("l1", {"mode": "finite_difference"}),
+            ("group", {"group_size": 4, "mode": "finite_difference"}),
+        ]
     ),
     *(
         Entry(f"NormRegularizedAdversarialLoss[{norm},{steps}]", "loss",
