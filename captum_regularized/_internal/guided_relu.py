@@ -455,12 +455,21 @@ def guided_forward(
 _DOUBLE_BACKWARD = "compiled graphs cannot be differentiated twice (double backpropagation)"
 
 
+FINITE_DIFFERENCE_WAY_OUT = "or keep it and use mode='finite_difference' (first derivatives only)"
+"""What the double-backprop losses add to :func:`check_not_compiled`'s refusal."""
+
+
 def check_not_compiled(
-    model: nn.Module | None, name: str = "model", *, reason: str = _DOUBLE_BACKWARD
+    model: nn.Module | None,
+    name: str = "model",
+    *,
+    reason: str = _DOUBLE_BACKWARD,
+    also: str | None = None,
 ) -> None:
     """Raise ``TypeError`` for a ``torch.compile``'d module, with the way out.
 
-    ``reason`` says why it cannot be used (by default: it cannot double-backward).
+    ``reason`` says why it cannot be used (by default: it cannot double-backward);
+    ``also`` is a further way out appended to the message.
 
     Examples
     --------
@@ -470,15 +479,16 @@ def check_not_compiled(
         return
     for module_name, module in model.named_modules():
         where = f"{name}.{module_name}" if module_name else name
+        suffix = "" if also is None else f"; {also}"
         if hasattr(module, "_orig_mod"):
             raise TypeError(
                 f"{where} is a torch.compile'd module; {reason}. Pass the original module "
-                f"({where}._orig_mod) instead."
+                f"({where}._orig_mod) instead.{suffix}"
             )
         if getattr(module, "_compiled_call_impl", None) is not None:
             raise TypeError(
                 f"{where} was compiled in place (module.compile()); {reason}. Use a module "
-                "that was not compiled."
+                f"that was not compiled.{suffix}"
             )
 
 

@@ -8,14 +8,11 @@ gradients, for models that cannot be differentiated twice (see
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from torch import nn
 
 from captum_regularized._internal.checks import check_autograd_available
-from captum_regularized._internal.guided_relu import check_not_compiled
+from captum_regularized._internal.guided_relu import FINITE_DIFFERENCE_WAY_OUT, check_not_compiled
 from captum_regularized._internal.input_gradients import (
     GradientScaler,
     check_double_backward,
@@ -40,17 +37,6 @@ from captum_regularized._internal.model_state import batchnorm_statistics_restor
 from captum_regularized._internal.structured_norms import NormSpec, check_mask, conjugate_penalty
 
 __all__ = ["GradientNormPenalty"]
-
-
-@contextlib.contextmanager
-def _compile_hint() -> Iterator[None]:
-    """Add the way out to ``check_not_compiled``'s refusal."""
-    try:
-        yield
-    except TypeError as error:
-        raise TypeError(
-            f"{error}; or keep it and use mode='finite_difference' (first derivatives only)"
-        ) from error
 
 
 class GradientNormPenalty:
@@ -170,8 +156,7 @@ class GradientNormPenalty:
         self.spec = NormSpec(norm, epsilon, epsilon2, group_size)
         self.fd_step = check_mode(mode, fd_step)
         if mode == "double_backprop":
-            with _compile_hint():
-                check_not_compiled(model)
+            check_not_compiled(model, also=FINITE_DIFFERENCE_WAY_OUT)
         if grad_scaler is not None and not callable(getattr(grad_scaler, "scale", None)):
             raise TypeError(
                 "grad_scaler must be a torch.amp.GradScaler (an object with .scale(tensor)), "

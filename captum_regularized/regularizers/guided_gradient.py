@@ -27,6 +27,7 @@ from torch.overrides import TorchFunctionMode
 from captum_regularized._internal.captum_compat import format_additional_args
 from captum_regularized._internal.checks import check_autograd_available
 from captum_regularized._internal.guided_relu import (
+    FINITE_DIFFERENCE_WAY_OUT,
     check_not_compiled,
     guided_and_plain_gradients,
 )
@@ -141,17 +142,6 @@ def _extra_pass(model: nn.Module, device: torch.device) -> Iterator[None]:
     """An extra pass: same dropout masks as the caller's, BatchNorm statistics kept."""
     with rng_replayed(device), running_statistics_frozen(model):
         yield
-
-
-@contextlib.contextmanager
-def _compile_hint() -> Iterator[None]:
-    """Add the way out to ``check_not_compiled``'s refusal."""
-    try:
-        yield
-    except TypeError as error:
-        raise TypeError(
-            f"{error}; or keep it and use mode='finite_difference' (first derivatives only)"
-        ) from error
 
 
 def _penalty_direction(value: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
@@ -444,8 +434,7 @@ class GuidedGradientRegularizer:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.fd_step = check_mode(mode, fd_step)
         if mode == "double_backprop":
-            with _compile_hint():
-                check_not_compiled(model)
+            check_not_compiled(model, also=FINITE_DIFFERENCE_WAY_OUT)
         else:
             _eager_forward(model)  # refuses compiled submodules
         if grad_scaler is not None and not callable(getattr(grad_scaler, "scale", None)):
