@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from captum_regularized._internal.batch_args import is_per_example
 from captum_regularized._internal.captum_compat import (
     TargetType,
     expand_target,
@@ -210,10 +211,6 @@ def take_positions(
     return target, additional_args
 
 
-def _is_per_example(value: Any, batch: int) -> bool:
-    return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch
-
-
 def per_example_flags(
     additional_args: tuple[Any, ...] | None, batch: int
 ) -> tuple[bool, ...] | None:
@@ -231,7 +228,7 @@ def per_example_flags(
     """
     if additional_args is None:
         return None
-    return tuple(_is_per_example(arg, batch) for arg in additional_args)
+    return tuple(is_per_example(arg, batch) for arg in additional_args)
 
 
 def take_examples(
@@ -271,7 +268,7 @@ def take_examples(
         target = target[rows]
     if additional_args is not None:
         additional_args = tuple(
-            arg[rows] if _is_per_example(arg, batch) else arg for arg in additional_args
+            arg[rows] if is_per_example(arg, batch) else arg for arg in additional_args
         )
     return target, additional_args
 

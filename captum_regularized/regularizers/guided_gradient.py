@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from captum_regularized._internal.batch_args import is_per_example
 from captum_regularized._internal.captum_compat import format_additional_args
 from captum_regularized._internal.checks import check_autograd_available
 from captum_regularized._internal.guided_relu import (
@@ -88,10 +89,6 @@ _DISTANCES: dict[str, Distance] = {
 
 
 _batchnorm_statistics_frozen = running_statistics_frozen
-
-
-def _is_per_example(value: Any, batch: int) -> bool:
-    return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch
 
 
 def _check_per_example_loss(loss: Any, count: int) -> None:
@@ -735,5 +732,5 @@ def _subset_args(args: tuple[Any, ...] | None, rows: torch.Tensor, batch: int) -
     """Per-example additional forward arguments restricted to ``rows``."""
     if args is None:
         return None
-    return tuple(arg[rows] if _is_per_example(arg, batch) else arg for arg in args)
+    return tuple(arg[rows] if is_per_example(arg, batch) else arg for arg in args)
 
