@@ -15,7 +15,7 @@ storage is freed, and the highest total is reported. That count is deterministic
 not disturbed by other processes, unlike the resident-set size. The tracking slows the
 call down, so memory is always measured in a separate, untimed call.
 
-The scripts import this module as ``from _measure import ...``: Python puts a script's
+The scripts import this module as ``import _measure as measure``: Python puts a script's
 own folder first on ``sys.path``, so it works for ``python benchmarks/bench_x.py`` from
 any directory without ``PYTHONPATH``.
 """
@@ -152,6 +152,21 @@ class Row:
 
     seconds: float
     peak_bytes: float | None = None
+
+
+def measured_rows(
+    calls: Mapping[str, Callable[[], Any]],
+    device: torch.device,
+    repeats: int,
+    *,
+    clock: Literal["wall", "cpu"] = "wall",
+) -> dict[str, Row]:
+    """Median seconds (:func:`median_seconds`) and peak bytes (:func:`peak_bytes`) per call.
+
+    The peak is taken in a separate untimed call of each, after the timed rounds.
+    """
+    times = median_seconds(calls, device, repeats, clock=clock)
+    return {name: Row(times[name], peak_bytes(call, device)) for name, call in calls.items()}
 
 
 def print_table(

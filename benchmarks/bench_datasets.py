@@ -13,20 +13,20 @@ from __future__ import annotations
 
 import argparse
 
+import _measure as measure
 import torch
 import torchvision
-from _measure import Row, add_device_argument, median_seconds, print_table, select_device
 
 from captum_regularized.datasets import SyntheticShapes
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_device_argument(parser)
+    measure.add_device_argument(parser)
     parser.add_argument("--quick", action="store_true", help="one repeat, one size")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    device = select_device(args.device)
+    device = measure.select_device(args.device)
     repeats = 1 if args.quick else args.repeats
     print(f"device={device} threads={torch.get_num_threads()} repeats={repeats} (median)")
 
@@ -35,7 +35,7 @@ def main() -> None:
         shapes = SyntheticShapes(num_samples=count, image_size=size, seed=0)
         to_tensor = torchvision.transforms.PILToTensor()
         fake = torchvision.datasets.FakeData(count, (3, size, size), transform=to_tensor)
-        times = median_seconds(
+        times = measure.median_seconds(
             {
                 "SyntheticShapes": lambda shapes=shapes: shapes.tensors(device=device),
                 "FakeData": lambda fake=fake: torch.stack([fake[i][0] for i in range(len(fake))]),
@@ -43,8 +43,8 @@ def main() -> None:
             device,
             repeats,
         )
-        rows = {name: Row(seconds=t) for name, t in times.items()}
-        print_table(rows, ["FakeData"], label=f"{count} images of {size}x{size}")
+        rows = {name: measure.Row(seconds=t) for name, t in times.items()}
+        measure.print_table(rows, ["FakeData"], label=f"{count} images of {size}x{size}")
         per_second = count / times["SyntheticShapes"]
         print(f"SyntheticShapes: {times['SyntheticShapes']:.2f} s, {per_second:,.0f} images/s\n")
 

@@ -36,17 +36,10 @@ import argparse
 import warnings
 from collections.abc import Callable
 
+import _measure as measure
 import torch
 import torch.nn.functional as F
 import torchvision
-from _measure import (
-    Row,
-    add_device_argument,
-    median_seconds,
-    peak_bytes,
-    print_table,
-    select_device,
-)
 
 VARIANTS = {
     "a": "plain cross-entropy",
@@ -156,7 +149,7 @@ def _setup(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few steps (a smoke run)")
-    add_device_argument(parser)
+    measure.add_device_argument(parser)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
         "--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}"
@@ -164,7 +157,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="batch size")
     parser.add_argument("--size", type=int, default=64, help="image side")
     args = parser.parse_args()
-    device = select_device(args.device)
+    device = measure.select_device(args.device)
     repeats = 3 if args.quick else 10
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -181,22 +174,23 @@ def main() -> None:
         if unsupported is not None:
             print(f"(no guided rows: {unsupported})")
         steps = {v: _setup(v, device, name, args.batch, args.size) for v in variants}
-        times = median_seconds(steps, device, repeats)
-        rows = {v: Row(times[v], peak_bytes(step, device)) for v, step in steps.items()}
+        rows = measure.measured_rows(steps, device, repeats)
         notes = {v: VARIANTS[v] for v in variants}
-        print_table(rows, ["a", "floor"], label="variant", notes=notes, notes_header="description")
+        measure.print_table(
+            rows, ["a", "floor"], label="variant", notes=notes, notes_header="description"
+        )
         ratios = [
-            f"{fd}/{exact} time {times[fd] / times[exact]:.2f}x, "
+            f"{fd}/{exact} time {rows[fd].seconds / rows[exact].seconds:.2f}x, "
             f"memory {_ratio(rows[fd], rows[exact]):.2f}x"
             for fd, exact in (("c_fd", "c"), ("p_fd", "p"))
-            if fd in times
+            if fd in rows
         ]
         print("finite difference vs exact: " + "; ".join(ratios))
-        if "b" in times:
-            print(f"(c) is {times['b'] / times['c']:.2f}x faster than (b)")
+        if "b" in rows:
+            print(f"(c) is {rows['b'].seconds / rows['c'].seconds:.2f}x faster than (b)")
 
 
-def _ratio(row: Row, reference: Row) -> float:
+def _ratio(row: measure.Row, reference: measure.Row) -> float:
     if row.peak_bytes is None or not reference.peak_bytes:
         return float("nan")
     return row.peak_bytes / reference.peak_bytes

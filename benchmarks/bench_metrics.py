@@ -31,17 +31,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+import _measure as measure
 import torch
 import torch.nn.functional as F
 import torchvision
-from _measure import (
-    Row,
-    add_device_argument,
-    median_seconds,
-    peak_bytes,
-    print_table,
-    select_device,
-)
 
 from captum_regularized.metrics import allegiance_deletion_auc, deletion_auc
 from captum_regularized.models import SimpleCNN
@@ -73,10 +66,10 @@ def deletion_loop(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_device_argument(parser)
+    measure.add_device_argument(parser)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    device = select_device(args.device)
+    device = measure.select_device(args.device)
     torch.manual_seed(0)
     if args.quick:
         model, size, batch, steps, repeats = SimpleCNN(10, width=8), 32, 8, 16, 3
@@ -101,10 +94,9 @@ def main() -> None:
 
     print(f"device={device} model={type(model).__name__} images={batch}x3x{size}x{size} "
           f"steps={steps} (median of {repeats})")
-    times = median_seconds(peers, device, repeats)
-    rows = {name: Row(times[name], peak_bytes(fn, device)) for name, fn in peers.items()}
-    print_table(rows, ["ours[ibs=128]"], label="deletion")
-    allegiance = median_seconds(
+    rows = measure.measured_rows(peers, device, repeats)
+    measure.print_table(rows, ["ours[ibs=128]"], label="deletion")
+    allegiance = measure.median_seconds(
         {"allegiance": lambda: allegiance_deletion_auc(model, x, maps).auc}, device, repeats
     )["allegiance"]
     print(f"allegiance (13 fractions, ours): {allegiance * 1e3:.1f} ms")

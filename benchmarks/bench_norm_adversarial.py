@@ -6,7 +6,9 @@ training step (forward, backward, SGD update) is timed for
 * plain cross-entropy training (the unit of every ratio);
 * :class:`NormRegularizedAdversarialLoss` for every norm with ``steps=1`` (closed form)
   and ``steps=7`` (iterative, last iterate: the default; ``gaze`` has only the closed
-  form), and ``l1`` with ``steps=7, select_iterate="best"`` (one more forward pass);
+  form), ``l1`` with ``steps=7, select_iterate="best"`` (one more forward pass), and
+  ``l1`` with the authors' inner loop (``start="zero"``, ``step_size=0.3 * epsilon``,
+  ``update_batchnorm=True``: the same ``7`` passes);
 * :class:`GradientNormPenalty` for every norm (double back-propagation);
 * the peers: Captum's ``captum.robust.FGSM`` and ``captum.robust.PGD`` (L-inf, same
   radius and steps), each followed by the same outer training step.
@@ -35,17 +37,10 @@ import argparse
 import warnings
 from collections.abc import Callable
 
+import _measure as measure
 import torch
 import torch.nn.functional as F
 import torchvision
-from _measure import (
-    Row,
-    add_device_argument,
-    median_seconds,
-    peak_bytes,
-    print_table,
-    select_device,
-)
 from captum.robust import FGSM, PGD
 
 from captum_regularized.regularizers import GradientNormPenalty, NormRegularizedAdversarialLoss
@@ -94,6 +89,13 @@ def _steps(device: torch.device) -> dict[str, tuple[Callable[[], None], float | 
     configs[f"adversarial l1 steps={STEPS} best"] = (
         train_on(lambda: best(images, labels)), STEPS + 1.2
     )
+    authors = NormRegularizedAdversarialLoss(
+        model, **NORM_SETTINGS["l1"], steps=STEPS, step_size=0.3 * EPSILON, start="zero",
+        update_batchnorm=True, input_range=(0.0, 1.0),
+    )
+    configs[f"adversarial l1 steps={STEPS} authors"] = (
+        train_on(lambda: authors(images, labels)), STEPS + 1.2
+    )
     for name, settings in NORM_SETTINGS.items():
         pen = GradientNormPenalty(model, **settings)
         extra = {"mask": mask} if name == "gaze" else {}
@@ -122,32 +124,34 @@ def _steps(device: torch.device) -> dict[str, tuple[Callable[[], None], float | 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 timed repetitions, not 7")
-    add_device_argument(parser)
+    measure.add_device_argument(parser)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="Input Tensor .* did not already require")
     torch.set_num_threads(args.threads)
-    device = select_device(args.device)
+    device = measure.select_device(args.device)
     configs = _steps(device)
     reps = 3 if args.quick else 7
     clock = "wall" if device.type == "cuda" else "cpu"
     print(f"resnet18(num_classes={CLASSES}), batch {BATCH}, {SIZE}x{SIZE}, {device}, "
           f"{torch.get_num_threads()} threads, median of {reps} steps, {clock} time")
     step_of = {name: step for name, (step, _) in configs.items()}
-    times = median_seconds(step_of, device, reps, clock=clock)
-    rows = {name: Row(times[name], peak_bytes(step, device)) for name, step in step_of.items()}
+    rows = measure.measured_rows(step_of, device, reps, clock=clock)
     targets = {
         name: f"<={target:.1f}" for name, (_, target) in configs.items() if target is not None
     }
-    print_table(rows, ["plain"], label="configuration", notes=targets, notes_header="target")
+    measure.print_table(
+        rows, ["plain"], label="configuration", notes=targets, notes_header="target"
+    )
     for ours, peer_name in [
         ("adversarial l1 steps=1", "captum FGSM (peer, steps=1)"),
         (f"adversarial l1 steps={STEPS}", f"captum PGD (peer, steps={STEPS})"),
         (f"adversarial l1 steps={STEPS} best", f"captum PGD (peer, steps={STEPS})"),
+        (f"adversarial l1 steps={STEPS} authors", f"captum PGD (peer, steps={STEPS})"),
     ]:
-        target = " (target <=1.00x)" if not ours.endswith("best") else ""
+        target = "" if ours.endswith("best") else " (target <=1.00x)"
         print(f"{ours.removeprefix('adversarial ')} vs {peer_name}: "
-              f"{times[ours] / times[peer_name]:.2f}x its time{target}")
+              f"{rows[ours].seconds / rows[peer_name].seconds:.2f}x its time{target}")
 
 
 if __name__ == "__main__":

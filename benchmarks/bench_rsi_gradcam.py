@@ -36,21 +36,31 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+import _measure as measure
 import torch
 import torchvision
-from _measure import (
-    Row,
-    add_device_argument,
-    median_seconds,
-    peak_bytes,
-    print_table,
-    select_device,
-)
 from captum.attr import LayerGradCam, LayerIntegratedGradients
 from torch import nn
 
-from captum_regularized._internal.path_batching import automatic_pass_rows
 from captum_regularized.attr import LayerRSIGradCam
+
+
+def default_pass_rows(
+    cam: LayerRSIGradCam, x: torch.Tensor, target: torch.Tensor, n_steps: int
+) -> int | None:
+    """Rows per pass ``cam`` picks when given no ``internal_batch_size``; ``None``: one pass.
+
+    Read off the model's forward passes in one untimed call.
+    """
+    model = cam.forward_func
+    assert isinstance(model, nn.Module)
+    rows: list[int] = []
+    handle = model.register_forward_hook(lambda m, i, o: rows.append(o.shape[0]))
+    try:
+        cam.attribute(x, target=target, n_steps=n_steps, output_transform="softmax")
+    finally:
+        handle.remove()
+    return None if rows[0] == x.shape[0] * (n_steps + 1) else rows[0]
 
 
 def author_loop(
@@ -108,7 +118,7 @@ def lowest_spearman(maps: torch.Tensor, reference: torch.Tensor) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_device_argument(parser)
+    measure.add_device_argument(parser)
     parser.add_argument("--quick", action="store_true", help="one timed repeat, no ibs row")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -121,7 +131,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = select_device(args.device)
+    device = measure.select_device(args.device)
     repeats = args.repeats or (1 if args.quick else 3)
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None, num_classes=10).to(device).eval()
@@ -155,7 +165,7 @@ def main() -> None:
 
     for name, tolerance in tolerances.items():
         methods[name] = auto(tolerance)
-    rows_per_pass = automatic_pass_rows((x,))
+    rows_per_pass = default_pass_rows(rsi, x, target, steps)
     if not args.quick:
         # the same pass size for both path methods, and ours in a single pass
         methods["rsi[one pass]"] = lambda: rsi.attribute(
@@ -171,8 +181,7 @@ def main() -> None:
         f"resnet18/{args.layer} batch={args.batch} {args.size}x{args.size} n_steps={steps} "
         f"device={device} threads={torch.get_num_threads()} repeats={repeats} (median)"
     )
-    times = median_seconds(methods, device, repeats)
-    rows = {key: Row(times[key], peak_bytes(fn, device)) for key, fn in methods.items()}
+    rows = measure.measured_rows(methods, device, repeats)
     reference = rsi.attribute(x, target=target, n_steps=256, output_transform="softmax")
     notes, quality = {}, {}
     for name in tolerances:
@@ -184,24 +193,24 @@ def main() -> None:
             f"steps mean {used.double().mean():.1f} max {int(used.max())}; "
             f"spearman vs 256 steps {quality[name]:.5f}"
         )
-    print_table(
+    measure.print_table(
         rows, ["rsi", "layer_ig", "loop", "grad_cam"], notes=notes, notes_header="auto steps"
     )
-    t_rsi, t_ig, t_loop = times["rsi"], times["layer_ig"], times["loop"]
+    t_rsi, t_ig, t_loop = rows["rsi"].seconds, rows["layer_ig"].seconds, rows["loop"].seconds
     print(
         f"targets: rsi/layer_ig time {t_rsi / t_ig:.2f} (CPU goal <= 0.60); "
         f"loop/rsi speed-up {t_loop / t_rsi:.1f}x (CUDA goal >= 5x)"
     )
-    t_auto = times["rsi[auto 1e-2]"]
+    t_auto = rows["rsi[auto 1e-2]"].seconds
     print(
         f"targets (auto 1e-2): time vs {steps} fixed steps {t_auto / t_rsi:.2f} (goal <= 0.40); "
         f"vs layer_ig {t_auto / t_ig:.2f} (goal <= 0.35); "
         f"spearman vs 256 steps {quality['rsi[auto 1e-2]']:.5f} (goal >= 0.999)"
     )
     same_size = f"layer_ig[ibs={rows_per_pass}]"
-    if same_size in times:
+    if same_size in rows:
         print(f"at the same pass size ({rows_per_pass} rows, ours by default on CPU): "
-              f"rsi/layer_ig time {t_rsi / times[same_size]:.2f}")
+              f"rsi/layer_ig time {t_rsi / rows[same_size].seconds:.2f}")
 
 
 if __name__ == "__main__":

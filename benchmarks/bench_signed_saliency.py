@@ -8,8 +8,9 @@ Peers, all on the same inputs and device:
 * ``saliency``: one call of Captum's ``Saliency`` (a single backward pass; the cost of
   the plain gradient map, a floor no all-class method can reach).
 
-Rows ``engine[vmap]`` / ``engine[loop]`` force one back-propagation strategy of the
-class-gradient engine; ``ActiveSaliency`` uses ``"auto"`` (vmap on CUDA, loop on CPU).
+Rows ``ActiveSaliency[vmap]`` / ``ActiveSaliency[loop]`` force one back-propagation
+strategy of the class-gradient engine (the public ``backward_strategy`` attribute);
+``ActiveSaliency`` uses ``"auto"`` (vmap on CUDA, loop on CPU).
 
 Time: median wall-clock time per call (synchronised on CUDA) after one warm-up, the
 methods interleaved. Peak memory: the most memory the call's own tensors held at once,
@@ -30,19 +31,11 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import _measure as measure
 import torch
 import torchvision
-from _measure import (
-    Row,
-    add_device_argument,
-    median_seconds,
-    peak_bytes,
-    print_table,
-    select_device,
-)
 from captum.attr import Saliency
 
-from captum_regularized._internal.class_gradients import class_gradients
 from captum_regularized.attr import ActiveSaliency
 from captum_regularized.models import SimpleCNN
 
@@ -78,14 +71,14 @@ def cases() -> list[tuple[str, Callable[[], torch.nn.Module], int, int]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_device_argument(parser)
+    measure.add_device_argument(parser)
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = select_device(args.device)
+    device = measure.select_device(args.device)
     repeats = args.repeats or (1 if args.quick else 5)
     warnings.filterwarnings("ignore", message="Input Tensor .* did not already require gradients")
     print(f"device={device} threads={torch.get_num_threads()} repeats={repeats} (median)")
@@ -95,17 +88,19 @@ def main() -> None:
         x = torch.rand(batch, 3, size, size, device=device)
         saliency = Saliency(model)
         active = ActiveSaliency(model)
+        forced = {strategy: ActiveSaliency(model) for strategy in ("vmap", "loop")}
+        for strategy, method in forced.items():
+            method.backward_strategy = strategy
         methods: dict[str, Callable[[], Any]] = {
             "loop": lambda model=model, x=x: author_loop(model, x),
             "saliency": lambda saliency=saliency, x=x: saliency.attribute(x, target=0, abs=False),
             "ActiveSaliency": lambda active=active, x=x: active.attribute(x),
-            "engine[vmap]": lambda model=model, x=x: class_gradients(model, (x,), strategy="vmap"),
-            "engine[loop]": lambda model=model, x=x: class_gradients(model, (x,), strategy="loop"),
+            "ActiveSaliency[vmap]": lambda m=forced["vmap"], x=x: m.attribute(x),
+            "ActiveSaliency[loop]": lambda m=forced["loop"], x=x: m.attribute(x),
         }
-        times = median_seconds(methods, device, repeats)
-        rows = {key: Row(times[key], peak_bytes(fn, device)) for key, fn in methods.items()}
+        rows = measure.measured_rows(methods, device, repeats)
         print(f"\n{case}")
-        print_table(rows, ["loop", "saliency"])
+        measure.print_table(rows, ["loop", "saliency"])
     print("t/loop < 1 means faster than the per-class loop; m/* compare peak memory.")
 
 

@@ -11,19 +11,43 @@ reproduce
 
 Bad arguments exit with code 2 and a one-line reason. Arguments are checked before the
 ``--out`` folder is created, and a folder the command created is removed again when the
-run stops before writing anything into it.
+run stops before writing anything into it. The argument types and these checks live in
+:mod:`captum_regularized.cli_support`, shared with the ``reproduce`` command
+(:mod:`captum_regularized.study.command`). Importing this module changes nothing
+(matplotlib's backend included); :func:`main` switches matplotlib to ``Agg`` for the
+command it runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-EXIT_BAD_ARGUMENTS = 2
+import matplotlib
+
+from captum_regularized.cli_support import (
+    EXIT_BAD_ARGUMENTS,
+    UsageError,
+    check_device,
+    check_output_dir,
+    output_dir,
+    seed_argument,
+)
+from captum_regularized.demo import run_demo
+from captum_regularized.study.command import add_reproduce_parser, run_reproduce
+
+__all__ = [
+    "EXIT_BAD_ARGUMENTS",
+    "UsageError",
+    "check_device",
+    "check_output_dir",
+    "main",
+    "output_dir",
+    "seed_argument",
+]
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -32,29 +56,6 @@ class _OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_ARGUMENTS)
-
-
-class UsageError(Exception):
-    """A problem with the user's arguments or environment, reported in one line."""
-
-
-def seed_argument(text: str) -> int:
-    """Type of every ``--seed`` option: a non-negative integer.
-
-    A bad value is an ``argparse`` error, so the command exits with code 2 and one line.
-
-    Examples
-    --------
-    >>> seed_argument("3")
-    3
-    """
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -79,75 +80,8 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--no-progress", action="store_true", help="hide the training progress bars"
     )
-    from captum_regularized.study.command import add_reproduce_parser
-
     add_reproduce_parser(commands)
     return parser
-
-
-def check_output_dir(path: Path) -> Path:
-    """Create ``path`` if needed and make sure a file can be written there.
-
-    Raises
-    ------
-    UsageError
-        When the folder cannot be created or written to.
-    """
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as error:
-        raise UsageError(f"--out {path}: cannot write there ({error.strerror or error})") from None
-    return path
-
-
-@contextlib.contextmanager
-def output_dir(path: Path) -> Iterator[Path]:
-    """:func:`check_output_dir` for the length of a run, tidied up if the run fails.
-
-    When the block raises, the folders this call created (``path`` and any missing
-    parents) are removed again as long as they are still empty; a folder that existed
-    before is never removed. Check everything that can be checked (the device, the
-    arguments) before entering.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> out = Path(tempfile.mkdtemp()) / "run" / "one"
-    >>> try:
-    ...     with output_dir(out):
-    ...         raise UsageError("the run failed before writing anything")
-    ... except UsageError:
-    ...     pass
-    >>> out.parent.exists()
-    False
-    """
-    path = Path(path)
-    created = []
-    ancestor = path.absolute()
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        created.append(ancestor)
-        ancestor = ancestor.parent
-    try:
-        yield check_output_dir(path)
-    except BaseException:
-        for folder in created:  # deepest first
-            try:
-                folder.rmdir()  # only succeeds on an empty folder
-            except OSError:
-                break
-        raise
-
-
-def check_device(name: str) -> str:
-    """Return ``name`` if usable; ``cuda`` without a GPU is a ``UsageError``."""
-    import torch
-
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: CUDA is not available on this machine")
-    return name
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -163,13 +97,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_BAD_ARGUMENTS
+    # A command only writes image files: no figure windows, whatever the session's backend.
+    matplotlib.use("Agg")
     # Captum's notes about its own bookkeeping are noise in a command's output.
     warnings.filterwarnings("ignore", message=".*required_grads has been set automatic")
     warnings.filterwarnings("ignore", message=".*Setting backward hooks on ReLU")
     try:
         if args.command == "demo":
-            from captum_regularized.demo import run_demo
-
             device = check_device(args.device)
             with output_dir(args.out) as out:
                 run_demo(
@@ -178,8 +112,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             print(f"wrote {out / 'report.md'}")
         elif args.command == "reproduce":
-            from captum_regularized.study.command import run_reproduce
-
             print(f"wrote {run_reproduce(args)}")
     except UsageError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)

@@ -4,6 +4,14 @@
 :class:`~captum_regularized.datasets.SyntheticShapes`, explains held-out images with
 Captum's methods and this package's, scores every map against the ground-truth masks,
 and writes ``attributions.png``, ``metrics.json`` and ``report.md``.
+
+The demo is one configuration of the reproduction study's machinery: its sizes are a
+:class:`~captum_regularized.study.StudySettings`, its data come from the study's
+per-seed data (:class:`~captum_regularized.study.study_data.StudyData`), its model is
+the study's ``simple_cnn`` recipe, and its maps are scored and drawn with the study's
+helpers (:mod:`~captum_regularized.study.map_scores`,
+:mod:`~captum_regularized.study.figures`). What is its own: the set of methods, the
+fine-tuning with each training loss, and the report.
 """
 
 from __future__ import annotations
@@ -12,35 +20,51 @@ import copy
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import torch
-from captum.attr import GuidedBackprop, LayerAttribution, LayerGradCam, Saliency
+from captum.attr import GuidedBackprop, LayerGradCam, Saliency
 from torch import nn
-from torch.utils.data import Subset, TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from captum_regularized.attr import LayerRSIGradCam, signed_saliency_maps
-from captum_regularized.datasets import SyntheticShapes
 from captum_regularized.metrics import (
     deletion_auc,
     energy_pointing_game,
     gini_sparseness,
     gradient_alignment,
-    pointing_game,
 )
-from captum_regularized.models import SimpleCNN, evaluate_accuracy, train_classifier
+from captum_regularized.models import (
+    LossHook,
+    SimpleCNN,
+    evaluate_accuracy,
+    train_classifier,
+    with_cross_entropy,
+)
 from captum_regularized.regularizers import (
     GuidedGradientRegularizer,
     NormRegularizedAdversarialLoss,
 )
-from captum_regularized.visualization import plot_attributions
+from captum_regularized.study.figures import save_maps_figure
+from captum_regularized.study.map_scores import mask_scores, upsampled
+from captum_regularized.study.model_zoo import RECIPES
+from captum_regularized.study.settings import FULL as STUDY_FULL
+from captum_regularized.study.settings import StudySettings
+from captum_regularized.study.study_data import StudyData
+
+__all__ = [
+    "CONTROL_TRAINING",
+    "DEMO_FULL",
+    "DEMO_QUICK",
+    "MASK_COLUMN",
+    "REGULARIZED_TRAINING",
+    "DemoSettings",
+    "Explainer",
+    "attribution_methods",
+    "run_demo",
+]
 
 Explainer = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 """``explain(images, targets) -> {column: maps}``, maps ``(B, C, H, W)`` or ``(B, 1, H, W)``."""
@@ -49,38 +73,71 @@ SIGNED_KINDS = ("positive", "negative", "active", "inactive")
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Sizes of one demo run (see :data:`FULL` and :data:`QUICK`)."""
+    """Sizes of one demo run (see :data:`DEMO_FULL` and :data:`DEMO_QUICK`).
 
-    image_size: int
-    train_samples: int
-    test_samples: int
-    num_classes: int
-    num_distractors: int
-    width: int
-    epochs: int
-    batch_size: int
-    lr: float
-    figure_rows: int
-    scored_examples: int
-    deletion_steps: int
+    Attributes
+    ----------
+    study : StudySettings
+        Data, training and scoring sizes, read as the study reads them (one seed; the
+        ``"standard"`` synthetic configuration, two distractors):
+        ``eval_examples`` images are explained and scored, ``perturbation_steps`` are the
+        deletion curve's steps, ``figure_rows`` the figure's rows.
+    finetune_epochs, finetune_samples : int
+        The fine-tuning of the trained model with each training loss.
+
+    Examples
+    --------
+    >>> DEMO_QUICK.record()["scored_examples"] == DEMO_QUICK.study.eval_examples
+    True
+    """
+
+    study: StudySettings
     finetune_epochs: int
     finetune_samples: int
 
+    def record(self) -> dict[str, Any]:
+        """The sizes as ``metrics.json`` and the report name them."""
+        s = self.study
+        return {
+            "image_size": s.image_size,
+            "train_samples": s.train_samples,
+            "test_samples": s.test_samples,
+            "num_classes": s.num_classes,
+            "num_distractors": s.num_distractors,
+            "width": s.width,
+            "epochs": s.epochs,
+            "batch_size": s.batch_size,
+            "lr": s.lr,
+            "figure_rows": s.figure_rows,
+            "scored_examples": s.eval_examples,
+            "deletion_steps": s.perturbation_steps,
+            "finetune_epochs": self.finetune_epochs,
+            "finetune_samples": self.finetune_samples,
+        }
 
-FULL = DemoSettings(
-    image_size=32, train_samples=4000, test_samples=1000, num_classes=10, num_distractors=2,
-    width=8, epochs=5, batch_size=64, lr=1e-2, figure_rows=5, scored_examples=200,
-    deletion_steps=16, finetune_epochs=1, finetune_samples=4000,
+
+DEMO_FULL = DemoSettings(
+    replace(
+        STUDY_FULL, seeds=1, synthetic_configuration="standard", image_size=32,
+        num_classes=10, num_distractors=2, width=8, batch_size=64, lr=1e-2,
+        train_samples=4000, test_samples=1000, epochs=5, eval_examples=200,
+        perturbation_steps=16, figure_rows=5,
+    ),
+    finetune_epochs=1,
+    finetune_samples=4000,
 )
-QUICK = DemoSettings(
-    image_size=32, train_samples=2500, test_samples=200, num_classes=10, num_distractors=2,
-    width=8, epochs=3, batch_size=64, lr=1e-2, figure_rows=3, scored_examples=32,
-    deletion_steps=8, finetune_epochs=1, finetune_samples=256,
+"""``captum-regularized demo``, the run the README shows."""
+DEMO_QUICK = DemoSettings(
+    replace(
+        DEMO_FULL.study, train_samples=2500, test_samples=200, epochs=3, eval_examples=32,
+        perturbation_steps=8, figure_rows=3,
+    ),
+    finetune_epochs=1,
+    finetune_samples=256,
 )
+"""``captum-regularized demo --quick`` (about 45 s on 2 idle CPU cores)."""
 MASK_COLUMN = "ground-truth mask"
 """Title of the figure column that shows the mask of the object that decides the label."""
-TEST_SEED_OFFSET = 1_000_003
-"""The held-out set uses ``seed + TEST_SEED_OFFSET``: disjoint random streams."""
 
 
 def attribution_methods(model: SimpleCNN) -> dict[str, Explainer]:
@@ -88,14 +145,16 @@ def attribution_methods(model: SimpleCNN) -> dict[str, Explainer]:
 
     A group computes its columns together (the four signed maps share one set of class
     gradients). Every map lives on the model's device.
+
+    Examples
+    --------
+    >>> list(attribution_methods(SimpleCNN(3, width=2)))
+    ['Saliency', 'GuidedBackprop', 'Grad-CAM', 'signed saliency', 'RSI-Grad-CAM']
     """
     saliency = Saliency(model)
     guided = GuidedBackprop(model)
     grad_cam = LayerGradCam(model, model.block3)
     rsi_grad_cam = LayerRSIGradCam(model, model.block3)
-
-    def upsampled(maps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return LayerAttribution.interpolate(maps, tuple(like.shape[-2:]), "bilinear")
 
     def signed(x: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
         maps = signed_saliency_maps(model, x, target=t)
@@ -122,46 +181,47 @@ def attribution_methods(model: SimpleCNN) -> dict[str, Explainer]:
 
 
 CONTROL_TRAINING = "plain cross-entropy"
-REGULARIZED_TRAINING: dict[str, Callable[[nn.Module], Callable | None]] = {
+REGULARIZED_TRAINING: dict[str, Callable[[nn.Module], LossHook | None]] = {
     CONTROL_TRAINING: lambda m: None,
-    "guided alignment": lambda m: GuidedGradientRegularizer(m, weight=0.15),
+    "guided alignment": lambda m: with_cross_entropy(GuidedGradientRegularizer(m, weight=0.15)),
     "l1 adversarial": lambda m: NormRegularizedAdversarialLoss(m, norm="l1", epsilon=0.005),
 }
 """Losses the demo fine-tunes the trained model with; plain cross-entropy is the control."""
 
 
 def _fine_tuned(
-    model: nn.Module, train_set: TensorDataset, settings: DemoSettings, device: str,
+    model: nn.Module, train_set: Dataset, settings: DemoSettings, device: str,
     seed: int, progress: bool,
 ) -> dict[str, nn.Module]:
     """Copies of the trained model, each fine-tuned with one regularizer."""
-    subset = Subset(train_set, range(min(settings.finetune_samples, len(train_set))))
+    size = len(train_set)  # type: ignore[arg-type]
+    subset = Subset(train_set, range(min(settings.finetune_samples, size)))
+    s = settings.study
     tuned = {}
     for name, make_loss in REGULARIZED_TRAINING.items():
         student = copy.deepcopy(model).train()
         train_classifier(
-            student, subset, epochs=settings.finetune_epochs, batch_size=settings.batch_size,
-            lr=settings.lr / 3, device=device, loss=make_loss(student), progress=progress,
+            student, subset, epochs=settings.finetune_epochs, batch_size=s.batch_size,
+            lr=s.lr / 3, device=device, loss=make_loss(student), progress=progress,
             seed=seed + 1,
         )
         tuned[name] = student.eval()
     return tuned
 
 
-def _score_maps(
+def _map_scores(
     model: nn.Module,
     images: torch.Tensor,
     targets: torch.Tensor,
     masks: torch.Tensor,
     maps: torch.Tensor,
-    settings: DemoSettings,
+    steps: int,
 ) -> dict[str, float]:
+    """The study's mask scores, the deletion AUC (black fill) and the Gini index."""
+    deletion = deletion_auc(model, images, maps, target=targets, steps=steps)
     return {
-        "energy_in_mask": float(energy_pointing_game(maps, masks).mean()),
-        "pointing_game": float(pointing_game(maps, masks).mean()),
-        "deletion_auc": float(
-            deletion_auc(model, images, maps, target=targets, steps=settings.deletion_steps).mean()
-        ),
+        **mask_scores(maps, masks),
+        "deletion_auc": float(deletion.mean()),
         "gini": float(gini_sparseness(maps).mean()),
     }
 
@@ -242,7 +302,7 @@ def run_demo(
     out : Path
         Existing, writable folder.
     quick : bool
-        Use :data:`QUICK` (seconds) instead of :data:`FULL`.
+        Use :data:`DEMO_QUICK` (seconds) instead of :data:`DEMO_FULL`.
     device : str
         ``"cpu"`` or ``"cuda"``.
     seed : int
@@ -256,54 +316,53 @@ def run_demo(
         What ``metrics.json`` holds.
     """
     started = time.perf_counter()
-    settings = QUICK if quick else FULL
+    settings = DEMO_QUICK if quick else DEMO_FULL
+    s = settings.study
     torch.manual_seed(seed)
-    data_args = dict(
-        image_size=settings.image_size,
-        num_classes=settings.num_classes,
-        num_distractors=settings.num_distractors,
-    )
-    train_set = SyntheticShapes(settings.train_samples, seed=seed, **data_args).materialize()
-    test = SyntheticShapes(settings.test_samples, seed=seed + TEST_SEED_OFFSET, **data_args)
-    test_images, test_labels, test_masks = test.tensors()
+    data = StudyData(s)
+    seed_data = data.for_seed(seed)
+    test_images, test_labels = seed_data.test_images, seed_data.test_labels
+    test_masks = cast(torch.Tensor, seed_data.test_masks)  # synthetic data: masks known
+    held_out = TensorDataset(test_images, test_labels)
 
-    model = SimpleCNN(settings.num_classes, width=settings.width)
+    model = RECIPES["simple_cnn"].build(data.num_classes, s)
     train_started = time.perf_counter()
     history = train_classifier(
-        model, train_set, epochs=settings.epochs, batch_size=settings.batch_size,
-        lr=settings.lr, device=device, progress=progress, seed=seed,
+        model, seed_data.train_set, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
+        device=device, progress=progress, seed=seed,
     )
     train_seconds = time.perf_counter() - train_started
-    accuracy = evaluate_accuracy(model, TensorDataset(test_images, test_labels), device=device)
+    accuracy = evaluate_accuracy(model, held_out, device=device)
     model.eval()
 
-    count = settings.scored_examples
+    count = s.eval_examples
     images = test_images[:count].to(device)
     labels = test_labels[:count].to(device)
     masks = test_masks[:count].to(device)
-    rows = _figure_rows(labels.cpu(), settings.figure_rows).to(device)
+    rows = _figure_rows(labels.cpu(), s.figure_rows).to(device)
 
     # the figure's columns: the input (mask outlined), the mask itself, one per method
     figure_maps: dict[str, torch.Tensor] = {MASK_COLUMN: masks[rows].float()}
     scores: dict[str, dict[str, float]] = {}
-    for explain in attribution_methods(model).values():
+    for explain in attribution_methods(cast(SimpleCNN, model)).values():
         method_started = time.perf_counter()
         columns = explain(images, labels)
         seconds = (time.perf_counter() - method_started) / len(columns)
         for name, maps in columns.items():
             maps = maps.detach()
-            scores[name] = {**_score_maps(model, images, labels, masks, maps, settings),
-                            "seconds": seconds}
+            scores[name] = {
+                **_map_scores(model, images, labels, masks, maps, s.perturbation_steps),
+                "seconds": seconds,
+            }
             figure_maps[name] = maps[rows]
 
     training: dict[str, dict[str, float]] = {}
-    for name, student in _fine_tuned(model, train_set, settings, device, seed, progress).items():
+    tuned = _fine_tuned(model, seed_data.train_set, settings, device, seed, progress)
+    for name, student in tuned.items():
         student.eval()
         plain = Saliency(student).attribute(images, target=labels, abs=True).detach()
         training[name] = {
-            "accuracy": evaluate_accuracy(
-                student, TensorDataset(test_images, test_labels), device=device
-            ),
+            "accuracy": evaluate_accuracy(student, held_out, device=device),
             "gradient_alignment": float(gradient_alignment(student, images, labels).mean()),
             "saliency_gini": float(gini_sparseness(plain).mean()),
             "saliency_energy_in_mask": float(energy_pointing_game(plain, masks).mean()),
@@ -311,15 +370,13 @@ def run_demo(
         if name != CONTROL_TRAINING:
             figure_maps[f"Saliency, {name}"] = plain[rows]
 
-    figure, _ = plot_attributions(
-        images[rows], figure_maps, mask=masks[rows],
-        row_labels=[test.shape_names[int(i)] for i in labels[rows].tolist()],
+    save_maps_figure(
+        out / "attributions.png", images[rows], figure_maps, masks=masks[rows],
+        row_labels=[data.class_names[int(i)] for i in labels[rows].tolist()], dpi=110,
     )
-    figure.savefig(out / "attributions.png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
 
     results = {
-        "settings": asdict(settings),
+        "settings": settings.record(),
         "quick": quick,
         "seed": seed,
         "device": device,

@@ -21,10 +21,11 @@ from typing import Any, cast
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
+
+from captum_regularized._internal.pixel_maps import per_pixel_map
 
 __all__ = ["plot_attributions", "plot_curves"]
 
@@ -117,9 +118,8 @@ def _raw_attribution(
 
 def _reduced_map(raw: torch.Tensor, signed: bool, size: tuple[int, int]) -> np.ndarray:
     """Sum channels (of magnitudes when unsigned), upsample bilinearly to ``size``."""
-    summed = (raw if signed else raw.abs()).float().sum(dim=1, keepdim=True)
-    if tuple(summed.shape[-2:]) != size:
-        summed = F.interpolate(summed, size=size, mode="bilinear", align_corners=False)
+    values = (raw if signed else raw.abs()).float()
+    summed = per_pixel_map(values, raw.shape[0], size, channel_reduction="sum")
     return summed[:, 0].cpu().numpy()
 
 

@@ -4,11 +4,15 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
 
 from captum_regularized.cli import main
+from captum_regularized.datasets import SyntheticShapes
+from captum_regularized.demo import DEMO_FULL, DEMO_QUICK, DemoSettings
+from captum_regularized.study.study_data import StudyData
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +64,7 @@ def test_quick_demo_writes_its_files(quick_demo):
         (["demo", "--bogus"], "unrecognized arguments"),
         (["demo", "--seed", "-1"], "argument --seed: must be >= 0"),
         (["frobnicate"], "invalid choice"),
+        (["reproduce", "--seed", "-1"], "argument --seed: must be >= 0"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, reason, capsys):
@@ -99,3 +104,36 @@ def test_module_and_console_script_are_the_same_command():
         pytest.skip("the package is not installed with its console script")
     installed = subprocess.run([script, "--help"], capture_output=True, text=True)
     assert installed.returncode == 0 and installed.stdout == module.stdout
+
+
+def test_demo_sizes_are_the_documented_ones():
+    """What metrics.json records as the demo's settings (its numbers depend on them)."""
+    common = dict(image_size=32, num_classes=10, num_distractors=2, width=8, batch_size=64,
+                  lr=1e-2, finetune_epochs=1)
+    assert DEMO_QUICK.record() == {
+        **common, "train_samples": 2500, "test_samples": 200, "epochs": 3, "figure_rows": 3,
+        "scored_examples": 32, "deletion_steps": 8, "finetune_samples": 256,
+    }
+    assert DEMO_FULL.record() == {
+        **common, "train_samples": 4000, "test_samples": 1000, "epochs": 5, "figure_rows": 5,
+        "scored_examples": 200, "deletion_steps": 16, "finetune_samples": 4000,
+    }
+    assert list(DEMO_QUICK.record())[:3] == ["image_size", "train_samples", "test_samples"]
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_demo_data_are_the_plain_synthetic_shapes(seed):
+    """The study's data machinery, at the demo's settings, draws what the demo always drew:
+    ``SyntheticShapes`` with two distractors, the held-out set ``1_000_003`` seeds away."""
+    small = DemoSettings(replace(DEMO_QUICK.study, train_samples=6, test_samples=4), 1, 6)
+    seed_data = StudyData(small.study).for_seed(seed)
+    sizes = dict(image_size=32, num_classes=10, num_distractors=2)
+    train = SyntheticShapes(6, seed=seed, **sizes).tensors()
+    test = SyntheticShapes(4, seed=seed + 1_000_003, **sizes).tensors()
+    assert len(seed_data.train_set.tensors) == len(train)
+    for ours, theirs in zip(seed_data.train_set.tensors, train):
+        assert torch.equal(ours, theirs)
+    for ours, theirs in zip(
+        (seed_data.test_images, seed_data.test_labels, seed_data.test_masks), test
+    ):
+        assert torch.equal(ours, theirs)

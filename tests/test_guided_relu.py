@@ -23,6 +23,7 @@ from captum_regularized._internal.guided_relu import (
     recording_relus,
 )
 from captum_regularized.models import SimpleCNN
+from tests.guided_nets import twin_nets
 from tests.model_checks import assert_no_hooks, untouched
 
 
@@ -53,30 +54,6 @@ class ReusedReLU(nn.Module):
         h = self.relu(self.a(x))
         h = self.relu(self.b(h) - h)
         return self.c(self.relu(h))
-
-
-class ModuleNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
-        self.conv3, self.fc = nn.Conv2d(4, 4, 3, padding=1), nn.Linear(4, 3)
-        self.relus = nn.ModuleList([nn.ReLU(), nn.ReLU(inplace=True), nn.ReLU(), nn.ReLU()])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.relus[0](self.conv1(x))
-        h = self.relus[1](self.conv2(h))
-        h = self.relus[2](self.conv3(h) + h)
-        return self.fc(self.relus[3](h.mean((2, 3))))
-
-
-class FunctionalNet(ModuleNet):
-    """The same weights, every ReLU in another functional form."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.conv1(x))
-        h = torch.relu_(self.conv2(h))
-        h = (self.conv3(h) + h).relu()
-        return self.fc(F.relu(h.mean((2, 3)), inplace=True))
 
 
 @pytest.mark.parametrize("train", [False, True])
@@ -110,9 +87,7 @@ def test_guided_equals_captum_with_a_reused_relu_module():
 
 
 def test_functional_relus_get_the_same_target_as_their_module_twin():
-    modules = ModuleNet()
-    functional = FunctionalNet()
-    functional.load_state_dict(modules.state_dict())
+    modules, functional = twin_nets()
     x = torch.randn(4, 3, 8, 8)
     target = torch.tensor([0, 1, 2, 1])
     _, plain_f, guided_f = guided_and_plain_gradients(functional, x, target)
@@ -166,13 +141,13 @@ def test_target_none_means_the_predicted_class():
     torch.testing.assert_close(plain, plain_gradient(model, x, predicted))
 
 
-def test_create_graph_keeps_a_differentiable_plain_gradient_and_inert_hooks():
-    model = ReusedReLU()
+def _create_graph_gradients(model: nn.Module):
+    """``(plain, guided, logits)`` with ``create_graph=True``, after checking that a later
+    backward pass through the logits and the plain gradient is the plain one (the hooks
+    left on the graph are switched off), against autograd on the same model."""
     x = torch.randn(4, 6)
     target = torch.tensor([0, 2, 1, 1])
     logits, plain, guided = guided_and_plain_gradients(model, x, target, create_graph=True)
-    assert plain.requires_grad and not guided.requires_grad and logits.requires_grad
-    # The hooks left on the graph are switched off: a later backward pass is plain.
     ours = torch.autograd.grad(logits.sum() + plain.square().sum(), list(model.parameters()))
     xr = x.clone().requires_grad_(True)
     out = model(xr)
@@ -180,6 +155,12 @@ def test_create_graph_keeps_a_differentiable_plain_gradient_and_inert_hooks():
     reference = torch.autograd.grad(out.sum() + g.square().sum(), list(model.parameters()))
     for a, b in zip(ours, reference):
         torch.testing.assert_close(a, b)
+    return plain, guided, logits
+
+
+def test_create_graph_keeps_a_differentiable_plain_gradient_and_inert_hooks():
+    plain, guided, logits = _create_graph_gradients(ReusedReLU())
+    assert plain.requires_grad and not guided.requires_grad and logits.requires_grad
 
 
 def test_without_create_graph_the_logits_come_back_detached():
@@ -320,17 +301,7 @@ def test_relu6_written_as_hardtanh_is_recognised_without_a_gate():
 
 
 def test_create_graph_keeps_a_differentiable_plain_gradient_on_smooth_activations():
-    model = SmoothMLP()
-    x = torch.randn(4, 6)
-    target = torch.tensor([0, 2, 1, 1])
-    logits, plain, guided = guided_and_plain_gradients(model, x, target, create_graph=True)
-    ours = torch.autograd.grad(logits.sum() + plain.square().sum(), list(model.parameters()))
-    xr = x.clone().requires_grad_(True)
-    out = model(xr)
-    (g,) = torch.autograd.grad(out.gather(1, target[:, None]).sum(), xr, create_graph=True)
-    reference = torch.autograd.grad(out.sum() + g.square().sum(), list(model.parameters()))
-    for a, b in zip(ours, reference):
-        torch.testing.assert_close(a, b)
+    plain, guided, _ = _create_graph_gradients(SmoothMLP())
     assert not torch.allclose(plain.detach(), guided)
 
 

@@ -1,5 +1,7 @@
 """The private shared mechanics: target selection, model-state guard, input checks."""
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -7,7 +9,7 @@ from torch import nn
 from captum_regularized._internal.captum_compat import format_baselines, format_inputs
 from captum_regularized._internal.checks import check_attribution_inputs
 from captum_regularized._internal.model_state import preserved_model
-from captum_regularized._internal.targets import class_indices, target_scores
+from captum_regularized._internal.targets import class_indices, target_gradients, target_scores
 from tests.model_checks import assert_no_hooks, untouched
 
 
@@ -87,3 +89,41 @@ def test_format_baselines_forms():
     assert torch.equal(format_baselines(x, (0.5, torch.zeros(1, 4)))[0], torch.full((2, 3), 0.5))
     with pytest.raises(ValueError, match="baselines"):
         format_baselines(x, (torch.zeros(2, 5), 0.0))
+
+
+def test_target_gradients_runs_the_given_forward_and_backward_rule():
+    """The forward runs as given (autograd on), the backward context wraps the backward only."""
+    model = nn.Linear(3, 2)
+    x, unused = torch.rand(4, 3), torch.rand(4, 5)
+    inside, seen = [False], []
+
+    class Spy(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return t.view_as(t)
+
+        @staticmethod
+        def backward(ctx, grad):
+            seen.append(inside[0])
+            return grad
+
+    def forward(func, leaves, args):
+        seen.append(("forward", torch.is_grad_enabled(), inside[0], args))
+        return Spy.apply(func(leaves[0]))
+
+    @contextlib.contextmanager
+    def backward():
+        inside[0] = True
+        yield
+        inside[0] = False
+
+    target = [1, 0, 1, 0]
+    with untouched(model, x, unused), torch.no_grad():
+        g, g_unused = target_gradients(
+            model, (x, unused), target, ("arg",), forward=forward, backward=backward
+        )
+    assert seen == [("forward", True, False, ("arg",)), True]
+    torch.testing.assert_close(g, model.weight.detach()[target])
+    assert torch.equal(g_unused, torch.zeros(4, 5))
+    with pytest.raises(ValueError, match="NaN"):
+        target_gradients(model, (torch.full((1, 3), float("nan")),), 0)

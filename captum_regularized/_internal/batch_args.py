@@ -3,6 +3,10 @@
 A tensor whose dim 0 is the batch size is per-example: a method that splits or
 subsets the batch must split or subset it too. Anything else (a shared ``(classes,)``
 bias, a 0-d tensor, a string) is passed unchanged to every call.
+
+Users: RSI-Grad-CAM's path batching
+(:mod:`captum_regularized.attr.rsi_grad_cam.path_batching`) and the guided-gradient
+regularizer, which both split batches.
 """
 
 from __future__ import annotations

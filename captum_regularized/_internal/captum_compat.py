@@ -2,7 +2,13 @@
 
 Captum's ``_utils`` are not public API and move between releases. Everything this
 package needs from them is wrapped here, so a Captum upgrade is fixed in one file.
-Supported: ``captum>=0.8,<0.10``.
+Supported: ``captum>=0.8,<0.10``. Here too: the type aliases of Captum's calling
+convention (``TensorOrTuple``, ``TargetType``, ``BaselineType``), Captum's
+``log_usage`` decorator and :func:`run_forward`.
+
+Users: every class of :mod:`captum_regularized.attr` (input and output forms,
+additional forward arguments; baselines and repeated targets for RSI-Grad-CAM), the
+metrics, the guided rule and the training losses.
 """
 
 from __future__ import annotations

@@ -55,14 +55,12 @@ each example's gradient is that of its own score.
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from captum_regularized._internal.captum_compat import (
     TargetType,
@@ -75,6 +73,7 @@ from captum_regularized._internal.input_gradients import (
 )
 from captum_regularized._internal.model_state import find_module
 from captum_regularized._internal.per_example_batchnorm import (
+    TrainBatchNormCalls,
     batch_norm_with_switchable_statistics,
 )
 from captum_regularized._internal.targets import target_scores
@@ -155,8 +154,6 @@ _NO_GATE_NEEDED: frozenset[Callable[..., Any]] = frozenset(
 """Functions whose slope is already zero wherever ``z <= 0``: the gate changes nothing."""
 
 _HARDTANH: frozenset[Callable[..., Any]] = frozenset(_FAMILIES["Hardtanh"])
-
-_BATCH_NORM_SIGNATURE = inspect.signature(F.batch_norm)
 
 
 def check_guided_rule(rule: object) -> str:
@@ -311,37 +308,26 @@ GuidedReLUSwitch = GuidedActivationSwitch
 """The former name of :class:`GuidedActivationSwitch` (kept for its importers)."""
 
 
-class _ActivationRecorder(TorchFunctionMode):
-    """Hands the output of every guided activation call to a :class:`GuidedActivationSwitch`."""
+class _ActivationRecorder(TrainBatchNormCalls):
+    """Hands the output of every guided activation call to a :class:`GuidedActivationSwitch`.
+
+    With ``split_batchnorm``, train-mode BatchNorm calls on the gradient's path are
+    computed from their parts, their statistics handed to the switch too.
+    """
 
     def __init__(self, switch: GuidedActivationSwitch, split_batchnorm: bool) -> None:
         super().__init__()
         self.switch = switch
-        self.split_batchnorm = split_batchnorm
+        self.intercept_batch_norm = split_batchnorm
 
-    def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
+    def train_batch_norm(self, call: dict[str, Any]) -> torch.Tensor:
+        if not call["input"].requires_grad:
+            return super().train_batch_norm(call)
+        return batch_norm_with_switchable_statistics(call, self.switch.attach_statistics)
+
+    def other_call(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        kwargs = kwargs or {}
-        if self.split_batchnorm and func is F.batch_norm:
-            bound = _BATCH_NORM_SIGNATURE.bind(*args, **kwargs)
-            bound.apply_defaults()
-            call = bound.arguments
-            if call["training"] and call["input"].requires_grad:
-                return batch_norm_with_switchable_statistics(
-                    call["input"],
-                    call["running_mean"],
-                    call["running_var"],
-                    call["weight"],
-                    call["bias"],
-                    call["momentum"],
-                    call["eps"],
-                    self.switch.attach_statistics,
-                )
         family = _lookup(func)
         if family is None:
             return func(*args, **kwargs)
@@ -453,10 +439,6 @@ def guided_forward(
 
 
 _DOUBLE_BACKWARD = "compiled graphs cannot be differentiated twice (double backpropagation)"
-
-
-FINITE_DIFFERENCE_WAY_OUT = "or keep it and use mode='finite_difference' (first derivatives only)"
-"""What the double-backprop losses add to :func:`check_not_compiled`'s refusal."""
 
 
 def check_not_compiled(

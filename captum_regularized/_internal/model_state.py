@@ -1,9 +1,12 @@
-"""Leave the model as found: train/eval mode, ``requires_grad`` flags and hooks.
+"""Leave the model as found: train/eval mode, ``requires_grad`` flags, hooks, BatchNorm.
 
 Every public class that touches a model runs its work inside :func:`preserved_model`
 and registers its hooks through the :class:`HookBag` it yields. Whatever happens
 inside, including an exception, the model's modes and flags are restored and every
-hook that was registered through the bag is removed.
+hook that was registered through the bag is removed. Forward passes that must not
+move BatchNorm running statistics run inside :func:`kept_batchnorm_statistics`;
+a training step whose own passes move them runs inside
+:func:`batchnorm_statistics_restored_on_error`.
 """
 
 from __future__ import annotations
@@ -113,40 +116,48 @@ def preserved_model(model: nn.Module | None, *, eval_mode: bool = False) -> Iter
             param.requires_grad_(requires_grad)
 
 
+def _moving_batchnorms(model: nn.Module | None) -> list[_BatchNorm]:
+    """The BatchNorm layers a forward pass would update: train mode, tracking statistics."""
+    if model is None:
+        return []
+    return [
+        module
+        for module in model.modules()
+        if isinstance(module, _BatchNorm) and module.training and module.track_running_stats
+    ]
+
+
 @contextlib.contextmanager
 def kept_batchnorm_statistics(model: nn.Module | None) -> Iterator[None]:
-    """Run a block whose forward passes leave BatchNorm running statistics unchanged.
+    """Run a block whose forward passes leave BatchNorm running statistics alone.
 
-    BatchNorm layers keep their mode (training ones normalise with the batch's own
-    statistics, exactly as in the outer training pass); their running mean, variance
-    and batch counter are saved before the block and written back after it, even when
-    it raises. The result is a momentum-free BatchNorm for the inner passes. ``None``
-    (a plain function) keeps nothing.
+    The one way every method of the package runs its extra forward passes (attribution,
+    the adversary's inner passes, the penalties' extra passes). BatchNorm layers keep
+    their mode: training ones normalise with the batch's own statistics, exactly as in
+    a training pass, but ``track_running_stats`` is switched off for the block (and back
+    on after it, even when it raises), so their running mean, variance and batch
+    counter are neither moved nor written. Graphs that saved the statistics (an
+    eval-mode layer's backward, an earlier forward pass not yet back-propagated) stay
+    valid. ``None`` (a plain function) keeps nothing.
 
     Examples
     --------
     >>> bn = nn.BatchNorm1d(2).train()
     >>> with kept_batchnorm_statistics(bn):
     ...     _ = bn(torch.randn(8, 2) + 5)
-    >>> bn.running_mean.tolist(), bn.training
-    ([0.0, 0.0], True)
+    >>> bn.running_mean.tolist(), bn.num_batches_tracked.item(), bn.training
+    ([0.0, 0.0], 0, True)
+    >>> bn.track_running_stats
+    True
     """
-    modules = [] if model is None else list(model.modules())
-    saved = [
-        (buffer, buffer.detach().clone())
-        for module in modules
-        if isinstance(module, _BatchNorm)
-        for buffer in (module.running_mean, module.running_var, module.num_batches_tracked)
-        if buffer is not None
-    ]
+    switched = _moving_batchnorms(model)
     try:
+        for module in switched:
+            module.track_running_stats = False
         yield
     finally:
-        for buffer, value in saved:
-            # Through ``.data``: the buffer's version counter stays as it is, so a live
-            # graph that saved it (an eval-mode BatchNorm's backward, a loss accumulated
-            # before one backward) is not invalidated by the write-back.
-            buffer.data.copy_(value)
+        for module in switched:
+            module.track_running_stats = True
 
 
 @contextlib.contextmanager
@@ -154,9 +165,10 @@ def batchnorm_statistics_restored_on_error(model: nn.Module) -> Iterator[None]:
     """Write BatchNorm running statistics back when the block raises.
 
     A training step that fails half-way (bad labels found from the logits, a BatchNorm
-    layer refusing a batch) must leave the model as found. Only train-mode layers that
-    track running statistics can move, so only theirs are saved (a device copy, no host
-    synchronisation); on success nothing is written back.
+    layer refusing a batch) must leave the model as found, although its own forward
+    passes moved the statistics. Only train-mode layers that track running statistics
+    can move, so only theirs are saved (a device copy, no host synchronisation); on
+    success nothing is written back.
 
     Examples
     --------
@@ -172,10 +184,7 @@ def batchnorm_statistics_restored_on_error(model: nn.Module) -> Iterator[None]:
     """
     saved = [
         (buffer, buffer.detach().clone())
-        for module in model.modules()
-        if isinstance(module, nn.modules.batchnorm._BatchNorm)
-        and module.training
-        and module.track_running_stats
+        for module in _moving_batchnorms(model)
         for buffer in (module.running_mean, module.running_var, module.num_batches_tracked)
         if buffer is not None
     ]
@@ -186,6 +195,22 @@ def batchnorm_statistics_restored_on_error(model: nn.Module) -> Iterator[None]:
             for buffer, value in saved:
                 buffer.copy_(value)
         raise
+
+
+def unwrap_parallel(model: nn.Module) -> nn.Module:
+    """The module inside ``DistributedDataParallel`` / ``DataParallel`` (else the model).
+
+    The losses' extra passes run on it, so that only the caller's own forward and
+    backward pass take part in DDP's gradient synchronisation.
+
+    Examples
+    --------
+    >>> m = nn.Linear(1, 1)
+    >>> unwrap_parallel(nn.DataParallel(m)) is m, unwrap_parallel(m) is m
+    (True, True)
+    """
+    parallel = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    return model.module if isinstance(model, parallel) else model
 
 
 def model_device(model: nn.Module | None) -> torch.device | None:

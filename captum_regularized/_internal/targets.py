@@ -1,16 +1,40 @@
-"""Target selection: every form Captum accepts, validated, on the output's device.
+"""Target selection and the input gradient of the selected scores.
 
-Captum's meaning is kept: ``target=None`` on a per-example scalar output attributes
-that scalar. One addition, used by every method of this package: ``target=None`` on a
-2-D output with more than one column means the predicted class (argmax), as in the
-papers this package implements.
+Every attribution method of this package picks one score per example from the model
+output (:func:`target_scores`, :func:`class_indices`), in every form Captum accepts,
+validated, on the output's device. Captum's meaning is kept: ``target=None`` on a
+per-example scalar output attributes that scalar. One addition, used by every method
+of this package: ``target=None`` on a 2-D output with more than one column means the
+predicted class (argmax), as in the papers this package implements.
+
+:func:`target_gradients` is the one-forward, one-backward input gradient of those
+scores, with the model left as found; positive/negative saliency take it plainly and
+guided backpropagation through its guided rule. Users: every class of
+:mod:`captum_regularized.attr`, the metrics that score a target class, the guided rule.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
-from captum_regularized._internal.captum_compat import TargetType
+from captum_regularized._internal.captum_compat import TargetType, run_forward
+from captum_regularized._internal.checks import check_attribution_inputs
+from captum_regularized._internal.model_state import (
+    find_module,
+    kept_batchnorm_statistics,
+    preserved_model,
+)
+
+__all__ = ["class_indices", "target_gradients", "target_scores"]
+
+Forward = Callable[
+    [Callable[..., Any], tuple[torch.Tensor, ...], tuple[Any, ...] | None], torch.Tensor
+]
+"""How a method runs the model: ``forward(forward_func, inputs, additional_args)``."""
 
 
 def _range_error(bad: object, num_classes: int) -> ValueError:
@@ -165,3 +189,55 @@ def target_scores(output: torch.Tensor, target: TargetType) -> torch.Tensor:
     ]
     selector = (rows, *columns)
     return output[selector]
+
+
+def target_gradients(
+    forward_func: Callable[..., Any],
+    inputs: tuple[torch.Tensor, ...],
+    target: TargetType = None,
+    additional_forward_args: tuple[Any, ...] | None = None,
+    *,
+    forward: Forward = run_forward,
+    backward: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+) -> tuple[torch.Tensor, ...]:
+    """Gradient of the sum of the target scores w.r.t. every input: one forward, one backward.
+
+    ``target`` takes every form :func:`target_scores` takes. The inputs are checked
+    (floating, finite, one batch size, on the model's device) and never modified: the
+    forward pass runs on fresh leaves sharing their storage. It runs in the model's own
+    train/eval mode; modes, ``requires_grad`` flags and BatchNorm running statistics are
+    as before the call, also when it raises. An input the scores do not depend on gets
+    zeros.
+
+    Parameters
+    ----------
+    forward_func : callable
+        The model, or any function of the inputs returning scores.
+    inputs : tuple of Tensor
+        Floating-point inputs sharing the batch dim 0.
+    target : any Captum target form, optional
+        The score of each example (see :func:`target_scores`).
+    additional_forward_args : tuple, optional
+        Extra arguments of ``forward_func`` after the inputs.
+    forward : callable, optional
+        Runs the model; the default calls it plainly. Guided backpropagation passes its
+        recording forward pass.
+    backward : callable, optional
+        A context manager factory entered around the backward pass only (the guided
+        rule's switch); the default changes nothing.
+
+    Examples
+    --------
+    >>> model = torch.nn.Linear(3, 2)
+    >>> (g,) = target_gradients(model, (torch.rand(4, 3),), target=1)
+    >>> torch.allclose(g, model.weight[1].expand(4, 3))
+    True
+    """
+    module = find_module(forward_func)
+    check_attribution_inputs(inputs, module)
+    with preserved_model(module), kept_batchnorm_statistics(module), torch.enable_grad():
+        leaves = tuple(x.detach().requires_grad_() for x in inputs)
+        scores = target_scores(forward(forward_func, leaves, additional_forward_args), target)
+        with backward():
+            grads = torch.autograd.grad(scores.sum(), leaves, allow_unused=True)
+    return tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves))

@@ -26,22 +26,14 @@ from captum_regularized._internal.captum_compat import (
     format_output,
     log_usage,
 )
-from captum_regularized._internal.checks import (
-    check_attribution_inputs,
-    check_autograd_available,
-)
+from captum_regularized._internal.checks import check_autograd_available
 from captum_regularized._internal.guided_relu import (
     GuidedActivationSwitch,
     check_guided_model,
     check_guided_rule,
     guided_forward,
 )
-from captum_regularized._internal.model_state import (
-    find_module,
-    kept_batchnorm_statistics,
-    preserved_model,
-)
-from captum_regularized._internal.targets import target_scores
+from captum_regularized._internal.targets import target_gradients
 
 __all__ = ["GuidedBackprop"]
 
@@ -61,7 +53,8 @@ class GuidedBackprop(GradientAttribution):
     ``rule="ungated"`` drops the ``1[z > 0]`` gate. Every other operation (convolutions,
     pooling, BatchNorm, LayerNorm, attention softmax, sigmoid gates) keeps its ordinary
     backward. The map is the guided gradient of the sum of the target scores, one map per
-    input, as in Captum.
+    input, as in Captum. Captum's defaults hold: ``multiplies_by_inputs`` and
+    ``has_convergence_delta`` are ``False``.
 
     The activations are found while the model runs (modules and functional forms,
     in-place or not, a module used several times); nothing is registered on the model.
@@ -100,15 +93,6 @@ class GuidedBackprop(GradientAttribution):
         super().__init__(model)
         self.rule = check_guided_rule(rule)
 
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        """``False``: the maps are (guided) gradients, not gradient x input."""
-        return False
-
-    def has_convergence_delta(self) -> bool:
-        """``False``: guided backprop has no completeness property to report."""
-        return False
-
     @log_usage()
     def attribute(
         self,
@@ -146,17 +130,19 @@ class GuidedBackprop(GradientAttribution):
         """
         check_autograd_available(type(self).__name__)
         formatted, was_tuple = format_inputs(inputs)
-        model = find_module(self.forward_func)
-        check_attribution_inputs(formatted, model)
-        args = format_additional_args(additional_forward_args)
         switch = GuidedActivationSwitch(self.rule)
-        with preserved_model(model), kept_batchnorm_statistics(model), torch.enable_grad():
-            leaves = tuple(x.detach().requires_grad_() for x in formatted)
-            output = guided_forward(self.forward_func, leaves, args, switch)
-            scores = target_scores(output, target)
-            with switch.guided():
-                grads = torch.autograd.grad(scores.sum(), leaves, allow_unused=True)
-        return format_output(
-            was_tuple,
-            tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves)),
+
+        def recorded(
+            model: Callable[..., Any], leaves: tuple[torch.Tensor, ...], args: Any
+        ) -> torch.Tensor:  # the forward pass that finds the activations
+            return guided_forward(model, leaves, args, switch)
+
+        gradients = target_gradients(
+            self.forward_func,
+            formatted,
+            target,
+            format_additional_args(additional_forward_args),
+            forward=recorded,
+            backward=switch.guided,  # the guided rule acts in the backward pass only
         )
+        return format_output(was_tuple, gradients)

@@ -6,7 +6,9 @@ modules. Its guided half applies the guided rule to every rectifying activation
 (functional forms, ReLU6, SiLU, GELU, ...; see
 :mod:`captum_regularized._internal.guided_relu`), where Captum's silently uses the
 plain gradient. One forward pass serves both halves: the guided backward pass to the
-inputs and the plain backward pass to the layer run on the same graph.
+inputs and the plain backward pass to the layer run on the same graph (the layer's
+activation is kept by :class:`~captum_regularized._internal.layer_tap.LayerTap`, which
+:class:`~captum_regularized.attr.LayerRSIGradCam` uses too).
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ from captum_regularized._internal.guided_relu import (
     check_guided_rule,
     guided_forward,
 )
+from captum_regularized._internal.layer_tap import LayerTap
 from captum_regularized._internal.model_state import (
-    HookBag,
     find_module,
     kept_batchnorm_statistics,
     preserved_model,
@@ -50,74 +52,6 @@ __all__ = ["GuidedGradCam"]
 INTERPOLATE_MODES = ("nearest", "nearest-exact", "linear", "bilinear", "bicubic", "trilinear",
                      "area")
 """The ``interpolate_mode`` values (``torch.nn.functional.interpolate``'s modes)."""
-
-
-class _LayerCapture:
-    """Keeps the layer's output (or first input) of one forward pass, for its gradient.
-
-    The kept tensor is the one on the graph; the layer (input) or the rest of the model
-    (output) gets a copy, so an in-place operation after the tap (an in-place ReLU
-    right after the layer) cannot change the kept values or its gradient. A tensor that
-    is not on the graph (it does not depend on the inputs) is replaced by a leaf that
-    requires grad. The hook acts only while :attr:`active` (a recomputation in the
-    backward pass, as non-reentrant checkpointing does, is left alone).
-    """
-
-    def __init__(self, layer: nn.Module, hooks: HookBag, use_input: bool) -> None:
-        self.value: torch.Tensor | None = None
-        self.calls = 0
-        self.active = False
-        self.use_input = use_input
-        if use_input:
-            hooks.add(layer.register_forward_pre_hook(self._take_input))
-        else:
-            hooks.add(layer.register_forward_hook(self._take_output))
-
-    def _keep(self, value: Any) -> torch.Tensor:
-        self.calls += 1
-        what = "input" if self.use_input else "output"
-        if self.calls > 1:
-            raise ValueError(
-                "layer ran more than once in one forward pass; GuidedGradCam needs a layer "
-                "(module) that is used exactly once"
-            )
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(
-                f"GuidedGradCam needs a layer whose {what} is one tensor, got "
-                f"{type(value).__name__} (layers with several {what}s are not supported)"
-            )
-        kept = value if value.requires_grad else value.detach().requires_grad_()
-        self.value = kept
-        return kept.clone()
-
-    def _take_output(self, module: nn.Module, args: Any, output: Any) -> torch.Tensor | None:
-        return self._keep(output) if self.active else None
-
-    def _take_input(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        if not self.active:
-            return None
-        if not args:
-            raise TypeError("the layer was called without positional inputs to attribute to")
-        return (self._keep(args[0]), *args[1:])
-
-    def taken(self) -> torch.Tensor:
-        """The kept tensor; ``ValueError`` when the layer did not run."""
-        if self.value is None:
-            raise ValueError(
-                "layer did not run during the forward pass; choose a layer (module) on the "
-                "path from the inputs to the output"
-            )
-        return self.value
-
-
-def _layer_gradient(total: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
-    (gradient,) = torch.autograd.grad(total, activation, allow_unused=True)
-    if gradient is None:
-        raise ValueError(
-            "the target score does not depend on the layer; choose a layer on the path from "
-            "the inputs to the output"
-        )
-    return gradient
 
 
 def _grad_cam(
@@ -205,15 +139,6 @@ class GuidedGradCam(GradientAttribution):
         self.device_ids = device_ids
         self.rule = check_guided_rule(rule)
 
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        """``False``: a guided gradient times a layer map, not gradient x input."""
-        return False
-
-    def has_convergence_delta(self) -> bool:
-        """``False``: no completeness property to report."""
-        return False
-
     @log_usage()
     def attribute(
         self,
@@ -282,18 +207,15 @@ class GuidedGradCam(GradientAttribution):
             kept_batchnorm_statistics(model),
             torch.enable_grad(),
         ):
-            capture = _LayerCapture(self.layer, hooks, attribute_to_layer_input)
+            tap = LayerTap(self.layer, hooks, attribute_to_layer_input, stop_at_layer=False)
             leaves = tuple(x.detach().requires_grad_() for x in formatted)
-            capture.active = True
-            try:
+            with tap.tapping():
                 output = guided_forward(self.forward_func, leaves, args, switch)
-            finally:
-                capture.active = False
-            activation = capture.taken()
+            activation = tap.activation()
             total = target_scores(output, target).sum()
             with switch.guided():
                 guided = torch.autograd.grad(total, leaves, retain_graph=True, allow_unused=True)
-            gradient = _layer_gradient(total, activation)
+            gradient = tap.gradient(total)  # the plain gradient, on the same graph
         cam = _grad_cam(activation.detach(), gradient, reshape_transform)
         maps = []
         for index, (grad, x) in enumerate(zip(guided, formatted)):

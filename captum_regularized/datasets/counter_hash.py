@@ -33,6 +33,9 @@ class Stream(IntEnum):
     TEXTURE_COARSE = 5
     TEXTURE_FINE = 6
     NOISE = 7
+    CLUTTER_RED = 8
+    CLUTTER_GREEN = 9
+    CLUTTER_BLUE = 10
 
 
 def _mix32_int(x: int) -> int:

@@ -24,14 +24,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, TensorDataset
 from torchvision.datasets import FashionMNIST
 
-from captum_regularized.datasets.synthetic_shapes import (
-    CHUNK_PIXELS,
+from captum_regularized.datasets.rendered import (
     Indices,
-    _as_index_tensor,
-    _check_int,
+    RenderedItems,
+    as_index_tensor,
+    check_int,
 )
 
 __all__ = ["FASHION_MNIST_CLASSES", "FASHION_MNIST_FILES", "FashionMNISTWithMasks"]
@@ -194,7 +193,7 @@ def _convert(root: Path, files: dict[str, Path], cache_dir: Path) -> Path:
     return folder
 
 
-class FashionMNISTWithMasks(Dataset):
+class FashionMNISTWithMasks(RenderedItems):
     """Fashion-MNIST items ``(image, label, mask)``, in the form of ``SyntheticShapes``.
 
     ``image`` is float32 ``(channels, S, S)`` in ``[0, 1]`` (the 8-bit pixels divided by
@@ -309,8 +308,8 @@ class FashionMNISTWithMasks(Dataset):
         for name, flag in (("train", train), ("download", download)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
-        self.image_size = _check_int("image_size", image_size, 1, MAX_IMAGE_SIZE)
-        self.channels = _check_int("channels", channels, 1)
+        self.image_size = check_int("image_size", image_size, 1, MAX_IMAGE_SIZE)
+        self.channels = check_int("channels", channels, 1)
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
         if isinstance(mask_threshold, bool) or not isinstance(mask_threshold, (int, float)):
@@ -387,10 +386,6 @@ class FashionMNISTWithMasks(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        images, labels, masks = self.render([index])
-        return images[0], labels[0], masks[0]
-
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(root={str(self.root)!r}, train={self.train}, "
@@ -402,22 +397,12 @@ class FashionMNISTWithMasks(Dataset):
     def render(
         self, indices: Indices, device: str | torch.device | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Many items at once: ``(images, labels, masks)`` (the class's example uses it).
-
-        Parameters
-        ----------
-        indices : int, sequence of int or integer tensor
-            Item indices (negative ones count from the end).
-        device : str or torch.device, optional
-            Where to resize and return the tensors (default: CPU).
-
-        Returns
-        -------
-        tuple of torch.Tensor
-            ``images`` float32 ``(B, channels, S, S)``, ``labels`` int64 ``(B,)``,
-            ``masks`` bool ``(B, 1, S, S)``.
-        """
-        index_tensor = _as_index_tensor(indices, len(self))
+        """Many items at once (the class's example uses it): ``images`` float32
+        ``(B, channels, S, S)``, ``labels`` int64 ``(B,)`` and ``masks`` bool
+        ``(B, 1, S, S)`` of the item ``indices`` (an int, ints or an integer tensor;
+        negative ones count from the end), resized on ``device`` (default: CPU) and
+        returned there."""
+        index_tensor = as_index_tensor(indices, len(self))
         pixels = self.source.data[index_tensor].to(device)
         images = pixels[:, None].to(torch.float32) / 255.0
         size = self.image_size
@@ -432,30 +417,3 @@ class FashionMNISTWithMasks(Dataset):
         if self.channels == 3:
             images = images.repeat(1, 3, 1, 1)
         return images, self.labels[index_tensor].to(device), masks
-
-    def tensors(
-        self, chunk_size: int | None = None, device: str | torch.device | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """All items as three tensors ``(images, labels, masks)``, built in chunks.
-
-        ``chunk_size`` bounds the working memory of the resizing; ``None`` picks
-        :data:`~captum_regularized.datasets.synthetic_shapes.CHUNK_PIXELS` pixels per
-        chunk. The result itself takes ``(4 * channels + 1) * S * S`` bytes per item.
-        """
-        if chunk_size is None:
-            chunk_size = max(1, CHUNK_PIXELS // (self.image_size * self.image_size))
-        _check_int("chunk_size", chunk_size, 1)
-        parts = [
-            self.render(torch.arange(start, min(start + chunk_size, len(self))), device)
-            for start in range(0, len(self), chunk_size)
-        ]
-        if not parts:
-            parts = [self.render([], device)]
-        images, labels, masks = zip(*parts)
-        return torch.cat(images), torch.cat(labels), torch.cat(masks)
-
-    def materialize(
-        self, chunk_size: int | None = None, device: str | torch.device | None = None
-    ) -> TensorDataset:
-        """All items in a :class:`~torch.utils.data.TensorDataset` (the fast path for training)."""
-        return TensorDataset(*self.tensors(chunk_size, device))

@@ -126,11 +126,13 @@ def sample_layout(
     image_size: int,
     num_classes: int,
     num_distractors: int,
+    radius_range: tuple[float, float] = RADIUS_RANGE,
 ) -> ShapesLayout:
     """Draw the objects of the given items (a pure function of ``(seed_key, index)``).
 
-    Radii are uniform in ``RADIUS_RANGE * image_size``, rotations within 15 degrees,
-    centres uniform among the positions that keep the object inside the image.
+    Radii are uniform in ``radius_range * image_size`` (default :data:`RADIUS_RANGE`),
+    rotations within 15 degrees, centres uniform among the positions that keep the object
+    inside the image.
     Distractor ``j`` takes the first of ``PLACEMENT_CANDIDATES`` centres whose disk misses
     the target and distractors ``1..j-1`` (or, failing that, the least overlapping one).
 
@@ -143,7 +145,7 @@ def sample_layout(
     """
     keys = item_keys(seed_key, indices)
     count, size = len(indices), float(image_size)
-    low, high = RADIUS_RANGE
+    low, high = radius_range
 
     def radius(bits: torch.Tensor) -> torch.Tensor:
         return (bits_to_unit(bits) * (high - low) + low) * size

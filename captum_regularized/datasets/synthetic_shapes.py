@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Sequence
+from typing import Any
 
 import torch
-from torch.utils.data import Dataset, TensorDataset
 
 from captum_regularized.datasets.counter_hash import fold_seed, item_keys
 from captum_regularized.datasets.pixel_noise import triangular_noise
+from captum_regularized.datasets.rendered import (
+    CHUNK_PIXELS,
+    Indices,
+    RenderedItems,
+    as_index_tensor,
+    check_int,
+)
 from captum_regularized.datasets.shape_layout import RADIUS_RANGE, ShapesLayout, sample_layout
 from captum_regularized.datasets.shape_rendering import (
     object_windows,
@@ -19,46 +24,52 @@ from captum_regularized.datasets.shape_rendering import (
 from captum_regularized.datasets.shapes import SHAPE_NAMES
 from captum_regularized.datasets.textures import textured_background
 
-Indices = int | Sequence[int] | torch.Tensor
-CHUNK_PIXELS = 64 * 64 * 64
-"""Pixels per chunk when :meth:`SyntheticShapes.tensors` picks the chunk size."""
+__all__ = ["CHUNK_PIXELS", "CONFIGURATIONS", "Indices", "SyntheticShapes"]
 
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 224
 MAX_DISTRACTORS = 6
+RADIUS_LIMITS = (0.08, 0.3)
+"""Bounds of ``radius_range`` (fractions of the image side)."""
+
+CONFIGURATIONS: dict[str, dict[str, Any]] = {
+    "standard": {"num_distractors": 2, "noise": 0.06, "radius_range": RADIUS_RANGE,
+                 "clutter": 0.0},
+    "harder": {"num_distractors": 4, "noise": 0.1, "radius_range": (0.14, 0.2),
+               "clutter": 0.3},
+}
+"""Named settings of :meth:`SyntheticShapes.configured`. ``"standard"`` is the
+constructor's default; ``"harder"`` has four distractors, smaller objects (14-20 % of the
+side as radius), coloured clutter behind them and more pixel noise, so the object is a
+smaller part of a busier image."""
 
 
-def _as_index_tensor(indices: Indices, length: int) -> torch.Tensor:
-    if isinstance(indices, torch.Tensor):
-        if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
-            raise TypeError(f"indices must be integers, got a tensor of {indices.dtype}")
-        tensor = indices.detach().to("cpu", torch.int64).reshape(-1)
-    elif isinstance(indices, Sequence):
-        tensor = torch.tensor([operator.index(i) for i in indices], dtype=torch.int64)
-    else:
-        tensor = torch.tensor([operator.index(indices)], dtype=torch.int64)
-    if tensor.numel() and (int(tensor.min()) < -length or int(tensor.max()) >= length):
-        raise IndexError(f"indices must lie in [-{length}, {length}), got {indices}")
-    return torch.where(tensor < 0, tensor + length, tensor)
+def _check_float(name: str, value: object, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
+    return float(value)
 
 
-def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-    return value
+def _check_radius_range(radius_range: object) -> tuple[float, float]:
+    expected = f"a pair (low, high) with {RADIUS_LIMITS[0]} <= low <= high <= {RADIUS_LIMITS[1]}"
+    if not isinstance(radius_range, (tuple, list)) or len(radius_range) != 2:
+        raise TypeError(f"radius_range must be {expected}, got {radius_range!r}")
+    low, high = (_check_float("radius_range", v, *RADIUS_LIMITS) for v in radius_range)
+    if low > high:
+        raise ValueError(f"radius_range must be {expected}, got {radius_range!r}")
+    return low, high
 
 
-class SyntheticShapes(Dataset):
+class SyntheticShapes(RenderedItems):
     """Procedural shape images with a ground-truth mask of the object that decides the label.
 
     Each image has a textured, noisy, near-grey background, one red *target* object
     whose shape is the label, and ``num_distractors`` objects in other colours (green,
     blue, yellow, cyan, magenta) whose shapes are other classes. The label is decided by
     the target alone, so a faithful explanation puts its mass inside ``mask``, not on the
-    visible but irrelevant distractors. Objects have random size (16-24 % of the image
-    side as radius), position and rotation (within 15 degrees); distractors avoid
+    visible but irrelevant distractors. Objects have random size (by default 16-24 % of
+    the image side as radius), position and rotation (within 15 degrees); distractors avoid
     overlapping other objects where one of a few candidate places allows it.
 
     Items are ``(image, label, mask)``: ``image`` float32 ``(3, S, S)`` in ``[0, 1]``
@@ -88,6 +99,16 @@ class SyntheticShapes(Dataset):
         Standard deviation of the per-pixel, per-channel noise, 0 to 0.5.
     seed : int
         Any non-negative int.
+    radius_range : (float, float)
+        Object radius as fractions of the image side, within 0.08 to 0.3 (default 0.16
+        to 0.24).
+    clutter : float
+        Amplitude of coloured clutter in the background, 0 to 1 (see
+        :func:`~captum_regularized.datasets.textures.textured_background`); 0 keeps the
+        near-grey background.
+
+    The defaults are the ``"standard"`` entry of :data:`CONFIGURATIONS`;
+    :meth:`configured` builds a named configuration such as ``"harder"``.
 
     Examples
     --------
@@ -110,17 +131,21 @@ class SyntheticShapes(Dataset):
         num_distractors: int = 2,
         noise: float = 0.06,
         seed: int = 0,
+        radius_range: tuple[float, float] = RADIUS_RANGE,
+        clutter: float = 0.0,
     ) -> None:
-        self.num_samples = _check_int("num_samples", num_samples, 1, 2**31 - 1)
-        self.image_size = _check_int("image_size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
-        self.num_classes = _check_int("num_classes", num_classes, 2, len(SHAPE_NAMES))
-        self.num_distractors = _check_int("num_distractors", num_distractors, 0, MAX_DISTRACTORS)
+        self.num_samples = check_int("num_samples", num_samples, 1, 2**31 - 1)
+        self.image_size = check_int("image_size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+        self.num_classes = check_int("num_classes", num_classes, 2, len(SHAPE_NAMES))
+        self.num_distractors = check_int("num_distractors", num_distractors, 0, MAX_DISTRACTORS)
         if isinstance(noise, bool) or not isinstance(noise, (int, float)):
             raise TypeError(f"noise must be a float, got {type(noise).__name__}")
         if not 0.0 <= noise <= 0.5:
             raise ValueError(f"noise must be in [0, 0.5], got {noise}")
         self.noise = float(noise)
-        self.seed = _check_int("seed", seed, 0)
+        self.seed = check_int("seed", seed, 0)
+        self.radius_range = _check_radius_range(radius_range)
+        self.clutter = _check_float("clutter", clutter, 0.0, 1.0)
         self._seed_key = fold_seed(seed)
 
     @property
@@ -131,16 +156,30 @@ class SyntheticShapes(Dataset):
     def __len__(self) -> int:
         return self.num_samples
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        images, labels, masks = self.render([index])
-        return images[0], labels[0], masks[0]
-
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(num_samples={self.num_samples}, "
             f"image_size={self.image_size}, num_classes={self.num_classes}, "
-            f"num_distractors={self.num_distractors}, noise={self.noise}, seed={self.seed})"
+            f"num_distractors={self.num_distractors}, noise={self.noise}, seed={self.seed}, "
+            f"radius_range={self.radius_range}, clutter={self.clutter})"
         )
+
+    @classmethod
+    def configured(
+        cls, name: str, num_samples: int = 10_000, *, seed: int = 0, **options: Any
+    ) -> SyntheticShapes:
+        """A data set with the named settings of :data:`CONFIGURATIONS`; ``options``
+        (any constructor argument) override them.
+
+        Examples
+        --------
+        >>> data = SyntheticShapes.configured("harder", 8, seed=1, image_size=48)
+        >>> data.num_distractors, data.radius_range, data.clutter, data.image_size
+        (4, (0.14, 0.2), 0.3, 48)
+        """
+        if name not in CONFIGURATIONS:
+            raise ValueError(f"name must be one of {sorted(CONFIGURATIONS)}, got {name!r}")
+        return cls(num_samples, seed=seed, **{**CONFIGURATIONS[name], **options})
 
     def layout(self, indices: Indices, device: str | torch.device | None = None) -> ShapesLayout:
         """Object kinds, centres, radii, rotations and colours of the given items.
@@ -151,11 +190,12 @@ class SyntheticShapes(Dataset):
         >>> layout.kinds.shape, layout.centers.shape
         (torch.Size([2, 3]), torch.Size([2, 3, 2]))
         """
-        return self._layout(_as_index_tensor(indices, self.num_samples).to(device))
+        return self._layout(as_index_tensor(indices, self.num_samples).to(device))
 
     def _layout(self, index_tensor: torch.Tensor) -> ShapesLayout:
         return sample_layout(
-            self._seed_key, index_tensor, self.image_size, self.num_classes, self.num_distractors
+            self._seed_key, index_tensor, self.image_size, self.num_classes,
+            self.num_distractors, self.radius_range,
         )
 
     @torch.no_grad()
@@ -184,7 +224,7 @@ class SyntheticShapes(Dataset):
         >>> images.shape, labels.tolist() == [int(data[i][1]) for i in range(8)]
         (torch.Size([8, 3, 32, 32]), True)
         """
-        index_tensor = _as_index_tensor(indices, self.num_samples).to(device)
+        index_tensor = as_index_tensor(indices, self.num_samples).to(device)
         layout = self._layout(index_tensor)
         keys = item_keys(self._seed_key, index_tensor)
         count, slots = layout.kinds.shape
@@ -195,7 +235,7 @@ class SyntheticShapes(Dataset):
         table = torch.full((count, 3, slots + 1), 0.5, device=keys.device)
         table[:, :, 1:] = layout.colours.flip(1).transpose(1, 2) * 255.0 + 0.5
         fill = table.gather(2, visible[:, None, :].expand(count, 3, size * size))
-        background = (textured_background(keys, size) * 255.0).view(count, 3, -1)
+        background = (textured_background(keys, size, self.clutter) * 255.0).view(count, 3, -1)
         # blending with a 0/1 mask is exact (x * 1 + 0 == x) and much faster than where
         pixels = background * (visible == 0).to(torch.float32)[:, None, :] + fill
         if self.noise > 0:
@@ -212,7 +252,7 @@ class SyntheticShapes(Dataset):
         """
         count, slots = layout.kinds.shape
         size = self.image_size
-        window = window_size(RADIUS_RANGE[1] * size, size)
+        window = window_size(self.radius_range[1] * size, size)
         inside, rows, cols = object_windows(
             layout.kinds.reshape(-1),
             layout.centers.reshape(-1, 2),
@@ -229,42 +269,3 @@ class SyntheticShapes(Dataset):
         topmost = torch.zeros(count * size * size, dtype=torch.int64, device=device)
         topmost.scatter_reduce_(0, flat.reshape(-1), values.reshape(-1), reduce="amax")
         return topmost.view(count, size * size)
-
-    def tensors(
-        self, chunk_size: int | None = None, device: str | torch.device | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """All items as three tensors ``(images, labels, masks)``, rendered in chunks.
-
-        ``chunk_size`` bounds the working memory (about ``60 * S * S`` bytes per item).
-        ``None`` picks :data:`CHUNK_PIXELS` pixels per chunk: rendering is memory-bound,
-        and chunks whose working set stays in the CPU caches render several times
-        faster than large ones.
-
-        Examples
-        --------
-        >>> images, labels, masks = SyntheticShapes(num_samples=20).tensors(chunk_size=8)
-        >>> images.shape, labels.shape, masks.shape
-        (torch.Size([20, 3, 32, 32]), torch.Size([20]), torch.Size([20, 1, 32, 32]))
-        """
-        if chunk_size is None:
-            chunk_size = max(1, CHUNK_PIXELS // (self.image_size * self.image_size))
-        _check_int("chunk_size", chunk_size, 1)
-        parts = [
-            self.render(torch.arange(start, min(start + chunk_size, len(self))), device)
-            for start in range(0, len(self), chunk_size)
-        ]
-        images, labels, masks = zip(*parts)
-        return torch.cat(images), torch.cat(labels), torch.cat(masks)
-
-    def materialize(
-        self, chunk_size: int | None = None, device: str | torch.device | None = None
-    ) -> TensorDataset:
-        """All items in a :class:`~torch.utils.data.TensorDataset` (the fast path for training).
-
-        Examples
-        --------
-        >>> fast = SyntheticShapes(num_samples=20).materialize()
-        >>> len(fast), fast[3][2].shape
-        (20, torch.Size([1, 32, 32]))
-        """
-        return TensorDataset(*self.tensors(chunk_size, device))

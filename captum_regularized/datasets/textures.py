@@ -60,8 +60,12 @@ def value_noise(keys: torch.Tensor, size: int, cells: int, stream: int) -> torch
     ) * weight[:, None]
 
 
-def textured_background(keys: torch.Tensor, size: int) -> torch.Tensor:
-    """Near-grey cloudy backgrounds: a random grey and tint plus two octaves of value noise.
+CLUTTER_CELLS = 6
+"""Lattice cells per side of the coloured clutter (blobs about the size of an object)."""
+
+
+def textured_background(keys: torch.Tensor, size: int, clutter: float = 0.0) -> torch.Tensor:
+    """Cloudy backgrounds: a random grey and tint plus two octaves of value noise.
 
     Parameters
     ----------
@@ -69,12 +73,18 @@ def textured_background(keys: torch.Tensor, size: int) -> torch.Tensor:
         ``int64`` per-item keys, shape ``(B,)``.
     size : int
         Side of the square images.
+    clutter : float
+        Amplitude of coloured clutter: an independent value-noise field per colour
+        channel (:data:`CLUTTER_CELLS` cells per side), so saturated blobs of every
+        hue, red included, appear behind the objects. 0 (the default) adds nothing and
+        leaves the near-grey background bit-identical.
 
     Returns
     -------
     torch.Tensor
-        ``float32`` ``(B, 3, size, size)``, roughly in ``[0.05, 0.95]``; low saturation,
-        so the saturated object colours stand out.
+        ``float32`` ``(B, 3, size, size)``; without clutter roughly in ``[0.05, 0.95]``
+        with low saturation, so the saturated object colours stand out (values outside
+        ``[0, 1]`` are clipped when the image is quantised).
 
     Examples
     --------
@@ -82,6 +92,9 @@ def textured_background(keys: torch.Tensor, size: int) -> torch.Tensor:
     >>> background = textured_background(item_keys(fold_seed(0), torch.arange(2)), 32)
     >>> background.shape, bool((background > 0).all() and (background < 1).all())
     (torch.Size([2, 3, 32, 32]), True)
+    >>> cluttered = textured_background(item_keys(fold_seed(0), torch.arange(2)), 32, 0.4)
+    >>> bool((cluttered - background).abs().max() > 0.1)
+    True
     """
     u = hashed_uniforms(keys, Stream.BACKGROUND, 7)
     grey = u[:, :1] * 0.35 + 0.3
@@ -90,4 +103,9 @@ def textured_background(keys: torch.Tensor, size: int) -> torch.Tensor:
     coarse = value_noise(keys, size, 4, Stream.TEXTURE_COARSE)
     fine = value_noise(keys, size, 8, Stream.TEXTURE_FINE)
     texture = coarse * 0.65 + fine * 0.35
-    return base[:, :, None, None] + amplitude[:, :, None, None] * texture[:, None]
+    background = base[:, :, None, None] + amplitude[:, :, None, None] * texture[:, None]
+    if clutter > 0:
+        streams = (Stream.CLUTTER_RED, Stream.CLUTTER_GREEN, Stream.CLUTTER_BLUE)
+        colour = torch.stack([value_noise(keys, size, CLUTTER_CELLS, s) for s in streams], 1)
+        background = background + clutter * colour
+    return background

@@ -28,7 +28,7 @@ from torch import nn
 
 import captum_regularized.attr as our_attr
 from captum_regularized._internal.model_state import kept_batchnorm_statistics, model_device
-from captum_regularized.metrics._map_shapes import per_pixel_map
+from captum_regularized._internal.pixel_maps import per_pixel_map
 
 __all__ = ["explain_func", "resolve_method"]
 

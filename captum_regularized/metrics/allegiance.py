@@ -22,14 +22,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from captum_regularized._internal.checks import check_finite, check_same_device
-from captum_regularized._internal.model_state import find_module
-from captum_regularized.metrics._batched_forward import (
-    clean_outputs,
-    pixel_ranks,
-    ranked_perturbation_scores,
-)
-from captum_regularized.metrics._map_shapes import check_image_batch, per_pixel_map
+from captum_regularized.metrics._perturbation import prepare_batch
 
 __all__ = ["ALLEGIANCE_FRACTIONS", "AllegianceCurve", "allegiance_deletion_auc"]
 
@@ -150,38 +143,25 @@ def allegiance_deletion_auc(
     >>> result.kept.shape, bool(result.kept[:, 0].all()), 0.0 <= float(result.auc) <= 0.9
     (torch.Size([2, 13]), True, True)
     """
-    batch, _, height, width = check_image_batch(inputs)
     values = _check_fractions(fractions)
     fill_value = _fill_value(fill)
-    if batch == 0:
-        raise ValueError("allegiance needs at least one example; inputs has batch size 0")
-    check_same_device((inputs,), find_module(forward_func))
-    check_finite((inputs,))
-    maps = per_pixel_map(
-        attributions,
-        batch,
-        (height, width),
-        channel_reduction=channel_reduction,
-        device=inputs.device,
+    prepared = prepare_batch(
+        forward_func, inputs, attributions, channel_reduction=channel_reduction,
+        internal_batch_size=internal_batch_size, additional_forward_args=additional_forward_args,
+        refuse_empty="allegiance",
     )
-    inputs = inputs.detach()
-    device = inputs.device
-    pixels = height * width
+    inputs, batch, device = prepared.inputs, prepared.size, prepared.inputs.device
+    pixels = inputs.shape[2] * inputs.shape[3]
     wanted = [round(p * pixels) for p in values]
     active = [i for i, count in enumerate(wanted) if count > 0]
     # Of the round(p * H * W) highest-valued pixels (natural order: positives, zeros,
     # negatives), the non-zero ones are deleted. They are exactly the first ones of the
     # ranking that puts zeros last, so only their number is needed per step and example.
-    ordered = torch.sort(maps.reshape(batch, -1), dim=1, descending=True).values
+    ordered = torch.sort(prepared.maps.reshape(batch, -1), dim=1, descending=True).values
     nonzero_among_top = torch.cumsum(ordered != 0, dim=1)  # (B, H*W)
     last = torch.tensor([wanted[i] - 1 for i in active], device=device, dtype=torch.long)
     counts = nonzero_among_top.index_select(1, last).T  # (active P, B)
-    original = clean_outputs(
-        forward_func,
-        inputs,
-        internal_batch_size=internal_batch_size,
-        additional_forward_args=additional_forward_args,
-    ).argmax(dim=1)
+    original = prepared.clean_outputs().argmax(dim=1)
 
     def still_original(output: torch.Tensor, example: torch.Tensor) -> torch.Tensor:
         return output.argmax(dim=1) == original[example]
@@ -189,15 +169,8 @@ def allegiance_deletion_auc(
     # An image with nothing deleted is the clean image: kept by definition, no forward.
     kept = torch.ones(len(values), batch, dtype=torch.bool, device=device)
     if active:
-        evaluated = ranked_perturbation_scores(
-            forward_func,
-            pixel_ranks(maps, zeros_last=True),
-            counts,
-            torch.full_like(inputs, fill_value),
-            inputs,
-            still_original,
-            internal_batch_size=internal_batch_size,
-            additional_forward_args=additional_forward_args,
+        evaluated = prepared.ranked_scores(
+            counts, torch.full_like(inputs, fill_value), inputs, still_original, zeros_last=True
         )
         kept[active] = evaluated | (counts == 0)
     kept = kept.T

@@ -21,16 +21,9 @@ from typing import Any, NamedTuple
 import torch
 
 from captum_regularized._internal.captum_compat import TargetType
-from captum_regularized._internal.checks import check_finite, check_same_device
-from captum_regularized._internal.model_state import find_module
-from captum_regularized._internal.targets import class_indices
 from captum_regularized.attr.map_postprocessing import normalize_per_example
-from captum_regularized.metrics._batched_forward import (
-    class_probability,
-    clean_outputs,
-    forward_in_chunks,
-)
-from captum_regularized.metrics._map_shapes import check_image_batch, per_pixel_map
+from captum_regularized.metrics._perturbation import prepare_batch
+from captum_regularized.metrics._ratio import ratio_or_zero
 
 __all__ = [
     "ConfidenceChange",
@@ -66,11 +59,6 @@ class ConfidenceChange(NamedTuple):
     increase: torch.Tensor
     clean_probability: torch.Tensor
     masked_probability: torch.Tensor
-
-
-def _ratio_or_zero(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-    safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
-    return torch.where(denominator > 0, numerator / safe, torch.zeros_like(numerator))
 
 
 def confidence_change(
@@ -117,42 +105,18 @@ def confidence_change(
     >>> result.drop.shape, bool(((result.drop >= 0) & (result.drop <= 100)).all())
     (torch.Size([2]), True)
     """
-    batch, _, height, width = check_image_batch(inputs)
-    check_same_device((inputs,), find_module(forward_func))
-    check_finite((inputs,))
-    maps = per_pixel_map(
-        attributions,
-        batch,
-        (height, width),
-        channel_reduction=channel_reduction,
-        device=inputs.device,
+    prepared = prepare_batch(
+        forward_func, inputs, attributions, channel_reduction=channel_reduction,
+        internal_batch_size=internal_batch_size, additional_forward_args=additional_forward_args,
     )
-    if batch == 0:
-        empty = torch.zeros(0, device=inputs.device)
+    if prepared.size == 0:
+        empty = torch.zeros(0, device=prepared.inputs.device)
         return ConfidenceChange(empty, empty, empty, empty, empty)
-    inputs = inputs.detach()
-    masked = inputs * normalize_per_example(maps).to(inputs.dtype)
-    outputs = clean_outputs(
-        forward_func,
-        inputs,
-        internal_batch_size=internal_batch_size,
-        additional_forward_args=additional_forward_args,
-    )
-    classes = class_indices(outputs, target)
-    reduce = class_probability(classes, apply_softmax=apply_softmax)
-    p = reduce(outputs, torch.arange(batch, device=inputs.device))
-    o = forward_in_chunks(
-        forward_func,
-        batch,
-        lambda index: (masked[index], index),
-        reduce,
-        batch=batch,
-        device=inputs.device,
-        internal_batch_size=internal_batch_size,
-        additional_forward_args=additional_forward_args,
-    )
-    drop = 100 * _ratio_or_zero((p - o).clamp(min=0), p)
-    gain = 100 * _ratio_or_zero((o - p).clamp(min=0), 1 - p)
+    masked = prepared.inputs * normalize_per_example(prepared.maps).to(prepared.inputs.dtype)
+    reduce, p = prepared.target_probability(target, apply_softmax=apply_softmax)
+    o = prepared.evaluate(prepared.size, lambda index: (masked[index], index), reduce)
+    drop = 100 * ratio_or_zero((p - o).clamp(min=0), p)
+    gain = 100 * ratio_or_zero((o - p).clamp(min=0), 1 - p)
     increase = 100 * (o > p).to(p.dtype)
     return ConfidenceChange(drop, gain, increase, p, o)
 

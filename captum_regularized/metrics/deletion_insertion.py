@@ -19,19 +19,10 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from captum_regularized._internal.captum_compat import TargetType
-from captum_regularized._internal.checks import check_finite, check_same_device
-from captum_regularized._internal.model_state import find_module
-from captum_regularized._internal.targets import class_indices
-from captum_regularized.metrics._batched_forward import (
-    class_probability,
-    clean_outputs,
-    pixel_ranks,
-    ranked_perturbation_scores,
-)
-from captum_regularized.metrics._map_shapes import check_image_batch, per_pixel_map
-from captum_regularized.metrics._substrate import Substrate, make_substrate
+from captum_regularized.metrics._perturbation import prepare_batch
 
 __all__ = [
     "PerturbationCurve",
@@ -40,6 +31,9 @@ __all__ = [
     "insertion_auc",
     "insertion_curve",
 ]
+
+Substrate = str | float | torch.Tensor
+"""What replaces removed pixels: ``"zeros"``, ``"blur"``, a number or a tensor."""
 
 
 class PerturbationCurve(NamedTuple):
@@ -69,6 +63,72 @@ class PerturbationCurve(NamedTuple):
     auc: torch.Tensor
 
 
+def gaussian_blur(
+    images: torch.Tensor, *, kernel_size: int = 11, sigma: float = 5.0
+) -> torch.Tensor:
+    """Blur every channel with a separable Gaussian; edges are replicated.
+
+    The defaults are RISE's insertion substrate (an 11-pixel kernel, sigma 5). Works
+    for images smaller than the kernel.
+
+    Examples
+    --------
+    >>> blurred = gaussian_blur(torch.ones(1, 3, 4, 4))
+    >>> torch.allclose(blurred, torch.ones(1, 3, 4, 4))
+    True
+    """
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 \
+            or kernel_size % 2 == 0:
+        raise ValueError(f"blur_kernel_size must be a positive odd int, got {kernel_size!r}")
+    if not sigma > 0:
+        raise ValueError(f"blur_sigma must be > 0, got {sigma!r}")
+    batch, channels, height, width = images.shape
+    offsets = torch.arange(kernel_size, device=images.device, dtype=torch.float32)
+    offsets = offsets - (kernel_size - 1) / 2
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = (kernel / kernel.sum()).to(images.dtype)
+    half = kernel_size // 2
+    flat = images.reshape(batch * channels, 1, height, width)
+    flat = F.pad(flat, (half, half, half, half), mode="replicate")
+    flat = F.conv2d(flat, kernel.view(1, 1, 1, -1))
+    flat = F.conv2d(flat, kernel.view(1, 1, -1, 1))
+    return flat.reshape(batch, channels, height, width)
+
+
+def _substrate_images(
+    inputs: torch.Tensor, substrate: Substrate, blur_kernel_size: int, blur_sigma: float
+) -> torch.Tensor:
+    """The replacement image of every example, shape and device of ``inputs``."""
+    if isinstance(substrate, str):
+        if substrate == "zeros":
+            return torch.zeros_like(inputs)
+        if substrate == "blur":
+            return gaussian_blur(inputs, kernel_size=blur_kernel_size, sigma=blur_sigma)
+        raise ValueError(
+            f"substrate must be 'zeros', 'blur', a number or a tensor, got {substrate!r}"
+        )
+    if isinstance(substrate, bool):
+        raise TypeError("substrate must be 'zeros', 'blur', a number or a tensor, not a bool")
+    if isinstance(substrate, (int, float)):
+        return torch.full_like(inputs, float(substrate))
+    if isinstance(substrate, torch.Tensor):
+        try:
+            expanded = torch.broadcast_to(substrate, inputs.shape)
+        except RuntimeError as error:
+            raise ValueError(
+                f"a substrate tensor must broadcast to the inputs' shape {tuple(inputs.shape)}, "
+                f"got shape {tuple(substrate.shape)}"
+            ) from error
+        if substrate.device != inputs.device:
+            raise ValueError(
+                f"the substrate is on {substrate.device} but the inputs are on {inputs.device}"
+            )
+        return expanded.to(inputs.dtype)
+    raise TypeError(
+        f"substrate must be 'zeros', 'blur', a number or a tensor, got {type(substrate).__name__}"
+    )
+
+
 def _curve(
     forward_func: Callable[..., Any],
     inputs: torch.Tensor,
@@ -85,89 +145,32 @@ def _curve(
     blur_kernel_size: int,
     blur_sigma: float,
 ) -> PerturbationCurve:
-    batch, _, height, width = check_image_batch(inputs)
+    """The engine of both curves: ``insert`` says which image the ranked pixels come from."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
-    check_same_device((inputs,), find_module(forward_func))
-    check_finite((inputs,))
-    pixels = height * width
+    prepared = prepare_batch(
+        forward_func, inputs, attributions, channel_reduction=channel_reduction,
+        internal_batch_size=internal_batch_size, additional_forward_args=additional_forward_args,
+    )
+    inputs, batch, device = prepared.inputs, prepared.size, prepared.inputs.device
+    pixels = inputs.shape[2] * inputs.shape[3]
     counts = [k * pixels // steps for k in range(steps + 1)]
-    fractions = torch.tensor(counts, device=inputs.device, dtype=torch.float32) / pixels
-    maps = per_pixel_map(
-        attributions,
-        batch,
-        (height, width),
-        channel_reduction=channel_reduction,
-        device=inputs.device,
-    )
-    background = make_substrate(
-        inputs, substrate, blur_kernel_size=blur_kernel_size, blur_sigma=blur_sigma
-    )
+    fractions = torch.tensor(counts, device=device, dtype=torch.float32) / pixels
+    background = _substrate_images(inputs, substrate, blur_kernel_size, blur_sigma)
     if batch == 0:
-        empty = torch.zeros(0, device=inputs.device)
+        empty = torch.zeros(0, device=device)
         return PerturbationCurve(fractions, empty.view(0, steps + 1), empty)
-    inputs = inputs.detach()
-    outputs = clean_outputs(
-        forward_func,
-        inputs,
-        internal_batch_size=internal_batch_size,
-        additional_forward_args=additional_forward_args,
-    )
-    classes = class_indices(outputs, target)
-    reduce = class_probability(classes, apply_softmax=apply_softmax)
-    clean = reduce(outputs, torch.arange(batch, device=inputs.device))
+    reduce, clean = prepared.target_probability(target, apply_softmax=apply_softmax)
     # The clean image is the first point of a deletion curve and the last of an
     # insertion curve; only the other ``steps`` points need a forward pass.
     inner = counts[:-1] if insert else counts[1:]
-    step_counts = torch.tensor(inner, device=inputs.device)[:, None].expand(steps, batch)
+    step_counts = torch.tensor(inner, device=device)[:, None].expand(steps, batch)
     top, rest = (inputs, background) if insert else (background, inputs)
-    perturbed = ranked_perturbation_scores(
-        forward_func,
-        pixel_ranks(maps),
-        step_counts,
-        top,
-        rest,
-        reduce,
-        internal_batch_size=internal_batch_size,
-        additional_forward_args=additional_forward_args,
-    ).T
+    perturbed = prepared.ranked_scores(step_counts, top, rest, reduce).T
     pieces = (perturbed, clean[:, None]) if insert else (clean[:, None], perturbed)
     scores = torch.cat(pieces, dim=1)
     auc = torch.trapezoid(scores, fractions, dim=1)
     return PerturbationCurve(fractions, scores, auc)
-
-
-_PARAMETERS = """
-    Parameters
-    ----------
-    forward_func : callable
-        The model, or any function of ``(inputs, *additional_forward_args)`` giving
-        ``(B, classes)`` outputs. A module behind it runs in eval mode (restored
-        afterwards) without gradients.
-    inputs : Tensor
-        Images ``(B, C, H, W)``; never modified.
-    attributions : Tensor
-        Maps ``(B, C, H, W)``, ``(B, 1, h, w)``, ``(B, h, w)`` or ``(h, w)``; channels
-        are collapsed with ``channel_reduction`` and other resolutions resized
-        bilinearly. Ties keep raster order.
-    target : int, list, Tensor, tuple or None
-        Any Captum target form; ``None`` means the class predicted on ``inputs``.
-    steps : int
-        Number of equal chunks of pixels; the curve has ``steps + 1`` points.
-    substrate : {"zeros", "blur"}, float or Tensor
-        What replaces removed pixels (deletion) or forms the start image (insertion).
-    channel_reduction : {"max", "sum", "mean"}
-        See :func:`~captum_regularized.attr.reduce_channels`.
-    apply_softmax : bool
-        Score the softmax of the output (``False`` when the model already returns
-        probabilities).
-    internal_batch_size : int, optional
-        Images per forward pass (default 128); bounds memory.
-    additional_forward_args : Any
-        Extra forward arguments (per-example tensors follow their example).
-    blur_kernel_size, blur_sigma : int, float
-        The Gaussian of ``substrate="blur"`` (RISE: 11 and 5).
-"""
 
 
 def deletion_curve(
@@ -189,11 +192,44 @@ def deletion_curve(
 
     At step ``k`` the ``floor(k * H * W / steps)`` highest-ranked pixels (all
     channels) are replaced by the substrate. Lower area = more faithful map.
-    {parameters}
+
+    Parameters
+    ----------
+    forward_func : callable
+        The model, or any function of ``(inputs, *additional_forward_args)`` giving
+        ``(B, classes)`` outputs. A module behind it runs in eval mode (restored
+        afterwards) without gradients.
+    inputs : Tensor
+        Images ``(B, C, H, W)``; never modified.
+    attributions : Tensor
+        Maps ``(B, C, H, W)``, ``(B, 1, h, w)``, ``(B, h, w)`` or ``(h, w)``; channels
+        are collapsed with ``channel_reduction`` and other resolutions resized
+        bilinearly. Pixels are removed in decreasing map order; ties keep raster
+        order.
+    target : int, list, Tensor, tuple or None
+        Any Captum target form; ``None`` means the class predicted on ``inputs``.
+    steps : int
+        Number of equal chunks of pixels; the curve has ``steps + 1`` points.
+    substrate : {"zeros", "blur"}, float or Tensor
+        What replaces removed pixels: black, a Gaussian blur of the image, a constant,
+        or a tensor that broadcasts to ``inputs`` (on their device).
+    channel_reduction : {"max", "sum", "mean"}
+        See :func:`~captum_regularized.attr.reduce_channels`.
+    apply_softmax : bool
+        Score the softmax of the output (``False`` when the model already returns
+        probabilities).
+    internal_batch_size : int, optional
+        Images per forward pass (default 128); bounds memory.
+    additional_forward_args : Any
+        Extra forward arguments (per-example tensors follow their example).
+    blur_kernel_size, blur_sigma : int, float
+        The Gaussian of ``substrate="blur"`` (RISE: 11 and 5).
+
     Returns
     -------
     PerturbationCurve
-        ``fractions``, per-example ``scores`` and ``auc``.
+        ``fractions`` removed, per-example ``scores`` (the clean image first) and
+        ``auc``.
 
     Examples
     --------
@@ -232,11 +268,44 @@ def insertion_curve(
 
     Starts from the substrate (RISE: a blurred copy) and at step ``k`` restores the
     ``floor(k * H * W / steps)`` highest-ranked pixels. Higher area = better map.
-    {parameters}
+
+    Parameters
+    ----------
+    forward_func : callable
+        The model, or any function of ``(inputs, *additional_forward_args)`` giving
+        ``(B, classes)`` outputs. A module behind it runs in eval mode (restored
+        afterwards) without gradients.
+    inputs : Tensor
+        Images ``(B, C, H, W)``; never modified.
+    attributions : Tensor
+        Maps ``(B, C, H, W)``, ``(B, 1, h, w)``, ``(B, h, w)`` or ``(h, w)``; channels
+        are collapsed with ``channel_reduction`` and other resolutions resized
+        bilinearly. Pixels are put back in decreasing map order; ties keep raster
+        order.
+    target : int, list, Tensor, tuple or None
+        Any Captum target form; ``None`` means the class predicted on ``inputs``.
+    steps : int
+        Number of equal chunks of pixels; the curve has ``steps + 1`` points.
+    substrate : {"zeros", "blur"}, float or Tensor
+        The start image: a Gaussian blur of the image (RISE's choice), black, a
+        constant, or a tensor that broadcasts to ``inputs`` (on their device).
+    channel_reduction : {"max", "sum", "mean"}
+        See :func:`~captum_regularized.attr.reduce_channels`.
+    apply_softmax : bool
+        Score the softmax of the output (``False`` when the model already returns
+        probabilities).
+    internal_batch_size : int, optional
+        Images per forward pass (default 128); bounds memory.
+    additional_forward_args : Any
+        Extra forward arguments (per-example tensors follow their example).
+    blur_kernel_size, blur_sigma : int, float
+        The Gaussian of ``substrate="blur"`` (RISE: 11 and 5).
+
     Returns
     -------
     PerturbationCurve
-        ``fractions``, per-example ``scores`` and ``auc``.
+        ``fractions`` inserted, per-example ``scores`` (the clean image last) and
+        ``auc``.
 
     Examples
     --------
@@ -293,7 +362,3 @@ def insertion_auc(
     torch.Size([3])
     """
     return insertion_curve(forward_func, inputs, attributions, target, **kwargs).auc
-
-
-for _function in (deletion_curve, insertion_curve):
-    _function.__doc__ = (_function.__doc__ or "").replace("{parameters}", _PARAMETERS)

@@ -29,6 +29,7 @@ from captum_regularized._internal.guided_relu import (
     guided_and_plain_gradients,
 )
 from captum_regularized._internal.model_state import preserved_model
+from captum_regularized.metrics._ratio import ratio_or_zero
 
 __all__ = ["gradient_alignment"]
 
@@ -103,6 +104,4 @@ def gradient_alignment(
         )
     plain = plain.detach().reshape(batch, -1).float()
     guided = guided.reshape(batch, -1).float()
-    norms = plain.norm(dim=1) * guided.norm(dim=1)
-    safe = torch.where(norms > 0, norms, torch.ones_like(norms))
-    return torch.where(norms > 0, (plain * guided).sum(dim=1) / safe, torch.zeros_like(norms))
+    return ratio_or_zero((plain * guided).sum(dim=1), plain.norm(dim=1) * guided.norm(dim=1))

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from captum_regularized.metrics._map_shapes import per_pixel_map
+from captum_regularized._internal.pixel_maps import per_pixel_map
+from captum_regularized.metrics._ratio import ratio_or_zero
 
 __all__ = ["energy_pointing_game", "pointing_game"]
 
@@ -105,7 +106,4 @@ def energy_pointing_game(
     """
     maps, inside = _maps_and_masks(attributions, masks, channel_reduction)
     positive = maps.clamp(min=0)
-    total = positive.sum(dim=1)
-    safe = torch.where(total > 0, total, torch.ones_like(total))
-    share = (positive * inside).sum(dim=1) / safe
-    return torch.where(total > 0, share, torch.zeros_like(share))
+    return ratio_or_zero((positive * inside).sum(dim=1), positive.sum(dim=1))

@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from captum_regularized.metrics._ratio import ratio_or_zero
+
 __all__ = ["gini_sparseness"]
 
 
@@ -55,7 +57,4 @@ def gini_sparseness(attributions: torch.Tensor) -> torch.Tensor:
     values = values.abs().to(dtype).sort(dim=1).values
     n = values.shape[1]
     weights = 2 * torch.arange(1, n + 1, device=values.device, dtype=dtype) - n - 1
-    total = values.sum(dim=1)
-    safe = torch.where(total > 0, total, torch.ones_like(total))
-    gini = (values * weights).sum(dim=1) / (n * safe)
-    return torch.where(total > 0, gini, torch.zeros_like(total))
+    return ratio_or_zero((values * weights).sum(dim=1), n * values.sum(dim=1))

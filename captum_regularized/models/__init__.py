@@ -1,6 +1,19 @@
 """Small reference models and a plain training helper."""
 
 from captum_regularized.models.simple_cnn import SimpleCNN
-from captum_regularized.models.training import evaluate_accuracy, train_classifier
+from captum_regularized.models.training import (
+    LossHook,
+    PenaltyHook,
+    evaluate_accuracy,
+    train_classifier,
+    with_cross_entropy,
+)
 
-__all__ = ["SimpleCNN", "evaluate_accuracy", "train_classifier"]
+__all__ = [
+    "LossHook",
+    "PenaltyHook",
+    "SimpleCNN",
+    "evaluate_accuracy",
+    "train_classifier",
+    "with_cross_entropy",
+]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +17,144 @@ from captum_regularized._internal.checks import check_class_scores, check_data_b
 from captum_regularized._internal.model_state import model_device, preserved_model
 from captum_regularized.datasets.image_folder import collate_with_optional_masks
 
-LossOutput = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
-LossHook = Callable[[torch.Tensor, torch.Tensor], LossOutput]
+__all__ = ["LossHook", "PenaltyHook", "evaluate_accuracy", "train_classifier", "with_cross_entropy"]
+
 Collate = Callable[[list[Any]], Any]
+
+
+class LossHook(Protocol):
+    """The ``loss`` of :func:`train_classifier`: the training loss of one batch.
+
+    ``hook(images, labels)`` gets the batch on the training device and returns the
+    batch's training loss, a 0-d tensor with its graph down to the model's parameters;
+    :func:`train_classifier` back-propagates exactly that value.
+    :class:`~captum_regularized.regularizers.NormRegularizedAdversarialLoss` is one as it
+    is; a regularizer that returns ``(logits, penalty)`` becomes one through
+    :func:`with_cross_entropy`.
+
+    A hook may also keep the batch's logits ``(B, classes)`` in an attribute
+    ``last_logits``, set on every call; :func:`train_classifier` then reports the training
+    accuracy (otherwise NaN). :func:`with_cross_entropy`'s hooks do.
+
+    Examples
+    --------
+    >>> import torch.nn.functional as F
+    >>> model = torch.nn.Linear(4, 2)
+    >>> def smoothed(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    ...     return F.cross_entropy(model(images), labels, label_smoothing=0.1)
+    >>> hook: LossHook = smoothed
+    >>> hook(torch.rand(3, 4), torch.tensor([0, 1, 0])).shape
+    torch.Size([])
+    """
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, /) -> torch.Tensor:
+        """The batch's 0-d training loss."""
+        ...
+
+
+class PenaltyHook(Protocol):
+    """A regularizer that returns ``(logits, penalty)`` for a batch, with its graph.
+
+    The form of :class:`~captum_regularized.regularizers.GuidedGradientRegularizer` and
+    :class:`~captum_regularized.regularizers.GradientNormPenalty`: the model's logits
+    ``(B, classes)`` and a 0-d penalty to add to the task loss.
+    :func:`with_cross_entropy` turns one into a :class:`LossHook`.
+    """
+
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor, /
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, penalty)`` of the batch."""
+        ...
+
+
+class _CrossEntropyPlusPenalty:
+    """The :class:`LossHook` made by :func:`with_cross_entropy`."""
+
+    def __init__(self, penalty: PenaltyHook) -> None:
+        self.penalty = penalty
+        self.last_logits: torch.Tensor | None = None
+
+    def __repr__(self) -> str:
+        return f"with_cross_entropy({self.penalty!r})"
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, /) -> torch.Tensor:
+        logits, value = _logits_and_penalty(self.penalty(images, labels))
+        self.last_logits = logits.detach()
+        return F.cross_entropy(logits, labels) + value
+
+
+def with_cross_entropy(penalty: PenaltyHook) -> LossHook:
+    """The :class:`LossHook` ``cross_entropy(logits, labels) + penalty`` of a penalty hook.
+
+    Parameters
+    ----------
+    penalty : PenaltyHook
+        E.g. a :class:`~captum_regularized.regularizers.GuidedGradientRegularizer`.
+
+    Returns
+    -------
+    LossHook
+        Calls ``penalty(images, labels)`` once per batch and keeps the logits in
+        ``last_logits`` (so :func:`train_classifier` reports the training accuracy).
+
+    Raises
+    ------
+    TypeError
+        When ``penalty`` is not callable (at once), or when it returns something other
+        than a ``(logits, penalty)`` pair of tensors (at the first batch).
+
+    Examples
+    --------
+    >>> model = torch.nn.Linear(4, 2)
+    >>> def zero_penalty(images, labels):
+    ...     logits = model(images)
+    ...     return logits, logits.new_zeros(())
+    >>> images, labels = torch.rand(3, 4), torch.tensor([0, 1, 0])
+    >>> loss = with_cross_entropy(zero_penalty)(images, labels)
+    >>> torch.allclose(loss, F.cross_entropy(model(images), labels))
+    True
+    """
+    if not callable(penalty):
+        raise TypeError(
+            f"penalty must be a callable returning (logits, penalty), got {type(penalty).__name__}"
+        )
+    return _CrossEntropyPlusPenalty(penalty)
+
+
+def _logits_and_penalty(out: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    if not (
+        isinstance(out, (tuple, list))
+        and len(out) == 2
+        and all(isinstance(part, torch.Tensor) for part in out)
+    ):
+        raise TypeError(
+            f"penalty must return a (logits, penalty) pair of tensors, got {type(out).__name__}"
+        )
+    return out[0], out[1]
+
+
+_PAIR_DEPRECATED = (
+    "a loss hook returning (logits, penalty) is deprecated and will be refused in the next "
+    "release: pass loss=with_cross_entropy(hook) (captum_regularized.models), whose loss "
+    "is the same cross_entropy(logits, labels) + penalty"
+)
+
+
+def _hook_loss(
+    loss: LossHook, images: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+    """The training loss of a ``loss`` hook, the batch's logits (when known) and whether
+    the hook used the deprecated ``(logits, penalty)`` form."""
+    out: Any = loss(images, labels)
+    if isinstance(out, tuple):  # read exactly as earlier releases did
+        logits, penalty = out
+        return F.cross_entropy(logits, labels) + penalty, logits, True
+    if not isinstance(out, torch.Tensor) or out.dim() != 0:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise TypeError(f"loss must return the batch's 0-d training loss tensor, got {shape}")
+    kept = getattr(loss, "last_logits", None)
+    return out, kept if isinstance(kept, torch.Tensor) else None, False
 
 
 def _collate(items: list[Any]) -> Any:
@@ -71,12 +207,16 @@ def train_classifier(
         AdamW with a cosine learning-rate schedule over all steps.
     device : str or torch.device
         Where to train.
-    loss : callable, optional
-        ``loss(images, labels)``. It may return a scalar training loss, or a pair
-        ``(logits, penalty)`` whose loss is ``cross_entropy(logits, labels) + penalty``
-        (the form of :class:`~captum_regularized.regularizers.GuidedGradientRegularizer`
-        and :class:`~captum_regularized.regularizers.GradientNormPenalty`). ``None``
-        means plain cross-entropy on ``model(images)``.
+    loss : LossHook, optional
+        ``loss(images, labels)`` returns the batch's 0-d training loss (see
+        :class:`LossHook`), e.g. a
+        :class:`~captum_regularized.regularizers.NormRegularizedAdversarialLoss`, or
+        ``with_cross_entropy(reg)`` for a regularizer returning ``(logits, penalty)``
+        (:class:`~captum_regularized.regularizers.GuidedGradientRegularizer`,
+        :class:`~captum_regularized.regularizers.GradientNormPenalty`). ``None`` means
+        plain cross-entropy on ``model(images)``. A hook that returns the pair itself
+        still trains as ``cross_entropy(logits, labels) + penalty`` for this release,
+        with a ``DeprecationWarning``.
     progress : bool
         Show a tqdm bar per epoch.
     seed : int
@@ -90,7 +230,8 @@ def train_classifier(
     -------
     list of dict
         Per epoch: ``epoch``, ``loss`` (mean), ``accuracy`` (training batches, when
-        logits are known, else NaN) and ``seconds``.
+        logits are known: no hook, or a hook with ``last_logits``; else NaN) and
+        ``seconds``.
 
     Raises
     ------
@@ -100,7 +241,8 @@ def train_classifier(
         it: nothing is updated from it), or a model output that is not ``(batch, classes)``.
     TypeError
         When ``train_set`` has no length, its batches are not ``(images, labels, ...)``,
-        or the model returns something other than one tensor (a tuple or dict).
+        the model returns something other than one tensor (a tuple or dict), or
+        ``loss`` returns something other than a 0-d tensor.
 
     Examples
     --------
@@ -156,6 +298,7 @@ def _train(
         optimizer, max_lr=lr, total_steps=epochs * len(loader), pct_start=0.2
     )
     history: list[dict[str, float]] = []
+    warned = False
     for epoch in range(epochs):
         start = time.perf_counter()
         total_loss = torch.zeros((), device=device)
@@ -167,16 +310,15 @@ def _train(
             images, labels = images.to(device), labels.to(device)
             check_data_batch(images, index, "train_classifier", floating=False)
             optimizer.zero_grad(set_to_none=True)
+            logits: torch.Tensor | None
             if loss is None:
                 logits = check_class_scores(model(images), batch=len(images), who="model")
                 value = F.cross_entropy(logits, labels)
             else:
-                out = loss(images, labels)
-                if isinstance(out, tuple):
-                    logits, penalty = out
-                    value = F.cross_entropy(logits, labels) + penalty
-                else:
-                    logits, value = None, out
+                value, logits, paired = _hook_loss(loss, images, labels)
+                if paired and not warned:  # once per call
+                    warnings.warn(_PAIR_DEPRECATED, DeprecationWarning, stacklevel=3)
+                    warned = True
             value.backward()
             optimizer.step()
             scheduler.step()

@@ -3,7 +3,7 @@
 Two ways to train through the penalty on the input gradient: exact double
 back-propagation (the default) or a finite difference of first-order weight
 gradients, for models that cannot be differentiated twice (see
-:mod:`captum_regularized._internal.input_gradients` for the shared mechanics).
+the shared mechanics in :mod:`captum_regularized.regularizers._penalty_modes`).
 """
 
 from __future__ import annotations
@@ -12,29 +12,32 @@ import torch
 from torch import nn
 
 from captum_regularized._internal.checks import check_autograd_available
-from captum_regularized._internal.guided_relu import FINITE_DIFFERENCE_WAY_OUT, check_not_compiled
 from captum_regularized._internal.input_gradients import (
+    check_training_batch,
+    cross_entropy_per_example,
+    input_gradient,
+    leaf_in_place_error_explained,
+)
+from captum_regularized._internal.model_state import (
+    batchnorm_statistics_restored_on_error,
+    kept_batchnorm_statistics,
+    unwrap_parallel,
+)
+from captum_regularized.regularizers._penalty_modes import (
     GradientScaler,
     check_double_backward,
-    check_mode,
-    check_training_batch,
+    check_penalty_settings,
     compute_dtype,
-    cross_entropy_per_example,
     default_relative_step,
     double_backward_attention,
     double_backward_errors_explained,
     finite_difference_penalty,
     finite_difference_step,
     gradient_scale,
-    input_gradient,
-    leaf_in_place_error_explained,
     perturbed_gradients,
     rng_replayed,
-    running_statistics_frozen,
-    unwrap_distributed,
 )
-from captum_regularized._internal.model_state import batchnorm_statistics_restored_on_error
-from captum_regularized._internal.structured_norms import NormSpec, check_mask, conjugate_penalty
+from captum_regularized.regularizers.adversarial_norms import adversarial_norm
 
 __all__ = ["GradientNormPenalty"]
 
@@ -153,15 +156,8 @@ class GradientNormPenalty:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        self.spec = NormSpec(norm, epsilon, epsilon2, group_size)
-        self.fd_step = check_mode(mode, fd_step)
-        if mode == "double_backprop":
-            check_not_compiled(model, also=FINITE_DIFFERENCE_WAY_OUT)
-        if grad_scaler is not None and not callable(getattr(grad_scaler, "scale", None)):
-            raise TypeError(
-                "grad_scaler must be a torch.amp.GradScaler (an object with .scale(tensor)), "
-                f"got {type(grad_scaler).__name__}"
-            )
+        self.spec = adversarial_norm(norm, epsilon, epsilon2, group_size)
+        self.fd_step = check_penalty_settings(model, mode, fd_step, grad_scaler)
         self.model = model
         self.mode = mode
         self.grad_scaler = grad_scaler
@@ -207,7 +203,7 @@ class GradientNormPenalty:
         """
         check_autograd_available(type(self).__name__)
         check_training_batch(inputs, labels, class_indices=True)
-        mask = check_mask(self.spec, mask, inputs)
+        mask = self.spec.check_mask(mask, inputs)
         scale = gradient_scale(self.grad_scaler, inputs)
         with batchnorm_statistics_restored_on_error(self.model):
             if self.mode == "finite_difference":
@@ -239,7 +235,7 @@ class GradientNormPenalty:
             check_double_backward(who, out.logits, out.gradient)
             self._double_backward_checked = True
         gradient = out.gradient if scale is None else out.gradient / scale
-        return out.logits, conjugate_penalty(self.spec, gradient, mask).mean()
+        return out.logits, self.spec.conjugate_penalty(gradient, mask).mean()
 
     def _finite_difference(
         self,
@@ -249,17 +245,17 @@ class GradientNormPenalty:
         scale: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         model = self.model
-        extra = unwrap_distributed(model)  # the extra passes do not synchronise
+        extra = unwrap_parallel(model)  # the extra passes do not synchronise
         with (
             rng_replayed(inputs.device),
-            running_statistics_frozen(model),
+            kept_batchnorm_statistics(model),
             leaf_in_place_error_explained(),
         ):
             first = input_gradient(extra, inputs, labels, self._loss_fn(scale))
         gradient = first.gradient if scale is None else first.gradient / scale
         with torch.enable_grad():
             leaf = gradient.detach().requires_grad_(True)
-            value = conjugate_penalty(self.spec, leaf, mask).mean()
+            value = self.spec.conjugate_penalty(leaf, mask).mean()
             (direction,) = torch.autograd.grad(
                 value, leaf, allow_unused=True, materialize_grads=True
             )
@@ -277,7 +273,7 @@ class GradientNormPenalty:
         def loss_at(x: torch.Tensor) -> torch.Tensor:
             return cross_entropy_per_example(extra(x), labels).sum()
 
-        with rng_replayed(inputs.device), running_statistics_frozen(model):
+        with rng_replayed(inputs.device), kept_batchnorm_statistics(model):
             perturbed = perturbed_gradients(
                 loss_at, inputs, direction, step, list(model.parameters()), scale=scale
             )

@@ -13,14 +13,12 @@ gradients (``mode="finite_difference"``), for models that cannot be differentiat
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 import numbers
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -28,16 +26,29 @@ from captum_regularized._internal.batch_args import is_per_example
 from captum_regularized._internal.captum_compat import format_additional_args
 from captum_regularized._internal.checks import check_autograd_available
 from captum_regularized._internal.guided_relu import (
-    FINITE_DIFFERENCE_WAY_OUT,
-    check_not_compiled,
+    check_guided_rule,
     guided_and_plain_gradients,
 )
 from captum_regularized._internal.input_gradients import (
-    GradientScaler,
     check_class_logits,
-    check_double_backward,
-    check_mode,
     check_training_batch,
+    leaf_in_place_error_explained,
+)
+from captum_regularized._internal.model_state import (
+    batchnorm_statistics_restored_on_error,
+    kept_batchnorm_statistics,
+    unwrap_parallel,
+)
+from captum_regularized._internal.per_example_batchnorm import (
+    Moments,
+    TrainBatchNormCalls,
+    batch_moments,
+    normalised,
+)
+from captum_regularized.regularizers._penalty_modes import (
+    GradientScaler,
+    check_double_backward,
+    check_penalty_settings,
     compute_dtype,
     default_relative_step,
     double_backward_attention,
@@ -45,13 +56,9 @@ from captum_regularized._internal.input_gradients import (
     finite_difference_penalty,
     finite_difference_step,
     gradient_scale,
-    leaf_in_place_error_explained,
     perturbed_gradients,
     rng_replayed,
-    running_statistics_frozen,
-    unwrap_distributed,
 )
-from captum_regularized._internal.model_state import batchnorm_statistics_restored_on_error
 
 __all__ = ["GuidedGradientRegularizer"]
 
@@ -88,9 +95,6 @@ _DISTANCES: dict[str, Distance] = {
 }
 
 
-_batchnorm_statistics_frozen = running_statistics_frozen
-
-
 def _check_per_example_loss(loss: Any, count: int) -> None:
     if not isinstance(loss, torch.Tensor) or loss.shape != (count,):
         got = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
@@ -115,7 +119,7 @@ def _eager_forward(model: nn.Module) -> Callable[..., torch.Tensor]:
     finite-difference mode runs its guided pass eagerly and everything else compiled.
     Compiled *submodules* would hide their activations, so they are refused.
     """
-    module = unwrap_distributed(model)
+    module = unwrap_parallel(model)
     module = getattr(module, "_orig_mod", module)
     forward: Callable[..., torch.Tensor] = module
     if getattr(module, "_compiled_call_impl", None) is not None:  # module.compile()
@@ -137,7 +141,7 @@ def _eager_forward(model: nn.Module) -> Callable[..., torch.Tensor]:
 @contextlib.contextmanager
 def _extra_pass(model: nn.Module, device: torch.device) -> Iterator[None]:
     """An extra pass: same dropout masks as the caller's, BatchNorm statistics kept."""
-    with rng_replayed(device), running_statistics_frozen(model):
+    with rng_replayed(device), kept_batchnorm_statistics(model):
         yield
 
 
@@ -147,31 +151,6 @@ def _penalty_direction(value: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(leaf)
     (direction,) = torch.autograd.grad(value, leaf, allow_unused=True, materialize_grads=True)
     return direction
-
-
-_BATCH_NORM_SIGNATURE = inspect.signature(F.batch_norm)
-Moments = tuple[torch.Tensor, torch.Tensor]
-
-
-def _moments(x: torch.Tensor) -> Moments:
-    """Per-channel batch mean and (biased) variance, in float32 for half precision."""
-    x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    dims = [0, *range(2, x.dim())]
-    return x.mean(dims), x.var(dims, correction=0)
-
-
-def _normalised(x: torch.Tensor, moments: Moments, call: dict[str, Any]) -> torch.Tensor:
-    """``F.batch_norm`` with the given statistics, differentiable in them, no running update."""
-    mean, var = moments
-    shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
-    wide = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    scale = torch.rsqrt(var + call["eps"])
-    if call["weight"] is not None:
-        scale = scale * call["weight"]
-    shift = -mean * scale
-    if call["bias"] is not None:
-        shift = shift + call["bias"]
-    return (wide * scale.view(shape) + shift.view(shape)).to(x.dtype)
 
 
 class _MomentsGradient(torch.autograd.Function):
@@ -207,7 +186,7 @@ class _MomentsGradient(torch.autograd.Function):
         return grad.to(a.dtype), None, None, None, None
 
 
-class _BatchStatistics(TorchFunctionMode):
+class _BatchStatistics(TrainBatchNormCalls):
     """What train-mode ``F.batch_norm`` calls normalise with in the finite-difference passes.
 
     The penalty uses per-example gradients: train-mode BatchNorm statistics held
@@ -238,37 +217,27 @@ class _BatchStatistics(TorchFunctionMode):
         self.injected: list[torch.Tensor] = []
         self.calls = 0
 
-    def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
-        if func is not F.batch_norm:
-            return func(*args, **kwargs)
-        bound = _BATCH_NORM_SIGNATURE.bind(*args, **kwargs)
-        bound.apply_defaults()
-        call = bound.arguments
-        if not call["training"]:
-            return func(*args, **kwargs)
+    def train_batch_norm(self, call: dict[str, Any]) -> torch.Tensor:
         x = call["input"]
         self.calls += 1
         if self.action == "record":
             with torch.no_grad():
-                self.statistics.append(_moments(x))
-            return func(*args, **kwargs)
+                self.statistics.append(batch_moments(x))
+            return super().train_batch_norm(call)
         if self.action in ("hold", "inject") and self.calls > len(self.statistics):
             raise RuntimeError(_MISMATCH)
         if self.action == "hold":
-            return _normalised(x, self.statistics[self.calls - 1], call)
+            return self._normalised(x, self.statistics[self.calls - 1], call)
         if self.action == "inject":
             d_mean, d_var = self.statistics[self.calls - 1]
             mean = self.means[self.calls - 1]
             self.injected.append(_MomentsGradient.apply(x, d_mean, d_var, mean, d_mean.dtype))
-            return func(*args, **kwargs)
-        return _normalised(x, _moments(x[x.shape[0] // 2 :]), call)
+            return super().train_batch_norm(call)
+        return self._normalised(x, batch_moments(x[x.shape[0] // 2 :]), call)
+
+    @staticmethod
+    def _normalised(x: torch.Tensor, moments: Moments, call: dict[str, Any]) -> torch.Tensor:
+        return normalised(x, moments, call["eps"], call["weight"], call["bias"])
 
 
 _MISMATCH = (
@@ -369,6 +338,13 @@ class GuidedGradientRegularizer:
     fd_step : float, optional
         ``mode="finite_difference"`` only: the relative step in ``(0, 1)``; ``None``
         for ``max(0.02, sqrt(eps))`` of the compute dtype.
+    rule : {"gated", "ungated"}
+        The guided rule that makes the target ``g_G``, as in
+        :class:`~captum_regularized.attr.GuidedBackprop`: ``"gated"`` (default)
+        ``grad_in = sigma'(z) 1[z > 0] max(grad_out, 0)``, ``"ungated"``
+        ``grad_in = sigma'(z) max(grad_out, 0)``. Both are Springenberg's rule on ReLU
+        (and ReLU6) networks; they differ on smooth or leaky activations (SiLU, GELU,
+        LeakyReLU, ...), whose negative side only ``"ungated"`` passes.
     grad_scaler : torch.amp.GradScaler, optional
         For mixed precision with loss scaling, PyTorch's gradient-penalty recipe: the
         scores are multiplied by the scaler's factor before the input gradients (and,
@@ -426,19 +402,14 @@ class GuidedGradientRegularizer:
         mode: str = "double_backprop",
         fd_step: float | None = None,
         grad_scaler: GradientScaler | None = None,
+        rule: str = "gated",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.fd_step = check_mode(mode, fd_step)
-        if mode == "double_backprop":
-            check_not_compiled(model, also=FINITE_DIFFERENCE_WAY_OUT)
-        else:
+        self.rule = check_guided_rule(rule)
+        self.fd_step = check_penalty_settings(model, mode, fd_step, grad_scaler)
+        if mode == "finite_difference":
             _eager_forward(model)  # refuses compiled submodules
-        if grad_scaler is not None and not callable(getattr(grad_scaler, "scale", None)):
-            raise TypeError(
-                "grad_scaler must be a torch.amp.GradScaler (an object with .scale(tensor)), "
-                f"got {type(grad_scaler).__name__}"
-            )
         if isinstance(weight, bool) or not isinstance(weight, (int, float, numbers.Real)):
             raise TypeError(f"weight must be a number, got {type(weight).__name__}")
         if not math.isfinite(weight) or weight < 0:
@@ -473,9 +444,10 @@ class GuidedGradientRegularizer:
     def __repr__(self) -> str:
         distance = self.distance if isinstance(self.distance, str) else "<callable>"
         mode = "" if self.mode == "double_backprop" else f", mode={self.mode!r}"
+        rule = "" if self.rule == "gated" else f", rule={self.rule!r}"
         return (
             f"{type(self).__name__}(weight={self.weight}, distance={distance!r}, "
-            f"target={self.target!r}, fraction={self.fraction}{mode})"
+            f"target={self.target!r}, fraction={self.fraction}{mode}{rule})"
         )
 
     def __call__(
@@ -538,7 +510,7 @@ class GuidedGradientRegularizer:
                             inputs,
                             additional_forward_args=additional_forward_args,
                             create_graph=True,
-                            per_example=True,
+                            per_example=True, rule=self.rule,
                             score_fn=lambda output: self._scores(output, labels, scale),
                         )
                 else:
@@ -572,13 +544,13 @@ class GuidedGradientRegularizer:
         rows = torch.randperm(batch, device=inputs.device)[:count]
         chosen = labels if self.target == "label" else logits.detach().argmax(1)
         subset_args = _subset_args(args, rows, batch)
-        with _batchnorm_statistics_frozen(self.model), double_backward_attention():
+        with kept_batchnorm_statistics(self.model), double_backward_attention():
             _, plain, guided = guided_and_plain_gradients(
                 self.model,
                 inputs[rows],
                 additional_forward_args=subset_args,
                 create_graph=True,
-                per_example=True,
+                per_example=True, rule=self.rule,
                 score_fn=lambda output: _scaled(_logits_at(output, chosen[rows]), scale),
             )
         return logits, plain, guided
@@ -618,7 +590,7 @@ class GuidedGradientRegularizer:
         with _extra_pass(model, inputs.device), leaf_in_place_error_explained():
             _, plain, guided = guided_and_plain_gradients(
                 recorded, sub_inputs, additional_forward_args=sub_args, per_example=True,
-                score_fn=scores,
+                rule=self.rule, score_fn=scores,
             )
         if scale is not None:
             plain, guided = plain / scale, guided / scale
@@ -650,7 +622,7 @@ class GuidedGradientRegularizer:
 
         # 2. The pass at x + h v, whose weight gradient is kept; 3. the caller's pass.
         if not first.statistics:  # no train-mode BatchNorm: examples are independent
-            forward = unwrap_distributed(model)  # may be compiled
+            forward = unwrap_parallel(model)  # may be compiled
             with _extra_pass(model, inputs.device):
                 perturbed = perturbed_gradients(
                     lambda x: target_sum(forward(x, *sub_args), False),

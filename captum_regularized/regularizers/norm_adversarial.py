@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from typing import Any, Literal
@@ -17,16 +18,13 @@ from captum_regularized._internal.input_gradients import (
     input_gradient,
     per_example_losses,
 )
-from captum_regularized._internal.model_state import kept_batchnorm_statistics, preserved_model
-from captum_regularized._internal.structured_norms import (
-    NormSpec,
-    adversary_cost,
-    adversary_cost_gradient,
-    ascent_step,
-    check_mask,
-    closed_form_maximiser,
-    project,
+from captum_regularized._internal.model_state import (
+    batchnorm_statistics_restored_on_error,
+    kept_batchnorm_statistics,
+    preserved_model,
+    unwrap_parallel,
 )
+from captum_regularized.regularizers.adversarial_norms import adversarial_norm
 
 __all__ = ["NormRegularizedAdversarialLoss"]
 
@@ -35,6 +33,9 @@ _DEFAULT_STEP_FACTOR = 2.5
 
 _SELECTIONS = ("last", "best")
 """Values of ``select_iterate``: the solver's last iterate, or each example's best."""
+
+_STARTS = ("closed_form", "zero")
+"""Values of ``start``: the closed-form maximiser (ours) or ``delta = 0`` (the authors')."""
 
 
 def _is_real(value: Any) -> bool:
@@ -75,17 +76,10 @@ def _check_settings(
     return step_size, float(clean_weight), bounds
 
 
-def unwrap_parallel(model: nn.Module) -> nn.Module:
-    """The module inside ``DistributedDataParallel``/``DataParallel`` (else the model).
-
-    Examples
-    --------
-    >>> m = nn.Linear(1, 1)
-    >>> unwrap_parallel(nn.DataParallel(m)) is m
-    True
-    """
-    parallel = (nn.parallel.DistributedDataParallel, nn.DataParallel)
-    return model.module if isinstance(model, parallel) else model
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
 
 
 class NormRegularizedAdversarialLoss:
@@ -96,7 +90,8 @@ class NormRegularizedAdversarialLoss:
     turns into a penalty ``R*`` on the model's simple-gradient map, which makes those
     maps structured: ``"l1"`` gives sparse maps, ``"group"`` maps sparse over
     ``group_size x group_size`` patches, ``"elastic_net"`` sparse and smooth ones,
-    ``"gaze"`` maps that stay inside a given mask.
+    ``"gaze"`` maps that stay inside a given mask. Each norm is one class of
+    :mod:`~captum_regularized.regularizers.adversarial_norms`:
 
     =============== ================================= ================================
     norm            penalty on the gradient ``R*(g)`` closed-form adversary ``delta*``
@@ -114,40 +109,58 @@ class NormRegularizedAdversarialLoss:
     ``R*(g)`` directly instead (double back-propagation).
 
     The inner problem
-        ``steps=1`` uses the closed form. ``steps=k > 1`` starts with the closed form
-        (the first ascent step from ``delta = 0``) and takes ``k - 1`` more steps of
-        ``step_size`` along the steepest-ascent direction of ``l - R`` for the norm:
-        sign steps for ``l1``, per-patch normalised steps for ``group``, per-example
-        L2-normalised steps for ``elastic_net``; after each step ``delta`` is projected
-        onto the feasible set (``||delta||_inf <= eps`` box, per-patch ``eps`` ball).
-        ``gaze`` has only the closed form.
+        Every step is one forward and backward pass (input gradient only) at
+        ``x + delta`` followed by a step of ``step_size`` along the steepest-ascent
+        direction of ``l - R`` for the norm (sign steps for ``l1``, per-patch normalised
+        steps for ``group``, per-example L2-normalised steps for ``elastic_net``) and a
+        projection onto the feasible set (``||delta||_inf <= eps`` box, per-patch
+        ``eps`` ball; ``input_range``). ``gaze`` has only the closed form. Where the
+        solver starts, and so how ``steps`` counts, is ``start``:
 
-    Cost, and which iterate is used
-        ``steps=k`` costs ``k`` forward and backward passes (input gradient only) before
-        the outer training pass: the cost of Captum's ``PGD`` with ``step_num=k`` (and
-        of ``FGSM`` for ``k = 1``). With ``select_iterate="last"`` (the default) the
-        last iterate is used, as in Captum's ``PGD`` and Madry et al.'s adversarial
-        training. With ``select_iterate="best"`` every example keeps the iterate of
-        highest inner objective ``l(x + delta) - R(delta)``, so that objective is never
-        below the closed form's. Iterates ``1 .. k-1`` are scored by the forward pass
-        that also gives their gradient, at no cost; the last one is scored by one
-        extra forward pass without gradient. Both settings take the same steps and
-        differ only in which iterate is returned. The choice matters most for
-        ``elastic_net``: its closed form is already stationary for the first-order
-        objective, and the fixed-length steps from there can end on an iterate worse
-        than the closed form, which ``"best"`` never returns.
+        * ``start="closed_form"`` (default, ours): ``steps=1`` is the closed form
+          ``delta*`` of the gradient at ``x``; ``steps=k > 1`` starts there and takes
+          ``k - 1`` ascent steps from it.
+        * ``start="zero"`` (the authors' AdvGrad loop): ``delta`` starts at 0 and the
+          solver takes ``k = steps`` ascent steps, the first one from the gradient at
+          ``x``. The authors' ``l1`` setting is ``start="zero"``,
+          ``step_size=0.3 * epsilon``, ``select_iterate="last"`` and
+          ``update_batchnorm=True``.
+
+        Either way ``steps=k`` costs ``k`` forward and backward passes before the outer
+        training pass: the cost of Captum's ``PGD`` with ``step_num=k`` (and of
+        ``FGSM`` for ``k = 1``).
+
+    Which iterate is used
+        With ``select_iterate="last"`` (the default) the last iterate is used, as in
+        Captum's ``PGD``, Madry et al.'s adversarial training and the authors' loop.
+        With ``select_iterate="best"`` every example keeps the iterate of highest inner
+        objective ``l(x + delta) - R(delta)`` among all of them, the start included (so
+        with the closed-form start that objective is never below the closed form's).
+        The iterates before the last one are scored by the forward pass that also gives
+        their gradient, at no cost; the last one by one extra forward pass without
+        gradient. Both settings take the same steps and differ only in which iterate is
+        returned. The choice matters most for ``elastic_net``: its closed form is
+        already stationary for the first-order objective, and the fixed-length steps
+        from there can end on an iterate worse than the closed form, which ``"best"``
+        never returns.
 
     Model state
         The inner passes run the model in its current mode (dropout stays active while
-        training, as in the outer pass; training BatchNorm uses the batch statistics),
-        but BatchNorm running statistics are saved and restored around them
-        (momentum-free), so only the outer forward pass updates them. (In train mode
+        training, as in the outer pass; training BatchNorm uses the batch statistics;
         ``g`` therefore also carries the path through the batch statistics, as in
-        Captum's ``PGD``; in eval mode every example's ``delta`` depends on that example
-        alone.) Parameter
-        ``.grad`` is never touched by the inner passes, no hook is added and the inputs
-        are not modified. A ``DistributedDataParallel`` model is unwrapped for the inner
-        passes (no gradient synchronisation there); the outer pass goes through it.
+        Captum's ``PGD``, while in eval mode every example's ``delta`` depends on that
+        example alone). What they do to the running statistics of train-mode BatchNorm
+        layers is ``update_batchnorm``: with ``False`` (default) they are not updated
+        by the inner passes; with ``True`` every inner forward pass updates them as a
+        plain train-mode forward pass does (the authors' way: ``steps`` updates, one
+        more for the scoring pass of ``select_iterate="best"``). The outer pass then
+        updates them as plain training does: once on ``x + delta``, and with
+        ``clean_weight > 0`` a second time on ``x`` (two forward passes, each
+        normalising with its own batch's statistics). When a call raises, the running
+        statistics are left as found. Parameter ``.grad`` is never touched by the
+        inner passes, no hook is added and the inputs are not modified. A
+        ``DistributedDataParallel`` model is unwrapped for the inner passes (no
+        gradient synchronisation there); the outer pass goes through it.
 
     Parameters
     ----------
@@ -160,11 +173,12 @@ class NormRegularizedAdversarialLoss:
     epsilon2 : float
         The elastic net's ``eps2 > 0`` (finite); must be 0 for the other norms.
     steps : int
-        1 for the closed form, more for the iterative solver.
+        Forward and backward passes of the inner solver, ``>= 1`` (see ``start``).
     step_size : float, optional
-        Ascent step length, finite and ``> 0``. Default ``2.5 * epsilon / steps``
-        (``l1``, ``group``) and ``2.5 * ||delta_closed_form||_2 / steps`` per example
-        (``elastic_net``).
+        Ascent step length (absolute), finite and ``> 0``. Default ``2.5 * epsilon /
+        steps`` (``l1``, ``group``) and ``2.5 * ||delta_closed_form||_2 / steps`` per
+        example (``elastic_net``). The authors' ``l1`` setting is
+        ``step_size=0.3 * epsilon`` (with ``start="zero"``).
     group_size : int
         Side of the square patches of ``"group"`` (per channel). When it does not divide
         the image side, the last row/column of patches is smaller (the remainder).
@@ -177,13 +191,21 @@ class NormRegularizedAdversarialLoss:
     select_iterate : {"last", "best"}
         Which iterate of the iterative solver ``delta`` is: the last one (default; the
         cost of Captum's ``PGD``) or each example's best one (one extra forward pass);
-        see above. Ignored for ``steps=1``.
+        see above. Ignored for ``steps=1`` with ``start="closed_form"``.
     loss_fn : callable, optional
         ``loss_fn(logits, labels) -> (B,)`` per-example losses; default unreduced
         cross-entropy, whose labels must be class indices ``(B,)`` in ``[0, C - 1]``
         (``ignore_index=-100`` is refused). With a custom ``loss_fn`` the labels are
         whatever it takes (only their batch dim is checked). The training loss is its
         mean.
+    start : {"closed_form", "zero"}
+        Where the inner solver starts: the closed-form maximiser (default) or
+        ``delta = 0`` (the authors' loop); see above. ``"zero"`` needs an iterative norm
+        (not ``"gaze"``).
+    update_batchnorm : bool
+        ``True``: the inner passes update the running statistics of train-mode
+        BatchNorm layers as ordinary train-mode forward passes do (the authors' way).
+        ``False`` (default): they leave them as they were. No effect in eval mode.
 
     Examples
     --------
@@ -204,6 +226,15 @@ class NormRegularizedAdversarialLoss:
     ...                                       select_iterate="best")
     >>> best.perturb(images, labels).shape
     torch.Size([4, 3, 16, 16])
+
+    The authors' inner loop (``l1``: ten steps of ``0.3 * epsilon`` from 0, BatchNorm
+    statistics updated by every inner pass):
+
+    >>> authors = NormRegularizedAdversarialLoss(model, epsilon=0.01, steps=10,
+    ...                                          step_size=0.3 * 0.01, start="zero",
+    ...                                          update_batchnorm=True)
+    >>> bool(authors.perturb(images, labels).abs().max() <= 0.01)
+    True
     """
 
     def __init__(
@@ -219,27 +250,36 @@ class NormRegularizedAdversarialLoss:
         input_range: tuple[float, float] | None = None,
         loss_fn: PerExampleLoss | None = None,
         select_iterate: Literal["last", "best"] = "last",
+        start: Literal["closed_form", "zero"] = "closed_form",
+        update_batchnorm: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        self.spec = NormSpec(norm, epsilon, epsilon2, group_size)
+        self.spec = adversarial_norm(norm, epsilon, epsilon2, group_size)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-        if norm == "gaze" and steps != 1:
-            raise ValueError("norm='gaze' has only the closed form; use steps=1")
+        if not self.spec.iterative and steps != 1:
+            raise ValueError(f"norm={norm!r} has only the closed form; use steps=1")
         step_size, clean_weight, bounds = _check_settings(step_size, clean_weight, input_range)
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-        if not isinstance(select_iterate, str) or select_iterate not in _SELECTIONS:
+        self.select_iterate = _check_choice("select_iterate", select_iterate, _SELECTIONS)
+        self.start = _check_choice("start", start, _STARTS)
+        if start == "zero" and not self.spec.iterative:
             raise ValueError(
-                f"select_iterate must be one of {_SELECTIONS}, got {select_iterate!r}"
+                f"start='zero' starts the iterative solver at delta = 0, but norm={norm!r} "
+                "has only the closed form; use start='closed_form'"
+            )
+        if not isinstance(update_batchnorm, bool):
+            raise TypeError(
+                f"update_batchnorm must be a bool, got {type(update_batchnorm).__name__}"
             )
         self.model = model
         self.steps = steps
         self.step_size = step_size
         self.clean_weight = clean_weight
         self.input_range = bounds
-        self.select_iterate = select_iterate
+        self.update_batchnorm = update_batchnorm
         self.loss_fn: PerExampleLoss = loss_fn or cross_entropy_per_example
         self._class_labels = loss_fn is None
 
@@ -291,7 +331,8 @@ class NormRegularizedAdversarialLoss:
         """
         check_autograd_available(f"{type(self).__name__}.perturb")
         mask = self._check_call(inputs, labels, mask)
-        return self._perturbation(inputs, labels, mask)
+        with batchnorm_statistics_restored_on_error(self.model):
+            return self._perturbation(inputs, labels, mask)
 
     def __call__(
         self, inputs: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None
@@ -312,11 +353,12 @@ class NormRegularizedAdversarialLoss:
         """
         check_autograd_available(type(self).__name__)
         mask = self._check_call(inputs, labels, mask)
-        delta = self._perturbation(inputs, labels, mask)
-        loss = per_example_losses(self.loss_fn, self.model(inputs + delta), labels).mean()
-        if self.clean_weight > 0:
-            clean = per_example_losses(self.loss_fn, self.model(inputs), labels).mean()
-            loss = (1 - self.clean_weight) * loss + self.clean_weight * clean
+        with batchnorm_statistics_restored_on_error(self.model):
+            delta = self._perturbation(inputs, labels, mask)
+            loss = per_example_losses(self.loss_fn, self.model(inputs + delta), labels).mean()
+            if self.clean_weight > 0:
+                clean = per_example_losses(self.loss_fn, self.model(inputs), labels).mean()
+                loss = (1 - self.clean_weight) * loss + self.clean_weight * clean
         return loss
 
     def _check_call(
@@ -324,38 +366,44 @@ class NormRegularizedAdversarialLoss:
     ) -> torch.Tensor | None:
         check_training_batch(inputs, labels, class_indices=self._class_labels)
         check_same_device((inputs,), unwrap_parallel(self.model))
-        return check_mask(self.spec, mask, inputs)
+        return self.spec.check_mask(mask, inputs)
 
     def _perturbation(
         self, inputs: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
         inner = unwrap_parallel(self.model)
-        with preserved_model(inner), kept_batchnorm_statistics(inner):
+        statistics = (
+            contextlib.nullcontext() if self.update_batchnorm else kept_batchnorm_statistics(inner)
+        )
+        with preserved_model(inner), statistics:
             return self._solve(inner, inputs.detach(), labels, mask).detach()
 
     def _feasible(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        delta = project(self.spec, delta)
+        delta = self.spec.project(delta)
         if self.input_range is not None:
             delta = (x + delta).clamp(*self.input_range) - x
         return delta
 
-    def _default_step(self, first_delta: torch.Tensor) -> float | torch.Tensor:
-        factor = _DEFAULT_STEP_FACTOR / self.steps
-        if self.spec.norm == "elastic_net":
-            flat = first_delta.reshape(first_delta.shape[0], -1)
-            radius = torch.linalg.vector_norm(flat, dim=1)
-            return factor * radius.reshape(-1, *([1] * (first_delta.dim() - 1)))
-        return factor * self.spec.epsilon
+    def _step(
+        self, x: torch.Tensor, closed_form: torch.Tensor
+    ) -> float | torch.Tensor:
+        """The ascent step: ``step_size``, or the default from the (feasible) closed form."""
+        if self.step_size is not None:
+            return self.step_size
+        radius = self.spec.step_radius(self._feasible(x, closed_form))
+        return (_DEFAULT_STEP_FACTOR / self.steps) * radius
 
     def _keep_better(
         self,
         losses: torch.Tensor,
         delta: torch.Tensor,
-        best: tuple[torch.Tensor, torch.Tensor],
+        best: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per example, ``(delta, its objective)`` where it beats ``best``, else ``best``."""
+        value = losses.detach() - self.spec.adversary_cost(delta)
+        if best is None:
+            best = (delta, torch.full_like(value, -math.inf))
         best_delta, best_value = best
-        value = losses.detach() - adversary_cost(self.spec, delta)
         better = value > best_value
         shape = (-1,) + (1,) * (delta.dim() - 1)
         return torch.where(better.reshape(shape), delta, best_delta), torch.where(
@@ -369,19 +417,26 @@ class NormRegularizedAdversarialLoss:
         labels: torch.Tensor,
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        first = input_gradient(model, x, labels, self.loss_fn)
-        delta = self._feasible(x, closed_form_maximiser(self.spec, first.gradient, mask))
-        if self.steps == 1:
-            return delta
-        step = self.step_size if self.step_size is not None else self._default_step(delta)
+        if self.start == "closed_form":
+            first = input_gradient(model, x, labels, self.loss_fn)
+            closed_form = self.spec.closed_form_maximiser(first.gradient, mask)
+            delta = self._feasible(x, closed_form)
+            if self.steps == 1:
+                return delta
+            step: float | torch.Tensor | None = self._step(x, closed_form)
+            ascents = self.steps - 1
+        else:  # the first pass, at x + 0, gives the first ascent step
+            delta, step, ascents = torch.zeros_like(x), None, self.steps
         keep_best = self.select_iterate == "best"
-        best = (delta, torch.full_like(first.losses.detach(), -math.inf))
-        for _ in range(self.steps - 1):
+        best: tuple[torch.Tensor, torch.Tensor] | None = None
+        for _ in range(ascents):
             current = input_gradient(model, x + delta, labels, self.loss_fn)
+            if step is None:
+                step = self._step(x, self.spec.closed_form_maximiser(current.gradient, mask))
             if keep_best:  # the pass that gives this step also scores the iterate it leaves
                 best = self._keep_better(current.losses, delta, best)
-            direction = current.gradient - adversary_cost_gradient(self.spec, delta)
-            delta = self._feasible(x, delta + ascent_step(self.spec, direction, step))
+            direction = current.gradient - self.spec.adversary_cost_gradient(delta)
+            delta = self._feasible(x, delta + self.spec.ascent_step(direction, step))
         if not keep_best:
             return delta  # Captum's PGD cost: one forward and backward pass per step
         with torch.no_grad():  # only the last iterate needs a forward pass of its own

@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from captum_regularized.cli import seed_argument
+from captum_regularized.cli_support import seed_argument
+from captum_regularized.study.study_data import (
+    DATA_SETS,
+    DEFAULT_FASHION_MNIST_ROOT,
+    fashion_mnist_missing,
+)
 
-__all__ = ["add_reproduce_parser", "run_reproduce"]
+__all__ = ["add_reproduce_parser", "data_argument", "run_reproduce"]
 
 
 def add_reproduce_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -24,9 +29,10 @@ def add_reproduce_parser(commands: argparse._SubParsersAction) -> argparse.Argum
     reproduce = commands.add_parser(
         "reproduce",
         help="re-run the four papers' protocols and report which claims held",
-        description="Train the models each paper needs on SyntheticShapes (or --data), run "
-        "its evaluation protocol over several seeds and write report.md, results.json and "
-        "figures, with a held/not-held verdict per claim.",
+        description="Train the models each paper needs, run its evaluation protocol over "
+        "several seeds and write report.md, results.json and figures, with a held/not-held "
+        "verdict per claim and data set. Without --data: SyntheticShapes (harder "
+        "configuration) and Fashion-MNIST (when its files are found), side by side.",
     )
     reproduce.add_argument("--quick", action="store_true",
                            help="one seed, tiny models (a CI-sized run; verdicts are noise)")
@@ -35,9 +41,14 @@ def add_reproduce_parser(commands: argparse._SubParsersAction) -> argparse.Argum
     reproduce.add_argument("--seed", type=seed_argument, default=0, help="first seed")
     reproduce.add_argument("--seeds", type=int, default=None,
                            help="number of seeds (default: 3, or 1 with --quick)")
-    reproduce.add_argument("--data", type=Path, default=None,
-                           help="image folder (one sub-folder per class) instead of the "
-                           "synthetic shapes; mask metrics are skipped")
+    reproduce.add_argument("--data", default=None, metavar="synthetic|fashion-mnist|FOLDER",
+                           help="run one data set only: 'synthetic', 'fashion-mnist', or an "
+                           "image folder (one sub-folder per class; mask metrics are "
+                           "skipped); default: both named data sets")
+    reproduce.add_argument("--data-root", type=Path, default=None, metavar="DIR",
+                           help="folder of the four Fashion-MNIST IDX files (default: "
+                           f"{DEFAULT_FASHION_MNIST_ROOT}, where Debian's "
+                           "dataset-fashion-mnist installs them)")
     reproduce.add_argument("--no-progress", action="store_true",
                            help="hide the training progress bars (stage lines still print)")
     return reproduce
@@ -49,7 +60,8 @@ def _command_line(args: argparse.Namespace) -> str:
     Examples
     --------
     >>> _command_line(argparse.Namespace(quick=True, out=Path("o"), device="cpu", seed=0,
-    ...                                  seeds=None, data=None, no_progress=True))
+    ...                                  seeds=None, data=None, data_root=None,
+    ...                                  no_progress=True))
     'captum-regularized reproduce --quick --device cpu --seed 0'
     """
     words = ["captum-regularized", "reproduce"] + (["--quick"] if args.quick else [])
@@ -58,7 +70,35 @@ def _command_line(args: argparse.Namespace) -> str:
         words += ["--seeds", str(args.seeds)]
     if args.data is not None:
         words += ["--data", str(args.data)]
+    if getattr(args, "data_root", None) is not None:
+        words += ["--data-root", str(args.data_root)]
     return " ".join(words)
+
+
+def data_argument(value: str | None) -> str | Path | None:
+    """``--data`` as ``run_study`` takes it: a data set name, or an image folder.
+
+    Raises
+    ------
+    captum_regularized.cli_support.UsageError
+        For anything else (the message lists the choices).
+
+    Examples
+    --------
+    >>> data_argument("fashion-mnist"), data_argument(None)
+    ('fashion-mnist', None)
+    """
+    from captum_regularized.cli_support import UsageError
+
+    if value is None or value in DATA_SETS:
+        return value
+    folder = Path(value)
+    if not folder.is_dir():
+        raise UsageError(
+            f"--data {value}: not a folder; expected one of {', '.join(DATA_SETS)} or an "
+            "image folder"
+        )
+    return folder
 
 
 def run_reproduce(args: argparse.Namespace) -> Path:
@@ -71,15 +111,23 @@ def run_reproduce(args: argparse.Namespace) -> Path:
     Raises
     ------
     captum_regularized.cli.UsageError
-        For ``--seeds`` below 1, a ``--data`` that is not a
-        readable image folder, an unwritable ``--out`` or ``--device cuda`` without CUDA.
+        For ``--seeds`` below 1, a ``--data`` that is neither a data set name nor a
+        readable image folder, ``--data fashion-mnist`` without its files, a
+        ``--data-root`` that is not a folder, an unwritable ``--out`` or ``--device cuda``
+        without CUDA.
     """
-    from captum_regularized.cli import UsageError, check_device, output_dir
+    from captum_regularized.cli_support import UsageError, check_device, output_dir
 
     if args.seeds is not None and args.seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
-    if args.data is not None and not args.data.is_dir():
-        raise UsageError(f"--data {args.data}: not a folder")
+    data = data_argument(args.data)
+    if args.data_root is not None and not args.data_root.is_dir():
+        raise UsageError(f"--data-root {args.data_root}: not a folder")
+    if data == "fashion-mnist":
+        root = DEFAULT_FASHION_MNIST_ROOT if args.data_root is None else args.data_root
+        missing = fashion_mnist_missing(root)
+        if missing:
+            raise UsageError(f"--data fashion-mnist: {missing} (pass --data-root DIR)")
     device = check_device(args.device)
 
     from captum_regularized.study.runner import run_study
@@ -91,7 +139,7 @@ def run_reproduce(args: argparse.Namespace) -> Path:
     with output_dir(args.out) as out:
         try:
             run_study(out, settings=settings, quick=args.quick, device=device, seed=args.seed,
-                      data=args.data, progress=not args.no_progress,
+                      data=data, data_root=args.data_root, progress=not args.no_progress,
                       command=_command_line(args))
         except ValueError as error:
             if str(error).startswith("--data"):

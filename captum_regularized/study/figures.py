@@ -1,4 +1,9 @@
-"""The study's figures: example maps and mean curves, written as PNG files."""
+"""The applications' figures (study and demo): example maps and curves, written as PNG files.
+
+Importing this module leaves matplotlib's backend alone. The curve figures are built as
+a bare :class:`matplotlib.figure.Figure` (no pyplot state); the map grids come from
+:func:`~captum_regularized.visualization.plot_attributions` and are closed once saved.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-
 import matplotlib.pyplot as plt
 import torch
+from matplotlib.figure import Figure
 
 from captum_regularized.visualization import plot_attributions, plot_curves
 
@@ -25,8 +27,25 @@ def save_maps_figure(
     *,
     masks: torch.Tensor | None = None,
     row_labels: Sequence[str] | None = None,
+    dpi: int = 90,
 ) -> Path:
     """Write a grid of images (rows) and maps (columns) to ``path``.
+
+    Parameters
+    ----------
+    path : Path
+        The PNG file to write.
+    images : Tensor
+        ``(B, C, H, W)``, one row each, on any device.
+    maps : dict of str to Tensor
+        Column title to maps of the same batch (see
+        :func:`~captum_regularized.visualization.plot_attributions`).
+    masks : Tensor, optional
+        Ground-truth masks, outlined on the input panels.
+    row_labels : sequence of str, optional
+        One label per row (e.g. the class).
+    dpi : int
+        Resolution of the PNG.
 
     Examples
     --------
@@ -40,8 +59,10 @@ def save_maps_figure(
         images.detach().cpu(), {k: v.detach().cpu() for k, v in maps.items()},
         mask=None if masks is None else masks.cpu(), row_labels=row_labels,
     )
-    figure.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(figure)
+    try:
+        figure.savefig(path, dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(figure)
     return path
 
 
@@ -59,10 +80,10 @@ def save_curves_figure(
     ...                    xlabel="x").stat().st_size > 0
     True
     """
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
+    figure = Figure(figsize=(4.5 * len(panels), 3.4))
+    axes = figure.subplots(1, len(panels), squeeze=False)
     for ax, (title, curves) in zip(axes[0], panels.items()):
         plot_curves(curves, ax=ax, title=title, ylabel=ylabel, xlabel=xlabel)
     figure.tight_layout()
     figure.savefig(path, dpi=90)
-    plt.close(figure)
     return path

@@ -11,11 +11,23 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from captum_regularized.models import SimpleCNN, evaluate_accuracy, train_classifier
+from captum_regularized.models import (
+    SimpleCNN,
+    evaluate_accuracy,
+    train_classifier,
+    with_cross_entropy,
+)
 from captum_regularized.study.settings import StudySettings
 from captum_regularized.study.study_data import StudyData
 
-__all__ = ["ADVERSARIAL_NORMS", "RECIPES", "ModelZoo", "ScaledLogits", "TrainedModel"]
+__all__ = [
+    "ADVERSARIAL_KINDS",
+    "ADVERSARIAL_NORMS",
+    "RECIPES",
+    "ModelZoo",
+    "ScaledLogits",
+    "TrainedModel",
+]
 
 ADVERSARIAL_NORMS = ("l1", "elastic_net", "group")
 """The norms of the norm-regularized adversarial section."""
@@ -63,13 +75,26 @@ def _resnet18(num_classes: int, s: StudySettings) -> nn.Module:
     return resnet18(weights=None, num_classes=num_classes)
 
 
-def _guided_loss(model: nn.Module, s: StudySettings) -> Any:
-    from captum_regularized.regularizers import GuidedGradientRegularizer
+def _guided(paper_weight: bool) -> LossFactory:
+    def factory(model: nn.Module, s: StudySettings) -> Any:
+        from captum_regularized.regularizers import GuidedGradientRegularizer
 
-    return GuidedGradientRegularizer(model, weight=s.guided_weight, fraction=s.guided_fraction)
+        weight = s.paper_guided_weight if paper_weight else s.guided_weight
+        return with_cross_entropy(
+            GuidedGradientRegularizer(model, weight=weight, fraction=s.guided_fraction)
+        )
+
+    return factory
 
 
-def _adversarial(norm: str, iterative: bool) -> LossFactory:
+ADVERSARIAL_KINDS = ("fast", "iterative", "authors")
+"""The adversary of each adversarial recipe: the closed form (``fast``), our iterative
+solver (from the closed form, each example's best iterate, BatchNorm statistics
+restored) and the authors' inner loop (from zero, steps of ``paper_step_fraction`` times
+the radius, the last iterate, BatchNorm statistics updated by the inner passes)."""
+
+
+def _adversarial(norm: str, kind: str) -> LossFactory:
     def factory(model: nn.Module, s: StudySettings) -> Any:
         from captum_regularized.regularizers import NormRegularizedAdversarialLoss
 
@@ -78,11 +103,19 @@ def _adversarial(norm: str, iterative: bool) -> LossFactory:
             options["epsilon2"] = s.adv_epsilon2
         if norm == "group":
             options = {"epsilon": s.adv_group_epsilon, "group_size": s.adv_group_size}
-        # The published study keeps each example's best iterate (one extra forward per
-        # step, see ``select_iterate``); the library's default is PGD's last iterate.
+        if kind == "fast":
+            options.update(steps=1)
+        elif kind == "iterative":
+            # Each example's best iterate (one extra forward per step, see
+            # ``select_iterate``); the library's default is PGD's last iterate.
+            options.update(steps=s.adv_steps, select_iterate="best")
+        else:
+            options.update(
+                steps=s.adv_steps, start="zero", select_iterate="last", update_batchnorm=True,
+                step_size=s.paper_step_fraction * options["epsilon"],
+            )
         return NormRegularizedAdversarialLoss(
-            model, norm=norm, steps=s.adv_steps if iterative else 1, input_range=(0.0, 1.0),
-            select_iterate="best", **options,
+            model, norm=norm, input_range=(0.0, 1.0), **options
         )
 
     return factory
@@ -96,14 +129,16 @@ RECIPES: dict[str, Recipe] = {
         lambda c, s: ScaledLogits(SimpleCNN(c, width=s.width), s.saturation_scale),
         epochs=lambda s: s.saturated_epochs,
     ),
-    "guided": Recipe("SimpleCNN + guided-gradient regularizer", _simple_cnn, _guided_loss),
+    "guided": Recipe("SimpleCNN + guided-gradient regularizer", _simple_cnn, _guided(False)),
+    "guided_paper": Recipe(
+        "SimpleCNN + guided-gradient regularizer, paper's weight", _simple_cnn, _guided(True)
+    ),
     **{
         f"adv_{norm}_{kind}": Recipe(
-            f"SimpleCNN + {norm} adversarial ({kind})", _simple_cnn,
-            _adversarial(norm, kind == "iterative"),
+            f"SimpleCNN + {norm} adversarial ({kind})", _simple_cnn, _adversarial(norm, kind)
         )
         for norm in ADVERSARIAL_NORMS
-        for kind in ("fast", "iterative")
+        for kind in ADVERSARIAL_KINDS
     },
 }
 """Recipe name to how it is built and trained. Every SimpleCNN variant of a seed starts

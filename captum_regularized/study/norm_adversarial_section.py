@@ -12,9 +12,8 @@ import torch.nn.functional as F
 from captum.attr import Saliency
 
 from captum_regularized.metrics import deletion_auc, gini_sparseness
-from captum_regularized.study.figures import save_maps_figure
 from captum_regularized.study.map_scores import mask_scores
-from captum_regularized.study.model_zoo import ADVERSARIAL_NORMS
+from captum_regularized.study.model_zoo import ADVERSARIAL_KINDS, ADVERSARIAL_NORMS
 from captum_regularized.study.section import Section, StudyContext
 from captum_regularized.study.verdicts import Claim
 
@@ -24,7 +23,7 @@ VARIANTS = {
     "simple_cnn": "standard",
     **{
         f"adv_{norm}_{kind}": f"{norm} ({kind})"
-        for kind in ("fast", "iterative")
+        for kind in ADVERSARIAL_KINDS
         for norm in ADVERSARIAL_NORMS
     },
 }
@@ -56,8 +55,12 @@ def _new_section(group_size: int) -> Section:
         "simple-gradient maps, with a group-norm cost group-sparse ones, and these maps "
         "are more interpretable than those of standard training.",
         protocol="All models are SimpleCNN from the same initial weights and batches; "
-        "`NormRegularizedAdversarialLoss` with the closed-form adversary (fast) or the "
-        "iterative solver (iterative), inputs clamped to [0, 1]. Simple gradient: |d logit "
+        "`NormRegularizedAdversarialLoss` with the closed-form adversary (fast), our "
+        "iterative solver (iterative: from the closed form, each example's best iterate, "
+        "BatchNorm statistics restored after the inner passes) or the authors' inner loop "
+        "(authors: from zero, steps of 0.3 x the radius, the last iterate, BatchNorm "
+        "statistics updated by the inner passes), inputs clamped to [0, 1]. Simple gradient: "
+        "|d logit "
         "of the label / d input|. Gini of its pixels (l1, elastic net) and of its "
         f"{group_size}x{group_size}-patch L2 norms (group); energy in mask; deletion AUC "
         "of the gradient map (black substrate).",
@@ -83,30 +86,24 @@ def _new_section(group_size: int) -> Section:
 
 
 def run_norm_adversarial_section(context: StudyContext) -> Section:
-    """Measure the standard and the six adversarially trained models on every seed.
+    """Measure the standard and the nine adversarially trained models on every seed.
 
     Examples
     --------
     >>> from captum_regularized.study.runner import tiny_context
     >>> section = run_norm_adversarial_section(tiny_context())
     >>> len(section.tables["models"]), len(section.verdicts())
-    (7, 18)
+    (10, 27)
     """
     s = context.settings
     section = _new_section(s.adv_group_size)
-    if not context.data.has_masks:
-        section.notes.append("No ground-truth masks (--data): energy in mask skipped.")
+    context.note_missing_masks(section)
     figure_maps: dict[str, torch.Tensor] = {}
-    first = context.seeds[0]
-    for seed in context.seeds:
-        seed_data = context.data.for_seed(seed)
-        images = seed_data.test_images[: s.eval_examples].to(context.device)
-        labels = seed_data.test_labels[: s.eval_examples].to(context.device)
-        masks = seed_data.test_masks
-        masks = None if masks is None else masks[: s.eval_examples].to(context.device)
+    for batch in context.eval_batches():
+        images, labels = batch.images, batch.labels
         for recipe, row in VARIANTS.items():
-            trained = context.zoo.get(recipe, seed)
-            context.log(f"norm-regularized adversarial: scoring {row} (seed {seed})")
+            trained = context.zoo.get(recipe, batch.seed)
+            context.log(f"norm-regularized adversarial: scoring {row} (seed {batch.seed})")
             gradient = Saliency(trained.model).attribute(images, target=labels, abs=True)
             gradient = gradient.detach()
             scores = {
@@ -120,17 +117,12 @@ def run_norm_adversarial_section(context: StudyContext) -> Section:
                                  steps=s.perturbation_steps).mean()
                 ),
             }
-            if masks is not None:
-                scores["energy_in_mask"] = mask_scores(gradient, masks)["energy_in_mask"]
+            if batch.masks is not None:
+                scores["energy_in_mask"] = mask_scores(gradient, batch.masks)["energy_in_mask"]
             for metric, value in scores.items():
                 section.record("models", row, metric, value)
-            if seed == first:
+            if batch.first:
                 figure_maps[row] = gradient[: s.figure_rows]
-    seed_data = context.data.for_seed(first)
-    rows = slice(0, s.figure_rows)
-    file = save_maps_figure(
-        context.out / "norm_adversarial_examples.png", seed_data.test_images[rows], figure_maps,
-        masks=None if seed_data.test_masks is None else seed_data.test_masks[rows],
-    )
-    section.figures.append((file.name, f"|simple gradient| of every model (seed {first})"))
+    context.save_maps(section, "norm_adversarial_examples", figure_maps,
+                      "|simple gradient| of every model")
     return section

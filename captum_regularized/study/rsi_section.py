@@ -8,6 +8,7 @@ so RSI-Grad-CAM localises the object and ranks pixels better than Grad-CAM.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from captum.attr import LayerGradCam
@@ -15,16 +16,30 @@ from torch import nn
 
 from captum_regularized.attr import LayerRSIGradCam
 from captum_regularized.metrics import deletion_curve, insertion_curve
-from captum_regularized.study.figures import save_curves_figure, save_maps_figure
 from captum_regularized.study.map_scores import faithfulness_scores, mask_scores, upsampled
 from captum_regularized.study.model_zoo import TrainedModel
 from captum_regularized.study.section import Section, StudyContext
 from captum_regularized.study.verdicts import Claim
 
-__all__ = ["MODELS", "run_rsi_section"]
+__all__ = ["MODELS", "RSI_ROWS", "explainers", "run_rsi_section"]
 
-MODELS = {"simple_cnn": "standard", "saturated": "saturated"}
+MODELS = {"simple_cnn": "standard", "saturated": "saturated", "resnet18": "resnet18"}
 """Zoo recipe to table name."""
+
+RSI_ROWS: dict[str, dict[str, Any]] = {
+    "RSI-Grad-CAM": {"output_transform": "softmax", "variant": "plain"},
+    "RSI-Grad-CAM (authors, relu_gradients)": {
+        "output_transform": "softmax", "variant": "relu_gradients", "baselines": 0.0,
+    },
+    "RSI-Grad-CAM (authors, unit_selection)": {
+        "output_transform": "softmax", "variant": "unit_selection", "baselines": 0.0,
+    },
+}
+"""Row name to the ``LayerRSIGradCam.attribute`` options: ours (the softmax probability,
+the plain variant, the default zero baseline) and the authors' two notebooks (the
+``relu_gradients`` variant of the PyTorch one, the ``unit_selection`` variant of the Keras
+one, from the black image; the study's models take [0, 1] pixels without a normalisation
+layer, so the black image in the model's input space is the zero input)."""
 
 METRICS = {
     "pointing_game": ("higher", "map maximum inside the object mask (higher is better)"),
@@ -50,21 +65,26 @@ def _new_section() -> Section:
         protocol="Target: the label. Layer: the last convolutional block. Grad-CAM: Captum "
         "`LayerGradCam` on the logits (ReLU on the map, as in the Grad-CAM paper); Grad-CAM "
         "(softmax): the same on the softmax probability; RSI-Grad-CAM: `LayerRSIGradCam` on "
-        "the softmax probability from a zero baseline. Maps upsampled bilinearly. The "
+        "the softmax probability from a zero baseline, plain variant (ours), and as the "
+        "authors call it: softmax, `relu_gradients` (their PyTorch notebook) or "
+        "`unit_selection` (their Keras notebook), from the black image (the zero input "
+        "here: the models have no normalisation layer). Maps upsampled bilinearly. The "
         "saturated model is the same SimpleCNN trained with its logits multiplied by a "
-        "constant and for more epochs; its mean max-softmax shows the saturation.",
+        "constant and for more epochs; its mean max-softmax shows the saturation. "
+        "resnet18: the torchvision model of section 1 (layer4).",
     )
     section.metric_notes = {name: note for name, (_, note) in METRICS.items()}
     section.metric_notes["accuracy"] = "held-out top-1 accuracy"
     section.metric_notes["mean_max_softmax"] = "mean confidence on the scored images"
     for table in MODELS.values():
         baselines = ["Grad-CAM"] + (["Grad-CAM (softmax)"] if table == "saturated" else [])
-        for baseline in baselines:
-            for metric, (better, _) in METRICS.items():
-                section.claims.append(
-                    Claim(f"{table} model: RSI-Grad-CAM beats {baseline} on {metric}",
-                          table, baseline, "RSI-Grad-CAM", metric, better)
-                )
+        for method in RSI_ROWS:
+            for baseline in baselines:
+                for metric, (better, _) in METRICS.items():
+                    section.claims.append(
+                        Claim(f"{table} model: {method} beats {baseline} on {metric}",
+                              table, baseline, method, metric, better)
+                    )
     return section
 
 
@@ -85,9 +105,10 @@ def explainers(trained: TrainedModel, rsi_steps: int) -> dict[str, Explain]:
     return {
         "Grad-CAM": run(grad_cam.attribute, relu_attributions=True),
         "Grad-CAM (softmax)": run(softmax_grad_cam.attribute, relu_attributions=True),
-        "RSI-Grad-CAM": run(
-            rsi.attribute, n_steps=rsi_steps, output_transform="softmax", internal_batch_size=512
-        ),
+        **{
+            name: run(rsi.attribute, n_steps=rsi_steps, internal_batch_size=512, **options)
+            for name, options in RSI_ROWS.items()
+        },
     }
 
 
@@ -98,53 +119,41 @@ def run_rsi_section(context: StudyContext) -> Section:
     --------
     >>> from captum_regularized.study.runner import tiny_context
     >>> section = run_rsi_section(tiny_context())
-    >>> sorted(section.tables["saturated"])
+    >>> sorted(section.tables["saturated"])[:3]
     ['Grad-CAM', 'Grad-CAM (softmax)', 'RSI-Grad-CAM']
+    >>> sorted(section.tables["saturated"])[3:]
+    ['RSI-Grad-CAM (authors, relu_gradients)', 'RSI-Grad-CAM (authors, unit_selection)']
     """
     section = _new_section()
     s = context.settings
+    context.note_missing_masks(section)
     figure_maps: dict[str, torch.Tensor] = {}
     curves: dict[str, dict[str, object]] = {}
-    for seed in context.seeds:
-        seed_data = context.data.for_seed(seed)
-        images = seed_data.test_images[: s.eval_examples].to(context.device)
-        labels = seed_data.test_labels[: s.eval_examples].to(context.device)
-        masks = seed_data.test_masks
-        masks = None if masks is None else masks[: s.eval_examples].to(context.device)
+    for batch in context.eval_batches():
+        images, labels = batch.images, batch.labels
         for recipe, table in MODELS.items():
-            trained = context.zoo.get(recipe, seed)
+            trained = context.zoo.get(recipe, batch.seed)
             model: nn.Module = trained.model
-            context.log(f"RSI-Grad-CAM: scoring the {table} model (seed {seed})")
+            context.log(f"RSI-Grad-CAM: scoring the {table} model (seed {batch.seed})")
             section.record("models", table, "accuracy", trained.accuracy)
             section.record("models", table, "mean_max_softmax", trained.mean_max_softmax)
             for name, explain in explainers(trained, s.rsi_steps).items():
                 maps = explain(images, labels)
-                scores = {**mask_scores(maps, masks),
+                scores = {**mask_scores(maps, batch.masks),
                           **faithfulness_scores(model, images, maps, labels, s.perturbation_steps)}
                 for metric, value in scores.items():
                     section.record(table, name, metric, value)
-                if seed == context.seeds[0]:
+                if batch.first and table != "resnet18":
                     figure_maps[f"{table}: {name}"] = maps[: s.figure_rows]
-                    if table == "saturated":
-                        for kind, curve in (("deletion", deletion_curve),
-                                            ("insertion", insertion_curve)):
-                            result = curve(model, images, maps, target=labels,
-                                           steps=s.perturbation_steps)
-                            curves.setdefault(f"saturated model, {kind}", {})[name] = (
-                                result.fractions, result.scores)
-    first = context.seeds[0]
-    seed_data = context.data.for_seed(first)
-    rows = slice(0, s.figure_rows)
-    file = save_maps_figure(
-        context.out / "rsi_examples.png", seed_data.test_images[rows], figure_maps,
-        masks=None if seed_data.test_masks is None else seed_data.test_masks[rows],
-    )
-    section.figures.append((file.name, f"Grad-CAM and RSI-Grad-CAM maps (seed {first})"))
-    file = save_curves_figure(
-        context.out / "rsi_curves.png", curves, ylabel="target probability",
-        xlabel="fraction of pixels perturbed",
-    )
-    section.figures.append(
-        (file.name, f"deletion/insertion curves, saturated model (seed {first})")
-    )
+                if batch.first and table == "saturated":
+                    for kind, curve in (("deletion", deletion_curve),
+                                        ("insertion", insertion_curve)):
+                        result = curve(model, images, maps, target=labels,
+                                       steps=s.perturbation_steps)
+                        curves.setdefault(f"saturated model, {kind}", {})[name] = (
+                            result.fractions, result.scores)
+    context.save_maps(section, "rsi_examples", figure_maps, "Grad-CAM and RSI-Grad-CAM maps")
+    context.save_curves(section, "rsi_curves", curves,
+                        "deletion/insertion curves, saturated model",
+                        ylabel="target probability", xlabel="fraction of pixels perturbed")
     return section

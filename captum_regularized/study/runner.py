@@ -1,7 +1,8 @@
 """Run the reproduction study: train once per (model, seed), run every section, write files.
 
 ``run_study`` writes ``results.json`` (every number per seed, means, spreads and
-verdicts), ``report.md`` (the same as tables, with the figures) and one PNG per figure.
+verdicts, per data set), ``report.md`` (the same as tables, the verdicts of the data sets
+side by side, with the figures) and one PNG per figure and data set.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import captum
 import torch
 
 from captum_regularized import __version__
+from captum_regularized.study.data_probe import gradient_concentration
 from captum_regularized.study.guided_section import run_guided_section
 from captum_regularized.study.model_zoo import RECIPES, ModelZoo
 from captum_regularized.study.norm_adversarial_section import run_norm_adversarial_section
@@ -30,10 +32,14 @@ from captum_regularized.study.rsi_section import run_rsi_section
 from captum_regularized.study.section import Section, StudyContext
 from captum_regularized.study.settings import FULL, TINY, StudySettings
 from captum_regularized.study.signed_maps_section import run_signed_maps_section
-from captum_regularized.study.study_data import StudyData
+from captum_regularized.study.study_data import (
+    DEFAULT_FASHION_MNIST_ROOT,
+    StudyData,
+    fashion_mnist_missing,
+)
 from captum_regularized.study.verdicts import RULE_TEXT
 
-__all__ = ["SECTIONS", "run_study", "tiny_context"]
+__all__ = ["SECTIONS", "run_study", "study_sources", "tiny_context"]
 
 SECTIONS: dict[str, Callable[[StudyContext], Section]] = {
     "signed_maps": run_signed_maps_section,
@@ -53,7 +59,8 @@ def _stage_logger(started: float, enabled: bool) -> Callable[[str], None]:
 
 
 def tiny_context(out: Path | None = None) -> StudyContext:
-    """A silent :data:`~captum_regularized.study.settings.TINY` context (for examples/tests).
+    """A silent :data:`~captum_regularized.study.settings.TINY` context on synthetic data
+    (for examples and tests).
 
     Examples
     --------
@@ -111,6 +118,34 @@ def environment(command: str | None = None) -> dict[str, Any]:
     }
 
 
+def study_sources(
+    data: str | Path | None, data_root: Path | None, log: Callable[[str], None] = print
+) -> tuple[list[str | Path], list[str]]:
+    """The data sets a run covers, and why any of the full study's are left out.
+
+    ``data=None`` (the full study) means SyntheticShapes and, when its files are found
+    under ``data_root`` (default
+    :data:`~captum_regularized.study.study_data.DEFAULT_FASHION_MNIST_ROOT`),
+    Fashion-MNIST; otherwise just ``data``.
+
+    Examples
+    --------
+    >>> study_sources(None, Path("/nonexistent"), log=lambda line: None)[0]
+    ['synthetic']
+    >>> study_sources("fashion-mnist", None)[0]
+    ['fashion-mnist']
+    """
+    if data is not None:
+        return [data], []
+    root = DEFAULT_FASHION_MNIST_ROOT if data_root is None else data_root
+    missing = fashion_mnist_missing(root)
+    if not missing:
+        return ["synthetic", "fashion-mnist"], []
+    note = f"{missing}: the study ran on SyntheticShapes only (pass --data-root DIR)"
+    log(note)
+    return ["synthetic"], [note]
+
+
 def run_study(
     out: Path,
     *,
@@ -118,7 +153,8 @@ def run_study(
     quick: bool = False,
     device: str = "cpu",
     seed: int = 0,
-    data: Path | None = None,
+    data: str | Path | None = None,
+    data_root: Path | None = None,
     progress: bool = True,
     stages: bool = True,
     sections: Sequence[str] | None = None,
@@ -138,13 +174,17 @@ def run_study(
         ``"cpu"`` or ``"cuda"``.
     seed : int
         First seed; the run uses ``seed, seed + 1, ..., seed + settings.seeds - 1``.
-    data : Path, optional
-        An image folder (one sub-folder per class) instead of the synthetic shapes; mask
-        metrics are skipped.
+    data : {"synthetic", "fashion-mnist"} or Path, optional
+        One data set (an image folder has no masks: mask metrics are skipped). ``None``:
+        every section on SyntheticShapes and on Fashion-MNIST when its files are found
+        (see :func:`study_sources`), reported side by side.
+    data_root : Path, optional
+        The Fashion-MNIST folder (default
+        :data:`~captum_regularized.study.study_data.DEFAULT_FASHION_MNIST_ROOT`).
     progress : bool
         Show the training progress bars.
     stages : bool
-        Print one line per stage (models trained, sections scored).
+        Print one line per stage (models trained, sections scored), with elapsed time.
     sections : sequence of str, optional
         Keys of :data:`SECTIONS` to run (default: all).
     command : str, optional
@@ -153,18 +193,21 @@ def run_study(
     Returns
     -------
     dict
-        ``settings``, ``environment``, ``seeds``, ``device``, ``data``, ``rule``, ``models``,
-        ``sections`` (each with tables, claims and verdicts), ``summary``,
-        ``complete`` (false in the files written after an earlier section),
-        ``total_seconds``.
+        ``settings``, ``environment``, ``seeds``, ``device``, ``rule``, ``notes`` (e.g.
+        a data set that was not found), ``data_sets`` (per data set: ``label``,
+        ``source``, ``sections`` with tables, claims and verdicts, ``models``,
+        ``summary``), ``summary`` (claims held per data set), ``complete`` (false in the
+        files written after an earlier section) and ``total_seconds``.
 
     Examples
     --------
     >>> folder = Path(tempfile.mkdtemp())
     >>> results = run_study(folder, settings=TINY, progress=False, stages=False,
-    ...                     sections=["signed_maps"])
-    >>> sorted(results["sections"]), (folder / "report.md").exists()
-    (['signed_maps'], True)
+    ...                     data="synthetic", sections=["signed_maps"])
+    >>> list(results["data_sets"]), sorted(results["data_sets"]["synthetic"]["sections"])
+    (['synthetic'], ['signed_maps'])
+    >>> (folder / "report.md").exists()
+    True
     """
     started = time.perf_counter()
     log = _stage_logger(started, stages)
@@ -172,40 +215,56 @@ def run_study(
     unknown = [key for key in keys if key not in SECTIONS]
     if unknown:
         raise ValueError(f"sections must be among {list(SECTIONS)}, got {unknown}")
-    study_data = StudyData(settings, data)
-    zoo = ModelZoo(settings, study_data, device=device, log=log, progress=progress)
+    sources, notes = study_sources(data, data_root, log)
+    all_data = [StudyData(settings, source, root=data_root) for source in sources]
     seeds = [seed + k for k in range(settings.seeds)]
-    context = StudyContext(settings, study_data, zoo, out, seeds, device=device, log=log)
-    log(f"reproduction study: {len(keys)} sections, seeds {seeds}, data {study_data.source}")
     results: dict[str, Any] = {
         "settings": asdict(settings),
         "environment": environment(command),
         "quick": quick,
         "seeds": seeds,
         "device": device,
-        "data": study_data.source,
         "rule": RULE_TEXT,
-        "sections": {},
+        "notes": notes,
+        "data_sets": {},
     }
-    for key in keys:
-        section_started = time.perf_counter()
-        log(f"section {key}: start")
-        section = SECTIONS[key](context)
-        results["sections"][key] = section.as_dict()
-        held = sum(v.held for v in section.verdicts())
-        log(f"section {key}: {held} of {len(section.verdicts())} claims held "
-            f"({time.perf_counter() - section_started:.0f} s)")
-        # Written after every section, so a long run that is stopped keeps what it found.
-        _write(out, results, zoo, started, complete=key == keys[-1])
+    log(f"reproduction study: {len(keys)} sections, seeds {seeds}, data sets "
+        f"{[d.key for d in all_data]}")
+    for study_data in all_data:
+        zoo = ModelZoo(settings, study_data, device=device, log=log, progress=progress)
+        context = StudyContext(settings, study_data, zoo, out, seeds, device=device, log=log,
+                               figure_prefix=f"{study_data.key}_")
+        record: dict[str, Any] = {"label": study_data.label, "source": study_data.source,
+                                  "sections": {}}
+        results["data_sets"][study_data.key] = record
+        log(f"data set {study_data.label}: {study_data.source}")
+        for key in keys:
+            section_started = time.perf_counter()
+            log(f"{study_data.label}, section {key}: start")
+            section = SECTIONS[key](context)
+            record["sections"][key] = section.as_dict()
+            held = sum(v.held for v in section.verdicts())
+            log(f"{study_data.label}, section {key}: {held} of {len(section.verdicts())} "
+                f"claims held ({time.perf_counter() - section_started:.0f} s)")
+            record["models"] = _model_summaries(zoo)
+            # Written after every section, so a long run that is stopped keeps what it found.
+            probe_follows = study_data.key == "synthetic" and "signed_maps" in keys
+            last = study_data is all_data[-1] and key == keys[-1] and not probe_follows
+            _write(out, results, started, complete=last)
+        if study_data.key == "synthetic" and "signed_maps" in keys:  # resnet18 is trained
+            log("plain-gradient concentration of resnet18 per synthetic configuration")
+            record["gradient_concentration"] = gradient_concentration(context, progress)
+            record["models"] = _model_summaries(zoo)
+            _write(out, results, started, complete=study_data is all_data[-1])
     log(f"wrote {out / 'report.md'} and {out / 'results.json'}")
     return results
 
 
-def _write(out: Path, results: dict[str, Any], zoo: ModelZoo, started: float,
-           complete: bool) -> None:
-    claims = [c for s in results["sections"].values() for c in s["claims"]]
-    results["summary"] = {"held": sum(c["held"] for c in claims), "claims": len(claims)}
-    results["models"] = _model_summaries(zoo)
+def _write(out: Path, results: dict[str, Any], started: float, complete: bool) -> None:
+    for record in results["data_sets"].values():
+        claims = [c for s in record["sections"].values() for c in s["claims"]]
+        record["summary"] = {"held": sum(c["held"] for c in claims), "claims": len(claims)}
+    results["summary"] = {key: record["summary"] for key, record in results["data_sets"].items()}
     results["complete"] = complete
     results["total_seconds"] = time.perf_counter() - started
     (out / "results.json").write_text(json.dumps(results, indent=2))

@@ -12,11 +12,10 @@ import torch
 
 from captum_regularized.attr import signed_saliency_maps
 from captum_regularized.metrics import allegiance_deletion_auc
-from captum_regularized.study.figures import save_curves_figure, save_maps_figure
 from captum_regularized.study.section import Section, StudyContext
 from captum_regularized.study.verdicts import Claim
 
-__all__ = ["MODELS", "run_signed_maps_section"]
+__all__ = ["MODELS", "PAPER_NUMBERS", "run_signed_maps_section"]
 
 MODELS = {"simple_cnn": "SimpleCNN", "resnet18": "resnet18"}
 """Zoo recipe to table name."""
@@ -26,6 +25,15 @@ FILL_MAPS = {
     "white": ("original", "negative", "inactive"),
 }
 """Which maps each deletion fill compares (the paper's pairing)."""
+
+PAPER_NUMBERS = {
+    ("SimpleCNN", "positive", "black"): "CIFAR-10 basic CNN: original .23, positive .14",
+    ("SimpleCNN", "active", "black"): "CIFAR-10 basic CNN: original .23, active .15",
+}
+"""The paper's allegiance AUCs quoted next to the claims they correspond to."""
+
+SHOWN_MAPS = ("original", "positive", "negative", "active", "inactive")
+"""The maps of the example figure, in column order."""
 
 
 def _new_section() -> Section:
@@ -57,6 +65,7 @@ def _new_section() -> Section:
                     Claim(
                         f"{table}: {method} map beats the original map under {fill} deletion",
                         table, "original", method, f"{fill}_deletion_auc", "lower",
+                        paper=PAPER_NUMBERS.get((table, method, fill), ""),
                     )
                 )
     return section
@@ -73,35 +82,30 @@ def run_signed_maps_section(context: StudyContext) -> Section:
     (['SimpleCNN', 'models', 'resnet18'], 8)
     """
     section = _new_section()
-    settings = context.settings
+    rows = slice(0, context.settings.figure_rows)
     curves: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
-    for seed in context.seeds:
-        images = context.data.for_seed(seed).test_images[: settings.eval_examples]
-        images = images.to(context.device)
+    for batch in context.eval_batches():
         for recipe, table in MODELS.items():
-            trained = context.zoo.get(recipe, seed)
-            context.log(f"signed maps: scoring {table} (seed {seed})")
-            maps = signed_saliency_maps(trained.model, images)
+            trained = context.zoo.get(recipe, batch.seed)
+            context.log(f"signed maps: scoring {table} (seed {batch.seed})")
+            maps = signed_saliency_maps(trained.model, batch.images)
             maps["original"] = maps["gradient"].abs()
             section.record("models", table, "accuracy", trained.accuracy)
             for fill, methods in FILL_MAPS.items():
                 for method in methods:
-                    result = allegiance_deletion_auc(trained.model, images, maps[method], fill=fill)
+                    result = allegiance_deletion_auc(
+                        trained.model, batch.images, maps[method], fill=fill
+                    )
                     section.record(table, method, f"{fill}_deletion_auc", float(result.auc))
-                    if seed == context.seeds[0]:
+                    if batch.first:
                         panel = curves.setdefault(f"{table}, {fill} deletion", {})
                         panel[method] = (result.fractions, result.allegiance)
-            if seed == context.seeds[0] and recipe == "simple_cnn":
-                rows = slice(0, settings.figure_rows)
-                file = save_maps_figure(
-                    context.out / "signed_maps_examples.png", images[rows],
-                    {name: maps[name][rows] for name in ("original", "positive", "negative",
-                                                         "active", "inactive")},
+            if batch.first and recipe == "simple_cnn":
+                context.save_maps(
+                    section, "signed_maps_examples",
+                    {name: maps[name][rows] for name in SHOWN_MAPS}, "SimpleCNN signed maps",
+                    masks=False,
                 )
-                section.figures.append((file.name, f"SimpleCNN signed maps (seed {seed})"))
-    file = save_curves_figure(
-        context.out / "signed_maps_allegiance.png", curves,
-        ylabel="allegiance", xlabel="fraction of pixels deleted",
-    )
-    section.figures.append((file.name, f"allegiance curves (seed {context.seeds[0]})"))
+    context.save_curves(section, "signed_maps_allegiance", curves, "allegiance curves",
+                        ylabel="allegiance", xlabel="fraction of pixels deleted")
     return section

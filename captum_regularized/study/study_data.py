@@ -1,4 +1,9 @@
-"""The data of one seed: a training set and a held-out set (with masks when known)."""
+"""The data of one seed: a training set and a held-out set (with masks when known).
+
+Three sources: ``"synthetic"`` (:class:`SyntheticShapes` in the settings' named
+configuration, the harder one by default), ``"fashion-mnist"``
+(:class:`FashionMNISTWithMasks`, the garment's silhouette as mask) and an image folder.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +13,35 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from captum_regularized.datasets import SyntheticShapes
+from captum_regularized.datasets import (
+    FashionMNISTWithMasks,
+    ImageFolderWithMasks,
+    SyntheticShapes,
+)
 from captum_regularized.study.settings import StudySettings
 
-__all__ = ["TEST_SEED_OFFSET", "SeedData", "StudyData"]
+__all__ = [
+    "DATA_SETS",
+    "DEFAULT_FASHION_MNIST_ROOT",
+    "TEST_SEED_OFFSET",
+    "SeedData",
+    "StudyData",
+    "fashion_mnist_missing",
+]
 
 TEST_SEED_OFFSET = 1_000_003
-"""The synthetic held-out set of seed ``s`` uses data seed ``s + TEST_SEED_OFFSET``."""
+"""The held-out set of seed ``s`` uses data seed ``s + TEST_SEED_OFFSET``."""
+
+DATA_SETS = ("synthetic", "fashion-mnist")
+"""The named data sources of the study (an image folder is the third kind)."""
+
+DEFAULT_FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+"""Where Debian's ``dataset-fashion-mnist`` package installs the four IDX files."""
 
 
 @dataclass(frozen=True)
 class SeedData:
-    """Training set and held-out tensors of one seed (``masks`` is ``None`` for real data)."""
+    """Training set and held-out tensors of one seed (``masks`` is ``None`` without masks)."""
 
     train_set: Dataset
     test_images: torch.Tensor
@@ -27,40 +49,95 @@ class SeedData:
     test_masks: torch.Tensor | None
 
 
+def fashion_mnist_missing(root: Path) -> str:
+    """Why Fashion-MNIST cannot be read from ``root`` ("" when its four files are there).
+
+    Examples
+    --------
+    >>> "not found" in fashion_mnist_missing(Path("/nonexistent"))
+    True
+    """
+    from captum_regularized.datasets.fashion_mnist import _locate
+
+    if not root.is_dir():
+        return f"Fashion-MNIST not found: {root} is not a folder"
+    try:
+        _locate(root)
+    except FileNotFoundError as error:
+        return str(error).split(";")[0]
+    return ""
+
+
 class StudyData:
-    """Where the study's images come from: :class:`SyntheticShapes` or an image folder.
+    """Where the study's images come from, and each seed's train/held-out split.
 
     Parameters
     ----------
     settings : StudySettings
-        Sizes.
-    folder : Path, optional
-        A ``torchvision.datasets.ImageFolder`` layout (one sub-folder per class). Images
-        are resized to ``settings.image_size``; each seed draws its own train/test split.
-        Without masks, the sections skip their mask metrics.
+        Sizes; images are ``settings.image_size`` square with 3 channels.
+    source : {"synthetic", "fashion-mnist"} or Path, optional
+        ``"synthetic"`` (also ``None``): :class:`SyntheticShapes` in the configuration
+        ``settings.synthetic_configuration``, a new training and held-out set per seed.
+        ``"fashion-mnist"``: per seed, ``settings.train_samples`` images drawn from the
+        60 000 training images and ``settings.test_samples`` from the 10 000 test images,
+        masks are the garment silhouettes. A ``Path``: an ``ImageFolder`` layout (one
+        sub-folder per class) read by :class:`ImageFolderWithMasks`, one random
+        train/test split per seed, no masks (the sections skip their mask metrics).
+    root : Path, optional
+        The Fashion-MNIST folder (default :data:`DEFAULT_FASHION_MNIST_ROOT`).
+
+    Raises
+    ------
+    ValueError
+        Starting with ``--data``: an unreadable folder, fewer than two classes, missing
+        Fashion-MNIST files, or an unknown source name.
 
     Examples
     --------
     >>> from captum_regularized.study.settings import TINY
-    >>> seed_data = StudyData(TINY).for_seed(0)
-    >>> len(seed_data.train_set), tuple(seed_data.test_masks.shape)
-    (96, (32, 1, 32, 32))
+    >>> data = StudyData(TINY)
+    >>> seed_data = data.for_seed(0)
+    >>> data.key, len(seed_data.train_set), tuple(seed_data.test_masks.shape)
+    ('synthetic', 96, (32, 1, 32, 32))
     """
 
-    def __init__(self, settings: StudySettings, folder: Path | None = None) -> None:
+    def __init__(
+        self,
+        settings: StudySettings,
+        source: str | Path | None = None,
+        *,
+        root: Path | None = None,
+    ) -> None:
         self.settings = settings
-        self.folder = folder
+        self.image_size = settings.image_size
         self._cache: dict[int, SeedData] = {}
-        self._folder_tensors: tuple[torch.Tensor, torch.Tensor] | None = None
-        if folder is None:
-            self.class_names = SyntheticShapes(
-                1, num_classes=settings.num_classes
-            ).shape_names
-            self.image_size = settings.image_size
+        self.folder: Path | None = None
+        self.root = DEFAULT_FASHION_MNIST_ROOT if root is None else Path(root)
+        if source is None or source == "synthetic":
+            self.key = "synthetic"
+            self.class_names = SyntheticShapes(1, num_classes=settings.num_classes).shape_names
+        elif source == "fashion-mnist":
+            self.key = "fashion-mnist"
+            self._fashion = self._open_fashion_mnist()
+            self.class_names = self._fashion[0].classes
+        elif isinstance(source, Path):
+            self.key = "folder"
+            self.folder = source
+            self._folder_tensors = _load_folder(source, settings.image_size)
+            self.class_names = self._folder_tensors[2]
         else:
-            images, labels, self.class_names = _load_folder(folder, settings.image_size)
-            self._folder_tensors = (images, labels)
-            self.image_size = settings.image_size
+            raise ValueError(
+                f"--data must be one of {list(DATA_SETS)} or an image folder, got {source!r}"
+            )
+
+    def _open_fashion_mnist(self) -> tuple[FashionMNISTWithMasks, FashionMNISTWithMasks]:
+        missing = fashion_mnist_missing(self.root)
+        if missing:
+            raise ValueError(f"--data fashion-mnist: {missing} (pass --data-root DIR)")
+        return tuple(  # type: ignore[return-value]
+            FashionMNISTWithMasks(self.root, train=train, image_size=self.image_size, channels=3)
+            for train in (True, False)
+        )
 
     @property
     def num_classes(self) -> int:
@@ -69,40 +146,69 @@ class StudyData:
 
     @property
     def has_masks(self) -> bool:
-        """Whether ground-truth masks exist (synthetic data only)."""
-        return self.folder is None
+        """Whether ground-truth masks exist (synthetic data and Fashion-MNIST)."""
+        return self.key != "folder"
+
+    @property
+    def label(self) -> str:
+        """The data set's name in the report's columns."""
+        return {"synthetic": "SyntheticShapes", "fashion-mnist": "Fashion-MNIST"}.get(
+            self.key, "image folder"
+        )
 
     @property
     def source(self) -> str:
         """A short description for the report."""
-        if self.folder is None:
-            s = self.settings
+        s = self.settings
+        if self.key == "synthetic":
+            config = SyntheticShapes.configured(s.synthetic_configuration, 1)
             return (
-                f"SyntheticShapes ({s.image_size} px, {s.num_classes} classes, "
-                f"{s.num_distractors} distractors)"
+                f"SyntheticShapes, {s.synthetic_configuration} configuration ({s.image_size} "
+                f"px, {s.num_classes} classes, {config.num_distractors} distractors, radius "
+                f"{config.radius_range[0]:g}-{config.radius_range[1]:g} of the side, clutter "
+                f"{config.clutter:g}, noise {config.noise:g})"
+            )
+        if self.key == "fashion-mnist":
+            return (
+                f"Fashion-MNIST from {self.root} ({self.num_classes} classes, resized to "
+                f"{s.image_size} px, 3 channels; masks: garment silhouettes)"
             )
         return f"image folder {self.folder} ({self.num_classes} classes, {self.image_size} px)"
 
     def for_seed(self, seed: int) -> SeedData:
         """The (cached) data of ``seed``."""
         if seed not in self._cache:
-            self._cache[seed] = self._synthetic(seed) if self.folder is None else self._split(seed)
+            build = {"synthetic": self._synthetic, "fashion-mnist": self._fashion_mnist}
+            self._cache[seed] = build.get(self.key, self._split)(seed)
         return self._cache[seed]
 
     def _synthetic(self, seed: int) -> SeedData:
         s = self.settings
-        shape = dict(
-            image_size=s.image_size, num_classes=s.num_classes, num_distractors=s.num_distractors
-        )
-        train_set = SyntheticShapes(s.train_samples, seed=seed, **shape).materialize()
-        images, labels, masks = SyntheticShapes(
-            s.test_samples, seed=seed + TEST_SEED_OFFSET, **shape
-        ).tensors()
+
+        def shapes(count: int, data_seed: int) -> SyntheticShapes:
+            return SyntheticShapes.configured(
+                s.synthetic_configuration, count, seed=data_seed, image_size=s.image_size,
+                num_classes=s.num_classes,
+            )
+
+        train_set = shapes(s.train_samples, seed).materialize()
+        images, labels, masks = shapes(s.test_samples, seed + TEST_SEED_OFFSET).tensors()
+        return SeedData(train_set, images, labels, masks)
+
+    def _fashion_mnist(self, seed: int) -> SeedData:
+        train, test = self._fashion
+        s = self.settings
+
+        def draw(data: FashionMNISTWithMasks, count: int, data_seed: int) -> torch.Tensor:
+            order = torch.randperm(len(data), generator=torch.Generator().manual_seed(data_seed))
+            return order[: min(count, len(data))]
+
+        train_set = TensorDataset(*train.render(draw(train, s.train_samples, seed)))
+        images, labels, masks = test.render(draw(test, s.test_samples, seed + TEST_SEED_OFFSET))
         return SeedData(train_set, images, labels, masks)
 
     def _split(self, seed: int) -> SeedData:
-        assert self._folder_tensors is not None
-        images, labels = self._folder_tensors
+        images, labels, _ = self._folder_tensors
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
         test_count = min(self.settings.test_samples, max(1, len(labels) // 5))
         test, train = order[:test_count], order[test_count:]
@@ -116,19 +222,16 @@ def _load_folder(
     folder: Path, image_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
     """All images of an ``ImageFolder`` as ``(N, 3, S, S)`` floats in [0, 1], labels, names."""
-    from torchvision import datasets, transforms
-
-    transform = transforms.Compose(
-        [transforms.Resize((image_size, image_size)), transforms.ToTensor()]
-    )
     try:
-        dataset = datasets.ImageFolder(str(folder), transform=transform)
-    except (FileNotFoundError, OSError) as error:
+        dataset = ImageFolderWithMasks(folder, image_size=image_size)
+    except ValueError as error:
         raise ValueError(f"--data {folder}: not an image folder ({error})") from None
     if len(dataset.classes) < 2:
         raise ValueError(f"--data {folder}: needs at least two class sub-folders")
-    pairs = [dataset[i] for i in range(len(dataset))]
-    images = torch.stack([image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
-                          for image, _ in pairs])
-    labels = torch.tensor([label for _, label in pairs])
+    try:
+        items = [dataset[i] for i in range(len(dataset))]
+    except OSError as error:
+        raise ValueError(f"--data {folder}: {error}") from None
+    images = torch.stack([image for image, _, _ in items])
+    labels = torch.stack([label for _, label, _ in items])
     return images, labels, tuple(dataset.classes)

@@ -92,6 +92,9 @@ class Claim:
     margin : float
         0 for "the method is better"; ``> 0`` for "the method is worse by at most
         ``margin``" (non-inferiority).
+    paper : str
+        The paper's own numbers for this comparison, in words ("" where the paper
+        gives none for it).
 
     Examples
     --------
@@ -107,6 +110,7 @@ class Claim:
     metric: str
     better: str
     margin: float = 0.0
+    paper: str = ""
 
     def __post_init__(self) -> None:
         if self.better not in ("higher", "lower"):

@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from captum_regularized import attr
 from captum_regularized._internal.guided_relu import guided_and_plain_gradients
 from captum_regularized.models import SimpleCNN
+from tests.guided_nets import ModuleNet, twin_nets
 from tests.model_checks import assert_no_hooks, untouched
 
 
@@ -41,31 +42,6 @@ def captum_guided_grad_cam(model, layer, inputs, target=None, **kwargs):
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-class ModuleNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(2)
-        self.conv1, self.conv2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1)
-        self.conv3, self.fc = nn.Conv2d(6, 6, 3, padding=1), nn.Linear(6, 4)
-        self.relus = nn.ModuleList([nn.ReLU(), nn.ReLU(inplace=True), nn.ReLU(), nn.ReLU()])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.relus[0](self.conv1(x))
-        h = self.relus[1](self.conv2(h))
-        h = self.relus[2](self.conv3(h) + h)
-        return self.fc(self.relus[3](h.mean((2, 3))))
-
-
-class FunctionalNet(ModuleNet):
-    """The same weights, each ReLU in another functional form."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.conv1(x))
-        h = torch.relu_(self.conv2(h))
-        h = (self.conv3(h) + h).relu()
-        return self.fc(F.relu(h.mean((2, 3)), inplace=True))
 
 
 class TwoInputs(nn.Module):
@@ -117,8 +93,7 @@ def test_guided_backprop_equals_captum_for_tuple_inputs_and_extra_args(target):
 
 
 def test_functional_relus_give_the_module_twins_answer_where_captum_gives_the_plain_one():
-    modules, functional = ModuleNet(), FunctionalNet()
-    functional.load_state_dict(modules.state_dict())
+    modules, functional = twin_nets()
     x, target = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
     ours = attr.GuidedBackprop(functional).attribute(x, target=target)
     torch.testing.assert_close(ours, attr.GuidedBackprop(modules).attribute(x, target=target))
@@ -197,8 +172,7 @@ def test_guided_grad_cam_equals_captum_for_tuple_inputs_of_two_sizes():
 
 
 def test_guided_grad_cam_on_functional_relus_is_the_module_twins():
-    modules, functional = ModuleNet(), FunctionalNet()
-    functional.load_state_dict(modules.state_dict())
+    modules, functional = twin_nets()
     x, target = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
     ours = attr.GuidedGradCam(functional, functional.conv2).attribute(x, target=target)
     torch.testing.assert_close(ours, captum_guided_grad_cam(modules, modules.conv2, x, target))

@@ -1,4 +1,4 @@
-"""The shared step-batching mechanics behind path methods (captum_regularized._internal)."""
+"""RSI-Grad-CAM's path batching and the layer tap it shares with GuidedGradCam."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from captum_regularized._internal.layer_tap import LayerTap
 from captum_regularized._internal.model_state import HookBag
-from captum_regularized._internal.path_batching import (
-    LayerTap,
+from captum_regularized.attr.rsi_grad_cam.path_batching import (
     expand_for_steps,
     path_points,
     plan_path,
@@ -92,3 +92,38 @@ def test_layer_tap_allows_in_place_ops_after_the_layer() -> None:
     bag.remove_all()
     (grad,) = torch.autograd.grad(out.sum(), activation)
     assert torch.equal(grad, (activation > 0).to(grad.dtype))
+
+
+def test_layer_tap_on_the_graph_serves_the_inputs_and_the_layer() -> None:
+    first, second = nn.Linear(3, 4), nn.Linear(4, 2)
+    model = nn.Sequential(first, nn.ReLU(inplace=True), second)
+    leaf = torch.randn(5, 3).requires_grad_()
+    bag = HookBag()
+    tap = LayerTap(first, bag, stop_at_layer=False)
+    with tap.tapping():
+        out = model(leaf)
+    model(leaf)  # outside the block the hook leaves the layer alone
+    bag.remove_all()
+    assert_no_hooks(model)
+    activation = tap.activation()
+    pre = (leaf @ first.weight.T + first.bias).detach()
+    torch.testing.assert_close(activation.detach(), pre)  # the in-place ReLU did not touch it
+    (to_input,) = torch.autograd.grad(out[:, 1].sum(), leaf, retain_graph=True)
+    to_layer = tap.gradient(out[:, 1])
+    expected_layer = second.weight[1].detach() * (pre > 0)
+    torch.testing.assert_close(to_layer, expected_layer)
+    torch.testing.assert_close(to_input, expected_layer @ first.weight.detach())
+
+
+def test_layer_tap_names_a_layer_that_did_not_run_or_does_not_reach_the_score() -> None:
+    used, unused = nn.Linear(3, 2), nn.Linear(2, 2)
+    bag = HookBag()
+    tap = LayerTap(unused, bag)
+    with pytest.raises(ValueError, match=r"did not run.*never ran"):
+        tap.run(used, (torch.rand(2, 3),), None)
+    tap = LayerTap(used, bag)
+    out, _ = tap.run(used, (torch.rand(2, 3),), None)
+    with pytest.raises(ValueError, match="does not depend on the layer"):
+        tap.gradient(out.detach()[:, 0])
+    bag.remove_all()
+    assert_no_hooks(used)

@@ -15,6 +15,7 @@ from torch import nn
 
 from captum_regularized.attr import LayerRSIGradCam
 from captum_regularized.models import SimpleCNN
+from tests.attr.cnns import cnn_with_statistics
 from tests.model_checks import untouched
 
 VARIANTS = ["plain", "unit_selection", "relu_gradients"]
@@ -61,13 +62,7 @@ def wavy_batch(device: str = "cpu") -> tuple[Wavy, torch.Tensor, torch.Tensor, l
 
 def small_cnn() -> SimpleCNN:
     torch.manual_seed(0)
-    model = SimpleCNN(num_classes=4, width=4).eval().double()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 1.5)
-    return model
+    return cnn_with_statistics(dtype=torch.float64)
 
 
 def fixed(cam: LayerRSIGradCam, x: torch.Tensor, i: int, n: int, **kwargs) -> tuple:

@@ -11,7 +11,7 @@ from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
 
 from captum_regularized.attr import LayerRSIGradCam, vit_tokens_to_map
-from captum_regularized.models import SimpleCNN
+from tests.attr.cnns import cnn_with_statistics as small_cnn
 from tests.model_checks import untouched
 
 VARIANTS = ["plain", "unit_selection", "relu_gradients"]
@@ -94,16 +94,6 @@ def assert_maps_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float 
     scale = float(expected.abs().max())
     assert scale > 0, "reference map is all zero: the comparison would be vacuous"
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * scale)
-
-
-def small_cnn(device: torch.device | str = "cpu") -> SimpleCNN:
-    model = SimpleCNN(num_classes=4, width=4).eval().to(device)
-    with torch.no_grad():  # non-trivial batch-norm statistics
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 1.5)
-    return model
 
 
 def softmax(out: torch.Tensor) -> torch.Tensor:
@@ -284,7 +274,7 @@ def test_internal_batch_size_does_not_change_the_result(variant: str) -> None:
 def test_automatic_pass_size_on_cpu_splits_the_path_without_changing_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from captum_regularized._internal import path_batching
+    from captum_regularized.attr.rsi_grad_cam import path_batching
 
     model = small_cnn()
     x = torch.rand(3, 3, 16, 16)

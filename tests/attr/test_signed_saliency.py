@@ -15,7 +15,6 @@ from captum.attr import visualization as viz
 from captum.metrics import infidelity, sensitivity_max
 from torch import nn
 
-from captum_regularized._internal.class_gradients import class_gradients
 from captum_regularized.attr import (
     ActiveSaliency,
     InactiveSaliency,
@@ -23,6 +22,7 @@ from captum_regularized.attr import (
     PositiveSaliency,
     signed_saliency_maps,
 )
+from captum_regularized.attr.signed_saliency import class_gradients
 from captum_regularized.models import SimpleCNN
 from tests.model_checks import assert_no_hooks, untouched
 
@@ -314,6 +314,21 @@ def test_chunk_size_and_strategy_do_not_change_the_result(chunk, strategy):
     for name, cls in (("active", ActiveSaliency), ("inactive", InactiveSaliency)):
         out = cls(model).attribute(x, target=[6, 0], abs=False, class_chunk_size=chunk)
         assert_matches(out, expected[name], margins, name)
+
+
+def test_backward_strategy_forces_the_engine_and_is_checked():
+    model = small_cnn("cpu", num_classes=4)
+    x = torch.rand(2, 3, 8, 8)
+    expected, margins = reference_maps(model, (x,), abs=False)
+    for strategy in ("auto", "vmap", "loop"):
+        method = InactiveSaliency(model)
+        method.backward_strategy = strategy
+        out = method.attribute(x, abs=False, class_chunk_size=3)
+        assert_matches(out, expected["inactive"], margins, "inactive")
+    assert InactiveSaliency(model).backward_strategy == "auto"  # the instance's own setting
+    method.backward_strategy = "batched"
+    with pytest.raises(ValueError, match="backward_strategy must be one of"):
+        method.attribute(x)
 
 
 class _ItemInBackward(torch.autograd.Function):

@@ -296,9 +296,9 @@ def _evaluate_accuracy(model: nn.Module, batch: Batch, target: Any) -> Any:
     )
 
 
-def _guided(mode: str) -> Call:
+def _guided(mode: str, **kwargs: Any) -> Call:
     def call(model: nn.Module, batch: Batch, target: Any) -> Any:
-        reg = regularizers.GuidedGradientRegularizer(model, weight=1.0, mode=mode)
+        reg = regularizers.GuidedGradientRegularizer(model, weight=1.0, mode=mode, **kwargs)
         return reg(batch.inputs, batch.labels)
 
     return call
@@ -393,6 +393,9 @@ ENTRIES: list[Entry] = [
               empty_batch="error", train_buffers="one_forward")
         for mode in ("double_backprop", "finite_difference")
     ),
+    Entry("GuidedGradientRegularizer[double_backprop,ungated]", "loss",
+          _guided("double_backprop", rule="ungated"), labels=True, empty_batch="error",
+          train_buffers="one_forward"),
     *(
         Entry(f"GradientNormPenalty[{norm}{',fd' if kw.get('mode') else ''}]", "loss",
               _norm_penalty(norm, **kw), labels=True,
@@ -406,16 +409,24 @@ ENTRIES: list[Entry] = [
         ]
     ),
     *(
-        Entry(f"NormRegularizedAdversarialLoss[{norm},{steps}]", "loss",
+        Entry(f"NormRegularizedAdversarialLoss[{norm},{steps}{label}]", "loss",
               _adversarial(norm, steps=steps, **kw), labels=True, empty_batch="error",
               train_buffers="any")
-        for norm, steps, kw in [
-            ("l1", 1, {}), ("l1", 3, {}), ("elastic_net", 2, {"epsilon2": 0.05})
+        for norm, steps, label, kw in [
+            ("l1", 1, "", {}),
+            ("l1", 3, "", {}),
+            ("elastic_net", 2, "", {"epsilon2": 0.05}),
+            # the authors' inner loop: from delta = 0, BatchNorm statistics updated
+            ("l1", 3, ",zero", {"start": "zero"}),
+            ("l1", 3, ",update_batchnorm", {"update_batchnorm": True}),
         ]
     ),
     Entry("NormRegularizedAdversarialLoss.perturb", "loss",
           _adversarial("group", perturb=True, steps=2, group_size=4), labels=True,
           empty_batch="error"),
+    Entry("NormRegularizedAdversarialLoss.perturb[zero,update_batchnorm]", "loss",
+          _adversarial("l1", perturb=True, steps=2, start="zero", update_batchnorm=True),
+          labels=True, empty_batch="error", train_buffers="any"),
     Entry("deletion_auc", "metric", _metric(metrics.deletion_auc, steps=4),
           targets=True, differentiates=False),
     Entry("insertion_auc", "metric", _metric(metrics.insertion_auc, steps=4),

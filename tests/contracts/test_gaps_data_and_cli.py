@@ -8,6 +8,7 @@ and badly sized images are handled at the right place with the argument named.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -23,7 +24,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from captum_regularized.cli import main
 from captum_regularized.datasets import ImageFolderWithMasks
 from captum_regularized.metrics import evaluate_dataset
-from captum_regularized.models import SimpleCNN, evaluate_accuracy, train_classifier
+from captum_regularized.models import (
+    SimpleCNN,
+    evaluate_accuracy,
+    train_classifier,
+    with_cross_entropy,
+)
 from tests.model_checks import untouched
 
 NO_CUDA = pytest.mark.skipif(
@@ -274,7 +280,11 @@ def test_gap_14_empty_train_set_is_a_value_error_before_any_work():
 
 
 def test_gap_14_loss_hook_contract_is_unchanged():
-    """The regularizers' hook gets (images, labels); its pair means cross-entropy + penalty."""
+    """The regularizers' hook gets (images, labels); its pair means cross-entropy + penalty.
+
+    The pair is now passed through ``with_cross_entropy``; a hook returning it directly
+    still trains the same way for one release, with a ``DeprecationWarning``.
+    """
     data = TensorDataset(torch.rand(6, 3, 8, 8), torch.tensor([0, 1, 0, 1, 0, 1]))
     model = SimpleCNN(2, width=2, batch_norm=False)  # train and eval forwards agree
     seen = []
@@ -284,12 +294,16 @@ def test_gap_14_loss_hook_contract_is_unchanged():
         logits = model(images)
         return logits, torch.tensor(0.5)
 
-    history = train_classifier(model, data, epochs=1, batch_size=3, progress=False, loss=hook,
-                               lr=1e-12)
-    assert [shape for shape, _ in seen] == [(3, 3, 8, 8)] * 2
-    assert sorted(label for _, labels in seen for label in labels) == [0, 0, 0, 1, 1, 1]
-    # lr ~ 0: the mean loss is cross-entropy of the (unchanged) model plus the penalty
     model.eval()
     with torch.no_grad():
         expected = F.cross_entropy(model(data.tensors[0]), data.tensors[1]) + 0.5
-    assert history[0]["loss"] == pytest.approx(float(expected), rel=1e-4)
+    for loss, warns in ((with_cross_entropy(hook), False), (hook, True)):
+        seen.clear()
+        deprecated = pytest.warns(DeprecationWarning, match="with_cross_entropy")
+        with deprecated if warns else contextlib.nullcontext():
+            history = train_classifier(model, data, epochs=1, batch_size=3, progress=False,
+                                       loss=loss, lr=1e-12)
+        assert [shape for shape, _ in seen] == [(3, 3, 8, 8)] * 2
+        assert sorted(label for _, labels in seen for label in labels) == [0, 0, 0, 1, 1, 1]
+        # lr ~ 0: the mean loss is cross-entropy of the (unchanged) model plus the penalty
+        assert history[0]["loss"] == pytest.approx(float(expected), rel=1e-4)

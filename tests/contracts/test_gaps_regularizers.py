@@ -48,6 +48,10 @@ ENTRY_POINTS: dict[str, Callable[[nn.Module, torch.Tensor, torch.Tensor], object
         m, epsilon=0.1, steps=3
     )(x, y),
     "perturb": lambda m, x, y: NormRegularizedAdversarialLoss(m, epsilon=0.1).perturb(x, y),
+    "adversarial_authors_loop": lambda m, x, y: NormRegularizedAdversarialLoss(
+        m, epsilon=0.1, steps=3, step_size=0.03, start="zero", update_batchnorm=True
+    )(x, y),
+    "guided_ungated": lambda m, x, y: GuidedGradientRegularizer(m, rule="ungated")(x, y),
 }
 
 
@@ -223,14 +227,16 @@ class _ShiftsItsInputInPlace(nn.Module):
         return self.body(x.sub_(0.5))
 
 
+@pytest.mark.parametrize("mode", ["double_backprop", "finite_difference"])
 @pytest.mark.parametrize("kind", ["penalty", "guided"])
-def test_gap_3_a_model_that_modifies_its_input_in_place_is_refused(kind):
+def test_gap_3_a_model_that_modifies_its_input_in_place_is_refused(kind, mode):
     model = _ShiftsItsInputInPlace()
     pre = nn.Linear(12, 12)
     x, labels = torch.rand(2, 12), torch.tensor([0, 2])
     z = pre(x)
     before = z.detach().clone()
-    loss = GradientNormPenalty(model) if kind == "penalty" else GuidedGradientRegularizer(model)
+    cls = GradientNormPenalty if kind == "penalty" else GuidedGradientRegularizer
+    loss = cls(model, mode=mode)
     with pytest.raises(RuntimeError, match="in place"):
         loss(z, labels)
     assert torch.equal(z.detach(), before)
@@ -378,6 +384,10 @@ def test_gap_9_non_finite_settings_are_refused(make, name, value):
         (lambda: NormRegularizedAdversarialLoss(_cnn(), step_size="0.1"), "step_size"),
         (lambda: NormRegularizedAdversarialLoss(_cnn(), clean_weight="0.5"), "clean_weight"),
         (lambda: NormRegularizedAdversarialLoss(_cnn(), input_range=("0", "1")), "input_range"),
+        (lambda: NormRegularizedAdversarialLoss(_cnn(), start=0), "start"),
+        (lambda: NormRegularizedAdversarialLoss(_cnn(), update_batchnorm="yes"),
+         "update_batchnorm"),
+        (lambda: GuidedGradientRegularizer(_cnn(), rule=1), "rule"),
     ],
 )
 def test_gap_9_non_numeric_settings_are_refused_naming_the_argument(make, name):

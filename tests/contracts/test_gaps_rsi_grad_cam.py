@@ -16,9 +16,10 @@ from captum.attr import NoiseTunnel
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from captum_regularized._internal.path_batching import plan_path
 from captum_regularized.attr import LayerRSIGradCam, PositiveSaliency
+from captum_regularized.attr.rsi_grad_cam.path_batching import plan_path
 from captum_regularized.models import SimpleCNN
+from tests.attr.cnns import cnn_with_statistics
 from tests.model_checks import assert_no_hooks, untouched
 
 
@@ -56,13 +57,7 @@ def loop_reference(
 
 
 def small_cnn() -> SimpleCNN:
-    model = SimpleCNN(num_classes=3, width=4).eval()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 1.5)
-    return model
+    return cnn_with_statistics(num_classes=3)
 
 
 def assert_close_to(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-4) -> None:

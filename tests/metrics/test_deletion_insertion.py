@@ -13,7 +13,7 @@ from captum_regularized.metrics import (
     insertion_auc,
     insertion_curve,
 )
-from captum_regularized.metrics._substrate import gaussian_blur
+from captum_regularized.metrics.deletion_insertion import gaussian_blur
 from tests.model_checks import untouched
 
 

@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from captum_regularized._internal.pixel_maps import per_pixel_map
 from captum_regularized.attr import reduce_channels
-from captum_regularized.metrics._batched_forward import forward_in_chunks, pixel_ranks
-from captum_regularized.metrics._map_shapes import per_pixel_map
+from captum_regularized.metrics._perturbation import forward_in_chunks, pixel_ranks, prepare_batch
+from captum_regularized.metrics._ratio import ratio_or_zero
 
 
 def test_forms():
@@ -57,3 +58,25 @@ def test_forward_in_chunks_passes_other_args_unchanged():
         internal_batch_size=3, additional_forward_args=(10 * x[:, 0], 100.0),
     )
     assert out.tolist() == [100.0, 111.0, 122.0, 133.0]
+
+
+def test_ratio_or_zero_is_the_ratio_where_defined_and_zero_elsewhere():
+    numerator = torch.tensor([1.0, 2.0, 3.0, 0.0], requires_grad=True)
+    denominator = torch.tensor([4.0, 0.0, -2.0, 0.0], requires_grad=True)
+    values = ratio_or_zero(numerator, denominator)
+    assert values.tolist() == [0.25, 0.0, 0.0, 0.0]
+    values.sum().backward()
+    # d/dn (n / d) = 1 / d and d/dd (n / d) = -n / d**2 where d > 0; nothing elsewhere.
+    assert numerator.grad.tolist() == [0.25, 0.0, 0.0, 0.0]
+    assert denominator.grad.tolist() == [-1.0 / 16, 0.0, 0.0, 0.0]
+
+
+def test_prepare_batch_refuses_an_empty_batch_only_when_asked():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    empty = torch.zeros(0, 1, 2, 2)
+    assert prepare_batch(model, empty, torch.zeros(0, 2, 2)).size == 0
+    with pytest.raises(ValueError, match="deletion needs at least one example"):
+        prepare_batch(model, empty, torch.zeros(0, 2, 2), refuse_empty="deletion")
+    prepared = prepare_batch(model, torch.rand(3, 1, 2, 2), torch.rand(1, 1, 1))
+    assert prepared.maps.shape == (3, 1, 2, 2)
+    assert bool((prepared.maps == prepared.maps[0]).all())  # one map for the batch, resized

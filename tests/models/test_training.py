@@ -1,6 +1,8 @@
 """SimpleCNN and train_classifier: ReLU modules, the loss hook, and held-out accuracy."""
 
+import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -9,7 +11,14 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from captum_regularized.datasets import SyntheticShapes
-from captum_regularized.models import SimpleCNN, evaluate_accuracy, train_classifier
+from captum_regularized.models import (
+    LossHook,
+    SimpleCNN,
+    evaluate_accuracy,
+    train_classifier,
+    with_cross_entropy,
+)
+from tests.training_reference import hand_written_step
 
 
 def test_simple_cnn_uses_distinct_relu_modules():
@@ -46,7 +55,11 @@ def test_loss_hook_forms():
         logits = model(x)
         return logits, logits.pow(2).mean() * 0.0
 
-    history = train_classifier(model, data, epochs=1, batch_size=4, loss=pair_loss, progress=False)
+    # the pair form of earlier releases still trains, with a deprecation warning
+    with pytest.warns(DeprecationWarning, match="with_cross_entropy"):
+        history = train_classifier(
+            model, data, epochs=1, batch_size=4, loss=pair_loss, progress=False
+        )
     assert calls == [4, 4] and 0.0 <= history[0]["accuracy"] <= 1.0
 
     def scalar_loss(x, y):
@@ -67,3 +80,77 @@ def test_bad_training_arguments():
     empty = TensorDataset(torch.rand(0, 3, 8, 8), torch.zeros(0))
     with pytest.raises(ValueError, match="empty"):
         evaluate_accuracy(SimpleCNN(2, width=2), empty)
+
+
+def _pair_hook(model):
+    def hook(images, labels):
+        logits = model(images)
+        return logits, 0.3 * logits.square().mean()
+
+    return hook
+
+
+def test_with_cross_entropy_takes_the_hand_written_step_and_reports_accuracy():
+    torch.manual_seed(0)
+    images, labels = torch.rand(6, 3, 8, 8), torch.tensor([0, 1, 0, 1, 1, 0])
+    model = SimpleCNN(2, width=2)
+    reference = copy.deepcopy(model)
+    hook: LossHook = with_cross_entropy(_pair_hook(model))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # the new form does not warn
+        history = train_classifier(model, TensorDataset(images, labels), epochs=1,
+                                   batch_size=6, lr=1e-2, loss=hook, progress=False)
+    outputs = {}
+
+    def loss():
+        logits = reference(images)
+        outputs["logits"] = logits.detach()
+        return F.cross_entropy(logits, labels) + 0.3 * logits.square().mean()
+
+    expected = hand_written_step(reference, loss, lr=1e-2)
+    assert history[0]["loss"] == pytest.approx(expected, rel=1e-5)
+    accuracy = float((outputs["logits"].argmax(1) == labels).float().mean())
+    assert history[0]["accuracy"] == pytest.approx(accuracy)
+    for ours, theirs in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_old_pair_form_and_with_cross_entropy_train_alike():
+    data = TensorDataset(torch.rand(8, 3, 8, 8), torch.randint(0, 2, (8,)))
+    start = SimpleCNN(2, width=2)
+    runs = []
+    for wrap in (False, True):
+        model = copy.deepcopy(start)
+        hook = _pair_hook(model)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            history = train_classifier(model, data, epochs=2, batch_size=4, progress=False,
+                                       loss=with_cross_entropy(hook) if wrap else hook)
+        deprecations = [w for w in caught if issubclass(w.category, DeprecationWarning)]
+        # the old form warns once per call (not per batch), pointing at the caller
+        assert len(deprecations) == (0 if wrap else 1)
+        assert all(w.filename == __file__ for w in deprecations)
+        runs.append((history, model))
+    (old, old_model), (new, new_model) = runs
+    for a, b in zip(old, new):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+        assert a["accuracy"] == pytest.approx(b["accuracy"])
+    for ours, theirs in zip(old_model.parameters(), new_model.parameters()):
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_bad_loss_hooks_are_clear_errors():
+    data = TensorDataset(torch.rand(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))
+    model = SimpleCNN(2, width=2)
+    per_example = lambda x, y: F.cross_entropy(model(x), y, reduction="none")  # noqa: E731
+    with pytest.raises(TypeError, match=r"0-d training loss.*\(4,\)"):
+        train_classifier(model, data, epochs=1, batch_size=4, loss=per_example, progress=False)
+    with pytest.raises(TypeError, match=r"0-d training loss.*float"):
+        train_classifier(model, data, epochs=1, batch_size=4, loss=lambda x, y: 1.0,
+                         progress=False)
+    with pytest.raises(TypeError, match="penalty must be a callable"):
+        with_cross_entropy(torch.tensor(1.0))  # type: ignore[arg-type]
+    not_a_pair = with_cross_entropy(lambda x, y: model(x))  # type: ignore[arg-type,return-value]
+    with pytest.raises(TypeError, match=r"\(logits, penalty\) pair of tensors, got Tensor"):
+        train_classifier(model, data, epochs=1, batch_size=4, loss=not_a_pair, progress=False)
+    assert "with_cross_entropy" in repr(with_cross_entropy(_pair_hook(model)))

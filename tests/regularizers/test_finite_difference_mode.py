@@ -557,26 +557,6 @@ def test_zero_weight_trains_like_cross_entropy(kind):
     torch.testing.assert_close(got, flat_gradient(F.cross_entropy(model(x), labels), params))
 
 
-@pytest.mark.parametrize("kind", ["guided", "penalty"])
-def test_a_model_writing_into_its_input_is_refused(kind):
-    class ShiftsInPlace(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.body = nn.Sequential(nn.Flatten(), nn.Linear(12, 3), nn.ReLU(), nn.Linear(3, 3))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.body(x.sub_(0.5))
-
-    model = ShiftsInPlace()
-    z = nn.Linear(12, 12)(torch.rand(2, 12))
-    before = z.detach().clone()
-    loss = (GuidedGradientRegularizer(model, mode=FD) if kind == "guided"
-            else GradientNormPenalty(model, mode=FD))
-    with pytest.raises(RuntimeError, match="in place"):
-        loss(z, torch.tensor([0, 2]))
-    assert torch.equal(z.detach(), before)
-
-
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("kind", ["guided", "penalty"])
 def test_two_calls_then_one_backward_pass(kind, train):

@@ -359,3 +359,49 @@ def test_train_mode_gradients_are_per_example_with_batch_statistics_held():
     xr = x.clone().requires_grad_(True)
     coupled = torch.autograd.grad(copy.deepcopy(model)(xr).gather(1, labels[:, None]).sum(), xr)[0]
     assert not torch.allclose(coupled, plain, rtol=1e-2, atol=1e-4)
+
+
+# ---------------------------------------------------------------- the guided rule
+
+
+def _silu_reference(model: nn.Sequential, x: torch.Tensor, classes: torch.Tensor, gated: bool):
+    """Guided gradient of ``Linear -> SiLU -> Linear`` by hand: ``W1^T (s'(z) [1(z>0)] W2_t^+)``."""
+    first, last = model[1], model[3]
+    z = x.flatten(1) @ first.weight.T + first.bias
+    sig = torch.sigmoid(z)
+    slope = sig * (1 + z * (1 - sig))  # d silu / dz
+    upstream = last.weight[classes].clamp_min(0)
+    local = slope * (z > 0) if gated else slope
+    return ((local * upstream) @ first.weight).reshape(x.shape)
+
+
+@pytest.mark.parametrize("mode", ["double_backprop", "finite_difference"])
+def test_rule_chooses_the_guided_target_on_a_silu_model(mode):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 10), nn.SiLU(), nn.Linear(10, 3))
+    model = model.double().eval()
+    x = torch.randn(4, 3, 2, 2, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 1])
+    targets = {}
+    for rule in ("gated", "ungated"):
+
+        def recording(g, g_guided, rule=rule):
+            targets[rule] = g_guided.detach().clone()
+            return 1 - F.cosine_similarity(g.flatten(1), g_guided.flatten(1))
+
+        reg = GuidedGradientRegularizer(model, weight=1.0, distance=recording, mode=mode,
+                                        rule=rule)
+        reg(x, labels)
+        torch.testing.assert_close(targets[rule], _silu_reference(model, x, labels,
+                                                                  gated=rule == "gated"))
+    assert not torch.allclose(targets["gated"], targets["ungated"])  # negative z pass
+
+
+def test_rule_is_validated_and_shown():
+    model = small_cnn()
+    assert GuidedGradientRegularizer(model).rule == "gated"
+    assert "rule='ungated'" in repr(GuidedGradientRegularizer(model, rule="ungated"))
+    with pytest.raises(ValueError, match="rule must be one of"):
+        GuidedGradientRegularizer(model, rule="relu")
+    with pytest.raises(TypeError, match="rule must be a string"):
+        GuidedGradientRegularizer(model, rule=None)

@@ -11,16 +11,9 @@ from captum.robust import FGSM, PGD
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from captum_regularized._internal.structured_norms import (
-    NormSpec,
-    adversary_cost,
-    adversary_cost_gradient,
-    ascent_step,
-    closed_form_maximiser,
-    project,
-)
 from captum_regularized.models import SimpleCNN, train_classifier
 from captum_regularized.regularizers import GradientNormPenalty, NormRegularizedAdversarialLoss
+from captum_regularized.regularizers.adversarial_norms import adversarial_norm
 from tests.distributed import run_distributed
 from tests.model_checks import assert_no_hooks, untouched
 from tests.training_reference import hand_written_step
@@ -154,18 +147,18 @@ def _reference_solver(model, images, labels, spec, steps, step_size=None,
     Closed form from ``delta = 0``, ``steps - 1`` projected ascent steps on ``l - R``,
     and (``keep_best``) every example's best iterate, the last one scored by a forward
     pass of its own. The per-norm pieces (closed form, projection, step, cost) are the
-    library's, tested in ``test_structured_norms.py``, so that the comparison with the
+    library's, tested in ``test_adversarial_norms.py``, so that the comparison with the
     class can be bit for bit.
     """
 
     def feasible(delta):
-        delta = project(spec, delta)
+        delta = spec.project(delta)
         if input_range is not None:
             delta = (images + delta).clamp(*input_range) - images
         return delta
 
     losses, g = _loss_gradient(model, images, labels)
-    delta = feasible(closed_form_maximiser(spec, g))
+    delta = feasible(spec.closed_form_maximiser(g))
     if step_size is None:
         if spec.norm == "elastic_net":
             radius = torch.linalg.vector_norm(delta.reshape(delta.shape[0], -1), dim=1)
@@ -176,15 +169,15 @@ def _reference_solver(model, images, labels, spec, steps, step_size=None,
     for _ in range(steps - 1):
         losses, g = _loss_gradient(model, images + delta, labels)
         iterates.append(delta)
-        values.append(losses - adversary_cost(spec, delta))
-        direction = g - adversary_cost_gradient(spec, delta)
-        delta = feasible(delta + ascent_step(spec, direction, step_size))
+        values.append(losses - spec.adversary_cost(delta))
+        direction = g - spec.adversary_cost_gradient(delta)
+        delta = feasible(delta + spec.ascent_step(direction, step_size))
     if not keep_best:
         return delta
     with torch.no_grad():
         losses = F.cross_entropy(model(images + delta), labels, reduction="none")
     iterates.append(delta)
-    values.append(losses - adversary_cost(spec, delta))
+    values.append(losses - spec.adversary_cost(delta))
     best = delta.clone()
     for i in range(images.shape[0]):  # first strict maximum of each example's values
         scores = [float(v[i]) for v in values]
@@ -212,7 +205,7 @@ def test_solver_is_bit_identical_to_the_reference_loop(norm, step, extra, select
     reference = copy.deepcopy(model)
     images, labels, _ = _batch(n=6)
     settings = dict(SETTINGS[norm], epsilon=4 * SETTINGS[norm]["epsilon"])
-    spec = NormSpec(norm, settings["epsilon"], settings.get("epsilon2", 0.0),
+    spec = adversarial_norm(norm, settings["epsilon"], settings.get("epsilon2", 0.0),
                     settings.get("group_size", 14))
     adv = NormRegularizedAdversarialLoss(model, **settings, steps=5, **step, **extra,
                                          select_iterate=select)
@@ -547,9 +540,9 @@ def shapes_runs() -> dict:
     Fine-tuning one shared, well-trained model keeps the test short and the comparison
     controlled: the three models differ only in the loss of the last two epochs.
     """
-    from captum_regularized._internal.structured_norms import group_norms
     from captum_regularized.datasets import SyntheticShapes
     from captum_regularized.metrics import gini_sparseness
+    from captum_regularized.regularizers.adversarial_norms import group_norms
 
     settings = {"image_size": 32, "num_classes": 3, "num_distractors": 1, "noise": 0.05}
     train_images, train_labels, _ = SyntheticShapes(512, seed=0, **settings).render(range(512))

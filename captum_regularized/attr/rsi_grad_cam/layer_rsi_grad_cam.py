@@ -1,4 +1,12 @@
-"""Riemann–Stieltjes integrated Grad-CAM (Lucas et al., arXiv 2205.10900)."""
+"""Riemann–Stieltjes integrated Grad-CAM (Lucas et al., arXiv 2205.10900).
+
+:class:`LayerRSIGradCam`'s docstring gives the maths. The method runs the path points
+in passes planned by :mod:`~captum_regularized.attr.rsi_grad_cam.path_batching`, takes
+the layer's activation with :class:`~captum_regularized._internal.layer_tap.LayerTap`
+(the backward pass stops at the layer) and reduces the path here: streamed for a fixed
+``n_steps`` (:class:`_PathIntegral`), by nested trapezoid refinement for
+``n_steps="auto"`` (:meth:`LayerRSIGradCam._attribute_group_auto`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,7 @@ import functools
 import math
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -29,13 +38,14 @@ from captum_regularized._internal.checks import (
     check_attribution_inputs,
     check_autograd_available,
 )
+from captum_regularized._internal.layer_tap import LayerTap
 from captum_regularized._internal.model_state import (
     find_module,
     kept_batchnorm_statistics,
     preserved_model,
 )
-from captum_regularized._internal.path_batching import (
-    LayerTap,
+from captum_regularized._internal.targets import class_indices, target_scores
+from captum_regularized.attr.rsi_grad_cam.path_batching import (
     automatic_pass_rows,
     expand_for_steps,
     path_points,
@@ -45,7 +55,6 @@ from captum_regularized._internal.path_batching import (
     take_examples,
     take_positions,
 )
-from captum_regularized._internal.targets import class_indices, target_scores
 
 __all__ = ["LayerRSIGradCam"]
 
@@ -229,6 +238,20 @@ class _PathIntegral:
         if self.rsi is None or self.at_input is None or self.at_baseline is None:
             raise RuntimeError("the path integral needs every point from l = m down to l = 0")
         return self.rsi, self.at_input, self.at_baseline
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What every pass of one ``attribute`` call shares."""
+
+    tap: LayerTap
+    per_example: tuple[bool, ...] | None
+    """Which additional forward args follow the batch (decided on the full batch)."""
+    transform: Callable[[torch.Tensor], torch.Tensor]
+    """The output transform, applied before the target is selected."""
+    reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None
+    variant: str
+    relu_attributions: bool
 
 
 class LayerRSIGradCam(LayerAttribution, GradientAttribution):
@@ -524,42 +547,39 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
 
         maps, deltas, counts = [], [], []
         with preserved_model(model) as hooks, statistics_kept:
-            tap = LayerTap(self.layer, hooks, use_input=attribute_to_layer_input)
+            settings = _Settings(
+                LayerTap(self.layer, hooks, use_input=attribute_to_layer_input),
+                per_example,
+                transform,
+                reshape_transform,
+                variant,
+                relu_attributions,
+            )
             for rows in plan.example_groups:
                 group_target, group_args = take_examples(target, args, rows, batch)
                 group_inputs = tuple(x[rows] for x in inputs_tuple)
                 group_baselines = tuple(b if b.shape[0] == 1 else b[rows] for b in baselines_tuple)
                 if auto:
                     cam, delta, used = self._attribute_group_auto(
-                        tap,
+                        settings,
                         group_inputs,
                         group_baselines,
                         group_target,
                         group_args,
-                        per_example,
                         internal_batch_size,
                         float(tolerance),
                         max_steps,
-                        transform,
-                        variant,
-                        relu_attributions,
-                        reshape_transform,
                     )
                     counts.append(used)
                 else:
                     cam, delta = self._attribute_group(
-                        tap,
+                        settings,
                         group_inputs,
                         group_baselines,
                         group_target,
                         group_args,
-                        per_example,
                         int(n_steps),
                         plan.step_chunks,
-                        transform,
-                        variant,
-                        relu_attributions,
-                        reshape_transform,
                     )
                 maps.append(cam)
                 deltas.append(delta)
@@ -576,27 +596,21 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
 
     def _attribute_group(
         self,
-        tap: LayerTap,
+        settings: _Settings,
         inputs: tuple[torch.Tensor, ...],
         baselines: tuple[torch.Tensor, ...],
         target: TargetType,
         args: tuple[Any, ...] | None,
-        per_example: tuple[bool, ...] | None,
         n_steps: int,
         step_chunks: list[list[int]],
-        transform: Callable[[torch.Tensor], torch.Tensor],
-        variant: str,
-        relu_attributions: bool,
-        reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Maps and deltas (float32 or wider) of one group of examples, streamed over the path."""
-        integral = _PathIntegral(relu_gradients=variant == "relu_gradients")
+        integral = _PathIntegral(relu_gradients=settings.variant == "relu_gradients")
         end_scores: list[torch.Tensor] = []  # [at the input, at the baseline]
         classes: torch.Tensor | None = None
         for steps in step_chunks:
             activations, gradients, scores, classes = self._run_pass(
-                tap, inputs, baselines, args, per_example, steps, n_steps,
-                transform, target, classes, reshape_transform,
+                settings, inputs, baselines, args, steps, n_steps, target, classes
             )
             integral.add(activations, gradients, ends_at_baseline=steps[-1] == 0)
             if not end_scores:
@@ -605,22 +619,21 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
                 end_scores.append(scores[-1])
         rsi, at_input, at_baseline = integral.result()
         delta = rsi.sum(dim=(1, 2, 3)) - (end_scores[0] - end_scores[-1]).to(rsi.dtype)
-        cam = _cam_from_rsi(rsi, at_input, at_baseline, variant, relu_attributions)
+        cam = _cam_from_rsi(
+            rsi, at_input, at_baseline, settings.variant, settings.relu_attributions
+        )
         return cam, delta
 
     def _run_pass(
         self,
-        tap: LayerTap,
+        settings: _Settings,
         inputs: tuple[torch.Tensor, ...],
         baselines: tuple[torch.Tensor, ...],
         args: tuple[Any, ...] | None,
-        per_example: tuple[bool, ...] | None,
         steps: list[int],
         n_steps: int,
-        transform: Callable[[torch.Tensor], torch.Tensor],
         target: TargetType,
         classes: torch.Tensor | None,
-        reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """One pass over points ``steps`` (of ``n_steps`` intervals) of a group's examples.
 
@@ -630,30 +643,27 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
         """
         group = inputs[0].shape[0]
         points = path_points(inputs, baselines, steps, n_steps)
-        _, pass_args = expand_for_steps(None, args, len(steps), per_example)
-        output, leaf = tap.run(self.forward_func, points, pass_args)
+        _, pass_args = expand_for_steps(None, args, len(steps), settings.per_example)
+        output, leaf = settings.tap.run(self.forward_func, points, pass_args)
         with torch.enable_grad():
-            scores, classes = _select_scores(transform(output), target, classes, group, len(steps))
-        gradient = _layer_gradient(scores, leaf)
-        activations = _as_maps(leaf.detach(), reshape_transform, len(steps), group)
-        gradients = _as_maps(gradient, reshape_transform, len(steps), group)
+            scores, classes = _select_scores(
+                settings.transform(output), target, classes, group, len(steps)
+            )
+        gradient = settings.tap.gradient(scores)
+        activations = _as_maps(leaf.detach(), settings.reshape_transform, len(steps), group)
+        gradients = _as_maps(gradient, settings.reshape_transform, len(steps), group)
         return activations, gradients, scores.detach().reshape(len(steps), group), classes
 
     def _attribute_group_auto(
         self,
-        tap: LayerTap,
+        settings: _Settings,
         inputs: tuple[torch.Tensor, ...],
         baselines: tuple[torch.Tensor, ...],
         target: TargetType,
         args: tuple[Any, ...] | None,
-        per_example: tuple[bool, ...] | None,
         internal_batch_size: int | None,
         tolerance: float,
         max_steps: int,
-        transform: Callable[[torch.Tensor], torch.Tensor],
-        variant: str,
-        relu_attributions: bool,
-        reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Maps, plain deltas and step counts of one group, by nested refinement.
 
@@ -674,8 +684,7 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
         # which fixes the class for target=None.
         for steps in step_passes(list(range(n_steps, -1, -1)), group, internal_batch_size):
             acts, grads, scores, classes = self._run_pass(
-                tap, inputs, baselines, args, per_example, steps, n_steps,
-                transform, target, classes, reshape_transform,
+                settings, inputs, baselines, args, steps, n_steps, target, classes
             )
             if activations is None or gradients is None:
                 activations = acts.new_empty((n_steps + 1, *acts.shape[1:]))
@@ -707,11 +716,13 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
                 acts, grads = activations[:, chosen], gradients[:, chosen]
                 rsi = (
                     _trapezoid_sum(acts, grads, relu_gradients=True)
-                    if variant == "relu_gradients"
+                    if settings.variant == "relu_gradients"
                     else plain[chosen]
                 )
                 where = torch.tensor([active[i] for i in stopping], dtype=torch.long, device=device)
-                cams[where] = _cam_from_rsi(rsi, acts[-1], acts[0], variant, relu_attributions)
+                cams[where] = _cam_from_rsi(
+                    rsi, acts[-1], acts[0], settings.variant, settings.relu_attributions
+                )
                 deltas[where] = gap[chosen]
                 used[where] = n_steps
             refining = [i for i, stop in enumerate(stops) if not stop]
@@ -721,7 +732,7 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
             if stopping:
                 inputs = tuple(x[kept] for x in inputs)
                 baselines = tuple(b if b.shape[0] == 1 else b[kept] for b in baselines)
-                target, args = take_positions(target, args, per_example, refining)
+                target, args = take_positions(target, args, settings.per_example, refining)
                 classes = None if classes is None else classes[kept]
                 rise = rise[kept]
                 active = [active[i] for i in refining]
@@ -735,8 +746,7 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
             n_steps *= 2
             for steps in step_passes(list(range(1, n_steps, 2)), len(active), internal_batch_size):
                 acts, grads, _, _ = self._run_pass(
-                    tap, inputs, baselines, args, per_example, steps, n_steps,
-                    transform, target, classes, reshape_transform,
+                    settings, inputs, baselines, args, steps, n_steps, target, classes
                 )
                 activations[steps[0] : steps[-1] + 1 : 2] = acts
                 gradients[steps[0] : steps[-1] + 1 : 2] = grads
@@ -767,22 +777,6 @@ def _select_scores(
     if classes is None:
         classes = class_indices(output[:group], target)
     return output.gather(1, classes.repeat(n_points)[:, None])[:, 0], classes
-
-
-def _layer_gradient(scores: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
-    if not scores.requires_grad:
-        raise ValueError(
-            "the target score does not depend on the layer; check that the layer lies on "
-            "the path from the inputs to the output"
-        )
-    with torch.enable_grad():
-        (gradient,) = torch.autograd.grad(scores.sum(), leaf, allow_unused=True)
-    if gradient is None:
-        raise ValueError(
-            "the target score does not depend on the layer; check that the layer lies on "
-            "the path from the inputs to the output"
-        )
-    return gradient
 
 
 def _as_maps(

@@ -1,4 +1,4 @@
-"""The per-norm math: conjugates, closed-form maximisers, projections, patch grouping."""
+"""The norms' classes: conjugates, closed-form maximisers, projections, patch grouping."""
 
 from __future__ import annotations
 
@@ -7,22 +7,18 @@ import itertools
 import pytest
 import torch
 
-from captum_regularized._internal.structured_norms import (
-    NormSpec,
-    adversary_cost,
-    adversary_cost_gradient,
-    ascent_step,
-    check_mask,
-    closed_form_maximiser,
-    conjugate_penalty,
+from captum_regularized.regularizers import NormRegularizedAdversarialLoss
+from captum_regularized.regularizers.adversarial_norms import (
+    NORMS,
+    AdversarialNorm,
+    adversarial_norm,
     group_norms,
-    project,
 )
 
 
-def _first_order_value(spec: NormSpec, delta: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+def _first_order_value(spec: AdversarialNorm, delta: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """``delta^T g - R(delta)`` per example."""
-    return (delta * g).flatten(1).sum(1) - adversary_cost(spec, delta)
+    return (delta * g).flatten(1).sum(1) - spec.adversary_cost(delta)
 
 
 def _reference_group_norms(x: torch.Tensor, s: int) -> torch.Tensor:
@@ -36,7 +32,7 @@ def _reference_group_norms(x: torch.Tensor, s: int) -> torch.Tensor:
     return out
 
 
-def _reference_conjugate(spec: NormSpec, g: torch.Tensor, mask=None) -> torch.Tensor:
+def _reference_conjugate(spec: AdversarialNorm, g: torch.Tensor, mask=None) -> torch.Tensor:
     """The table of the issue, written out per example with Python loops."""
     values = []
     for i in range(g.shape[0]):
@@ -69,7 +65,7 @@ def test_group_projection_on_hand_made_patches_with_remainders():
     delta = torch.tensor(
         [[[[3.0, 4.0, 0.6], [0.0, 0.0, 0.8], [-2.0, 0.0, -5.0]]]], dtype=torch.float64
     )
-    out = project(NormSpec("group", 1.0, group_size=2), delta)
+    out = adversarial_norm("group", 1.0, group_size=2).project(delta)
     expected = torch.tensor(
         [[[[0.6, 0.8, 0.6], [0.0, 0.0, 0.8], [-1.0, 0.0, -1.0]]]], dtype=torch.float64
     )
@@ -78,28 +74,28 @@ def test_group_projection_on_hand_made_patches_with_remainders():
 
 
 def test_group_projection_keeps_feasible_patches_and_is_a_projection():
-    spec = NormSpec("group", 0.5, group_size=3)
+    spec = adversarial_norm("group", 0.5, group_size=3)
     delta = torch.randn(2, 2, 7, 8, dtype=torch.float64)
-    once = project(spec, delta)
+    once = spec.project(delta)
     assert bool((group_norms(once, 3) <= 0.5 + 1e-12).all())
-    torch.testing.assert_close(project(spec, once), once)
+    torch.testing.assert_close(spec.project(once), once)
     small = 0.01 * delta
-    torch.testing.assert_close(project(spec, small), small)
+    torch.testing.assert_close(spec.project(small), small)
 
 
 def test_box_projection():
     delta = torch.tensor([[2.0, -3.0, 0.25]])
     expected = torch.tensor([[0.5, -0.5, 0.25]])
-    torch.testing.assert_close(project(NormSpec("l1", 0.5), delta), expected)
+    torch.testing.assert_close(adversarial_norm("l1", 0.5).project(delta), expected)
 
 
 # ------------------------------------------------------- closed forms and duality
 
 NORM_SPECS = [
-    NormSpec("l1", 0.3),
-    NormSpec("elastic_net", 0.3, 0.2),
-    NormSpec("group", 0.3, group_size=2),
-    NormSpec("gaze", 0.3),
+    adversarial_norm("l1", 0.3),
+    adversarial_norm("elastic_net", 0.3, 0.2),
+    adversarial_norm("group", 0.3, group_size=2),
+    adversarial_norm("gaze", 0.3),
 ]
 
 
@@ -108,7 +104,7 @@ def test_conjugate_matches_the_table(spec):
     g = torch.randn(3, 2, 5, 5, dtype=torch.float64)
     mask = (torch.rand(3, 1, 5, 5) > 0.5).double() if spec.norm == "gaze" else None
     torch.testing.assert_close(
-        conjugate_penalty(spec, g, mask), _reference_conjugate(spec, g, mask)
+        spec.conjugate_penalty(g, mask), _reference_conjugate(spec, g, mask)
     )
 
 
@@ -117,16 +113,16 @@ def test_first_order_duality(spec):
     """delta*^T g - R(delta*) = R*(g): the closed form attains the conjugate."""
     g = torch.randn(4, 2, 5, 5, dtype=torch.float64)
     mask = torch.rand(4, 1, 5, 5, dtype=torch.float64) if spec.norm == "gaze" else None
-    delta = closed_form_maximiser(spec, g, mask)
+    delta = spec.closed_form_maximiser(g, mask)
     torch.testing.assert_close(
-        _first_order_value(spec, delta, g), conjugate_penalty(spec, g, mask)
+        _first_order_value(spec, delta, g), spec.conjugate_penalty(g, mask)
     )
 
 
 def test_l1_closed_form_beats_every_vertex_of_the_box():
-    spec = NormSpec("l1", 0.2)
+    spec = adversarial_norm("l1", 0.2)
     g = torch.randn(5, 6, dtype=torch.float64)
-    best = closed_form_maximiser(spec, g)
+    best = spec.closed_form_maximiser(g)
     vertices = torch.tensor(list(itertools.product([-1.0, 1.0], repeat=6)), dtype=torch.float64)
     brute = (0.2 * vertices @ g.T).max(0).values  # linear objective: a vertex is optimal
     torch.testing.assert_close(_first_order_value(spec, best, g), brute)
@@ -135,7 +131,7 @@ def test_l1_closed_form_beats_every_vertex_of_the_box():
 
 
 def test_elastic_net_closed_form_beats_a_grid_search():
-    spec = NormSpec("elastic_net", 0.1, 0.3)
+    spec = adversarial_norm("elastic_net", 0.1, 0.3)
     g = torch.randn(3, 4, dtype=torch.float64)
     grid = torch.linspace(-3, 3, 60001, dtype=torch.float64)
     # The objective is a sum over coordinates: maximise each one on the grid.
@@ -143,13 +139,13 @@ def test_elastic_net_closed_form_beats_a_grid_search():
         4 * 0.3
     )
     brute = per_coord.max(0).values.sum(1)
-    closed = _first_order_value(spec, closed_form_maximiser(spec, g), g)
+    closed = _first_order_value(spec, spec.closed_form_maximiser(g), g)
     assert bool((closed >= brute - 1e-12).all())
     torch.testing.assert_close(closed, brute, atol=1e-6, rtol=0)
 
 
 def test_group_closed_form_beats_projected_gradient_ascent():
-    spec = NormSpec("group", 0.4, group_size=2)
+    spec = adversarial_norm("group", 0.4, group_size=2)
     g = torch.randn(2, 1, 3, 3, dtype=torch.float64)
     delta = torch.zeros_like(g)
     for _ in range(200):  # plain projected gradient ascent, projection written here
@@ -157,19 +153,19 @@ def test_group_closed_form_beats_projected_gradient_ascent():
         norms = _reference_group_norms(delta, 2)
         scale = torch.clamp(0.4 / norms, max=1.0)
         delta = delta * scale.repeat_interleave(2, 2).repeat_interleave(2, 3)[:, :, :3, :3]
-    closed = _first_order_value(spec, closed_form_maximiser(spec, g), g)
+    closed = _first_order_value(spec, spec.closed_form_maximiser(g), g)
     pga = _first_order_value(spec, delta, g)
     assert bool((closed >= pga - 1e-9).all())
     torch.testing.assert_close(closed, pga, atol=1e-6, rtol=0)
-    assert bool((group_norms(closed_form_maximiser(spec, g), 2) <= 0.4 + 1e-12).all())
+    assert bool((group_norms(spec.closed_form_maximiser(g), 2) <= 0.4 + 1e-12).all())
 
 
 def test_gaze_closed_form_points_out_of_the_mask():
-    spec = NormSpec("gaze", 0.5)
+    spec = adversarial_norm("gaze", 0.5)
     g = torch.randn(2, 1, 4, 4, dtype=torch.float64)
     mask = torch.zeros(2, 1, 4, 4, dtype=torch.float64)
     mask[:, :, :2] = 1.0
-    delta = closed_form_maximiser(spec, g, mask)
+    delta = spec.closed_form_maximiser(g, mask)
     unit = g / g.flatten(1).norm(dim=1)[:, None, None, None]
     torch.testing.assert_close(delta, 2 * 0.5 * (0.5 - mask) * unit)
 
@@ -181,14 +177,14 @@ def test_gaze_closed_form_points_out_of_the_mask():
 def test_zero_gradient_gives_zero_perturbation_and_finite_penalty_gradient(spec):
     g = torch.zeros(2, 1, 4, 4, requires_grad=True)
     mask = torch.ones(2, 1, 4, 4) if spec.norm == "gaze" else None
-    delta = closed_form_maximiser(spec, g, mask)
+    delta = spec.closed_form_maximiser(g, mask)
     assert torch.equal(delta, torch.zeros_like(delta))
-    penalty = conjugate_penalty(spec, g, mask)
+    penalty = spec.conjugate_penalty(g, mask)
     assert torch.equal(penalty, torch.zeros(2))
     (grad,) = torch.autograd.grad(penalty.sum(), g)
     assert bool(torch.isfinite(grad).all())
-    assert torch.equal(project(spec, torch.zeros(2, 1, 4, 4)), torch.zeros(2, 1, 4, 4))
-    assert bool(torch.isfinite(ascent_step(spec, torch.zeros(2, 1, 4, 4), 0.1)).all())
+    assert torch.equal(spec.project(torch.zeros(2, 1, 4, 4)), torch.zeros(2, 1, 4, 4))
+    assert bool(torch.isfinite(spec.ascent_step(torch.zeros(2, 1, 4, 4), 0.1)).all())
 
 
 # ---------------------------------------------------------------- ascent pieces
@@ -196,18 +192,18 @@ def test_zero_gradient_gives_zero_perturbation_and_finite_penalty_gradient(spec)
 
 def test_ascent_step_directions():
     d = torch.tensor([[[[3.0, 0.0, -1.0], [4.0, 0.0, 0.0]]]])
-    torch.testing.assert_close(ascent_step(NormSpec("l1", 1.0), d, 0.5), 0.5 * d.sign())
-    grouped = ascent_step(NormSpec("group", 1.0, group_size=2), d, 2.0)
+    torch.testing.assert_close(adversarial_norm("l1", 1.0).ascent_step(d, 0.5), 0.5 * d.sign())
+    grouped = adversarial_norm("group", 1.0, group_size=2).ascent_step(d, 2.0)
     torch.testing.assert_close(grouped, torch.tensor([[[[1.2, 0.0, -2.0], [1.6, 0.0, 0.0]]]]))
-    l2 = ascent_step(NormSpec("elastic_net", 1.0, 0.1), d, 1.0)
+    l2 = adversarial_norm("elastic_net", 1.0, 0.1).ascent_step(d, 1.0)
     torch.testing.assert_close(l2.flatten(1).norm(dim=1), torch.ones(1))
 
 
 def test_elastic_net_cost_gradient_matches_autograd():
-    spec = NormSpec("elastic_net", 0.2, 0.3)
+    spec = adversarial_norm("elastic_net", 0.2, 0.3)
     delta = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
-    (auto,) = torch.autograd.grad(adversary_cost(spec, delta).sum(), delta)
-    torch.testing.assert_close(adversary_cost_gradient(spec, delta.detach()), auto)
+    (auto,) = torch.autograd.grad(spec.adversary_cost(delta).sum(), delta)
+    torch.testing.assert_close(spec.adversary_cost_gradient(delta.detach()), auto)
 
 
 # ---------------------------------------------------------------- bad arguments
@@ -228,27 +224,38 @@ def test_elastic_net_cost_gradient_matches_autograd():
 )
 def test_bad_specs(kwargs, error, match):
     with pytest.raises(error, match=match):
-        NormSpec(**kwargs)
+        adversarial_norm(**kwargs)
 
 
 def test_mask_checks():
     like = torch.zeros(2, 3, 4, 4)
     with pytest.raises(ValueError, match="needs a mask"):
-        check_mask(NormSpec("gaze", 0.1), None, like)
+        adversarial_norm("gaze", 0.1).check_mask(None, like)
     with pytest.raises(ValueError, match="only used by norm='gaze'"):
-        check_mask(NormSpec("l1", 0.1), torch.ones(2, 1, 4, 4), like)
+        adversarial_norm("l1", 0.1).check_mask(torch.ones(2, 1, 4, 4), like)
     with pytest.raises(ValueError, match="mask has shape"):
-        check_mask(NormSpec("gaze", 0.1), torch.ones(2, 1, 5, 4), like)
+        adversarial_norm("gaze", 0.1).check_mask(torch.ones(2, 1, 5, 4), like)
     with pytest.raises(ValueError, match="mask has shape"):
-        check_mask(NormSpec("gaze", 0.1), torch.ones(2, 4, 4), like)
+        adversarial_norm("gaze", 0.1).check_mask(torch.ones(2, 4, 4), like)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        check_mask(NormSpec("gaze", 0.1), 2 * torch.ones(2, 1, 4, 4), like)
+        adversarial_norm("gaze", 0.1).check_mask(2 * torch.ones(2, 1, 4, 4), like)
     with pytest.raises(ValueError, match="no NaN"):
-        check_mask(NormSpec("gaze", 0.1), torch.full((2, 1, 4, 4), float("nan")), like)
-    out = check_mask(NormSpec("gaze", 0.1), torch.ones(2, 1, 4, 4, dtype=torch.bool), like)
+        adversarial_norm("gaze", 0.1).check_mask(torch.full((2, 1, 4, 4), float("nan")), like)
+    out = adversarial_norm("gaze", 0.1).check_mask(torch.ones(2, 1, 4, 4, dtype=torch.bool), like)
     assert out.dtype == torch.float32
 
 
 def test_group_needs_images():
     with pytest.raises(ValueError, match="image-shaped"):
-        conjugate_penalty(NormSpec("group", 0.1), torch.zeros(2, 5))
+        adversarial_norm("group", 0.1).conjugate_penalty(torch.zeros(2, 5))
+
+
+def test_registry_maps_every_norm_string_to_its_class():
+    assert tuple(NORMS) == ("l1", "elastic_net", "group", "gaze")
+    for name, cls in NORMS.items():
+        norm = adversarial_norm(name, 0.1, 0.1 if name == "elastic_net" else 0.0)
+        assert type(norm) is cls and norm.norm == name
+        assert f"``{name}``" in NormRegularizedAdversarialLoss.__doc__  # its table row
+    assert [name for name, cls in NORMS.items() if not cls.iterative] == ["gaze"]
+    with pytest.raises(ValueError, match="norm must be one of"):
+        adversarial_norm(None, 0.1)

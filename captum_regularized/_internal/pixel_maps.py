@@ -1,11 +1,11 @@
 """Bring an attribution map of any usual shape to one value per pixel of the input.
 
-Metrics receive maps in every form attribution methods produce: input-shaped
-``(B, C, H, W)`` (saliency), one channel ``(B, 1, h, w)`` or ``(B, h, w)`` at a lower
-resolution (Grad-CAM), or one map ``(h, w)`` for the whole batch. They all become a
-per-pixel map ``(B, 1, H, W)``: channels are collapsed with
-:func:`~captum_regularized.attr.reduce_channels`, a batch of one is repeated and a
-different resolution is resized bilinearly.
+Metrics, the Quantus adapter and the figures receive maps in every form attribution
+methods produce: input-shaped ``(B, C, H, W)`` (saliency), one channel ``(B, 1, h, w)``
+or ``(B, h, w)`` at a lower resolution (Grad-CAM), or one map ``(h, w)`` for the whole
+batch. :func:`per_pixel_map` makes them all a per-pixel map ``(B, 1, H, W)``: channels
+are collapsed with :func:`~captum_regularized.attr.reduce_channels`, a batch of one is
+repeated and a different resolution is resized bilinearly.
 """
 
 from __future__ import annotations
@@ -15,28 +15,7 @@ import torch.nn.functional as F
 
 from captum_regularized.attr.map_postprocessing import CHANNEL_REDUCTIONS, reduce_channels
 
-__all__ = ["check_image_batch", "per_pixel_map"]
-
-
-def check_image_batch(inputs: torch.Tensor, name: str = "inputs") -> tuple[int, int, int, int]:
-    """Return ``(B, C, H, W)``; raise unless ``inputs`` is a 4-D floating tensor.
-
-    Examples
-    --------
-    >>> check_image_batch(torch.zeros(2, 3, 4, 5))
-    (2, 3, 4, 5)
-    """
-    if not isinstance(inputs, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(inputs).__name__}")
-    if inputs.dim() != 4:
-        raise ValueError(
-            f"{name} must be an image batch of shape (batch, channels, height, width), "
-            f"got shape {tuple(inputs.shape)}"
-        )
-    if not inputs.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {inputs.dtype}")
-    batch, channels, height, width = inputs.shape
-    return batch, channels, height, width
+__all__ = ["per_pixel_map"]
 
 
 def per_pixel_map(
@@ -67,11 +46,18 @@ def per_pixel_map(
     name : str
         Argument name used in error messages.
 
+    Returns
+    -------
+    Tensor
+        ``(batch, 1, *size)``, detached; float32 unless the map is float64.
+
     Raises
     ------
+    TypeError
+        When ``attributions`` is not a tensor.
     ValueError
-        For a shape that fits none of the forms, another device than ``device``, or
-        NaN/infinite values.
+        For a shape that fits none of the forms, an unknown ``channel_reduction``,
+        another device than ``device``, or NaN/infinite values.
 
     Examples
     --------

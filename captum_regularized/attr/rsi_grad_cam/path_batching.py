@@ -1,14 +1,15 @@
-"""Step batching along a straight input-space path, with a layer tap.
+"""Step batching along a straight input-space path: the path engine of RSI-Grad-CAM.
 
-Path methods (Integrated Gradients and its layer-level relatives) evaluate a model at
-``m + 1`` points ``x_l = x' + (l/m)(x - x')``, ``l = 0..m``. Doing that one point per
+:class:`~captum_regularized.attr.LayerRSIGradCam` evaluates a model at ``m + 1``
+points ``x_l = x' + (l/m)(x - x')``, ``l = 0..m``. Doing that one point per
 forward/backward pass is slow; doing all of them at once may not fit in memory. This
-module holds the mechanics every such method shares:
+module splits the work into passes and builds each pass's rows:
 
 * :func:`plan_path` splits the work into passes of at most ``internal_batch_size``
   rows: groups of examples, and per group runs of consecutive path points. Points are
   visited from the real input (``l = m``) down to the baseline (``l = 0``), so the first
   pass of every group sees the real input (handy for ``target=None`` = predicted class).
+  :func:`automatic_pass_rows` picks ``internal_batch_size`` when the caller gave none.
 * :func:`step_passes` splits any list of path points (for instance only the new
   midpoints of a refinement that doubles the step count) into passes of bounded rows.
 * :func:`take_examples` / :func:`path_points` / :func:`expand_for_steps` build the rows
@@ -18,32 +19,24 @@ module holds the mechanics every such method shares:
   ``(classes,)`` bias or a 0-d tensor included, is passed unchanged to every call
   (:func:`per_example_flags` tells which is which, on the full batch).
   :func:`take_positions` keeps some examples of a group (those still being refined).
-* :class:`LayerTap` runs one pass and returns the model output together with the layer's
-  activation as a fresh leaf, so the gradient of any score with respect to the activation
-  costs only a backward pass through the part of the model *after* the layer.
 
-Nothing here reduces over the path; the public classes own their reduction.
+Nothing here runs the model or reduces over the path: the method's own file does
+(the layer's activation comes from
+:class:`~captum_regularized._internal.layer_tap.LayerTap`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from captum_regularized._internal.batch_args import is_per_example
-from captum_regularized._internal.captum_compat import (
-    TargetType,
-    expand_target,
-    run_forward,
-)
-from captum_regularized._internal.model_state import HookBag
+from captum_regularized._internal.captum_compat import TargetType, expand_target
 
 __all__ = [
-    "LayerTap",
     "PathPlan",
     "automatic_pass_rows",
     "expand_for_steps",
@@ -350,144 +343,3 @@ def expand_for_steps(
     )
     return expanded_target, expanded_args
 
-
-class LayerTap:
-    """Run a forward pass and hand back one layer's activation as a differentiable leaf.
-
-    For a layer's output, the forward pass runs without autograd up to ``layer``; the
-    hook swaps the output for a detached leaf that requires grad and turns autograd on
-    for the rest of the pass. Gradients of the output with respect to the leaf are then
-    exactly ``∂output/∂activation`` and cost only the backward pass through the part
-    after the layer; nothing before the layer keeps saved tensors.
-
-    A layer's input (``use_input=True``) may have other uses besides the layer (a skip
-    connection adds it back after the block), and the gradient must flow through all of
-    them. Swapping only the layer's copy would drop those paths, so the input tap runs
-    the whole pass with autograd and hands back the input tensor itself, as Captum's
-    layer methods do; the inputs are made to require grad so that the tensor is part
-    of the graph even for a frozen model. The hook is registered through ``hooks`` (a
-    :class:`~captum_regularized._internal.model_state.HookBag`), so its owner removes it.
-
-    The hook acts only during :meth:`run`'s forward pass. A backward pass that runs the
-    layer again (non-reentrant activation checkpointing recomputes its block) leaves
-    it alone. A layer that runs with autograd switched off *inside* ``forward_func``
-    (reentrant checkpointing, ``use_reentrant=True``, runs its block that way; so does
-    a ``torch.no_grad()`` block) has no graph to the output, and :meth:`run` says so.
-
-    Parameters
-    ----------
-    layer : nn.Module
-        The layer to tap. It must run exactly once per forward pass.
-    hooks : HookBag
-        Where the hook handle is kept for removal.
-    use_input : bool
-        Tap the layer's input instead of its output.
-
-    Examples
-    --------
-    >>> from captum_regularized._internal.model_state import HookBag
-    >>> model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
-    >>> bag = HookBag()
-    >>> tap = LayerTap(model[0], bag)
-    >>> out, act = tap.run(model, (torch.ones(3, 2),), None)
-    >>> grad, = torch.autograd.grad(out.sum(), act)
-    >>> torch.allclose(grad, model[1].weight.expand(3, 2))
-    True
-    >>> bag.remove_all()
-    """
-
-    def __init__(self, layer: nn.Module, hooks: HookBag, use_input: bool = False) -> None:
-        self._captured: list[torch.Tensor] = []
-        self._calls = 0
-        self._active = False  # True only during run()'s forward pass
-        self._ran_without_autograd = False
-        self._use_input = use_input
-        if use_input:
-            hooks.add(layer.register_forward_pre_hook(self._capture_input))
-        else:
-            hooks.add(layer.register_forward_hook(self._swap_output))
-
-    def _count_call(self, value: Any, what: str) -> torch.Tensor:
-        self._calls += 1
-        if self._calls > 1:
-            raise ValueError(
-                "layer ran more than once in one forward pass; choose a layer (module) "
-                "that is used exactly once"
-            )
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"the layer's {what} must be a tensor, got {type(value).__name__}")
-        return value
-
-    def _swap_output(self, module: nn.Module, args: Any, output: Any) -> torch.Tensor | None:
-        if not self._active:  # a recomputation during backward: leave it as it is
-            return None
-        leaf = self._count_call(output, "output").detach().requires_grad_()
-        self._captured.append(leaf)
-        torch.set_grad_enabled(True)  # the rest of the pass builds a graph back to the leaf
-        return leaf.clone()  # a non-leaf copy, so in-place ops downstream are allowed
-
-    def _capture_input(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        if not self._active:  # a recomputation during backward: leave it as it is
-            return None
-        if not args:
-            raise TypeError("the layer was called without positional inputs to attribute to")
-        value = self._count_call(args[0], "input")
-        # run() enabled autograd for the whole pass: off here means forward_func turned it off
-        self._ran_without_autograd = not torch.is_grad_enabled()
-        if value.requires_grad:
-            self._captured.append(value)
-            return None
-        # Not on the graph (it does not depend on the inputs): only the layer sees it.
-        leaf = value.detach().requires_grad_()
-        self._captured.append(leaf)
-        return (leaf.clone(), *args[1:])
-
-    def run(
-        self,
-        forward_func: Callable[..., Any],
-        inputs: tuple[torch.Tensor, ...],
-        additional_args: tuple[Any, ...] | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward pass; returns ``(output, activation_leaf)``.
-
-        Raises
-        ------
-        ValueError
-            When the layer does not run, or runs more than once, during the pass, or runs
-            with autograd switched off inside ``forward_func`` (reentrant activation
-            checkpointing around the layer, or a ``torch.no_grad()`` block).
-        """
-        self._captured.clear()
-        self._calls = 0
-        self._ran_without_autograd = False
-        self._active = True
-        try:
-            with torch.enable_grad():
-                if self._use_input:
-                    inputs = tuple(x.detach().requires_grad_() for x in inputs)
-                    output = run_forward(forward_func, inputs, additional_args)
-                else:
-                    with torch.no_grad():
-                        output = run_forward(forward_func, inputs, additional_args)
-                        # The hook switched autograd on for the rest of the pass. Off
-                        # again, with an output off the graph, means that a block around
-                        # the layer ran without autograd and restored that state on exit.
-                        if self._captured and not torch.is_grad_enabled():
-                            self._ran_without_autograd = not output.requires_grad
-        finally:
-            self._active = False
-        if not self._captured:
-            raise ValueError(
-                "layer never ran during the forward pass; it must be a module that "
-                "forward_func calls"
-            )
-        if self._ran_without_autograd:
-            raise ValueError(
-                "the layer ran with autograd switched off inside forward_func, so no autograd "
-                "graph links it to the output; most likely it runs inside reentrant "
-                "activation checkpointing (torch.utils.checkpoint.checkpoint(..., "
-                "use_reentrant=True) runs its block without autograd): pass "
-                "use_reentrant=False there, or choose a layer outside the checkpointed "
-                "block (or outside the torch.no_grad() block)"
-            )
-        return output, self._captured[0]

@@ -1,0 +1,579 @@
+"""The two modes of the penalties on the input gradient, shared by their two classes.
+
+:class:`~captum_regularized.regularizers.GuidedGradientRegularizer` and
+:class:`~captum_regularized.regularizers.GradientNormPenalty` train the weights through
+a penalty ``R(g)`` on the input gradient ``g`` in one of two ways (``mode=``):
+
+* ``"double_backprop"``: the gradient is taken with ``create_graph=True``; the
+  model's own forward pass runs with PyTorch's math attention kernel
+  (:func:`double_backward_attention`), and :func:`check_double_backward` names what in
+  a model cannot be differentiated twice before the caller's backward pass fails on it.
+* ``"finite_difference"``: only first derivatives. For a penalty ``R(g)`` on
+  ``g = grad_x L(x; theta)`` (``L`` the *sum* of the per-example losses or scores) with
+  ``v = dR/dg`` (taken from ``g`` and the fixed target, no graph),
+
+  ``dR/dtheta = (dg/dtheta)^T v = grad_theta (v . grad_x L) = grad_theta d/dh L(x + h v)|_{h=0}``
+
+  (the mixed partial derivatives commute), so the weight gradient is the forward
+  difference ``[grad_theta L(x + h v) - grad_theta L(x)] / h``.
+  :func:`perturbed_gradients` takes the first term in a separate first-order pass;
+  :func:`finite_difference_penalty` returns a scalar whose *value* is the penalty and
+  whose gradient is that difference, the second term coming from the caller's own
+  backward pass through the logits' graph (:func:`finite_difference_step` picks ``h``).
+
+:func:`check_penalty_settings` validates the settings both classes share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple, Protocol
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from captum_regularized._internal.guided_relu import check_not_compiled
+
+__all__ = [
+    "DEFAULT_RELATIVE_STEP",
+    "MODES",
+    "GradientScaler",
+    "PerturbedGradients",
+    "check_double_backward",
+    "check_mode",
+    "check_penalty_settings",
+    "compute_dtype",
+    "default_relative_step",
+    "double_backward_attention",
+    "double_backward_errors_explained",
+    "double_backward_obstacle",
+    "finite_difference_penalty",
+    "finite_difference_step",
+    "gradient_scale",
+    "perturbed_gradients",
+    "rng_replayed",
+]
+
+MODES = ("double_backprop", "finite_difference")
+"""``mode=`` values of the penalties on the input gradient (the first is the default)."""
+
+
+def check_mode(mode: object, fd_step: object) -> float | None:
+    """Validate ``mode`` and the relative finite-difference step; return the step.
+
+    Examples
+    --------
+    >>> check_mode("finite_difference", 1e-3)
+    0.001
+    >>> check_mode("double_backprop", 1e-3)
+    Traceback (most recent call last):
+    ...
+    ValueError: fd_step is only used by mode='finite_difference'; got fd_step=0.001 \
+with mode='double_backprop'
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if fd_step is None:
+        return None
+    if mode != "finite_difference":
+        raise ValueError(
+            f"fd_step is only used by mode='finite_difference'; got fd_step={fd_step!r} "
+            f"with mode={mode!r}"
+        )
+    if isinstance(fd_step, bool) or not isinstance(fd_step, (int, float)):
+        raise TypeError(f"fd_step must be a float, got {type(fd_step).__name__}")
+    if not math.isfinite(fd_step) or not 0 < fd_step < 1:
+        raise ValueError(f"fd_step must be a relative step in (0, 1), got {fd_step!r}")
+    return float(fd_step)
+
+
+class GradientScaler(Protocol):
+    """What the losses use of a ``torch.amp.GradScaler``: ``scale(tensor) -> tensor``."""
+
+    def scale(self, outputs: torch.Tensor) -> torch.Tensor:  # pragma: no cover - protocol
+        """Multiply ``outputs`` by the current loss scale."""
+        ...
+
+
+def gradient_scale(grad_scaler: GradientScaler | None, like: torch.Tensor) -> torch.Tensor | None:
+    """The scaler's current factor as a 0-d float32 tensor on ``like``'s device, or ``None``.
+
+    Read through ``grad_scaler.scale`` (a device multiplication, no host
+    synchronisation); a disabled ``GradScaler`` gives 1.
+
+    Examples
+    --------
+    >>> gradient_scale(torch.amp.GradScaler("cpu", init_scale=8.0), torch.zeros(2))
+    tensor(8.)
+    >>> gradient_scale(None, torch.zeros(2)) is None
+    True
+    """
+    if grad_scaler is None:
+        return None
+    one = torch.ones((), device=like.device, dtype=torch.float32)
+    return grad_scaler.scale(one).to(torch.float32)
+
+
+@contextlib.contextmanager
+def double_backward_attention() -> Iterator[None]:
+    """Run ``scaled_dot_product_attention`` with PyTorch's math kernel inside the block.
+
+    The fused kernels (flash, memory-efficient, the CPU flash kernel) have no double
+    backward; the math kernel is made of ordinary differentiable operations. Only
+    attention calls are affected.
+
+    Examples
+    --------
+    >>> q = torch.rand(1, 1, 3, 4, requires_grad=True)
+    >>> with double_backward_attention():
+    ...     out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    >>> (g,) = torch.autograd.grad(out.sum(), q, create_graph=True)
+    >>> g.sum().backward()  # differentiable twice
+    """
+    with sdpa_kernel([SDPBackend.MATH]):
+        yield
+
+
+_ONCE_DIFFERENTIABLE_CODE = once_differentiable(lambda ctx: None).__code__
+_FAILING_NODES = frozenset({"DelayedError", "NotImplemented", "Error"})
+
+
+def double_backward_obstacle(*outputs: torch.Tensor) -> str | None:
+    """Name what in the autograd graphs of ``outputs`` cannot be differentiated twice.
+
+    Looks for the nodes autograd puts where a second derivative is missing (``Error``,
+    ``NotImplemented``, ``DelayedError``, which raise only when the caller's backward
+    pass reaches them) and for custom ``autograd.Function`` s whose ``backward`` is
+    ``@once_differentiable`` (their first derivative is computed without a graph, so
+    a second one is missing or wrong). ``None`` when there is none.
+
+    Examples
+    --------
+    >>> x = torch.rand(3, requires_grad=True)
+    >>> (g,) = torch.autograd.grad(x.tanh().sum(), x, create_graph=True)
+    >>> double_backward_obstacle(g) is None
+    True
+    """
+    seen: set[object] = set()
+    stack: list[tuple[object, str]] = [
+        (t.grad_fn, "") for t in outputs if isinstance(t, torch.Tensor) and t.grad_fn is not None
+    ]
+    failing: str | None = None
+    while stack:
+        node, parent = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        name = type(node).__name__
+        forward_cls = getattr(node, "_forward_cls", None)
+        backward = getattr(forward_cls, "backward", None)
+        if getattr(backward, "__code__", None) is _ONCE_DIFFERENTIABLE_CODE:
+            return (  # the most precise answer: stop here
+                f"the custom autograd Function {forward_cls.__name__} "  # type: ignore[union-attr]
+                "(its backward is @once_differentiable)"
+            )
+        if name in _FAILING_NODES and failing is None:
+            neighbours = sorted(
+                {type(fn).__name__ for fn, _ in node.next_functions if fn is not None}  # type: ignore[attr-defined]
+                | ({parent} if parent else set())
+            )
+            near = f" (next to {', '.join(neighbours)})" if neighbours else ""
+            failing = f"an operation without a double backward (autograd node {name}{near})"
+        stack.extend(
+            (fn, name) for fn, _ in node.next_functions if fn is not None  # type: ignore[attr-defined]
+        )
+    return failing
+
+
+def _use_finite_differences(who: str, obstacle: str) -> RuntimeError:
+    return RuntimeError(
+        f"{who}(mode='double_backprop') differentiates the input gradient a second time, "
+        f"but the model contains {obstacle}, which cannot be differentiated twice; use "
+        "mode='finite_difference', which needs first derivatives only"
+    )
+
+
+def check_double_backward(who: str, *outputs: torch.Tensor) -> None:
+    """Raise ``RuntimeError`` naming ``mode='finite_difference'`` when a double backward is missing.
+
+    Called on a ``create_graph=True`` gradient, before the caller's backward pass would
+    fail on it (or, after a ``@once_differentiable`` function, silently miss a term).
+
+    Examples
+    --------
+    >>> class Square(torch.autograd.Function):
+    ...     @staticmethod
+    ...     def forward(ctx, x):
+    ...         ctx.save_for_backward(x)
+    ...         return x * x
+    ...     @staticmethod
+    ...     @once_differentiable
+    ...     def backward(ctx, grad):
+    ...         return 2 * ctx.saved_tensors[0] * grad
+    >>> x = torch.rand(2, requires_grad=True)
+    >>> (g,) = torch.autograd.grad(Square.apply(x).sum(), x, create_graph=True)
+    >>> check_double_backward("Penalty", Square.apply(x), g)
+    Traceback (most recent call last):
+    ...
+    RuntimeError: Penalty(mode='double_backprop') differentiates the input gradient a second \
+time, but the model contains the custom autograd Function Square (its backward is \
+@once_differentiable), which cannot be differentiated twice; use \
+mode='finite_difference', which needs first derivatives only
+    """
+    obstacle = double_backward_obstacle(*outputs)
+    if obstacle is not None:
+        raise _use_finite_differences(who, obstacle)
+
+
+_DOUBLE_BACKWARD_ERRORS = re.compile(
+    r"differentiate twice|once_differentiable|double backward|derivative for .* is not "
+    r"implemented|does not currently support double backward",
+    re.IGNORECASE,
+)
+
+
+@contextlib.contextmanager
+def double_backward_errors_explained(who: str) -> Iterator[None]:
+    """Re-raise autograd's "no second derivative" ``RuntimeError`` naming the other mode.
+
+    Examples
+    --------
+    >>> with double_backward_errors_explained("Penalty"):
+    ...     raise RuntimeError("derivative for aten::foo_backward is not implemented")
+    Traceback (most recent call last):
+    ...
+    RuntimeError: Penalty(mode='double_backprop') differentiates the input gradient a second \
+time, but the model contains an operation without a double backward (derivative for \
+aten::foo_backward is not implemented), which cannot be differentiated twice; use \
+mode='finite_difference', which needs first derivatives only
+    """
+    try:
+        yield
+    except RuntimeError as error:
+        if not _DOUBLE_BACKWARD_ERRORS.search(str(error)):
+            raise
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "?"
+        obstacle = f"an operation without a double backward ({first_line})"
+        raise _use_finite_differences(who, obstacle) from error
+
+
+@contextlib.contextmanager
+def rng_replayed(device: torch.device) -> Iterator[None]:
+    """Run the block on a copy of the random state of ``device`` (and the CPU).
+
+    Every forward pass of one finite-difference step must draw the same dropout masks,
+    and the step must consume random numbers as one plain forward pass does: the extra
+    passes run inside this block, which restores the generators' state afterwards.
+
+    Examples
+    --------
+    >>> with rng_replayed(torch.device("cpu")):
+    ...     a = torch.rand(1)
+    >>> bool(torch.rand(1) == a)
+    True
+    """
+    if device.type == "cpu":
+        with torch.random.fork_rng(devices=[]):
+            yield
+        return
+    index = device.index if device.index is not None else 0
+    with torch.random.fork_rng(devices=[index], device_type=device.type):
+        yield
+
+
+DEFAULT_RELATIVE_STEP = 0.02
+"""The default ``fd_step``: every example moves by at most 2 % of its norm."""
+
+
+def default_relative_step(dtype: torch.dtype) -> float:
+    """The default relative step: ``max(0.02, sqrt(eps))`` of the compute dtype.
+
+    A forward difference errs by ``O(h)`` (truncation) plus ``O(eps / h)`` (rounding
+    in the two gradients it subtracts). On a smooth network ``tau = 0.02`` costs about
+    1 % of relative error in the weight gradient, far below minibatch noise. On a ReLU
+    network the exact gradient ignores ReLUs that switch, while the difference quotient
+    sees every ReLU that switches between ``x`` and ``x + h v`` as a jump divided by
+    ``h``: at steps below about ``1e-3`` a handful of such jumps dominate it (estimates
+    at neighbouring steps disagree), from about ``1e-2`` on it averages over many and
+    settles to a stable, smoothed gradient. Half-precision compute (autocast) needs
+    ``tau >= sqrt(eps)`` for the rounding term: ``0.031`` in float16, ``0.088`` in
+    bfloat16.
+
+    Examples
+    --------
+    >>> default_relative_step(torch.float32), round(default_relative_step(torch.bfloat16), 3)
+    (0.02, 0.088)
+    """
+    return max(DEFAULT_RELATIVE_STEP, math.sqrt(torch.finfo(dtype).eps))
+
+
+def compute_dtype(inputs: torch.Tensor) -> torch.dtype:
+    """The precision the model computes in: the autocast dtype when autocast is on.
+
+    Examples
+    --------
+    >>> compute_dtype(torch.zeros(1, dtype=torch.float64))
+    torch.float64
+    """
+    device_type = inputs.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return inputs.dtype
+
+
+def finite_difference_step(
+    inputs: torch.Tensor, direction: torch.Tensor, relative_step: float
+) -> torch.Tensor:
+    """The step ``h`` (0-d tensor) of ``x + h v``: no example moves by more than ``tau ||x_i||``.
+
+    ``h = tau / max_i(||v_i|| / s_i)`` with ``s_i = max(||x_i||, 1e-3 sqrt(D))`` (``D``
+    values per example; the floor serves all-zero inputs), so the perturbation of every
+    example is at most ``tau`` of its own norm, and exactly that for the example whose
+    direction is largest relative to it. One ``h`` for the whole batch keeps the
+    difference quotient exact when examples are coupled (train-mode BatchNorm). With
+    ``v = 0`` (no penalty gradient) ``h = 1`` and the perturbation is 0. No host
+    synchronisation.
+
+    Examples
+    --------
+    >>> x = torch.tensor([[3.0, 4.0], [0.0, 1.0]])
+    >>> v = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    >>> finite_difference_step(x, v, 0.01)  # example 1 limits: ||h v_1|| = 0.01 ||x_1||
+    tensor(0.0100)
+    >>> finite_difference_step(x, torch.zeros(2, 2), 0.01)
+    tensor(1.)
+    """
+    wide = torch.float64 if inputs.dtype == torch.float64 else torch.float32
+    x = inputs.detach().flatten(1).to(wide)
+    v = direction.detach().flatten(1).to(wide)
+    floor = 1e-3 * math.sqrt(max(x.shape[1], 1))
+    scale = torch.linalg.vector_norm(x, dim=1).clamp_min(floor)
+    largest = (torch.linalg.vector_norm(v, dim=1) / scale).max()
+    return torch.where(largest > 0, relative_step / largest, torch.ones_like(largest))
+
+
+class PerturbedGradients(NamedTuple):
+    """Result of :func:`perturbed_gradients`: first-order gradients at ``x + h v``.
+
+    Attributes
+    ----------
+    step : Tensor
+        ``h`` (0-d).
+    parameters : list of Tensor
+        The parameters the perturbed loss reached.
+    parameter_gradients : list of Tensor
+        ``grad_theta L(x + h v)`` for each of them (unscaled, the parameter's dtype).
+    input_gradient : Tensor or None
+        ``grad_x L(x + h v)`` when the inputs carry the caller's graph, else ``None``.
+    extra_gradients : list of Tensor
+        The gradients with respect to ``extra_inputs`` (zeros where unused).
+    """
+
+    step: torch.Tensor
+    parameters: list[torch.Tensor]
+    parameter_gradients: list[torch.Tensor]
+    input_gradient: torch.Tensor | None
+    extra_gradients: tuple[torch.Tensor, ...] = ()
+
+
+def perturbed_gradients(
+    loss_at: Callable[[torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    direction: torch.Tensor,
+    step: torch.Tensor,
+    parameters: Sequence[torch.Tensor],
+    *,
+    scale: torch.Tensor | None = None,
+    extra_inputs: Sequence[torch.Tensor] = (),
+) -> PerturbedGradients:
+    """``grad_theta L(x + h v)`` (and ``grad_x`` when ``inputs`` require grad), first order.
+
+    One forward and one backward pass whose graph is freed before returning; only the
+    gradients of the parameters that require grad (and, when ``inputs`` carry the
+    caller's graph, of the perturbed input) are computed. With ``scale`` (a
+    ``GradScaler``'s factor) the loss is scaled before the backward pass and the
+    gradients unscaled after it, so half-precision gradients do not underflow.
+
+    Parameters
+    ----------
+    loss_at : callable
+        ``x -> L(x)``, a 0-d tensor (the sum of the per-example losses or scores).
+    inputs, direction : Tensor
+        ``x`` and ``v``; ``x`` is not modified.
+    step : Tensor
+        ``h`` from :func:`finite_difference_step`.
+    parameters : sequence of Tensor
+        The weights to differentiate (those not requiring grad are skipped).
+    scale : Tensor, optional
+        From :func:`gradient_scale`.
+    extra_inputs : sequence of Tensor
+        Further leaves that ``loss_at`` uses (e.g. held normalisation statistics) whose
+        gradients are wanted too.
+
+    Examples
+    --------
+    >>> w = torch.tensor([2.0], requires_grad=True)
+    >>> out = perturbed_gradients(lambda x: (w * x).sum(), torch.tensor([1.0]),
+    ...                           torch.tensor([1.0]), torch.tensor(0.5), [w])
+    >>> out.parameter_gradients  # d/dw of w * (1 + 0.5)
+    [tensor([1.5000])]
+    """
+    trainable = [p for p in parameters if p.requires_grad]
+    keep_input = inputs.requires_grad
+    moved = inputs.detach() + (step * direction.detach()).to(inputs.dtype)
+    if keep_input:
+        moved.requires_grad_(True)
+    extra = list(extra_inputs)
+    targets = [*trainable, *extra, *([moved] if keep_input else [])]
+    with torch.enable_grad():
+        loss = loss_at(moved)
+        if scale is not None:
+            loss = loss.to(torch.float32) * scale
+        if not targets or not loss.requires_grad:
+            zeros = tuple(torch.zeros_like(t) for t in extra)
+            return PerturbedGradients(step, [], [], None, zeros)
+        gradients = list(torch.autograd.grad(loss, targets, allow_unused=True))
+
+    def unscaled(gradient: torch.Tensor) -> torch.Tensor:
+        return gradient if scale is None else gradient.div_(scale.to(gradient.dtype))
+
+    kept_parameters: list[torch.Tensor] = []
+    kept_gradients: list[torch.Tensor] = []
+    for parameter, gradient in zip(trainable, gradients[: len(trainable)]):
+        if gradient is not None:
+            kept_parameters.append(parameter)
+            kept_gradients.append(unscaled(gradient))
+    extra_gradients = tuple(
+        torch.zeros_like(t) if g is None else unscaled(g)
+        for t, g in zip(extra, gradients[len(trainable) : len(trainable) + len(extra)])
+    )
+    input_grad = gradients[-1] if keep_input else None
+    if input_grad is not None:
+        input_grad = unscaled(input_grad)
+    return PerturbedGradients(step, kept_parameters, kept_gradients, input_grad, extra_gradients)
+
+
+class _ConstantGradients(torch.autograd.Function):
+    """``0`` whose gradient with respect to ``tensors[i]`` is ``gradients[i]`` (times upstream).
+
+    The backward pass scales the kept gradients *in place* and hands them to autograd,
+    which accumulates the rest of the backward pass into them and moves them into
+    ``.grad``: no second parameter-sized copy. So it can run once; a second backward
+    pass through the same penalty (``retain_graph=True``) raises.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, count: int, dtype: torch.dtype, *tensors_and_gradients: torch.Tensor
+    ) -> torch.Tensor:
+        ctx.count = count
+        ctx.used = False
+        ctx.save_for_backward(*tensors_and_gradients[count:])
+        return torch.zeros((), dtype=dtype, device=tensors_and_gradients[0].device)
+
+    @staticmethod
+    def backward(ctx: Any, upstream: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        if ctx.used:
+            raise RuntimeError(
+                "the finite-difference penalty's weight gradient can be back-propagated "
+                "once (it is handed to autograd in place); call the loss again for "
+                "another backward pass"
+            )
+        ctx.used = True
+        gradients = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: keep them intact
+            scaled = [g * upstream.to(g.dtype) for g in gradients]
+        else:
+            scaled = [g.mul_(upstream.to(g.dtype)) for g in gradients]
+        del gradients
+        return (None, None, *scaled, *([None] * len(scaled)))
+
+
+def finite_difference_penalty(
+    value: torch.Tensor,
+    reference_loss: torch.Tensor | None,
+    perturbed: PerturbedGradients,
+    inputs: torch.Tensor,
+) -> torch.Tensor:
+    """A scalar equal to ``value`` whose gradient is the finite-difference penalty gradient.
+
+    Returns ``value.detach() + (T - T.detach())`` (exactly ``value``), with
+
+    ``T = (sum_p <p, grad_p L(x + h v)> + <x, grad_x L(x + h v)> - L(x)) / h``,
+
+    where the gradients at ``x + h v`` are constants from :func:`perturbed_gradients`
+    and ``L(x)`` (``reference_loss``) is the caller's loss on the graph of the returned
+    logits (``None`` when the perturbed pass subtracted it already; ``perturbed`` may
+    also pair further live tensors with constant gradients). So ``d/dtheta`` of the
+    result is ``[grad_theta L(x + h v) - grad_theta L(x)] / h``, the forward difference
+    of ``grad_theta (v . grad_x L)`` -- and the same holds for ``d/dx`` when the inputs
+    come out of the caller's trainable modules. The kept weight gradients are handed to
+    autograd in place (see :class:`_ConstantGradients`), so they cost no second copy,
+    and the penalty can be back-propagated once.
+
+    Examples
+    --------
+    >>> w = torch.tensor([2.0], requires_grad=True)
+    >>> x, v = torch.tensor([1.0]), torch.tensor([1.0])
+    >>> loss_at = lambda z: (w * z) ** 2  # L = w^2 x^2, g = 2 w^2 x
+    >>> out = perturbed_gradients(loss_at, x, v, torch.tensor(1e-3), [w])
+    >>> penalty = finite_difference_penalty(torch.tensor(4.0), loss_at(x).sum(), out, x)
+    >>> penalty.item(), round(torch.autograd.grad(penalty, w)[0].item(), 2)  # d(v g)/dw = 4 w x
+    (4.0, 8.0)
+    """
+    device_type = value.device.type
+    wide = torch.float64 if value.dtype == torch.float64 else torch.float32
+    with torch.enable_grad(), torch.autocast(device_type, enabled=False):
+        total = torch.zeros((), device=value.device, dtype=wide)
+        if reference_loss is not None:
+            total = total - reference_loss.to(wide)
+        if perturbed.parameters:
+            total = total + _ConstantGradients.apply(
+                len(perturbed.parameters), wide, *perturbed.parameters,
+                *perturbed.parameter_gradients,
+            )
+        if perturbed.input_gradient is not None:
+            total = total + torch.dot(
+                inputs.reshape(-1), perturbed.input_gradient.reshape(-1)
+            ).to(wide)
+        term = total / perturbed.step.to(wide)
+        surrogate = term - term.detach()
+    return value.detach() + surrogate.to(value.dtype)
+
+
+FINITE_DIFFERENCE_WAY_OUT = "or keep it and use mode='finite_difference' (first derivatives only)"
+"""What the double-backprop losses add to ``check_not_compiled``'s refusal."""
+
+
+def check_penalty_settings(
+    model: nn.Module, mode: object, fd_step: object, grad_scaler: object
+) -> float | None:
+    """Validate ``mode``, ``fd_step`` and ``grad_scaler``; return the relative step.
+
+    ``mode="double_backprop"`` refuses a ``torch.compile``'d model (compiled graphs
+    cannot be differentiated twice), naming the finite-difference way out.
+
+    Examples
+    --------
+    >>> check_penalty_settings(nn.Linear(2, 2), "finite_difference", 0.01, None)
+    0.01
+    >>> check_penalty_settings(nn.Linear(2, 2), "double_backprop", None, object())
+    Traceback (most recent call last):
+    ...
+    TypeError: grad_scaler must be a torch.amp.GradScaler (an object with .scale(tensor)), \
+got object
+    """
+    step = check_mode(mode, fd_step)
+    if mode == "double_backprop":
+        check_not_compiled(model, also=FINITE_DIFFERENCE_WAY_OUT)
+    if grad_scaler is not None and not callable(getattr(grad_scaler, "scale", None)):
+        raise TypeError(
+            "grad_scaler must be a torch.amp.GradScaler (an object with .scale(tensor)), "
+            f"got {type(grad_scaler).__name__}"
+        )
+    return step
