@@ -107,6 +107,8 @@ class SyntheticShapes(RenderedItems):
         :func:`~captum_regularized.datasets.textures.textured_background`); 0 keeps the
         near-grey background.
 
+    Notes
+    -----
     The defaults are the ``"standard"`` entry of :data:`CONFIGURATIONS`;
     :meth:`configured` builds a named configuration such as ``"harder"``.
 
