@@ -35,7 +35,8 @@ def add_reproduce_parser(commands: argparse._SubParsersAction) -> argparse.Argum
         "configuration) and Fashion-MNIST (when its files are found), side by side.",
     )
     reproduce.add_argument("--quick", action="store_true",
-                           help="one seed, tiny models (a CI-sized run; verdicts are noise)")
+                           help="one seed, tiny models, SyntheticShapes only unless --data or "
+                           "--data-root is given (a CI-sized run; verdicts are noise)")
     reproduce.add_argument("--out", type=Path, default=Path("reproduce-out"), help="output folder")
     reproduce.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run")
     reproduce.add_argument("--seed", type=seed_argument, default=0, help="first seed")

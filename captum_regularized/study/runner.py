@@ -119,14 +119,19 @@ def environment(command: str | None = None) -> dict[str, Any]:
 
 
 def study_sources(
-    data: str | Path | None, data_root: Path | None, log: Callable[[str], None] = print
+    data: str | Path | None,
+    data_root: Path | None,
+    log: Callable[[str], None] = print,
+    quick: bool = False,
 ) -> tuple[list[str | Path], list[str]]:
     """The data sets a run covers, and why any of the full study's are left out.
 
     ``data=None`` (the full study) means SyntheticShapes and, when its files are found
     under ``data_root`` (default
     :data:`~captum_regularized.study.study_data.DEFAULT_FASHION_MNIST_ROOT`),
-    Fashion-MNIST; otherwise just ``data``.
+    Fashion-MNIST; otherwise just ``data``. A ``quick`` run without ``data`` looks for
+    Fashion-MNIST only under an explicit ``data_root``: the CI-sized run stays on
+    SyntheticShapes wherever it runs.
 
     Examples
     --------
@@ -134,9 +139,13 @@ def study_sources(
     ['synthetic']
     >>> study_sources("fashion-mnist", None)[0]
     ['fashion-mnist']
+    >>> study_sources(None, None, quick=True)
+    (['synthetic'], [])
     """
     if data is not None:
         return [data], []
+    if quick and data_root is None:
+        return ["synthetic"], []
     root = DEFAULT_FASHION_MNIST_ROOT if data_root is None else data_root
     missing = fashion_mnist_missing(root)
     if not missing:
@@ -215,7 +224,7 @@ def run_study(
     unknown = [key for key in keys if key not in SECTIONS]
     if unknown:
         raise ValueError(f"sections must be among {list(SECTIONS)}, got {unknown}")
-    sources, notes = study_sources(data, data_root, log)
+    sources, notes = study_sources(data, data_root, log, quick=quick)
     all_data = [StudyData(settings, source, root=data_root) for source in sources]
     seeds = [seed + k for k in range(settings.seeds)]
     results: dict[str, Any] = {
