@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from captum_regularized.models import SimpleCNN, train_classifier
+from captum_regularized.models import SimpleCNN, train_classifier, with_cross_entropy
 from captum_regularized.regularizers import GradientNormPenalty
 from tests.model_checks import assert_no_hooks, untouched
 
@@ -148,7 +148,8 @@ def test_works_as_the_train_classifier_loss_hook():
     model = SimpleCNN(num_classes=3, width=4)
     pen = GradientNormPenalty(model, norm="group", epsilon=0.1, group_size=5)
     history = train_classifier(
-        model, TensorDataset(images, labels), epochs=1, batch_size=4, loss=pen, progress=False
+        model, TensorDataset(images, labels), epochs=1, batch_size=4, loss=with_cross_entropy(pen),
+        progress=False
     )
     assert history[0]["accuracy"] == history[0]["accuracy"]  # logits were reported
     assert history[0]["loss"] == history[0]["loss"]

@@ -12,7 +12,7 @@ from captum.attr import GuidedBackprop
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from captum_regularized.models import SimpleCNN, train_classifier
+from captum_regularized.models import SimpleCNN, train_classifier, with_cross_entropy
 from captum_regularized.regularizers import GuidedGradientRegularizer
 from tests.model_checks import assert_no_hooks, untouched
 from tests.training_reference import hand_written_step
@@ -276,7 +276,7 @@ def test_works_as_the_loss_hook_of_train_classifier():
     images, labels = torch.rand(8, 3, 12, 12), torch.randint(0, 4, (8,))
     reg = GuidedGradientRegularizer(model, weight=0.05)
     history = train_classifier(model, TensorDataset(images, labels), epochs=1, batch_size=8,
-                               lr=1e-2, progress=False, loss=reg)
+                               lr=1e-2, progress=False, loss=with_cross_entropy(reg))
     assert reg.last_cosine is not None and torch.isfinite(reg.last_cosine)
     outputs = {}
 

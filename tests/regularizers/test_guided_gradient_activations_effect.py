@@ -18,7 +18,12 @@ from torch.utils.data import TensorDataset
 
 from captum_regularized.datasets import SyntheticShapes
 from captum_regularized.metrics import gradient_alignment
-from captum_regularized.models import SimpleCNN, evaluate_accuracy, train_classifier
+from captum_regularized.models import (
+    SimpleCNN,
+    evaluate_accuracy,
+    train_classifier,
+    with_cross_entropy,
+)
 from captum_regularized.regularizers import GuidedGradientRegularizer
 
 NUM_CLASSES = 3
@@ -55,7 +60,11 @@ def _held_out_cosine(model: nn.Module, data: TensorDataset) -> float:
 
 def _train(mode: str | None, train_set: TensorDataset) -> nn.Module:
     model = _silu_cnn()
-    loss = None if mode is None else GuidedGradientRegularizer(model, weight=WEIGHT, mode=mode)
+    loss = (
+        None
+        if mode is None
+        else with_cross_entropy(GuidedGradientRegularizer(model, weight=WEIGHT, mode=mode))
+    )
     train_classifier(
         model, train_set, epochs=5, batch_size=16, lr=1e-2, progress=False, loss=loss, seed=SEED
     )

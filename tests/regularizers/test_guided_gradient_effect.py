@@ -9,7 +9,12 @@ from torch.utils.data import TensorDataset
 
 from captum_regularized._internal.guided_relu import guided_and_plain_gradients
 from captum_regularized.datasets import SyntheticShapes
-from captum_regularized.models import SimpleCNN, evaluate_accuracy, train_classifier
+from captum_regularized.models import (
+    SimpleCNN,
+    evaluate_accuracy,
+    train_classifier,
+    with_cross_entropy,
+)
 from captum_regularized.regularizers import GuidedGradientRegularizer
 
 NUM_CLASSES = 3
@@ -35,7 +40,8 @@ def _held_out_cosine(model: torch.nn.Module, data: TensorDataset) -> float:
 def _train(regularized: bool, train_set: TensorDataset) -> SimpleCNN:
     torch.manual_seed(0)
     model = SimpleCNN(NUM_CLASSES, width=8)
-    loss = GuidedGradientRegularizer(model, weight=WEIGHT) if regularized else None
+    regularizer = GuidedGradientRegularizer(model, weight=WEIGHT)
+    loss = with_cross_entropy(regularizer) if regularized else None
     train_classifier(model, train_set, epochs=8, batch_size=16, lr=1e-2, progress=False, loss=loss)
     return model
 
