@@ -8,8 +8,8 @@ and writes ``attributions.png``, ``metrics.json`` and ``report.md``.
 The demo is one configuration of the reproduction study's machinery: its sizes are a
 :class:`~captum_regularized.study.StudySettings`, its data come from the study's
 per-seed data (:class:`~captum_regularized.study.study_data.StudyData`), its model is
-the study's ``simple_cnn`` recipe, and its maps are scored and drawn with the study's
-helpers (:mod:`~captum_regularized.study.map_scores`,
+the study's ``simple_cnn`` recipe trained by the study's ``ModelZoo``, and its maps are
+scored and drawn with the study's helpers (:mod:`~captum_regularized.study.map_scores`,
 :mod:`~captum_regularized.study.figures`). What is its own: the set of methods, the
 fine-tuning with each training loss, and the report.
 """
@@ -49,7 +49,7 @@ from captum_regularized.regularizers import (
 )
 from captum_regularized.study.figures import save_maps_figure
 from captum_regularized.study.map_scores import mask_scores, upsampled
-from captum_regularized.study.model_zoo import RECIPES
+from captum_regularized.study.model_zoo import ModelZoo
 from captum_regularized.study.settings import FULL as STUDY_FULL
 from captum_regularized.study.settings import StudySettings
 from captum_regularized.study.study_data import StudyData
@@ -325,15 +325,10 @@ def run_demo(
     test_masks = cast(torch.Tensor, seed_data.test_masks)  # synthetic data: masks known
     held_out = TensorDataset(test_images, test_labels)
 
-    model = RECIPES["simple_cnn"].build(data.num_classes, s)
-    train_started = time.perf_counter()
-    history = train_classifier(
-        model, seed_data.train_set, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
-        device=device, progress=progress, seed=seed,
-    )
-    train_seconds = time.perf_counter() - train_started
-    accuracy = evaluate_accuracy(model, held_out, device=device)
-    model.eval()
+    zoo = ModelZoo(s, data, device=device, log=lambda line: None, progress=progress)
+    trained = zoo.get("simple_cnn", seed)  # in eval mode
+    model, history = trained.model, trained.history
+    accuracy, train_seconds = trained.accuracy, trained.train_seconds
 
     count = s.eval_examples
     images = test_images[:count].to(device)

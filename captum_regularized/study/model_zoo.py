@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
@@ -155,6 +155,8 @@ class TrainedModel:
     accuracy: float
     mean_max_softmax: float
     train_seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    """Per-epoch training loss and accuracy, as :func:`train_classifier` returns them."""
 
     @property
     def grad_cam_layer(self) -> nn.Module:
@@ -224,7 +226,7 @@ class ModelZoo:
         model = recipe.build(self.data.num_classes, s)
         loss = recipe.loss(model, s) if recipe.loss is not None else None
         started = time.perf_counter()
-        train_classifier(
+        history = train_classifier(
             model, seed_data.train_set, epochs=recipe.epochs(s), batch_size=s.batch_size,
             lr=s.lr, device=self.device, loss=loss, progress=self.progress, seed=seed,
         )
@@ -239,4 +241,4 @@ class ModelZoo:
             f"trained {recipe.label} (seed {seed}) in {seconds:.1f} s: held-out accuracy "
             f"{100 * accuracy:.1f} %, mean max-softmax {confidence:.3f}"
         )
-        return TrainedModel(name, seed, model, accuracy, confidence, seconds)
+        return TrainedModel(name, seed, model, accuracy, confidence, seconds, history)
