@@ -138,6 +138,26 @@ def _locate(root: Path) -> tuple[bool, dict[str, Path]]:
     return False, found
 
 
+def fashion_mnist_missing(root: Path) -> str:
+    """Why Fashion-MNIST cannot be read from ``root`` ("" when its four files are there).
+
+    A check of the files' presence only (nothing is read), for callers that choose
+    whether to use the data set at all.
+
+    Examples
+    --------
+    >>> "not found" in fashion_mnist_missing(Path("/nonexistent"))
+    True
+    """
+    if not root.is_dir():
+        return f"Fashion-MNIST not found: {root} is not a folder"
+    try:
+        _locate(root)
+    except FileNotFoundError as error:
+        return str(error).split(";")[0]
+    return ""
+
+
 def _place(source: Path, target: Path) -> None:
     """Unpack ``source`` (``.gz``) or link it (plain) to ``target``, atomically."""
     partial = target.with_name(f"{target.name}.{os.getpid()}.partial")

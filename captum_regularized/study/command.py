@@ -6,11 +6,8 @@ import argparse
 from pathlib import Path
 
 from captum_regularized.cli_support import seed_argument
-from captum_regularized.study.study_data import (
-    DATA_SETS,
-    DEFAULT_FASHION_MNIST_ROOT,
-    fashion_mnist_missing,
-)
+from captum_regularized.datasets.fashion_mnist import fashion_mnist_missing
+from captum_regularized.study.study_data import DATA_SETS, DEFAULT_FASHION_MNIST_ROOT
 
 __all__ = ["add_reproduce_parser", "data_argument", "run_reproduce"]
 

@@ -23,6 +23,7 @@ import captum
 import torch
 
 from captum_regularized import __version__
+from captum_regularized.datasets.fashion_mnist import fashion_mnist_missing
 from captum_regularized.study.data_probe import gradient_concentration
 from captum_regularized.study.guided_section import run_guided_section
 from captum_regularized.study.model_zoo import RECIPES, ModelZoo
@@ -32,11 +33,7 @@ from captum_regularized.study.rsi_section import run_rsi_section
 from captum_regularized.study.section import Section, StudyContext
 from captum_regularized.study.settings import FULL, TINY, StudySettings
 from captum_regularized.study.signed_maps_section import run_signed_maps_section
-from captum_regularized.study.study_data import (
-    DEFAULT_FASHION_MNIST_ROOT,
-    StudyData,
-    fashion_mnist_missing,
-)
+from captum_regularized.study.study_data import DEFAULT_FASHION_MNIST_ROOT, StudyData
 from captum_regularized.study.verdicts import RULE_TEXT
 
 __all__ = ["SECTIONS", "run_study", "study_sources", "tiny_context"]

@@ -18,6 +18,7 @@ from captum_regularized.datasets import (
     ImageFolderWithMasks,
     SyntheticShapes,
 )
+from captum_regularized.datasets.fashion_mnist import fashion_mnist_missing
 from captum_regularized.study.settings import StudySettings
 
 __all__ = [
@@ -26,7 +27,6 @@ __all__ = [
     "TEST_SEED_OFFSET",
     "SeedData",
     "StudyData",
-    "fashion_mnist_missing",
 ]
 
 TEST_SEED_OFFSET = 1_000_003
@@ -47,25 +47,6 @@ class SeedData:
     test_images: torch.Tensor
     test_labels: torch.Tensor
     test_masks: torch.Tensor | None
-
-
-def fashion_mnist_missing(root: Path) -> str:
-    """Why Fashion-MNIST cannot be read from ``root`` ("" when its four files are there).
-
-    Examples
-    --------
-    >>> "not found" in fashion_mnist_missing(Path("/nonexistent"))
-    True
-    """
-    from captum_regularized.datasets.fashion_mnist import _locate
-
-    if not root.is_dir():
-        return f"Fashion-MNIST not found: {root} is not a folder"
-    try:
-        _locate(root)
-    except FileNotFoundError as error:
-        return str(error).split(";")[0]
-    return ""
 
 
 class StudyData:
