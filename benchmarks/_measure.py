@@ -1,8 +1,8 @@
 """Measuring mechanics shared by the scripts in ``benchmarks/``.
 
 One place for: picking the device from ``--device auto|cpu|cuda``, synchronising it,
-the median time of a call, the peak memory of a call, and printing a table of rows
-with ratios against named reference rows.
+the median time and the peak memory of a call, and printing a table of rows with
+ratios against named reference rows.
 
 Peak memory (:func:`peak_bytes`) means the same on both devices: the most memory the
 call's own tensors held at once, above what was held before the call (the model's
@@ -54,42 +54,25 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, *, quick_help: str) -> None:
+    """Add ``--device``, ``--quick``, ``--repeats`` (default: none given) and ``--threads``."""
+    add_device_argument(parser)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def run_device(args: argparse.Namespace) -> torch.device:
+    """Apply ``--threads`` (where given) and return the device of ``--device``."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return select_device(args.device)
+
+
 def sync(device: torch.device) -> None:
     """Wait for the device's queued work (a no-op on CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def median_seconds(
-    calls: Mapping[str, Callable[[], Any]],
-    device: torch.device,
-    repeats: int,
-    *,
-    clock: Literal["wall", "cpu"] = "wall",
-) -> dict[str, float]:
-    """Median seconds of each call, by name, after one warm-up call of each.
-
-    The calls are interleaved (one round runs every call once), so that a change in
-    the load from other programs hits all of them alike. ``clock="wall"`` is the
-    wall-clock time, synchronised with the device before and after each call.
-    ``clock="cpu"`` is the process's CPU time, meant for single-threaded CPU runs on a
-    shared machine, where other processes inflate wall time but not CPU time; it
-    counts every thread's time, so it is not the wall time of a multi-threaded run,
-    and it does not see GPU work (so it is refused on CUDA).
-    """
-    if clock == "cpu" and device.type == "cuda":
-        raise ValueError("clock='cpu' does not measure GPU work; use clock='wall' on CUDA")
-    now = time.process_time if clock == "cpu" else time.perf_counter
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for round_index in range(1 + repeats):
-        for name, call in calls.items():
-            sync(device)
-            start = now()
-            call()
-            sync(device)
-            if round_index > 0:
-                times[name].append(now() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 class LiveTensorBytes(TorchDispatchMode):
@@ -160,13 +143,36 @@ def measured_rows(
     repeats: int,
     *,
     clock: Literal["wall", "cpu"] = "wall",
+    memory: bool = True,
 ) -> dict[str, Row]:
-    """Median seconds (:func:`median_seconds`) and peak bytes (:func:`peak_bytes`) per call.
+    """Median seconds of each call, by name, after one warm-up call of each, and its peak bytes.
 
-    The peak is taken in a separate untimed call of each, after the timed rounds.
+    The calls are interleaved (one round runs every call once), so that a change in
+    the load from other programs hits all of them alike. ``clock="wall"`` is the
+    wall-clock time, synchronised with the device before and after each call.
+    ``clock="cpu"`` is the process's CPU time, meant for single-threaded CPU runs on a
+    shared machine, where other processes inflate wall time but not CPU time; it
+    counts every thread's time, so it is not the wall time of a multi-threaded run,
+    and it does not see GPU work (so it is refused on CUDA). With ``memory`` the peak
+    (:func:`peak_bytes`) is taken in a separate untimed call of each, after the timed
+    rounds; without it the rows have no peak.
     """
-    times = median_seconds(calls, device, repeats, clock=clock)
-    return {name: Row(times[name], peak_bytes(call, device)) for name, call in calls.items()}
+    if clock == "cpu" and device.type == "cuda":
+        raise ValueError("clock='cpu' does not measure GPU work; use clock='wall' on CUDA")
+    now = time.process_time if clock == "cpu" else time.perf_counter
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for round_index in range(1 + repeats):
+        for name, call in calls.items():
+            sync(device)
+            start = now()
+            call()
+            sync(device)
+            if round_index > 0:
+                times[name].append(now() - start)
+    return {
+        name: Row(statistics.median(times[name]), peak_bytes(call, device) if memory else None)
+        for name, call in calls.items()
+    }
 
 
 def print_table(
@@ -184,26 +190,31 @@ def print_table(
     columns appear only when every row has a peak. ``notes`` adds a last text column.
     """
     with_memory = all(row.peak_bytes is not None for row in rows.values())
-    width = max(len(label), *(len(name) for name in rows))
-    header = f"{label:<{width}s} {'time ms':>9s}"
+    # (title, width, number format, value of a row): the header and every line follow it.
+    columns: list[tuple[str, int, str, Callable[[Row], float]]] = [
+        ("time ms", 9, ".1f", lambda row: row.seconds * 1e3),
+    ]
     if with_memory:
-        header += f" {'peak MiB':>9s}"
+        columns.append(("peak MiB", 9, ".1f", lambda row: _ratio(row.peak_bytes, MIB)))
     for ref in references:
-        header += f" {'t/' + ref:>{max(8, len(ref) + 2)}s}"
+        size = max(8, len(ref) + 2)
+        columns.append(
+            (f"t/{ref}", size, ".2f", lambda row, ref=ref: row.seconds / rows[ref].seconds)
+        )
         if with_memory:
-            header += f" {'m/' + ref:>{max(8, len(ref) + 2)}s}"
+            columns.append((
+                f"m/{ref}", size, ".2f",
+                lambda row, ref=ref: _ratio(row.peak_bytes, rows[ref].peak_bytes),
+            ))
+    width = max(len(label), *(len(name) for name in rows))
+    header = f"{label:<{width}s}" + "".join(f" {title:>{size}s}" for title, size, _, _ in columns)
     if notes is not None:
         header += f" {notes_header}"
     print(header.rstrip())
     for name, row in rows.items():
-        line = f"{name:<{width}s} {row.seconds * 1e3:9.1f}"
-        if with_memory:
-            line += f" {row.peak_bytes / MIB:9.1f}"
-        for ref in references:
-            column = max(8, len(ref) + 2)
-            line += f" {row.seconds / rows[ref].seconds:{column}.2f}"
-            if with_memory:
-                line += f" {_ratio(row.peak_bytes, rows[ref].peak_bytes):{column}.2f}"
+        line = f"{name:<{width}s}" + "".join(
+            f" {value(row):{size}{number}}" for _, size, number, value in columns
+        )
         if notes is not None:
             line += f" {notes.get(name, '')}"
         print(line.rstrip())

@@ -35,18 +35,18 @@ def main() -> None:
         shapes = SyntheticShapes(num_samples=count, image_size=size, seed=0)
         to_tensor = torchvision.transforms.PILToTensor()
         fake = torchvision.datasets.FakeData(count, (3, size, size), transform=to_tensor)
-        times = measure.median_seconds(
+        rows = measure.measured_rows(
             {
                 "SyntheticShapes": lambda shapes=shapes: shapes.tensors(device=device),
                 "FakeData": lambda fake=fake: torch.stack([fake[i][0] for i in range(len(fake))]),
             },
             device,
             repeats,
+            memory=False,
         )
-        rows = {name: measure.Row(seconds=t) for name, t in times.items()}
         measure.print_table(rows, ["FakeData"], label=f"{count} images of {size}x{size}")
-        per_second = count / times["SyntheticShapes"]
-        print(f"SyntheticShapes: {times['SyntheticShapes']:.2f} s, {per_second:,.0f} images/s\n")
+        seconds = rows["SyntheticShapes"].seconds
+        print(f"SyntheticShapes: {seconds:.2f} s, {count / seconds:,.0f} images/s\n")
 
 
 if __name__ == "__main__":

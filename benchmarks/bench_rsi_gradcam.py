@@ -118,10 +118,7 @@ def lowest_spearman(maps: torch.Tensor, reference: torch.Tensor) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    measure.add_device_argument(parser)
-    parser.add_argument("--quick", action="store_true", help="one timed repeat, no ibs row")
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    measure.add_run_arguments(parser, quick_help="one timed repeat, no ibs row")
     parser.add_argument("--n-steps", type=int, default=50)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--size", type=int, default=96)
@@ -129,9 +126,7 @@ def main() -> None:
         "--layer", default="layer4", choices=["layer1", "layer2", "layer3", "layer4"]
     )
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = measure.select_device(args.device)
+    device = measure.run_device(args)
     repeats = args.repeats or (1 if args.quick else 3)
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None, num_classes=10).to(device).eval()

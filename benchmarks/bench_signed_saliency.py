@@ -71,14 +71,9 @@ def cases() -> list[tuple[str, Callable[[], torch.nn.Module], int, int]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    measure.add_device_argument(parser)
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    measure.add_run_arguments(parser, quick_help="fewer repeats")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = measure.select_device(args.device)
+    device = measure.run_device(args)
     repeats = args.repeats or (1 if args.quick else 5)
     warnings.filterwarnings("ignore", message="Input Tensor .* did not already require gradients")
     print(f"device={device} threads={torch.get_num_threads()} repeats={repeats} (median)")

@@ -13,13 +13,24 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class ModuleNet(nn.Module):
-    def __init__(self) -> None:
+class ThreeConvNet(nn.Module):
+    """Three 3x3 convolutions (6 channels) and a linear head to 4 classes, seeded.
+
+    ``relus`` holds the four activation modules a subclass's ``forward`` applies (ReLUs
+    here; other activations where a test needs them).
+    """
+
+    def __init__(self, activations: list[nn.Module], seed: int) -> None:
         super().__init__()
-        torch.manual_seed(2)
+        torch.manual_seed(seed)
         self.conv1, self.conv2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1)
         self.conv3, self.fc = nn.Conv2d(6, 6, 3, padding=1), nn.Linear(6, 4)
-        self.relus = nn.ModuleList([nn.ReLU(), nn.ReLU(inplace=True), nn.ReLU(), nn.ReLU()])
+        self.relus = nn.ModuleList(activations)
+
+
+class ModuleNet(ThreeConvNet):
+    def __init__(self) -> None:
+        super().__init__([nn.ReLU(), nn.ReLU(inplace=True), nn.ReLU(), nn.ReLU()], seed=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.relus[0](self.conv1(x))

@@ -3,8 +3,9 @@
 Captum's ``_utils`` are not public API and move between releases. Everything this
 package needs from them is wrapped here, so a Captum upgrade is fixed in one file.
 Supported: ``captum>=0.8,<0.10``. Here too: the type aliases of Captum's calling
-convention (``TensorOrTuple``, ``TargetType``, ``BaselineType``), Captum's
-``log_usage`` decorator and :func:`run_forward`.
+convention (``TensorOrTuple``, ``TargetType``, ``BaselineType``; ``TargetType`` adds
+pytorch-grad-cam's score callables to Captum's forms), Captum's ``log_usage`` decorator
+and :func:`run_forward` (which reads the logits of a ``ModelOutput`` or a dict).
 
 Users: every class of :mod:`captum_regularized.attr` (input and output forms,
 additional forward arguments; baselines and repeated targets for RSI-Grad-CAM), the
@@ -28,12 +29,27 @@ from captum._utils.common import (
 from captum.attr._utils.common import _format_input_baseline, _tensorize_baseline
 from captum.log import log_usage
 
+from captum_regularized._internal.model_outputs import logits_of
+
 TensorOrTuple = torch.Tensor | tuple[torch.Tensor, ...]
-TargetType = None | int | tuple[int, ...] | torch.Tensor | list[int] | list[tuple[int, ...]]
+ScoreTarget = Callable[[torch.Tensor], torch.Tensor]
+"""A target that scores the output: ``score(output) -> (B,)`` (pytorch-grad-cam's form)."""
+TargetType = (
+    None
+    | int
+    | tuple[int, ...]
+    | torch.Tensor
+    | list[int]
+    | list[tuple[int, ...]]
+    | ScoreTarget
+    | list[ScoreTarget]
+    | tuple[ScoreTarget, ...]
+)
 BaselineType = None | torch.Tensor | int | float | tuple[torch.Tensor | int | float, ...]
 
 __all__ = [
     "BaselineType",
+    "ScoreTarget",
     "TargetType",
     "TensorOrTuple",
     "expand_additional_args",
@@ -123,11 +139,16 @@ def run_forward(
     inputs: tuple[torch.Tensor, ...],
     additional_forward_args: tuple[Any, ...] | None = None,
 ) -> torch.Tensor:
-    """Call ``forward_func(*inputs, *additional_forward_args)`` and check it returns a tensor."""
+    """Call ``forward_func(*inputs, *additional_forward_args)`` and return its scores tensor.
+
+    A Hugging Face ``ModelOutput`` or a dict gives its ``logits`` tensor
+    (:func:`~captum_regularized._internal.model_outputs.logits_of`); any other
+    non-tensor output is a ``TypeError`` naming ``forward_func``.
+
+    Examples
+    --------
+    >>> run_forward(lambda x: {"logits": 2 * x}, (torch.ones(1, 2),)).tolist()
+    [[2.0, 2.0]]
+    """
     args = () if additional_forward_args is None else additional_forward_args
-    output = forward_func(*inputs, *args)
-    if not isinstance(output, torch.Tensor):
-        raise TypeError(
-            f"forward_func must return a torch.Tensor, got {type(output).__name__}"
-        )
-    return output
+    return logits_of(forward_func(*inputs, *args), "forward_func")

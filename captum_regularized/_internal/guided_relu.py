@@ -286,22 +286,21 @@ class GuidedActivationSwitch:
             self.families[family] = self.families.get(family, 0) + 1
 
     @contextlib.contextmanager
-    def guided(self) -> Iterator[None]:
-        """Apply the guided rule in backward passes run inside this block."""
-        self.active = True
+    def _switched_on(self, flag: str) -> Iterator[None]:
+        """Set the boolean attribute ``flag`` inside the block, and clear it after."""
+        setattr(self, flag, True)
         try:
             yield
         finally:
-            self.active = False
+            setattr(self, flag, False)
 
-    @contextlib.contextmanager
-    def per_example(self) -> Iterator[None]:
+    def guided(self) -> contextlib.AbstractContextManager[None]:
+        """Apply the guided rule in backward passes run inside this block."""
+        return self._switched_on("active")
+
+    def per_example(self) -> contextlib.AbstractContextManager[None]:
         """Hold recorded BatchNorm batch statistics constant in backward passes run inside."""
-        self.statistics_held = True
-        try:
-            yield
-        finally:
-            self.statistics_held = False
+        return self._switched_on("statistics_held")
 
 
 GuidedReLUSwitch = GuidedActivationSwitch

@@ -30,6 +30,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from captum_regularized._internal.model_outputs import logits_of
+
 __all__ = [
     "InputGradient",
     "PerExampleLoss",
@@ -71,7 +73,7 @@ class InputGradient(NamedTuple):
     losses : Tensor
         Per-example losses ``(B,)`` (with a graph when ``create_graph=True``).
     logits : Tensor
-        The model output.
+        The model's class scores (the logits of a ``ModelOutput`` or dict).
     gradient : Tensor
         ``grad_{x_i} losses_i``, shape of the inputs.
     """
@@ -168,7 +170,8 @@ def input_gradient(
     Parameters
     ----------
     forward : callable
-        The model (or any ``x -> logits``).
+        The model (or any ``x -> logits``); a ``ModelOutput`` or dict gives its
+        ``"logits"`` (see :func:`~captum_regularized._internal.model_outputs.logits_of`).
     inputs : Tensor
         Batch of inputs; not modified. With ``create_graph=True`` and inputs that
         require grad, the caller's graph is kept (see :func:`gradient_leaf`);
@@ -196,7 +199,7 @@ def input_gradient(
     x = gradient_leaf(inputs, keep_graph=create_graph)
     version = x._version
     with torch.enable_grad():
-        logits = forward(x)
+        logits = logits_of(forward(x), "model")
         check_not_modified_in_place(x, version)
         losses = per_example_losses(loss_fn, logits, labels)
         (gradient,) = torch.autograd.grad(losses.sum(), x, create_graph=create_graph)

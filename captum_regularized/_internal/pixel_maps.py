@@ -4,8 +4,9 @@ Metrics, the Quantus adapter and the figures receive maps in every form attribut
 methods produce: input-shaped ``(B, C, H, W)`` (saliency), one channel ``(B, 1, h, w)``
 or ``(B, h, w)`` at a lower resolution (Grad-CAM), or one map ``(h, w)`` for the whole
 batch. :func:`per_pixel_map` makes them all a per-pixel map ``(B, 1, H, W)``: channels
-are collapsed with :func:`~captum_regularized.attr.reduce_channels`, a batch of one is
-repeated and a different resolution is resized bilinearly.
+are collapsed with :func:`collapse_channels` (the body of the public
+:func:`~captum_regularized.attr.reduce_channels`), a batch of one is repeated and a
+different resolution is resized bilinearly.
 """
 
 from __future__ import annotations
@@ -13,9 +14,27 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from captum_regularized.attr.map_postprocessing import CHANNEL_REDUCTIONS, reduce_channels
+__all__ = ["CHANNEL_REDUCTIONS", "collapse_channels", "per_pixel_map"]
 
-__all__ = ["per_pixel_map"]
+CHANNEL_REDUCTIONS = ("max", "sum", "mean")
+"""The channel reductions: max of ``|.|``, sum and mean of the signed values."""
+
+
+def collapse_channels(maps: torch.Tensor, mode: str) -> torch.Tensor:
+    """Reduce dim 1 of ``maps`` with ``mode``, one of :data:`CHANNEL_REDUCTIONS`.
+
+    The caller checks ``mode`` and that ``maps`` has a channel dimension.
+
+    Examples
+    --------
+    >>> collapse_channels(torch.tensor([[[1.0], [-3.0]]]), "max").tolist()
+    [[[3.0]]]
+    """
+    if mode == "max":
+        return maps.abs().amax(dim=1, keepdim=True)
+    if mode == "sum":
+        return maps.sum(dim=1, keepdim=True)
+    return maps.mean(dim=1, keepdim=True)
 
 
 def per_pixel_map(
@@ -97,7 +116,7 @@ def per_pixel_map(
     if not maps.is_floating_point() or maps.dtype in (torch.float16, torch.bfloat16):
         maps = maps.float()
     if maps.shape[1] > 1:
-        maps = reduce_channels(maps, channel_reduction)
+        maps = collapse_channels(maps, channel_reduction)
     if maps.numel() and not bool(torch.isfinite(maps).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
     if tuple(maps.shape[2:]) != tuple(size):

@@ -3,9 +3,22 @@
 Every attribution method of this package picks one score per example from the model
 output (:func:`target_scores`, :func:`class_indices`), in every form Captum accepts,
 validated, on the output's device. Captum's meaning is kept: ``target=None`` on a
-per-example scalar output attributes that scalar. One addition, used by every method
+per-example scalar output attributes that scalar. Two additions, used by every method
 of this package: ``target=None`` on a 2-D output with more than one column means the
-predicted class (argmax), as in the papers this package implements.
+predicted class (argmax), as in the papers this package implements; and
+pytorch-grad-cam's target callables:
+
+* one callable ``score(output) -> (B,)``, given the whole ``(B, classes)`` output
+  (pytorch-grad-cam's ``ClassifierOutputTarget(k)`` returns ``output[:, k]`` there);
+* a list (or tuple) of callables, one per example, each given its example's 1-D
+  output row and returning one score (pytorch-grad-cam's
+  ``targets=[ClassifierOutputTarget(3), ...]``).
+
+Any callable that is not a class counts (``pytorch_grad_cam`` is never imported).
+:func:`target_scores` differentiates what they return. Where a class *index* is
+needed (:func:`class_indices`: the class-comparison maps, the metrics' target-class
+probability) a callable stands for its integer ``category`` attribute, as
+``ClassifierOutputTarget`` has; a callable without one is a ``TypeError`` there.
 
 :func:`target_gradients` is the one-forward, one-backward input gradient of those
 scores, with the model left as found; positive/negative saliency take it plainly and
@@ -16,12 +29,13 @@ guided backpropagation through its guided rule. Users: every class of
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
-from typing import Any
+import numbers
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import torch
 
-from captum_regularized._internal.captum_compat import TargetType, run_forward
+from captum_regularized._internal.captum_compat import ScoreTarget, TargetType, run_forward
 from captum_regularized._internal.checks import check_attribution_inputs
 from captum_regularized._internal.model_state import (
     find_module,
@@ -29,7 +43,13 @@ from captum_regularized._internal.model_state import (
     preserved_model,
 )
 
-__all__ = ["class_indices", "target_gradients", "target_scores"]
+__all__ = [
+    "class_indices",
+    "is_score_target",
+    "per_example_score_targets",
+    "target_gradients",
+    "target_scores",
+]
 
 Forward = Callable[
     [Callable[..., Any], tuple[torch.Tensor, ...], tuple[Any, ...] | None], torch.Tensor
@@ -44,6 +64,114 @@ def _range_error(bad: object, num_classes: int) -> ValueError:
     )
 
 
+def _is_score_callable(item: object) -> bool:
+    """A target callable: callable, but neither a tensor nor a class."""
+    return callable(item) and not isinstance(item, (torch.Tensor, type))
+
+
+def is_score_target(target: object) -> bool:
+    """True for a target callable or a non-empty list/tuple of them.
+
+    Examples
+    --------
+    >>> is_score_target(lambda out: out[:, 0]), is_score_target([1, 2])
+    (True, False)
+    >>> is_score_target([lambda row: row[0], lambda row: row[1]])
+    True
+    """
+    if isinstance(target, (list, tuple)):
+        return bool(target) and any(_is_score_callable(item) for item in target)
+    return _is_score_callable(target)
+
+
+def per_example_score_targets(target: TargetType) -> TargetType:
+    """A tuple of per-example target callables as a list (Captum slices and repeats lists).
+
+    Everything else is returned as it is.
+
+    Examples
+    --------
+    >>> first = lambda row: row[0]
+    >>> per_example_score_targets((first, first)) == [first, first]
+    True
+    >>> per_example_score_targets((1,))
+    (1,)
+    """
+    if isinstance(target, tuple) and is_score_target(target):
+        return cast("list[ScoreTarget]", list(target))  # a mix is refused when scored
+    return target
+
+
+def _check_callable_list(target: Sequence[Any], batch: int) -> None:
+    if isinstance(target, type) or any(isinstance(item, type) for item in target):
+        raise TypeError("target callables must be instances (e.g. ClassifierOutputTarget(3)), "
+                        "not classes")
+    if not all(_is_score_callable(item) for item in target):
+        kinds = sorted({type(item).__name__ for item in target})
+        raise TypeError(
+            "a list target holds class indices or one callable per example, not a mix; "
+            f"got entries of types {kinds}"
+        )
+    if len(target) != batch:
+        raise ValueError(
+            f"a list of target callables needs one per example ({batch}), got {len(target)}"
+        )
+
+
+def _category(item: object) -> int:
+    category = getattr(item, "category", None)
+    if isinstance(category, torch.Tensor) and category.numel() == 1:
+        category = int(category)
+    if isinstance(category, bool) or not isinstance(category, numbers.Integral):
+        raise TypeError(
+            "target: this needs a class index per example, and a target callable gives one "
+            "only through an integer `category` attribute (as pytorch-grad-cam's "
+            "ClassifierOutputTarget has); got a "
+            f"{type(item).__name__} without one. Pass an int, a list or a tensor of classes"
+        )
+    return int(category)
+
+
+def _callable_classes(target: object, batch: int) -> TargetType:
+    """The class indices that target callables stand for (their ``category``)."""
+    if isinstance(target, (list, tuple)):
+        _check_callable_list(target, batch)
+        return [_category(item) for item in target]
+    if isinstance(target, type):
+        _check_callable_list([target], 1)
+    return _category(target)
+
+
+def _callable_scores(output: torch.Tensor, target: object) -> torch.Tensor:
+    """Scores ``(B,)`` from one callable on the output, or one callable per row."""
+    batch = output.shape[0]
+    if isinstance(target, (list, tuple)):
+        _check_callable_list(target, batch)
+        scores = []
+        for index, (score, row) in enumerate(zip(target, output)):
+            value = score(row)
+            if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value)
+                raise ValueError(
+                    f"target[{index}] must return one score (a 1-element tensor) for its "
+                    f"example's output row, got {got}"
+                )
+            scores.append(value.reshape(()))
+        if not scores:
+            return output.new_zeros((0,))
+        return torch.stack(scores)
+    if isinstance(target, type):
+        _check_callable_list([target], 1)
+    scores_all = target(output)  # type: ignore[operator]
+    if not isinstance(scores_all, torch.Tensor) or tuple(scores_all.shape) != (batch,):
+        got = tuple(scores_all.shape) if isinstance(scores_all, torch.Tensor) else type(scores_all)
+        raise ValueError(
+            f"a target callable must return one score per example, shape ({batch},), for the "
+            f"model output of shape {tuple(output.shape)}; got {got}"
+        )
+    return scores_all
+
+
 def class_indices(output: torch.Tensor, target: TargetType) -> torch.Tensor:
     """Per-example class indices ``(B,)`` (long, on ``output.device``) for a 2-D output.
 
@@ -51,14 +179,19 @@ def class_indices(output: torch.Tensor, target: TargetType) -> torch.Tensor:
     ----------
     output : Tensor
         Model output of shape ``(B, C)``.
-    target : int, tuple, list, Tensor or None
-        Any of Captum's target forms. ``None`` means ``output.argmax(1)``.
+    target : int, tuple, list, Tensor, callable or None
+        Any of Captum's target forms. ``None`` means ``output.argmax(1)``. A target
+        callable (or a list of them, one per example) stands for its integer
+        ``category`` attribute (pytorch-grad-cam's ``ClassifierOutputTarget(k)`` for
+        class ``k``).
 
     Raises
     ------
     ValueError
         When the output is not 2-D, an index is outside ``[0, C-1]`` or a per-example
         target does not have ``B`` entries.
+    TypeError
+        For a target of another type, or a callable without an integer ``category``.
 
     Examples
     --------
@@ -77,6 +210,8 @@ def class_indices(output: torch.Tensor, target: TargetType) -> torch.Tensor:
     device = output.device
     if target is None:
         return output.detach().argmax(dim=1)
+    if is_score_target(target) or isinstance(target, type):
+        target = _callable_classes(target, batch)
     if isinstance(target, tuple):
         if len(target) != 1:
             raise ValueError(
@@ -138,7 +273,19 @@ def target_scores(output: torch.Tensor, target: TargetType) -> torch.Tensor:
     A 2-D output goes through :func:`class_indices` (``None`` = predicted class when it
     has more than one column, the single column otherwise). Outputs of shape ``(B,)``
     take ``target=None``. Higher-rank outputs take a tuple (same for every example) or a
-    list of tuples (one per example) that index the trailing dims, as in Captum.
+    list of tuples (one per example) that index the trailing dims, as in Captum. A
+    target callable gets the whole output and returns ``(B,)`` scores; a list (or tuple)
+    of callables, one per example, each gets its example's output row and returns one
+    score (pytorch-grad-cam's conventions).
+
+    Raises
+    ------
+    ValueError
+        For a target that does not fit the output (see :func:`class_indices`), and for
+        a target callable that does not return one score per example.
+    TypeError
+        For a target of another type, a list mixing callables and indices, or a class
+        given where an instance is expected.
 
     Examples
     --------
@@ -147,9 +294,15 @@ def target_scores(output: torch.Tensor, target: TargetType) -> torch.Tensor:
     [2.0, 1.0]
     >>> target_scores(torch.tensor([3.0, 4.0]), None).tolist()
     [3.0, 4.0]
+    >>> target_scores(out, lambda output: output[:, 1]).tolist()
+    [2.0, 0.0]
+    >>> target_scores(out, [lambda row: row[1], lambda row: row[0]]).tolist()
+    [2.0, 1.0]
     """
     if output.dim() == 0:
         raise ValueError("the model output must have a batch dimension, got a 0-d tensor")
+    if is_score_target(target) or isinstance(target, type):
+        return _callable_scores(output, target)
     batch = output.shape[0]
     if output.dim() == 1:
         if target is not None:
@@ -165,7 +318,7 @@ def target_scores(output: torch.Tensor, target: TargetType) -> torch.Tensor:
     trailing = tuple(output.shape[1:])
     per_example: list[tuple[int, ...]]
     if isinstance(target, tuple):
-        per_example = [target] * batch
+        per_example = [target] * batch  # type: ignore[list-item]  # callables went above
     elif isinstance(target, list) and all(isinstance(t, tuple) for t in target):
         if len(target) != batch:
             raise ValueError(

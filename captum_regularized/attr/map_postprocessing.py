@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["CHANNEL_REDUCTIONS", "normalize_per_example", "reduce_channels"]
+from captum_regularized._internal.pixel_maps import CHANNEL_REDUCTIONS, collapse_channels
 
-CHANNEL_REDUCTIONS = ("max", "sum", "mean")
+__all__ = ["CHANNEL_REDUCTIONS", "normalize_per_example", "reduce_channels"]
 
 
 def reduce_channels(attributions: torch.Tensor, mode: str = "max") -> torch.Tensor:
@@ -58,11 +58,7 @@ def reduce_channels(attributions: torch.Tensor, mode: str = "max") -> torch.Tens
             "attributions must have shape (batch, channels, ...), "
             f"got shape {tuple(attributions.shape)}"
         )
-    if mode == "max":
-        return attributions.abs().amax(dim=1, keepdim=True)
-    if mode == "sum":
-        return attributions.sum(dim=1, keepdim=True)
-    return attributions.mean(dim=1, keepdim=True)
+    return collapse_channels(attributions, mode)
 
 
 def normalize_per_example(maps: torch.Tensor) -> torch.Tensor:

@@ -215,9 +215,11 @@ class _TargetSignSaliency(GradientAttribution):
         ----------
         inputs : Tensor or tuple of Tensor
             Floating-point inputs, batch in dim 0.
-        target : any Captum target form, optional
+        target : any Captum target form or target callable, optional
             ``None`` means the predicted class on a ``(B, C>1)`` output and the output
-            itself on a per-example scalar output.
+            itself on a per-example scalar output. A callable ``score(output) -> (B,)``
+            (pytorch-grad-cam's ``ClassifierOutputTarget(k)``), or a list of
+            callables each given its example's output row, is differentiated as it is.
         additional_forward_args : optional
             Extra arguments passed to the model after the inputs.
 
@@ -281,6 +283,9 @@ class _ClassComparisonSaliency(GradientAttribution):
         target : any Captum target form, optional
             ``None`` means each example's predicted class (argmax), as in the paper.
             The model must return ``(B, num_classes)`` scores with ``num_classes >= 2``.
+            The comparison needs a class per example: a target callable (or a list of
+            them) stands for its integer ``category`` attribute, as pytorch-grad-cam's
+            ``ClassifierOutputTarget(k)`` has; one without it is a ``TypeError``.
         additional_forward_args : optional
             Extra arguments passed to the model after the inputs.
         abs : bool
@@ -472,11 +477,14 @@ def signed_saliency_maps(
     Parameters
     ----------
     forward_func : callable
-        Model returning ``(B, num_classes)`` scores.
+        Model returning ``(B, num_classes)`` scores (a tensor, a Hugging Face
+        ``ModelOutput`` or a dict with key ``"logits"``).
     inputs : Tensor or tuple of Tensor
         Floating-point inputs, batch in dim 0.
     target : any Captum target form, optional
-        ``None`` means each example's predicted class (argmax), as in the paper.
+        ``None`` means each example's predicted class (argmax), as in the paper. A
+        target callable stands for its integer ``category`` attribute (as in
+        ``ActiveSaliency.attribute``).
     additional_forward_args : optional
         Extra arguments passed to ``forward_func`` after the inputs.
     abs : bool

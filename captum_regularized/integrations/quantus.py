@@ -27,6 +27,7 @@ from captum.attr import Attribution, LayerAttribution
 from torch import nn
 
 import captum_regularized.attr as our_attr
+from captum_regularized._internal.model_outputs import LogitsOnly
 from captum_regularized._internal.model_state import kept_batchnorm_statistics, model_device
 from captum_regularized._internal.pixel_maps import per_pixel_map
 
@@ -47,7 +48,9 @@ def resolve_method(
     Parameters
     ----------
     model : nn.Module
-        The model to explain.
+        The model to explain; it may return a Hugging Face ``ModelOutput`` or a dict
+        with key ``"logits"`` (Captum's own classes then get a module returning the
+        logits, with ``model`` inside).
     method : str, Attribution subclass or Attribution instance
         A class name from :mod:`captum_regularized.attr` (looked up first) or
         :mod:`captum.attr`, such as ``"PositiveSaliency"`` or ``"IntegratedGradients"``;
@@ -82,12 +85,15 @@ def resolve_method(
             f"got {method!r}"
         )
     kwargs = dict(init_kwargs or {})
+    # Captum's own classes need a model returning a tensor; ours read ModelOutputs too.
+    ours = method.__module__.startswith("captum_regularized.")
+    forward = model if ours else LogitsOnly(model)
     if issubclass(method, LayerAttribution):
         if layer is None:
             raise ValueError(f"{method.__name__} is a layer method; pass layer=")
         module = model.get_submodule(layer) if isinstance(layer, str) else layer
-        return method(model, module, **kwargs)
-    return method(model, **kwargs)
+        return method(forward, module, **kwargs)
+    return method(forward, **kwargs)
 
 
 def explain_func(

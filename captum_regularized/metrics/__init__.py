@@ -4,6 +4,8 @@ Every metric takes a batch and returns per-example values (``.mean()`` gives the
 number papers report), computed on the inputs' device with a bounded number of
 images per forward pass (``internal_batch_size``). :func:`evaluate_dataset` runs
 them over a ``DataLoader``, also under ``torch.distributed``.
+:mod:`captum_regularized.metrics.torchmetrics` has every metric as a
+``torchmetrics.Metric`` (the ``lightning`` extra; not imported by this package).
 
 =========================  ===================================================  ========
 metric                     what it measures                                     better

@@ -30,11 +30,7 @@ from captum_regularized._internal.captum_compat import (
     format_additional_args,
     run_forward,
 )
-from captum_regularized._internal.checks import (
-    check_finite,
-    check_same_device,
-    not_a_class_score_tensor,
-)
+from captum_regularized._internal.checks import check_finite, check_same_device
 from captum_regularized._internal.model_state import find_module, preserved_model
 from captum_regularized._internal.pixel_maps import per_pixel_map
 from captum_regularized._internal.targets import class_indices
@@ -123,7 +119,8 @@ def forward_in_chunks(
     Raises
     ------
     TypeError
-        When the model returns something other than one tensor (a tuple or dict).
+        When the model returns something other than one tensor, a Hugging Face
+        ``ModelOutput`` or a dict with key ``"logits"`` (whose logits are used).
     ValueError
         When ``count`` is below 1 or ``internal_batch_size`` is not positive.
 
@@ -145,8 +142,6 @@ def forward_in_chunks(
                 arg[example_index] if is_per_example(arg, batch) else arg for arg in args
             )
             output = run_forward(forward_func, (images,), selected)
-            if not isinstance(output, torch.Tensor):
-                raise not_a_class_score_tensor(output, "the model (forward_func)")
             pieces.append(reduce(output, example_index))
     if not pieces:
         raise ValueError("forward_in_chunks needs at least one image to evaluate (count >= 1)")
@@ -263,7 +258,9 @@ class PreparedBatch:
         """The reducer scoring each example's target class, and the clean scores ``(B,)``.
 
         ``target`` takes every Captum form; ``None`` means the class predicted on the
-        clean image.
+        clean image. A target callable stands for its integer ``category`` attribute
+        (pytorch-grad-cam's ``ClassifierOutputTarget(k)`` for class ``k``); one without
+        it is a ``TypeError``.
         """
         outputs = self.clean_outputs()
         reduce = class_probability(class_indices(outputs, target), apply_softmax=apply_softmax)

@@ -83,8 +83,11 @@ def confidence_change(
     attributions : Tensor
         Maps that :func:`~captum_regularized.attr.reduce_channels` and bilinear
         resizing bring to ``(B, 1, H, W)``; min-max normalised per example.
-    target : int, list, Tensor, tuple or None
-        Any Captum target form; ``None`` means the class predicted on ``inputs``.
+    target : int, list, Tensor, tuple, callable or None
+        Any Captum target form; ``None`` means the class predicted on ``inputs``. A
+        target callable (or a list of them, one per example) stands for its integer
+        ``category`` attribute, as pytorch-grad-cam's ``ClassifierOutputTarget(k)``
+        has (class ``k``); a callable without one is a ``TypeError``.
     channel_reduction : {"max", "sum", "mean"}
         How channels are collapsed before normalising.
     apply_softmax : bool

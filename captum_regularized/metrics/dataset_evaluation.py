@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 from tqdm.auto import tqdm
 
 from captum_regularized._internal.checks import check_class_scores, check_data_batch
+from captum_regularized._internal.model_outputs import logits_of
 from captum_regularized._internal.model_state import model_device, preserved_model
 from captum_regularized.metrics.allegiance import allegiance_deletion_auc
 from captum_regularized.metrics.confidence_change import ConfidenceChange, confidence_change
@@ -332,7 +333,8 @@ def evaluate_dataset(
             masks = batch[2].to(device) if has_masks else None
             if target == "predicted":
                 with torch.no_grad():
-                    scores = check_class_scores(model(images), batch=len(images), who="model")
+                    output = logits_of(model(images), "model")
+                    scores = check_class_scores(output, batch=len(images), who="model")
                     targets = scores.argmax(dim=1)
             else:
                 targets = labels.long()

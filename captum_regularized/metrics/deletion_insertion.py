@@ -206,8 +206,11 @@ def deletion_curve(
         are collapsed with ``channel_reduction`` and other resolutions resized
         bilinearly. Pixels are removed in decreasing map order; ties keep raster
         order.
-    target : int, list, Tensor, tuple or None
-        Any Captum target form; ``None`` means the class predicted on ``inputs``.
+    target : int, list, Tensor, tuple, callable or None
+        Any Captum target form; ``None`` means the class predicted on ``inputs``. A
+        target callable (or a list of them, one per example) stands for its integer
+        ``category`` attribute, as pytorch-grad-cam's ``ClassifierOutputTarget(k)``
+        has (class ``k``); a callable without one is a ``TypeError``.
     steps : int
         Number of equal chunks of pixels; the curve has ``steps + 1`` points.
     substrate : {"zeros", "blur"}, float or Tensor
@@ -271,35 +274,14 @@ def insertion_curve(
 
     Parameters
     ----------
-    forward_func : callable
-        The model, or any function of ``(inputs, *additional_forward_args)`` giving
-        ``(B, classes)`` outputs. A module behind it runs in eval mode (restored
-        afterwards) without gradients.
-    inputs : Tensor
-        Images ``(B, C, H, W)``; never modified.
-    attributions : Tensor
-        Maps ``(B, C, H, W)``, ``(B, 1, h, w)``, ``(B, h, w)`` or ``(h, w)``; channels
-        are collapsed with ``channel_reduction`` and other resolutions resized
-        bilinearly. Pixels are put back in decreasing map order; ties keep raster
-        order.
-    target : int, list, Tensor, tuple or None
-        Any Captum target form; ``None`` means the class predicted on ``inputs``.
-    steps : int
-        Number of equal chunks of pixels; the curve has ``steps + 1`` points.
     substrate : {"zeros", "blur"}, float or Tensor
         The start image: a Gaussian blur of the image (RISE's choice), black, a
         constant, or a tensor that broadcasts to ``inputs`` (on their device).
-    channel_reduction : {"max", "sum", "mean"}
-        See :func:`~captum_regularized.attr.reduce_channels`.
-    apply_softmax : bool
-        Score the softmax of the output (``False`` when the model already returns
-        probabilities).
-    internal_batch_size : int, optional
-        Images per forward pass (default 128); bounds memory.
-    additional_forward_args : Any
-        Extra forward arguments (per-example tensors follow their example).
-    blur_kernel_size, blur_sigma : int, float
-        The Gaussian of ``substrate="blur"`` (RISE: 11 and 5).
+    forward_func, inputs, attributions, target, steps, channel_reduction, apply_softmax
+        As in :func:`deletion_curve`; the pixels are put back in decreasing map order
+        (ties in raster order).
+    internal_batch_size, additional_forward_args, blur_kernel_size, blur_sigma
+        As in :func:`deletion_curve`.
 
     Returns
     -------

@@ -53,8 +53,11 @@ def gradient_alignment(
         ``torch.compile``'d and not ``nn.DataParallel``.
     inputs : Tensor
         A batch ``(B, ...)``; not modified.
-    target : int, list, Tensor, tuple or None
-        Any Captum target form; ``None`` means the predicted class.
+    target : int, list, Tensor, tuple, callable or None
+        Any Captum target form; ``None`` means the predicted class. A target callable
+        ``score(output) -> (B,)`` (pytorch-grad-cam's ``ClassifierOutputTarget(k)``), or
+        a list of callables each given its example's output row, picks the score whose
+        gradients are compared.
     additional_forward_args : Any
         Extra forward arguments.
     rule : {"gated", "ungated"}

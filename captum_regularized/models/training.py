@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from captum_regularized._internal.checks import check_class_scores, check_data_batch
+from captum_regularized._internal.model_outputs import logits_of
 from captum_regularized._internal.model_state import model_device, preserved_model
 from captum_regularized.datasets.image_folder import collate_with_optional_masks
 
@@ -241,7 +242,8 @@ def train_classifier(
         it: nothing is updated from it), or a model output that is not ``(batch, classes)``.
     TypeError
         When ``train_set`` has no length, its batches are not ``(images, labels, ...)``,
-        the model returns something other than one tensor (a tuple or dict), or
+        the model returns something other than one tensor, a Hugging Face
+        ``ModelOutput`` or a dict with key ``"logits"`` (whose logits are used), or
         ``loss`` returns something other than a 0-d tensor.
 
     Examples
@@ -312,7 +314,8 @@ def _train(
             optimizer.zero_grad(set_to_none=True)
             logits: torch.Tensor | None
             if loss is None:
-                logits = check_class_scores(model(images), batch=len(images), who="model")
+                output = logits_of(model(images), "model")
+                logits = check_class_scores(output, batch=len(images), who="model")
                 value = F.cross_entropy(logits, labels)
             else:
                 value, logits, paired = _hook_loss(loss, images, labels)
@@ -380,7 +383,8 @@ def evaluate_accuracy(
         output that is not ``(batch, classes)``. Integer images are passed to the model
         as they are (a model may normalise them itself).
     TypeError
-        When the model returns something other than one tensor (a tuple or dict).
+        When the model returns something other than one tensor, a Hugging Face
+        ``ModelOutput`` or a dict with key ``"logits"`` (whose logits are used).
 
     Examples
     --------
@@ -402,7 +406,8 @@ def evaluate_accuracy(
             if target_device is not None:
                 images = images.to(target_device)
             check_data_batch(images, index, "evaluate_accuracy", floating=False)
-            logits = check_class_scores(model(images), batch=len(images), who="model")
+            output = logits_of(model(images), "model")
+            logits = check_class_scores(output, batch=len(images), who="model")
             hits = (logits.argmax(1) == labels.to(logits.device)).sum()
             correct = hits if correct is None else correct + hits
             seen += len(labels)

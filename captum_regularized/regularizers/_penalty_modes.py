@@ -38,6 +38,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from captum_regularized._internal.guided_relu import check_not_compiled
+from captum_regularized._internal.model_state import kept_batchnorm_statistics
 
 __all__ = [
     "DEFAULT_RELATIVE_STEP",
@@ -52,9 +53,11 @@ __all__ = [
     "double_backward_attention",
     "double_backward_errors_explained",
     "double_backward_obstacle",
+    "extra_pass",
     "finite_difference_penalty",
     "finite_difference_step",
     "gradient_scale",
+    "penalty_direction",
     "perturbed_gradients",
     "rng_replayed",
 ]
@@ -286,6 +289,39 @@ def rng_replayed(device: torch.device) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def extra_pass(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """An extra pass: same dropout masks as the caller's, BatchNorm statistics kept.
+
+    Examples
+    --------
+    >>> net = nn.Sequential(nn.BatchNorm1d(2), nn.Dropout(0.5)).train()
+    >>> x = torch.rand(4, 2)
+    >>> with extra_pass(net, x.device):
+    ...     first = net(x)
+    >>> torch.equal(net(x), first), float(net[0].running_mean.abs().sum()) > 0
+    (True, True)
+    """
+    with rng_replayed(device), kept_batchnorm_statistics(model):
+        yield
+
+
+def penalty_direction(value: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
+    """``v = d value / d leaf``, the direction of ``x + h v`` (zeros where ``value`` is
+    constant in ``leaf``).
+
+    Examples
+    --------
+    >>> g = torch.tensor([1.0, -2.0], requires_grad=True)
+    >>> penalty_direction(g.abs().sum(), g).tolist()
+    [1.0, -1.0]
+    """
+    if not value.requires_grad:
+        return torch.zeros_like(leaf)
+    (direction,) = torch.autograd.grad(value, leaf, allow_unused=True, materialize_grads=True)
+    return direction
+
+
 DEFAULT_RELATIVE_STEP = 0.02
 """The default ``fd_step``: every example moves by at most 2 % of its norm."""
 
@@ -327,9 +363,12 @@ def compute_dtype(inputs: torch.Tensor) -> torch.dtype:
 
 
 def finite_difference_step(
-    inputs: torch.Tensor, direction: torch.Tensor, relative_step: float
+    inputs: torch.Tensor, direction: torch.Tensor, relative_step: float | None
 ) -> torch.Tensor:
     """The step ``h`` (0-d tensor) of ``x + h v``: no example moves by more than ``tau ||x_i||``.
+
+    ``tau`` is ``relative_step``, or :func:`default_relative_step` of the compute dtype
+    (:func:`compute_dtype`) where it is ``None``.
 
     ``h = tau / max_i(||v_i|| / s_i)`` with ``s_i = max(||x_i||, 1e-3 sqrt(D))`` (``D``
     values per example; the floor serves all-zero inputs), so the perturbation of every
@@ -354,7 +393,8 @@ def finite_difference_step(
     floor = 1e-3 * math.sqrt(max(x.shape[1], 1))
     scale = torch.linalg.vector_norm(x, dim=1).clamp_min(floor)
     largest = (torch.linalg.vector_norm(v, dim=1) / scale).max()
-    return torch.where(largest > 0, relative_step / largest, torch.ones_like(largest))
+    tau = relative_step or default_relative_step(compute_dtype(inputs))
+    return torch.where(largest > 0, tau / largest, torch.ones_like(largest))
 
 
 class PerturbedGradients(NamedTuple):

@@ -8,6 +8,8 @@ the shared mechanics in :mod:`captum_regularized.regularizers._penalty_modes`).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -18,28 +20,37 @@ from captum_regularized._internal.input_gradients import (
     input_gradient,
     leaf_in_place_error_explained,
 )
+from captum_regularized._internal.model_outputs import logits_of
 from captum_regularized._internal.model_state import (
     batchnorm_statistics_restored_on_error,
-    kept_batchnorm_statistics,
     unwrap_parallel,
 )
 from captum_regularized.regularizers._penalty_modes import (
     GradientScaler,
     check_double_backward,
     check_penalty_settings,
-    compute_dtype,
-    default_relative_step,
     double_backward_attention,
     double_backward_errors_explained,
+    extra_pass,
     finite_difference_penalty,
     finite_difference_step,
     gradient_scale,
+    penalty_direction,
     perturbed_gradients,
-    rng_replayed,
 )
 from captum_regularized.regularizers.adversarial_norms import adversarial_norm
 
 __all__ = ["GradientNormPenalty"]
+
+
+class _Batch(NamedTuple):
+    """One checked training batch, as both modes take it."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    mask: torch.Tensor | None
+    scale: torch.Tensor | None
+    """The loss scale of ``grad_scaler`` (``None`` without one)."""
 
 
 class GradientNormPenalty:
@@ -186,8 +197,9 @@ class GradientNormPenalty:
         Returns
         -------
         tuple of Tensor
-            The logits ``(B, C)`` and the penalty (0-d), both with their graph down to
-            the caller's.
+            The logits ``(B, C)`` (the ``.logits`` tensor, for a model returning a
+            Hugging Face ``ModelOutput`` or a dict with key ``"logits"``) and the
+            penalty (0-d), both with their graph down to the caller's.
 
         Raises
         ------
@@ -203,12 +215,14 @@ class GradientNormPenalty:
         """
         check_autograd_available(type(self).__name__)
         check_training_batch(inputs, labels, class_indices=True)
-        mask = self.spec.check_mask(mask, inputs)
-        scale = gradient_scale(self.grad_scaler, inputs)
+        batch = _Batch(
+            inputs, labels, self.spec.check_mask(mask, inputs),
+            gradient_scale(self.grad_scaler, inputs),
+        )
         with batchnorm_statistics_restored_on_error(self.model):
             if self.mode == "finite_difference":
-                return self._finite_difference(inputs, labels, mask, scale)
-            return self._double_backprop(inputs, labels, mask, scale)
+                return self._finite_difference(batch)
+            return self._double_backprop(batch)
 
     def _loss_fn(self, scale: torch.Tensor | None):  # type: ignore[no-untyped-def]
         if scale is None:
@@ -219,13 +233,8 @@ class GradientNormPenalty:
 
         return scaled
 
-    def _double_backprop(
-        self,
-        inputs: torch.Tensor,
-        labels: torch.Tensor,
-        mask: torch.Tensor | None,
-        scale: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _double_backprop(self, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, labels, mask, scale = batch
         who = type(self).__name__
         with double_backward_errors_explained(who), double_backward_attention():
             out = input_gradient(
@@ -237,47 +246,35 @@ class GradientNormPenalty:
         gradient = out.gradient if scale is None else out.gradient / scale
         return out.logits, self.spec.conjugate_penalty(gradient, mask).mean()
 
-    def _finite_difference(
-        self,
-        inputs: torch.Tensor,
-        labels: torch.Tensor,
-        mask: torch.Tensor | None,
-        scale: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _finite_difference(self, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, labels, mask, scale = batch
         model = self.model
         extra = unwrap_parallel(model)  # the extra passes do not synchronise
-        with (
-            rng_replayed(inputs.device),
-            kept_batchnorm_statistics(model),
-            leaf_in_place_error_explained(),
-        ):
+        with extra_pass(model, inputs.device), leaf_in_place_error_explained():
             first = input_gradient(extra, inputs, labels, self._loss_fn(scale))
         gradient = first.gradient if scale is None else first.gradient / scale
         with torch.enable_grad():
             leaf = gradient.detach().requires_grad_(True)
             value = self.spec.conjugate_penalty(leaf, mask).mean()
-            (direction,) = torch.autograd.grad(
-                value, leaf, allow_unused=True, materialize_grads=True
-            )
+            direction = penalty_direction(value, leaf)
         value = value.detach()
 
         if self.spec.epsilon == 0 and self.spec.epsilon2 == 0:  # no penalty, no gradient
             with torch.enable_grad():
-                logits = model(inputs)
+                logits = logits_of(model(inputs), "model")
                 losses = cross_entropy_per_example(logits, labels)
             return logits, value + 0 * (losses.sum() - losses.sum().detach())
 
-        tau = self.fd_step or default_relative_step(compute_dtype(inputs))
-        step = finite_difference_step(inputs, direction, tau)
+        step = finite_difference_step(inputs, direction, self.fd_step)
 
         def loss_at(x: torch.Tensor) -> torch.Tensor:
-            return cross_entropy_per_example(extra(x), labels).sum()
+            return cross_entropy_per_example(logits_of(extra(x), "model"), labels).sum()
 
-        with rng_replayed(inputs.device), kept_batchnorm_statistics(model):
+        with extra_pass(model, inputs.device):
             perturbed = perturbed_gradients(
                 loss_at, inputs, direction, step, list(model.parameters()), scale=scale
             )
         with torch.enable_grad():
-            logits = model(inputs)
+            logits = logits_of(model(inputs), "model")
             losses = cross_entropy_per_example(logits, labels)
         return logits, finite_difference_penalty(value, losses.sum(), perturbed, inputs)

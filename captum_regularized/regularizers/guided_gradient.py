@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -34,6 +34,7 @@ from captum_regularized._internal.input_gradients import (
     check_training_batch,
     leaf_in_place_error_explained,
 )
+from captum_regularized._internal.model_outputs import logits_of
 from captum_regularized._internal.model_state import (
     batchnorm_statistics_restored_on_error,
     kept_batchnorm_statistics,
@@ -49,15 +50,14 @@ from captum_regularized.regularizers._penalty_modes import (
     GradientScaler,
     check_double_backward,
     check_penalty_settings,
-    compute_dtype,
-    default_relative_step,
     double_backward_attention,
     double_backward_errors_explained,
+    extra_pass,
     finite_difference_penalty,
     finite_difference_step,
     gradient_scale,
+    penalty_direction,
     perturbed_gradients,
-    rng_replayed,
 )
 
 __all__ = ["GuidedGradientRegularizer"]
@@ -136,21 +136,6 @@ def _eager_forward(model: nn.Module) -> Callable[..., torch.Tensor]:
                 "(mode='finite_difference' runs its guided pass on the uncompiled model)"
             )
     return forward
-
-
-@contextlib.contextmanager
-def _extra_pass(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """An extra pass: same dropout masks as the caller's, BatchNorm statistics kept."""
-    with rng_replayed(device), kept_batchnorm_statistics(model):
-        yield
-
-
-def _penalty_direction(value: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
-    """``d value / d leaf`` (zeros when the penalty does not depend on the gradient)."""
-    if not value.requires_grad:
-        return torch.zeros_like(leaf)
-    (direction,) = torch.autograd.grad(value, leaf, allow_unused=True, materialize_grads=True)
-    return direction
 
 
 class _MomentsGradient(torch.autograd.Function):
@@ -471,10 +456,12 @@ class GuidedGradientRegularizer:
         Returns
         -------
         tuple of Tensor
-            The logits ``(B, C)`` and the weighted penalty (0-d), both with their graph
-            down to the caller's: when ``inputs`` come out of trainable modules
-            (``reg(pre(x), labels)``), the training loss back-propagates into them too,
-            exactly as through the composed model.
+            The logits ``(B, C)`` (the ``.logits`` tensor, for a model returning a
+            Hugging Face ``ModelOutput`` or a dict with key ``"logits"``) and the
+            weighted penalty (0-d), both with their graph down to the caller's: when
+            ``inputs`` come out of trainable modules (``reg(pre(x), labels)``), the
+            training loss back-propagates into them too, exactly as through the
+            composed model.
 
         Raises
         ------
@@ -538,7 +525,7 @@ class GuidedGradientRegularizer:
         scale: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         args = format_additional_args(additional_forward_args)
-        logits = self.model(inputs, *(args or ()))
+        logits = logits_of(self.model(inputs, *(args or ())), "model")
         check_class_logits(logits, labels)
         batch = inputs.shape[0]
         rows = torch.randperm(batch, device=inputs.device)[:count]
@@ -587,7 +574,7 @@ class GuidedGradientRegularizer:
             with first:
                 return eager(x, *extra)
 
-        with _extra_pass(model, inputs.device), leaf_in_place_error_explained():
+        with extra_pass(model, inputs.device), leaf_in_place_error_explained():
             _, plain, guided = guided_and_plain_gradients(
                 recorded, sub_inputs, additional_forward_args=sub_args, per_example=True,
                 rule=self.rule, score_fn=scores,
@@ -600,7 +587,7 @@ class GuidedGradientRegularizer:
             per_example = self._distance(leaf, guided)
             _check_per_example_loss(per_example, leaf.shape[0])
             value = self.weight * per_example.mean()
-            direction = _penalty_direction(value, leaf)
+            direction = penalty_direction(value, leaf)
         self.last_cosine = (_unit_rows(plain) * _unit_rows(guided)).sum(1).mean().detach()
 
         def target_sum(logits: torch.Tensor, subset: bool) -> torch.Tensor:
@@ -608,7 +595,7 @@ class GuidedGradientRegularizer:
 
         def callers_pass(mode: TorchFunctionMode | None = None) -> torch.Tensor:
             with torch.enable_grad(), mode or contextlib.nullcontext():
-                logits = model(inputs, *args)
+                logits = logits_of(model(inputs, *args), "model")
             check_class_logits(logits, labels)
             return logits
 
@@ -616,16 +603,15 @@ class GuidedGradientRegularizer:
             logits = callers_pass()
             reference = target_sum(logits, rows is not None)
             return logits, value.detach() + 0 * (reference - reference.detach())
-        tau = self.fd_step or default_relative_step(compute_dtype(inputs))
-        step = finite_difference_step(sub_inputs, direction, tau)
+        step = finite_difference_step(sub_inputs, direction, self.fd_step)
         parameters = list(model.parameters())
 
         # 2. The pass at x + h v, whose weight gradient is kept; 3. the caller's pass.
         if not first.statistics:  # no train-mode BatchNorm: examples are independent
             forward = unwrap_parallel(model)  # may be compiled
-            with _extra_pass(model, inputs.device):
+            with extra_pass(model, inputs.device):
                 perturbed = perturbed_gradients(
-                    lambda x: target_sum(forward(x, *sub_args), False),
+                    lambda x: target_sum(logits_of(forward(x, *sub_args), "model"), False),
                     sub_inputs, direction, step, parameters, scale=scale,
                 )
             logits = callers_pass()
@@ -643,9 +629,9 @@ class GuidedGradientRegularizer:
 
             def held_loss(x: torch.Tensor) -> torch.Tensor:
                 with hold:
-                    return target_sum(eager(x, *args), False)
+                    return target_sum(logits_of(eager(x, *args), "model"), False)
 
-            with _extra_pass(model, inputs.device):
+            with extra_pass(model, inputs.device):
                 perturbed = perturbed_gradients(
                     held_loss, inputs, direction, step, parameters, scale=scale,
                     extra_inputs=[t for pair in held for t in pair],
@@ -676,10 +662,10 @@ class GuidedGradientRegularizer:
 
         def difference(x: torch.Tensor) -> torch.Tensor:
             with half:
-                out = _logits_at(eager(x, *pair_args), classes.repeat(2))
+                out = _logits_at(logits_of(eager(x, *pair_args), "model"), classes.repeat(2))
             return out[:count].sum() - out[count:].sum()
 
-        with _extra_pass(model, inputs.device):
+        with extra_pass(model, inputs.device):
             perturbed = perturbed_gradients(
                 difference, pair, torch.cat([direction, torch.zeros_like(direction)]), step,
                 parameters, scale=scale,

@@ -18,6 +18,7 @@ from captum_regularized._internal.input_gradients import (
     input_gradient,
     per_example_losses,
 )
+from captum_regularized._internal.model_outputs import logits_of
 from captum_regularized._internal.model_state import (
     batchnorm_statistics_restored_on_error,
     kept_batchnorm_statistics,
@@ -355,9 +356,11 @@ class NormRegularizedAdversarialLoss:
         mask = self._check_call(inputs, labels, mask)
         with batchnorm_statistics_restored_on_error(self.model):
             delta = self._perturbation(inputs, labels, mask)
-            loss = per_example_losses(self.loss_fn, self.model(inputs + delta), labels).mean()
+            adversarial = logits_of(self.model(inputs + delta), "model")
+            loss = per_example_losses(self.loss_fn, adversarial, labels).mean()
             if self.clean_weight > 0:
-                clean = per_example_losses(self.loss_fn, self.model(inputs), labels).mean()
+                logits = logits_of(self.model(inputs), "model")
+                clean = per_example_losses(self.loss_fn, logits, labels).mean()
                 loss = (1 - self.clean_weight) * loss + self.clean_weight * clean
         return loss
 
@@ -440,5 +443,5 @@ class NormRegularizedAdversarialLoss:
         if not keep_best:
             return delta  # Captum's PGD cost: one forward and backward pass per step
         with torch.no_grad():  # only the last iterate needs a forward pass of its own
-            losses = per_example_losses(self.loss_fn, model(x + delta), labels)
+            losses = per_example_losses(self.loss_fn, logits_of(model(x + delta), "model"), labels)
         return self._keep_better(losses, delta, best)[0]

@@ -75,6 +75,12 @@ def _resnet18(num_classes: int, s: StudySettings) -> nn.Module:
     return resnet18(weights=None, num_classes=num_classes)
 
 
+def _mobilenet_v2(num_classes: int, s: StudySettings) -> nn.Module:
+    from torchvision.models import mobilenet_v2
+
+    return mobilenet_v2(weights=None, num_classes=num_classes)
+
+
 def _guided(paper_weight: bool) -> LossFactory:
     def factory(model: nn.Module, s: StudySettings) -> Any:
         from captum_regularized.regularizers import GuidedGradientRegularizer
@@ -133,6 +139,13 @@ RECIPES: dict[str, Recipe] = {
     "guided_paper": Recipe(
         "SimpleCNN + guided-gradient regularizer, paper's weight", _simple_cnn, _guided(True)
     ),
+    "mobilenet_v2": Recipe(
+        "MobileNet-V2", _mobilenet_v2, epochs=lambda s: s.mobilenet_epochs
+    ),
+    "guided_mobilenet_v2": Recipe(
+        "MobileNet-V2 + guided-gradient regularizer", _mobilenet_v2, _guided(False),
+        epochs=lambda s: s.mobilenet_epochs,
+    ),
     **{
         f"adv_{norm}_{kind}": Recipe(
             f"SimpleCNN + {norm} adversarial ({kind})", _simple_cnn, _adversarial(norm, kind)
@@ -142,7 +155,8 @@ RECIPES: dict[str, Recipe] = {
     },
 }
 """Recipe name to how it is built and trained. Every SimpleCNN variant of a seed starts
-from the same initial weights and sees the same batches, so comparisons are paired."""
+from the same initial weights and sees the same batches, so comparisons are paired; so
+does the MobileNet-V2 pair (its ReLU6 activations take the guided rule of ``ReLU``)."""
 
 
 @dataclass
@@ -163,6 +177,8 @@ class TrainedModel:
         """The last convolutional block (Grad-CAM's layer)."""
         inner = self.model.model if isinstance(self.model, ScaledLogits) else self.model
         # ``nn.Module.__getattr__`` is typed ``Tensor | Module``; these are submodules.
+        if hasattr(inner, "features"):  # MobileNet-V2
+            return cast(nn.Sequential, inner.features)[-1]
         return cast(nn.Module, inner.layer4 if hasattr(inner, "layer4") else inner.block3)
 
 

@@ -131,3 +131,69 @@ plot_curves(
     ax=right, title="insertion (higher is better)", ylabel="class probability",
 )
 plt.show()
+
+# %%
+# timm and Hugging Face ViTs
+# --------------------------
+# The same calls work on vision transformers from timm and Hugging Face. Two things
+# differ from a CNN. The layer outputs tokens, not a ``(B, C, h, w)`` map, so a
+# ``reshape_transform`` lays the patch tokens out on their grid:
+# :func:`~captum_regularized.attr.vit_tokens_to_map` drops the class token (and, with
+# ``prefix_tokens=model.num_prefix_tokens``, timm's register tokens);
+# :func:`~captum_regularized.attr.deit_tokens_to_map` drops DeiT's class and
+# distillation tokens; :func:`~captum_regularized.attr.swin_tokens_to_map` moves a Swin
+# stage's channels first. And a Hugging Face model returns an ``ImageClassifierOutput``,
+# not a tensor: every method and metric reads its ``.logits`` (a dict with key
+# ``"logits"`` works too). ``target=`` also takes pytorch-grad-cam's target callables,
+# e.g. ``ClassifierOutputTarget(k)``, or any function of the ``(B, classes)`` output
+# returning one score per example; here a small one of the same behaviour.
+#
+# The two models below are tiny and randomly initialised (built offline with
+# ``pretrained=False`` and from a ``ViTConfig``), so their maps show the mechanics,
+# not what a trained ViT looks at. Pick a layer whose patch tokens still reach the
+# class token: the first normalisation of the last block.
+import functools
+
+import timm
+from transformers import ViTConfig, ViTForImageClassification
+
+from captum_regularized.attr import vit_tokens_to_map
+
+torch.manual_seed(0)
+timm_vit = timm.create_model(
+    "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
+    embed_dim=32, num_heads=2, num_classes=4, reg_tokens=2,
+).eval()
+hf_vit = ViTForImageClassification(
+    ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+              image_size=32, patch_size=8, num_labels=4)
+).eval()
+hf_layers = getattr(hf_vit.vit, "layers", None) or hf_vit.vit.encoder.layer  # transformers 5 / 4
+
+
+class ClassScore:
+    """Like pytorch-grad-cam's ``ClassifierOutputTarget``: the score of one class."""
+
+    def __init__(self, category: int) -> None:
+        self.category = category
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        return output[self.category] if output.dim() == 1 else output[:, self.category]
+
+
+vit_maps = {
+    "timm ViT (2 register tokens)": LayerRSIGradCam(timm_vit, timm_vit.blocks[-1].norm1).attribute(
+        images[shown], target=labels[shown], n_steps=8,
+        reshape_transform=functools.partial(
+            vit_tokens_to_map, prefix_tokens=timm_vit.num_prefix_tokens
+        ),
+    ),
+    "Hugging Face ViT": LayerRSIGradCam(hf_vit, hf_layers[-1].layernorm_before).attribute(
+        images[shown], target=[ClassScore(int(k)) for k in labels[shown]], n_steps=8,
+        reshape_transform=vit_tokens_to_map,
+    ),
+}
+print(type(hf_vit(images[:1])).__name__, {name: tuple(m.shape) for name, m in vit_maps.items()})
+fig, axes = plot_attributions(images[shown], vit_maps, mask=masks[shown], signed=False)
+fig.suptitle("RSI-Grad-CAM on two untrained ViTs (4 x 4 patch grid)")
+plt.show()

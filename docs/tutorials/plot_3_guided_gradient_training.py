@@ -23,6 +23,7 @@ guided backprop misses the activations.
 # Two models from the same start
 # ------------------------------
 import copy
+import tempfile
 import warnings
 
 import matplotlib.pyplot as plt
@@ -87,63 +88,58 @@ for name, model in {"baseline": baseline, "regularized": regularized}.items():
 # In a Lightning ``training_step``
 # --------------------------------
 # The regularizer is a plain callable that keeps a reference to the model, so it fits
-# wherever a loss is computed. In a ``LightningModule`` build it once in ``__init__``
-# and return the summed loss from ``training_step``; Lightning runs ``backward`` (the
-# double backpropagation happens there) and the optimizer step:
+# wherever a loss is computed. With Lightning (the ``lightning`` extra) there is no
+# training step to write:
+# :class:`~captum_regularized.integrations.lightning.RegularizedClassifier` wraps the
+# network, builds the regularizer on it and its ``training_step`` returns
+# ``cross_entropy + penalty``; Lightning runs ``backward`` (the double backpropagation
+# happens there) and the optimizer step, and the parts are logged as
+# ``train/cross_entropy``, ``train/penalty`` and ``train/cosine``. For a module of your
+# own, derive from
+# :class:`~captum_regularized.integrations.lightning.RegularizedTrainingStep` and set
+# ``self.regularizer``:
 #
 # .. code-block:: python
 #
-#    import lightning as L
-#    import torch.nn.functional as F
+#    from captum_regularized.integrations.lightning import RegularizedTrainingStep
 #
-#    class GuidedAlignedClassifier(L.LightningModule):
+#    class GuidedAlignedClassifier(RegularizedTrainingStep):
 #        def __init__(self, net, weight=7.5e-3):
 #            super().__init__()
 #            self.net = net
 #            self.regularizer = GuidedGradientRegularizer(net, weight=weight)
 #
-#        def training_step(self, batch, batch_idx):
-#            images, labels = batch
-#            logits, penalty = self.regularizer(images, labels)
-#            loss = F.cross_entropy(logits, labels) + penalty
-#            self.log_dict({"penalty": penalty, "cos": self.regularizer.last_cosine})
-#            return loss
+#        def forward(self, images):
+#            return self.net(images)
 #
 #        def configure_optimizers(self):
 #            return torch.optim.AdamW(self.parameters(), lr=5e-3)
 #
-# Lightning is not a dependency of this package, so here the same ``training_step``
-# (without ``self.log_dict``) runs in the loop Lightning would run for us: a few steps
-# on the regularized model, the penalty going into ``backward`` with the loss.
-import torch.nn.functional as F
-from torch import nn
+# Here the ready module trains a copy of the regularized model for three steps in a
+# real ``Trainer`` on the CPU. :doc:`plot_6_lightning` adds the callback that explains
+# validation images during such a run.
+import lightning as L
 
+from captum_regularized.integrations.lightning import RegularizedClassifier
 
-class GuidedAlignedClassifier(nn.Module):
-    def __init__(self, net: nn.Module, weight: float = 7.5e-3) -> None:
-        super().__init__()
-        self.net = net
-        self.regularizer = GuidedGradientRegularizer(net, weight=weight)
-
-    def training_step(self, batch, batch_idx):
-        images, labels = batch
-        logits, penalty = self.regularizer(images, labels)
-        return F.cross_entropy(logits, labels) + penalty
-
-    def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=5e-3)
-
-
-module = GuidedAlignedClassifier(copy.deepcopy(regularized).train(), weight=0.04)
-optimizer = module.configure_optimizers()
-loader = torch.utils.data.DataLoader(train_set, batch_size=64, shuffle=True)
-for batch_idx, batch in zip(range(3), loader):
-    optimizer.zero_grad()
-    loss = module.training_step(batch, batch_idx)
-    loss.backward()
-    optimizer.step()
-    print(f"step {batch_idx}: loss {loss.item():.3f}, "
-          f"cos(plain, guided) {module.regularizer.last_cosine:.3f}")
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+warnings.filterwarnings("ignore", ".*LeafSpec.*")
+warnings.filterwarnings("ignore", ".*no `val_dataloader`.*")
+module = RegularizedClassifier(
+    copy.deepcopy(regularized).train(), GuidedGradientRegularizer,
+    regularizer_kwargs={"weight": 0.04}, lr=5e-3,
+)
+trainer = L.Trainer(
+    accelerator="cpu", devices=1, max_steps=3, logger=False, enable_checkpointing=False,
+    enable_progress_bar=False, enable_model_summary=False,
+    default_root_dir=tempfile.mkdtemp(),
+)
+trainer.fit(module, torch.utils.data.DataLoader(train_set, batch_size=64, shuffle=True))
+logged = trainer.logged_metrics
+print(f"after {trainer.global_step} steps: loss {logged['train/loss']:.3f} = "
+      f"cross-entropy {logged['train/cross_entropy']:.3f} + "
+      f"penalty {logged['train/penalty']:.4f}; "
+      f"cos(plain, guided) {logged['train/cosine']:.3f}")
 
 # %%
 # Before and after
@@ -177,6 +173,7 @@ plt.show()
 # gradients are tiny, so an absolute tolerance would call any two of them equal.
 import time
 
+import torch.nn.functional as F
 import torchvision
 from captum.attr import GuidedBackprop as CaptumGuidedBackprop
 

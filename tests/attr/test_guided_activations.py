@@ -30,6 +30,7 @@ from captum_regularized._internal.guided_relu import (
     guided_and_plain_gradients,
     recording_activations,
 )
+from tests.guided_nets import ThreeConvNet
 from tests.model_checks import untouched
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
@@ -233,31 +234,27 @@ def test_a_module_reused_twice_gets_the_rule_at_each_call():
 def test_mixed_forms_in_one_model_give_the_module_twins_answer():
     """A CNN with functional and in-place activations equals its all-module twin."""
 
-    class Modules(nn.Module):
+    class Modules(ThreeConvNet):
         def __init__(self) -> None:
-            super().__init__()
-            torch.manual_seed(0)
-            self.c1, self.c2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1)
-            self.c3, self.fc = nn.Conv2d(6, 6, 3, padding=1), nn.Linear(6, 4)
-            self.acts = nn.ModuleList([nn.ReLU6(), nn.SiLU(), nn.GELU(), nn.Hardswish()])
+            super().__init__([nn.ReLU6(), nn.SiLU(), nn.GELU(), nn.Hardswish()], seed=0)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            h = self.acts[0](self.c1(x))
-            h = self.acts[1](self.c2(h)) + h
-            h = self.acts[2](self.c3(h))
-            return self.fc(self.acts[3](h.mean((2, 3))))
+            h = self.relus[0](self.conv1(x))
+            h = self.relus[1](self.conv2(h)) + h
+            h = self.relus[2](self.conv3(h))
+            return self.fc(self.relus[3](h.mean((2, 3))))
 
     class Functional(Modules):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            h = F.relu6(self.c1(x), inplace=True)
-            h = F.silu(self.c2(h), inplace=True) + h
-            h = F.gelu(self.c3(h))
+            h = F.relu6(self.conv1(x), inplace=True)
+            h = F.silu(self.conv2(h), inplace=True) + h
+            h = F.gelu(self.conv3(h))
             return self.fc(F.hardswish(h.mean((2, 3)), inplace=True))
 
     modules, functional = Modules().eval(), Functional().eval()
     functional.load_state_dict(modules.state_dict())
     x, target = torch.rand(2, 3, 8, 8), torch.tensor([1, 3])
-    for method in (attr.GuidedBackprop, lambda m: attr.GuidedGradCam(m, m.c3)):
+    for method in (attr.GuidedBackprop, lambda m: attr.GuidedGradCam(m, m.conv3)):
         torch.testing.assert_close(method(functional).attribute(x, target=target),
                                    method(modules).attribute(x, target=target))
     _, plain, guided = guided_and_plain_gradients(modules, x, target)

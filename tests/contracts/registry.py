@@ -180,7 +180,11 @@ class Entry:
         ``call(model, batch, target)``; ``target`` is a Captum target form for entries
         with ``targets=True`` (ignored otherwise).
     targets : bool
-        Takes every Captum target form.
+        Takes every Captum target form, and pytorch-grad-cam's target callables.
+    score_targets : bool
+        Any target callable ``score(output) -> (B,)`` is differentiated as it is;
+        ``False`` where the entry needs a class per example, so that a callable must
+        carry an integer ``category`` (as ``ClassifierOutputTarget`` does).
     labels : bool
         Takes training labels (class indices), checked like cross-entropy's.
     differentiates : bool
@@ -211,6 +215,7 @@ class Entry:
     kind: Kind
     call: Call
     targets: bool = False
+    score_targets: bool = False
     labels: bool = False
     differentiates: bool = True
     empty_batch: Literal["empty", "error"] = "empty"
@@ -340,53 +345,52 @@ def _map_from_inputs(fn: Callable[..., Any]) -> Call:
     return call
 
 
+def _captum_style(
+    name: str,
+    call: Call,
+    method: Callable[[nn.Module], Any],
+    *,
+    score_targets: bool = True,
+    **capabilities: Any,
+) -> Entry:
+    """An attribution class: every target form, tuple inputs and ``NoiseTunnel``."""
+    return Entry(
+        name, "attribution", call, targets=True, score_targets=score_targets, method=method,
+        tuple_inputs=True, noise_tunnel=True, **capabilities,
+    )
+
+
+def _with_layer(cls: type) -> Callable[[nn.Module], Any]:
+    """``method(model)`` of a layer method, on the registry's layer of the model."""
+    return lambda model: cls(model, _layer_of(model))
+
+
 SIGNED = [attr.PositiveSaliency, attr.NegativeSaliency, attr.ActiveSaliency, attr.InactiveSaliency]
 
 ENTRIES: list[Entry] = [
     *(
-        Entry(
+        _captum_style(
             cls.__name__,
-            "attribution",
             _attribution(cls),
-            targets=True,
-            method=cls,
-            tuple_inputs=True,
-            noise_tunnel=True,
+            cls,
+            score_targets=cls in (attr.PositiveSaliency, attr.NegativeSaliency),
             infidelity=True,
         )
         for cls in SIGNED
     ),
     Entry("signed_saliency_maps", "attribution", _signed_maps, targets=True),
-    Entry(
+    _captum_style(
         "LayerRSIGradCam",
-        "attribution",
         _rsi,
-        targets=True,
-        method=lambda model: attr.LayerRSIGradCam(model, _layer_of(model)),
+        _with_layer(attr.LayerRSIGradCam),
         attribute_kwargs={"n_steps": 4},
-        tuple_inputs=True,
-        noise_tunnel=True,
         convergence_delta=True,
     ),
-    Entry(
-        "GuidedBackprop",
-        "attribution",
-        _attribution(attr.GuidedBackprop),
-        targets=True,
-        method=attr.GuidedBackprop,
-        tuple_inputs=True,
-        noise_tunnel=True,
-        infidelity=True,
+    _captum_style(
+        "GuidedBackprop", _attribution(attr.GuidedBackprop), attr.GuidedBackprop, infidelity=True
     ),
-    Entry(
-        "GuidedGradCam",
-        "attribution",
-        _guided_grad_cam,
-        targets=True,
-        method=lambda model: attr.GuidedGradCam(model, _layer_of(model)),
-        tuple_inputs=True,
-        noise_tunnel=True,
-        infidelity=True,
+    _captum_style(
+        "GuidedGradCam", _guided_grad_cam, _with_layer(attr.GuidedGradCam), infidelity=True
     ),
     *(
         Entry(f"GuidedGradientRegularizer[{mode}]", "loss", _guided(mode), labels=True,
@@ -445,7 +449,7 @@ ENTRIES: list[Entry] = [
           targets=True, differentiates=False),
     Entry("allegiance_deletion_auc", "metric", _allegiance, differentiates=False,
           empty_batch="error"),
-    Entry("gradient_alignment", "metric", _gradient_alignment, targets=True),
+    Entry("gradient_alignment", "metric", _gradient_alignment, targets=True, score_targets=True),
     Entry("evaluate_dataset", "metric", _evaluate_dataset, empty_batch="error", autocast=False),
     Entry("evaluate_accuracy", "metric", _evaluate_accuracy, differentiates=False,
           empty_batch="error", autocast=False, float_inputs_only=False),
@@ -459,6 +463,54 @@ ENTRIES: list[Entry] = [
     Entry("reduce_channels", "map", _map_from_inputs(attr.reduce_channels), differentiates=False,
           rejects_non_finite=False),
 ]
+
+
+# The torchmetrics Metric objects (the ``lightning`` extra): a call builds the metric,
+# updates it with the batch and returns ``compute()``, the mean over the batch. One entry
+# per kind of update (the others share its code and wrap functions registered above).
+try:
+    from captum_regularized.metrics import torchmetrics as metric_objects
+except ImportError:  # torchmetrics is not installed: no entries for them
+    metric_objects = None
+
+
+def _metric_object(make: Callable[[nn.Module], Any], update: str) -> Call:
+    arguments = {
+        "maps": lambda b: (b.inputs, b.maps),
+        "inputs": lambda b: (b.inputs,),
+        "masks": lambda b: (b.maps, b.masks),
+        "maps only": lambda b: (b.maps,),
+    }[update]
+
+    def call(model: nn.Module, batch: Batch, target: Any) -> Any:
+        metric = make(model)
+        metric.update(*arguments(batch))
+        return metric.compute()
+
+    return call
+
+
+if metric_objects is not None:
+    _mo = metric_objects
+    ENTRIES += [
+        *(
+            Entry(f"torchmetrics.{name}", "metric", _metric_object(make, "maps"),
+                  differentiates=False, empty_batch="error")
+            for name, make in [
+                ("DeletionAUC", lambda m: _mo.DeletionAUC(m, steps=4)),
+                ("AverageDrop", _mo.AverageDrop),
+                ("AllegianceDeletionAUC", _mo.AllegianceDeletionAUC),
+            ]
+        ),
+        Entry("torchmetrics.GradientAlignment", "metric",
+              _metric_object(_mo.GradientAlignment, "inputs"), empty_batch="error"),
+        Entry("torchmetrics.PointingGame", "map",
+              _metric_object(lambda m: _mo.PointingGame(), "masks"),
+              differentiates=False, empty_batch="error"),
+        Entry("torchmetrics.GiniSparseness", "map",
+              _metric_object(lambda m: _mo.GiniSparseness(), "maps only"),
+              differentiates=False, empty_batch="error"),
+    ]
 
 BY_NAME = {entry.name: entry for entry in ENTRIES}
 

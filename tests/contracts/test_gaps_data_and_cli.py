@@ -60,7 +60,7 @@ class _TupleModel(nn.Module):
 
 class _DictModel(_TupleModel):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        return {"logits": self.net(x)}
+        return {"scores": self.net(x)}  # no "logits" key: refused
 
 
 class _ChannelMeans(nn.Module):

@@ -65,6 +65,19 @@ def test_one_target_for_the_whole_batch(entry: Entry, form: str):
         torch.testing.assert_close(g, e)
 
 
+class ClassScore:
+    """pytorch-grad-cam's ``ClassifierOutputTarget``, written here: the class column of a
+    batch output, the class entry of one example's output row."""
+
+    def __init__(self, category: int) -> None:
+        self.category = category
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        if output.dim() == 1:
+            return output[self.category]
+        return output[:, self.category]
+
+
 RANGE = rf"target.*\[0, {NUM_CLASSES - 1}\]"  # out-of-range errors give the valid range
 BAD_TARGETS = {
     "out-of-range": (NUM_CLASSES, ValueError, RANGE),
@@ -79,6 +92,9 @@ BAD_TARGETS = {
     "2-d-tensor": (torch.tensor([[0, 1], [2, 0]]), ValueError, "target"),
     "float": (1.0, TypeError, "target"),
     "string": ("cat", TypeError, "target"),
+    "wrong-length-callables": ([ClassScore(0)] * 2, ValueError, "target"),
+    "mixed-callables-and-ints": ([ClassScore(0), 1, 2, 0], TypeError, "target"),
+    "callable-class": (ClassScore, TypeError, "target callables must be instances"),
 }
 
 
@@ -109,3 +125,67 @@ def test_bad_labels_are_refused_naming_labels(entry: Entry, bad: str):
     batch.labels = BAD_LABELS[bad]
     with pytest.raises((ValueError, TypeError), match="labels"):
         entry.call(model, batch, None)
+
+
+# --- pytorch-grad-cam's target callables
+
+
+def _assert_same(got: object, expected: object) -> None:
+    got_tensors, expected_tensors = output_tensors(got), output_tensors(expected)
+    assert len(got_tensors) == len(expected_tensors) > 0
+    for g, e in zip(got_tensors, expected_tensors):
+        torch.testing.assert_close(g, e)
+
+
+CALLABLE_FORMS = {
+    "one callable": (ClassScore(1), 1),
+    "per-example list": ([ClassScore(c) for c in CLASSES], CLASSES),
+    "per-example tuple": (tuple(ClassScore(c) for c in CLASSES), CLASSES),
+}
+
+
+@pytest.mark.parametrize("entry", TARGETED)
+@pytest.mark.parametrize("form", list(CALLABLE_FORMS))
+def test_classifier_output_targets_match_class_targets(entry: Entry, form: str):
+    model, batch = make_model(), make_batch()
+    callables, classes = CALLABLE_FORMS[form]
+    _assert_same(entry.call(model, batch, callables), entry.call(model, batch, classes))
+
+
+SCORES = {
+    "one callable": (lambda output: output[:, 1], 1),
+    "per-example list": ([lambda row, k=k: row[k] for k in CLASSES], CLASSES),
+}
+
+
+@pytest.mark.parametrize("entry", TARGETED)
+@pytest.mark.parametrize("form", list(SCORES))
+def test_score_callables_are_differentiated_or_refused_naming_target(entry: Entry, form: str):
+    """Without ``category`` a callable is a score: differentiated where the entry takes
+    scores, a ``TypeError`` naming ``target`` where it needs a class."""
+    model, batch = make_model(), make_batch()
+    scores, classes = SCORES[form]
+    if entry.score_targets:
+        _assert_same(entry.call(model, batch, scores), entry.call(model, batch, classes))
+    else:
+        with untouched(model, batch.inputs), pytest.raises(TypeError, match="category"):
+            entry.call(model, batch, scores)
+
+
+@pytest.mark.parametrize("entry", select(lambda e: e.score_targets))
+def test_a_score_of_the_wrong_shape_is_a_value_error(entry: Entry):
+    model, batch = make_model(), make_batch()
+    with untouched(model, batch.inputs), pytest.raises(ValueError, match="one score per example"):
+        entry.call(model, batch, lambda output: output.sum())
+    with untouched(model, batch.inputs), pytest.raises(ValueError, match=r"target\[0\]"):
+        entry.call(model, batch, [lambda row: row] * BATCH)
+
+
+@pytest.mark.parametrize("entry", TARGETED)
+def test_pytorch_grad_cam_targets(entry: Entry):
+    targets = pytest.importorskip("pytorch_grad_cam.utils.model_targets")
+    model, batch = make_model(), make_batch()
+    per_example = [targets.ClassifierOutputTarget(c) for c in CLASSES]
+    _assert_same(entry.call(model, batch, per_example), entry.call(model, batch, CLASSES))
+    one = targets.ClassifierOutputTarget(2)
+    _assert_same(entry.call(model, batch, one), entry.call(model, batch, 2))

@@ -123,7 +123,10 @@ def test_papers_settings_rows_are_in_the_results(quick_run):
         unit = rows["RSI-Grad-CAM (authors, unit_selection)"]
         assert any(relu[m]["mean"] != unit[m]["mean"] for m in relu)
         guided = sections["guided_gradients"]["tables"]["models"]
-        assert {"baseline", "regularized", "regularized (paper's weight)"} == set(guided)
+        assert {
+            "baseline", "regularized", "regularized (paper's weight)",
+            "MobileNet-V2 baseline", "MobileNet-V2 regularized",
+        } == set(guided)
         adversarial = sections["norm_adversarial"]["tables"]["models"]
         for norm in ("l1", "elastic_net", "group"):
             assert {f"{norm} (fast)", f"{norm} (iterative)", f"{norm} (authors)"} <= set(

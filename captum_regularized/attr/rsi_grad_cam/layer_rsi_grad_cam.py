@@ -16,7 +16,7 @@ import math
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from captum.attr import GradientAttribution, LayerAttribution
@@ -44,7 +44,12 @@ from captum_regularized._internal.model_state import (
     kept_batchnorm_statistics,
     preserved_model,
 )
-from captum_regularized._internal.targets import class_indices, target_scores
+from captum_regularized._internal.targets import (
+    class_indices,
+    is_score_target,
+    per_example_score_targets,
+    target_scores,
+)
 from captum_regularized.attr.rsi_grad_cam.path_batching import (
     automatic_pass_rows,
     expand_for_steps,
@@ -254,6 +259,30 @@ class _Settings:
     relu_attributions: bool
 
 
+class _Group(NamedTuple):
+    """The examples one group of passes explains, in the forms the passes take."""
+
+    inputs: tuple[torch.Tensor, ...]
+    baselines: tuple[torch.Tensor, ...]
+    target: TargetType
+    args: tuple[Any, ...] | None
+
+    def take(
+        self, positions: list[int], kept: torch.Tensor, per_example: tuple[bool, ...] | None
+    ) -> _Group:
+        """The examples at ``positions`` (``kept``: the same, on the device) of this group.
+
+        A baseline shared by all examples stays shared.
+        """
+        target, args = take_positions(self.target, self.args, per_example, positions)
+        return _Group(
+            tuple(x[kept] for x in self.inputs),
+            tuple(b if b.shape[0] == 1 else b[kept] for b in self.baselines),
+            target,
+            args,
+        )
+
+
 class LayerRSIGradCam(LayerAttribution, GradientAttribution):
     r"""Grad-CAM whose channel weights integrate gradients along an input-space path.
 
@@ -318,13 +347,18 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
     Parameters
     ----------
     forward_func : callable
-        The model (or any function of the inputs) returning a tensor.
+        The model (or any function of the inputs) returning a tensor, a Hugging Face
+        ``ModelOutput`` (its ``.logits`` are used) or a dict with key ``"logits"``.
     layer : nn.Module
         The layer whose activations are explained. It must run exactly once per
         forward pass. For a vision transformer pick a layer whose patch tokens still
         reach the class token, e.g. ``model.encoder.layers[-1].ln_1`` of a torchvision
-        ``VisionTransformer`` (after the last block only the class token feeds the head,
-        so patch-token gradients there are zero).
+        ``VisionTransformer``, ``model.blocks[-1].norm1`` of a timm ViT or DeiT,
+        ``model.vit.layers[-1].layernorm_before`` of a Hugging Face
+        ``ViTForImageClassification`` (``vit.encoder.layer[-1]`` before transformers
+        5) (after the last block only the class token feeds
+        the head, so patch-token gradients there are zero), with the matching
+        ``reshape_transform`` of :mod:`~captum_regularized.attr.reshape_transforms`.
     device_ids : list of int, optional
         Kept for Captum's signature. ``nn.DataParallel`` models are not supported.
 
@@ -444,9 +478,13 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
         ----------
         inputs : Tensor or tuple of Tensor
             Input batch (batch in dim 0); a tuple for multi-input models.
-        target : int, tuple, list, Tensor or None
+        target : int, tuple, list, Tensor, callable or None
             Captum's target forms. ``None`` on a multi-class output means the class the
             model predicts for the real input (found once, used at every path point).
+            A callable ``score(output) -> (B,)`` (pytorch-grad-cam's
+            ``ClassifierOutputTarget(k)``) or a list of callables, one per example,
+            each given its example's output row, chooses the score at every path point
+            (after ``output_transform``).
         additional_forward_args : any, optional
             Extra arguments for ``forward_func`` after the inputs; tensors whose dim 0
             is the batch are treated per example (taken and repeated with their
@@ -531,6 +569,7 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
         model = find_module(self.forward_func)
         batch = check_attribution_inputs(inputs_tuple, model)
         baselines_tuple = format_baselines(inputs_tuple, baselines)
+        target = per_example_score_targets(target)
         args = format_additional_args(additional_forward_args)
         per_example = per_example_flags(args, batch)
         out_dtype = functools.reduce(torch.promote_types, (x.dtype for x in inputs_tuple))
@@ -556,30 +595,19 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
                 relu_attributions,
             )
             for rows in plan.example_groups:
-                group_target, group_args = take_examples(target, args, rows, batch)
-                group_inputs = tuple(x[rows] for x in inputs_tuple)
-                group_baselines = tuple(b if b.shape[0] == 1 else b[rows] for b in baselines_tuple)
+                group = _Group(
+                    tuple(x[rows] for x in inputs_tuple),
+                    tuple(b if b.shape[0] == 1 else b[rows] for b in baselines_tuple),
+                    *take_examples(target, args, rows, batch),
+                )
                 if auto:
                     cam, delta, used = self._attribute_group_auto(
-                        settings,
-                        group_inputs,
-                        group_baselines,
-                        group_target,
-                        group_args,
-                        internal_batch_size,
-                        float(tolerance),
-                        max_steps,
+                        settings, group, internal_batch_size, float(tolerance), max_steps
                     )
                     counts.append(used)
                 else:
                     cam, delta = self._attribute_group(
-                        settings,
-                        group_inputs,
-                        group_baselines,
-                        group_target,
-                        group_args,
-                        int(n_steps),
-                        plan.step_chunks,
+                        settings, group, int(n_steps), plan.step_chunks
                     )
                 maps.append(cam)
                 deltas.append(delta)
@@ -595,14 +623,7 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
         return attributions
 
     def _attribute_group(
-        self,
-        settings: _Settings,
-        inputs: tuple[torch.Tensor, ...],
-        baselines: tuple[torch.Tensor, ...],
-        target: TargetType,
-        args: tuple[Any, ...] | None,
-        n_steps: int,
-        step_chunks: list[list[int]],
+        self, settings: _Settings, group: _Group, n_steps: int, step_chunks: list[list[int]]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Maps and deltas (float32 or wider) of one group of examples, streamed over the path."""
         integral = _PathIntegral(relu_gradients=settings.variant == "relu_gradients")
@@ -610,7 +631,7 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
         classes: torch.Tensor | None = None
         for steps in step_chunks:
             activations, gradients, scores, classes = self._run_pass(
-                settings, inputs, baselines, args, steps, n_steps, target, classes
+                settings, group, steps, n_steps, classes
             )
             integral.add(activations, gradients, ends_at_baseline=steps[-1] == 0)
             if not end_scores:
@@ -627,12 +648,9 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
     def _run_pass(
         self,
         settings: _Settings,
-        inputs: tuple[torch.Tensor, ...],
-        baselines: tuple[torch.Tensor, ...],
-        args: tuple[Any, ...] | None,
+        group: _Group,
         steps: list[int],
         n_steps: int,
-        target: TargetType,
         classes: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """One pass over points ``steps`` (of ``n_steps`` intervals) of a group's examples.
@@ -641,26 +659,23 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
         or wider), the detached scores ``(len(steps), examples)`` and the classes (see
         :func:`_select_scores`).
         """
-        group = inputs[0].shape[0]
-        points = path_points(inputs, baselines, steps, n_steps)
-        _, pass_args = expand_for_steps(None, args, len(steps), settings.per_example)
+        examples = group.inputs[0].shape[0]
+        points = path_points(group.inputs, group.baselines, steps, n_steps)
+        _, pass_args = expand_for_steps(None, group.args, len(steps), settings.per_example)
         output, leaf = settings.tap.run(self.forward_func, points, pass_args)
         with torch.enable_grad():
             scores, classes = _select_scores(
-                settings.transform(output), target, classes, group, len(steps)
+                settings.transform(output), group.target, classes, examples, len(steps)
             )
         gradient = settings.tap.gradient(scores)
-        activations = _as_maps(leaf.detach(), settings.reshape_transform, len(steps), group)
-        gradients = _as_maps(gradient, settings.reshape_transform, len(steps), group)
-        return activations, gradients, scores.detach().reshape(len(steps), group), classes
+        activations = _as_maps(leaf.detach(), settings.reshape_transform, len(steps), examples)
+        gradients = _as_maps(gradient, settings.reshape_transform, len(steps), examples)
+        return activations, gradients, scores.detach().reshape(len(steps), examples), classes
 
     def _attribute_group_auto(
         self,
         settings: _Settings,
-        inputs: tuple[torch.Tensor, ...],
-        baselines: tuple[torch.Tensor, ...],
-        target: TargetType,
-        args: tuple[Any, ...] | None,
+        group: _Group,
         internal_batch_size: int | None,
         tolerance: float,
         max_steps: int,
@@ -672,8 +687,8 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
         the finer grid, copies the old points into its even slots and fills the odd
         slots with the new midpoints, pass by pass.
         """
-        group = inputs[0].shape[0]
-        device = inputs[0].device
+        examples = group.inputs[0].shape[0]
+        device = group.inputs[0].device
         n_steps = AUTO_START_STEPS
         activations: torch.Tensor | None = None
         gradients: torch.Tensor | None = None
@@ -682,10 +697,8 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
         classes: torch.Tensor | None = None
         # The first level in descending order: the first pass sees the real inputs,
         # which fixes the class for target=None.
-        for steps in step_passes(list(range(n_steps, -1, -1)), group, internal_batch_size):
-            acts, grads, scores, classes = self._run_pass(
-                settings, inputs, baselines, args, steps, n_steps, target, classes
-            )
+        for steps in step_passes(list(range(n_steps, -1, -1)), examples, internal_batch_size):
+            acts, grads, scores, classes = self._run_pass(settings, group, steps, n_steps, classes)
             if activations is None or gradients is None:
                 activations = acts.new_empty((n_steps + 1, *acts.shape[1:]))
                 gradients = grads.new_empty((n_steps + 1, *grads.shape[1:]))
@@ -699,10 +712,10 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
         if at_baseline_scores is None:
             raise RuntimeError("the first level of n_steps='auto' missed the baseline")
         rise = (at_input_scores - at_baseline_scores).to(activations.dtype)
-        cams = activations.new_zeros((group, 1, *activations.shape[-2:]))
-        deltas = activations.new_zeros((group,))
-        used = torch.zeros((group,), dtype=torch.long, device=device)
-        active = list(range(group))  # positions in the group of the examples refining
+        cams = activations.new_zeros((examples, 1, *activations.shape[-2:]))
+        deltas = activations.new_zeros((examples,))
+        used = torch.zeros((examples,), dtype=torch.long, device=device)
+        active = list(range(examples))  # positions in the group of the examples refining
         while active:
             plain = _trapezoid_sum(activations, gradients, relu_gradients=False)
             gap = plain.sum(dim=(1, 2, 3)) - rise
@@ -730,9 +743,7 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
                 break
             kept = torch.tensor(refining, dtype=torch.long, device=device)
             if stopping:
-                inputs = tuple(x[kept] for x in inputs)
-                baselines = tuple(b if b.shape[0] == 1 else b[kept] for b in baselines)
-                target, args = take_positions(target, args, settings.per_example, refining)
+                group = group.take(refining, kept, settings.per_example)
                 classes = None if classes is None else classes[kept]
                 rise = rise[kept]
                 active = [active[i] for i in refining]
@@ -745,9 +756,7 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
             del finer, plain, gap
             n_steps *= 2
             for steps in step_passes(list(range(1, n_steps, 2)), len(active), internal_batch_size):
-                acts, grads, _, _ = self._run_pass(
-                    settings, inputs, baselines, args, steps, n_steps, target, classes
-                )
+                acts, grads, _, _ = self._run_pass(settings, group, steps, n_steps, classes)
                 activations[steps[0] : steps[-1] + 1 : 2] = acts
                 gradients[steps[0] : steps[-1] + 1 : 2] = grads
         return cams, deltas, used
@@ -765,13 +774,14 @@ def _select_scores(
     For ``(rows, classes)`` outputs the class of each example is resolved (and
     validated) once, on the first pass, whose first ``group`` rows are the real inputs:
     ``target=None`` is then the predicted class of the input, used at every path point.
+    Target callables score every row (a list of them repeated with the path points).
     """
     if output.dim() == 0 or output.shape[0] != n_points * group:
         raise ValueError(
             f"forward_func returned shape {tuple(output.shape)} for a pass of "
             f"{n_points * group} input rows; its output must keep the batch in dim 0"
         )
-    if output.dim() != 2:
+    if output.dim() != 2 or is_score_target(target):
         expanded, _ = expand_for_steps(target, None, n_points)
         return target_scores(output, expanded), classes
     if classes is None:

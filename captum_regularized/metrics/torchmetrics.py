@@ -1,0 +1,574 @@
+"""The package's metrics as ``torchmetrics.Metric`` objects, ready for DDP and Lightning.
+
+Every class wraps one batched function of :mod:`captum_regularized.metrics`: ``update``
+calls the function on a batch and adds its per-example values to two states, their
+sum and their number (both reduced with ``dist_reduce_fx="sum"``), and ``compute``
+returns the mean over every example seen, on every process. So a metric updated on
+several batches equals the function's ``.mean()`` on the concatenated batches, and
+under ``torch.distributed`` torchmetrics' own synchronisation gives the value a single
+process would find on all the data; nothing is gathered by hand.
+
+* :class:`DeletionAUC` (lower is better), :class:`InsertionAUC` (higher),
+  :class:`AverageDrop` (lower), :class:`AverageGain` (higher) and
+  :class:`IncreaseInConfidence` (higher) run the model on perturbed images:
+  ``update(inputs, attributions, target=None, additional_forward_args=None)``;
+* :class:`AllegianceDeletionAUC` (lower) the same without ``target`` (allegiance
+  follows the predicted class);
+* :class:`GradientAlignment` (higher) needs no maps: ``update(inputs, target=None,
+  additional_forward_args=None)``;
+* :class:`PointingGame` and :class:`EnergyPointingGame` (higher) need no model:
+  ``update(attributions, masks)``; :class:`GiniSparseness` (higher):
+  ``update(attributions)``.
+
+The metrics that run the model take it (``forward_func``) and the function's settings
+(``steps``, ``substrate``, ...) at construction, where the settings are checked with
+the function's own errors. The model is *not* registered as a submodule: the metric's
+``state_dict`` holds only its states, ``metric.to(device)`` moves only them, and a
+``clone()`` shares the model. Keep the metric on the model's device (a Lightning
+module does so for metrics that are its attributes); values computed elsewhere are
+moved to the states' device.
+
+``compute`` refuses a metric that has seen no example (a ``ValueError``) rather than
+returning ``nan``. This module needs torchmetrics (the ``lightning`` extra,
+``pip install "captum-regularized[lightning]"``); ``import captum_regularized`` never
+imports it.
+
+Examples
+--------
+>>> from captum.attr import Saliency
+>>> from captum_regularized.metrics import deletion_auc
+>>> from captum_regularized.models import SimpleCNN
+>>> model = SimpleCNN(3, width=4).eval()
+>>> metric = DeletionAUC(model, steps=8)
+>>> batches = [torch.rand(3, 3, 8, 8), torch.rand(2, 3, 8, 8)]
+>>> maps = [Saliency(model).attribute(x, target=0) for x in batches]
+>>> for x, m in zip(batches, maps):
+...     metric.update(x, m, target=0)
+>>> reference = deletion_auc(model, torch.cat(batches), torch.cat(maps), 0, steps=8).mean()
+>>> bool(torch.isclose(metric.compute(), reference))
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import torch
+
+try:
+    from torchmetrics import Metric
+except ImportError as error:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "captum_regularized.metrics.torchmetrics needs torchmetrics; install it with "
+        'pip install "captum-regularized[lightning]"'
+    ) from error
+
+from captum_regularized._internal.captum_compat import TargetType
+from captum_regularized._internal.guided_relu import check_guided_model, check_guided_rule
+from captum_regularized.metrics.allegiance import ALLEGIANCE_FRACTIONS, allegiance_deletion_auc
+from captum_regularized.metrics.confidence_change import (
+    average_drop,
+    average_gain,
+    increase_in_confidence,
+)
+from captum_regularized.metrics.deletion_insertion import Substrate, deletion_auc, insertion_auc
+from captum_regularized.metrics.gradient_alignment import gradient_alignment
+from captum_regularized.metrics.pointing_game import energy_pointing_game, pointing_game
+from captum_regularized.metrics.sparseness import gini_sparseness
+
+__all__ = [
+    "AllegianceDeletionAUC",
+    "AverageDrop",
+    "AverageGain",
+    "DeletionAUC",
+    "EnergyPointingGame",
+    "GiniSparseness",
+    "GradientAlignment",
+    "IncreaseInConfidence",
+    "InsertionAUC",
+    "PointingGame",
+]
+
+
+class _SharedReference:
+    """Holds the model without registering it, and without copying it in ``deepcopy``."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _SharedReference:
+        return self
+
+
+def _probe_model(images: torch.Tensor, *args: Any) -> torch.Tensor:
+    """A stand-in model for checking settings at construction: two constant scores."""
+    return images.new_zeros(images.shape[0], 2)
+
+
+def _probe(function: Callable[..., Any], settings: dict[str, Any]) -> None:
+    """Run ``function`` on a tiny batch with the stand-in model, so that bad settings
+    raise the function's own errors when the metric is built, not at its first update."""
+    image = torch.zeros(1, 1, 4, 4)
+    function(_probe_model, image, image, **settings)
+
+
+def _check_forward_func(forward_func: Any) -> None:
+    if not callable(forward_func):
+        raise TypeError(
+            f"forward_func must be callable (the model), got {type(forward_func).__name__}"
+        )
+
+
+class _PerExampleMean(Metric):
+    """Mean of per-example values over every example seen, on every process."""
+
+    is_differentiable: bool | None = False
+    full_state_update: bool | None = False
+    total: torch.Tensor
+    count: torch.Tensor
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0), dist_reduce_fx="sum")
+
+    def _add(self, values: torch.Tensor) -> None:
+        values = values.detach().reshape(-1)
+        self.total += values.to(self.total).sum()
+        self.count += values.numel()
+
+    def compute(self) -> torch.Tensor:
+        """The mean of the per-example values over all the examples seen."""
+        if int(self.count) == 0:
+            raise ValueError(
+                f"{type(self).__name__} has seen no examples; update it with a non-empty "
+                "batch before compute()"
+            )
+        return self.total / self.count
+
+
+class _ModelMetric(_PerExampleMean):
+    """A metric that runs the model: it keeps ``forward_func`` and the function's settings."""
+
+    _function: ClassVar[Callable[..., torch.Tensor]]
+
+    def __init__(self, forward_func: Callable[..., Any], settings: dict[str, Any],
+                 **kwargs: Any) -> None:
+        _check_forward_func(forward_func)
+        super().__init__(**kwargs)
+        self._model = _SharedReference(forward_func)
+        self.settings = settings
+
+    @property
+    def forward_func(self) -> Callable[..., Any]:
+        """The model (or function) the metric evaluates."""
+        return self._model.value  # type: ignore[no-any-return]
+
+    def update(  # type: ignore[override]
+        self,
+        inputs: torch.Tensor,
+        attributions: torch.Tensor,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+    ) -> None:
+        """Add the per-example values of a batch of images and their maps.
+
+        Parameters
+        ----------
+        inputs : Tensor
+            Images ``(B, C, H, W)`` on the model's device.
+        attributions : Tensor
+            Their maps, in any form the wrapped function takes.
+        target : int, list, Tensor, tuple or None
+            Any Captum target form; ``None`` means the predicted class.
+        additional_forward_args : Any
+            Extra forward arguments of this batch.
+        """
+        function = type(self)._function
+        self._add(
+            function(
+                self.forward_func, inputs, attributions, target,
+                additional_forward_args=additional_forward_args, **self.settings,
+            )
+        )
+
+
+class _CurveAUC(_ModelMetric):
+    """Deletion or insertion AUC; the two differ in the function and the substrate."""
+
+    _default_substrate: ClassVar[str]
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Any],
+        *,
+        steps: int = 100,
+        substrate: Substrate | None = None,
+        channel_reduction: str = "max",
+        apply_softmax: bool = True,
+        internal_batch_size: int | None = None,
+        blur_kernel_size: int = 11,
+        blur_sigma: float = 5.0,
+        **kwargs: Any,
+    ) -> None:
+        settings = {
+            "steps": steps,
+            "substrate": self._default_substrate if substrate is None else substrate,
+            "channel_reduction": channel_reduction,
+            "apply_softmax": apply_softmax,
+            "internal_batch_size": internal_batch_size,
+            "blur_kernel_size": blur_kernel_size,
+            "blur_sigma": blur_sigma,
+        }
+        # A substrate tensor must match the images: it is checked at every update.
+        probed = dict(settings)
+        if isinstance(substrate, torch.Tensor):
+            probed["substrate"] = "zeros"
+        _probe(type(self)._function, probed)
+        super().__init__(forward_func, settings, **kwargs)
+
+
+class DeletionAUC(_CurveAUC):
+    """Mean area under the deletion curve (RISE); lower is better.
+
+    Wraps :func:`~captum_regularized.metrics.deletion_auc`: ``update(inputs,
+    attributions, target=None, additional_forward_args=None)`` adds the batch's
+    per-example areas, ``compute()`` returns their mean over every example seen.
+
+    Parameters
+    ----------
+    forward_func : callable
+        The model (not registered as a submodule of the metric).
+    steps, channel_reduction, apply_softmax, internal_batch_size
+        As in :func:`~captum_regularized.metrics.deletion_curve`, checked here.
+    blur_kernel_size, blur_sigma
+        The Gaussian of ``substrate="blur"``, checked here.
+    substrate : {"zeros", "blur"}, float, Tensor or None
+        What replaces the removed pixels; ``None`` is the function's default,
+        ``"zeros"``.
+    **kwargs
+        ``torchmetrics.Metric`` options (``sync_on_compute``, ``process_group``, ...).
+
+    Examples
+    --------
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
+    >>> metric = DeletionAUC(model, steps=4)
+    >>> metric.update(torch.rand(3, 1, 4, 4), torch.rand(3, 4, 4), target=1)
+    >>> 0.0 <= float(metric.compute()) <= 1.0
+    True
+    """
+
+    higher_is_better: bool | None = False
+    _function = staticmethod(deletion_auc)
+    _default_substrate = "zeros"
+
+
+class InsertionAUC(_CurveAUC):
+    """Mean area under the insertion curve (RISE); higher is better.
+
+    Wraps :func:`~captum_regularized.metrics.insertion_auc`; arguments as in
+    :class:`DeletionAUC`, except that ``substrate=None`` is the function's default,
+    ``"blur"``.
+
+    Examples
+    --------
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
+    >>> metric = InsertionAUC(model, steps=4)
+    >>> metric.update(torch.rand(3, 1, 4, 4), torch.rand(3, 4, 4))
+    >>> metric.compute().shape
+    torch.Size([])
+    """
+
+    higher_is_better: bool | None = True
+    _function = staticmethod(insertion_auc)
+    _default_substrate = "blur"
+
+
+class _ConfidenceMetric(_ModelMetric):
+    """Average drop, average gain or increase in confidence: one term of the ratio."""
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Any],
+        *,
+        channel_reduction: str = "max",
+        apply_softmax: bool = True,
+        internal_batch_size: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        settings = {
+            "channel_reduction": channel_reduction,
+            "apply_softmax": apply_softmax,
+            "internal_batch_size": internal_batch_size,
+        }
+        _probe(type(self)._function, settings)
+        super().__init__(forward_func, settings, **kwargs)
+
+
+class AverageDrop(_ConfidenceMetric):
+    """Average drop ``100 * mean((p - o)+ / p)`` over every example seen; lower is better.
+
+    Wraps :func:`~captum_regularized.metrics.average_drop` (the mean of its
+    per-example terms, as the function's ``.mean()``): ``update(inputs, attributions,
+    target=None, additional_forward_args=None)``.
+
+    Parameters
+    ----------
+    forward_func : callable
+        The model (not registered as a submodule of the metric).
+    channel_reduction, apply_softmax, internal_batch_size
+        As in :func:`~captum_regularized.metrics.confidence_change`, checked here.
+    **kwargs
+        ``torchmetrics.Metric`` options.
+
+    Examples
+    --------
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    >>> metric = AverageDrop(model)
+    >>> metric.update(torch.rand(5, 1, 2, 2), torch.rand(5, 2, 2))
+    >>> 0.0 <= float(metric.compute()) <= 100.0
+    True
+    """
+
+    higher_is_better: bool | None = False
+    _function = staticmethod(average_drop)
+
+
+class AverageGain(_ConfidenceMetric):
+    """Average gain ``100 * mean((o - p)+ / (1 - p))`` over every example seen; higher is better.
+
+    Wraps :func:`~captum_regularized.metrics.average_gain`; arguments as in
+    :class:`AverageDrop`.
+
+    Examples
+    --------
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    >>> metric = AverageGain(model)
+    >>> metric.update(torch.rand(5, 1, 2, 2), torch.rand(5, 2, 2))
+    >>> 0.0 <= float(metric.compute()) <= 100.0
+    True
+    """
+
+    higher_is_better: bool | None = True
+    _function = staticmethod(average_gain)
+
+
+class IncreaseInConfidence(_ConfidenceMetric):
+    """Increase in confidence ``100 * mean(1[o > p])`` over every example seen.
+
+    Higher is better. Wraps :func:`~captum_regularized.metrics.increase_in_confidence`;
+    arguments as in :class:`AverageDrop`.
+
+    Examples
+    --------
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    >>> metric = IncreaseInConfidence(model)
+    >>> metric.update(torch.rand(4, 1, 2, 2), torch.rand(4, 2, 2))
+    >>> float(metric.compute()) in {0.0, 25.0, 50.0, 75.0, 100.0}
+    True
+    """
+
+    higher_is_better: bool | None = True
+    _function = staticmethod(increase_in_confidence)
+
+
+class AllegianceDeletionAUC(_ModelMetric):
+    """Area under the allegiance curve of the signed-saliency paper; lower is better.
+
+    Wraps :func:`~captum_regularized.metrics.allegiance_deletion_auc`: ``update(inputs,
+    attributions, additional_forward_args=None)`` adds the per-example areas
+    (``per_example_auc``), whose mean over all examples is the area under the
+    allegiance curve of all of them.
+
+    Parameters
+    ----------
+    forward_func : callable
+        The model (not registered as a submodule of the metric).
+    fill, fractions, channel_reduction, internal_batch_size
+        As in :func:`~captum_regularized.metrics.allegiance_deletion_auc`, checked here.
+    **kwargs
+        ``torchmetrics.Metric`` options.
+
+    Examples
+    --------
+    >>> from captum_regularized.models import SimpleCNN
+    >>> metric = AllegianceDeletionAUC(SimpleCNN(3, width=4))
+    >>> metric.update(torch.rand(2, 3, 8, 8), torch.rand(2, 8, 8))
+    >>> 0.0 <= float(metric.compute()) <= 0.9
+    True
+    """
+
+    higher_is_better: bool | None = False
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Any],
+        *,
+        fill: str | float = "black",
+        fractions: Sequence[float] = ALLEGIANCE_FRACTIONS,
+        channel_reduction: str = "max",
+        internal_batch_size: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        settings = {
+            "fill": fill,
+            "fractions": tuple(fractions),
+            "channel_reduction": channel_reduction,
+            "internal_batch_size": internal_batch_size,
+        }
+        _probe(allegiance_deletion_auc, settings)
+        super().__init__(forward_func, settings, **kwargs)
+
+    def update(  # type: ignore[override]
+        self,
+        inputs: torch.Tensor,
+        attributions: torch.Tensor,
+        additional_forward_args: Any = None,
+    ) -> None:
+        """Add the per-example allegiance areas of a batch (``B >= 1``); arguments as in
+        :meth:`DeletionAUC.update`, without ``target``."""
+        curve = allegiance_deletion_auc(
+            self.forward_func, inputs, attributions,
+            additional_forward_args=additional_forward_args, **self.settings,
+        )
+        self._add(curve.per_example_auc)
+
+
+class GradientAlignment(_ModelMetric):
+    """Mean cosine of the plain and guided-backprop input gradients; higher is better.
+
+    Wraps :func:`~captum_regularized.metrics.gradient_alignment`: ``update(inputs,
+    target=None, additional_forward_args=None)`` (no maps: the metric computes both
+    gradients itself, so it needs autograd, also inside Lightning's validation loop:
+    wrap it in ``torch.inference_mode(False)`` and ``torch.enable_grad()``).
+
+    Parameters
+    ----------
+    forward_func : callable
+        A network with activations the guided rule knows; checked here, as ``rule``.
+    rule : {"gated", "ungated"}
+        The guided rule.
+    **kwargs
+        ``torchmetrics.Metric`` options.
+
+    Examples
+    --------
+    >>> from captum_regularized.models import SimpleCNN
+    >>> metric = GradientAlignment(SimpleCNN(3, width=4))
+    >>> metric.update(torch.rand(2, 3, 8, 8), target=[0, 2])
+    >>> -1.0 <= float(metric.compute()) <= 1.0
+    True
+    """
+
+    higher_is_better: bool | None = True
+
+    def __init__(
+        self, forward_func: Callable[..., Any], *, rule: str = "gated", **kwargs: Any
+    ) -> None:
+        check_guided_rule(rule)
+        check_guided_model(forward_func, type(self).__name__, "forward_func")
+        super().__init__(forward_func, {"rule": rule}, **kwargs)
+
+    def update(  # type: ignore[override]
+        self,
+        inputs: torch.Tensor,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+    ) -> None:
+        """Add the per-example cosines of a batch ``(B, ...)`` (no maps); ``target`` and
+        ``additional_forward_args`` as in :meth:`DeletionAUC.update`."""
+        self._add(
+            gradient_alignment(
+                self.forward_func, inputs, target,
+                additional_forward_args=additional_forward_args, **self.settings,
+            )
+        )
+
+
+class _MaskMetric(_PerExampleMean):
+    """Pointing game or its energy version: maps against ground-truth masks."""
+
+    _function: ClassVar[Callable[..., torch.Tensor]]
+    higher_is_better: bool | None = True
+
+    def __init__(self, *, channel_reduction: str = "max", **kwargs: Any) -> None:
+        probe = torch.zeros(1, 2, 2)
+        type(self)._function(probe, probe, channel_reduction=channel_reduction)
+        super().__init__(**kwargs)
+        self.channel_reduction = channel_reduction
+
+    def update(self, attributions: torch.Tensor, masks: torch.Tensor) -> None:  # type: ignore[override]
+        """Add the per-example values of a batch of maps and their masks (the forms
+        :func:`~captum_regularized.metrics.pointing_game` takes)."""
+        function = type(self)._function
+        self._add(function(attributions, masks, channel_reduction=self.channel_reduction))
+
+
+class PointingGame(_MaskMetric):
+    """Pointing-game accuracy: the share of maps whose maximum lies inside the mask.
+
+    Wraps :func:`~captum_regularized.metrics.pointing_game`: ``update(attributions,
+    masks)``; no model needed. Higher is better.
+
+    Parameters
+    ----------
+    channel_reduction : {"max", "sum", "mean"}
+        How channels are collapsed; checked here.
+    **kwargs
+        ``torchmetrics.Metric`` options.
+
+    Examples
+    --------
+    >>> metric = PointingGame()
+    >>> metric.update(torch.tensor([[[0.1, 0.9], [0.2, 0.3]]]), torch.tensor([[[0, 1], [0, 0]]]))
+    >>> metric.update(torch.ones(1, 2, 2), torch.ones(1, 2, 2))
+    >>> float(metric.compute())
+    0.5
+    """
+
+    _function = staticmethod(pointing_game)
+
+
+class EnergyPointingGame(_MaskMetric):
+    """Mean share of positive attribution inside the mask; higher is better.
+
+    Wraps :func:`~captum_regularized.metrics.energy_pointing_game`; arguments as in
+    :class:`PointingGame`.
+
+    Examples
+    --------
+    >>> metric = EnergyPointingGame()
+    >>> metric.update(torch.tensor([[[3.0, 1.0], [-2.0, 0.0]]]), torch.tensor([[[1, 0], [1, 0]]]))
+    >>> float(metric.compute())
+    0.75
+    """
+
+    _function = staticmethod(energy_pointing_game)
+
+
+class GiniSparseness(_PerExampleMean):
+    """Mean Gini index of the absolute maps; higher is sparser.
+
+    Wraps :func:`~captum_regularized.metrics.gini_sparseness`: ``update(attributions)``;
+    no model needed.
+
+    Parameters
+    ----------
+    **kwargs
+        ``torchmetrics.Metric`` options.
+
+    Examples
+    --------
+    >>> metric = GiniSparseness()
+    >>> metric.update(torch.tensor([[0.0, 0.0, 0.0, 5.0]]))
+    >>> metric.update(torch.tensor([[1.0, -1.0, 1.0, 1.0]]))
+    >>> float(metric.compute())
+    0.375
+    """
+
+    higher_is_better: bool | None = True
+
+    def update(self, attributions: torch.Tensor) -> None:  # type: ignore[override]
+        """Add the Gini indices of a batch of maps ``(B, ...)``."""
+        self._add(gini_sparseness(attributions))
