@@ -131,3 +131,56 @@ def test_importing_every_module_leaves_matplotlibs_backend_alone():
     assert done.returncode == 0, done.stderr[-2000:]
     problems = json.loads(done.stdout.strip().splitlines()[-1])
     assert problems == [], "\n".join(problems)
+
+
+def _package(parts: tuple[str, ...]) -> str:
+    """The subpackage a module (its dotted name's parts after the root) belongs to."""
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in PACKAGES) else ""
+
+
+PACKAGES = {name.split(".")[1] for name, path in MODULES.items() if path.name == "__init__.py"
+            and name != ROOT}
+
+
+def _private_imports_across_packages(name: str, path: Path) -> list[str]:
+    """``from X import y`` statements of ``name`` that reach into another package's
+    private modules (``metrics._perturbation``) or names (``_explain``); the shared
+    ``_internal`` package is there to be imported, its private names are not."""
+    mine = _package(tuple(name.split(".")))
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.ImportFrom) or node.level or not node.module:
+            continue
+        parts = tuple(node.module.split("."))
+        if parts[0] != ROOT or _package(parts) == mine:
+            continue
+        private = [p for p in parts[1:] if p.startswith("_") and p != "_internal"]
+        private += [
+            a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")
+        ]
+        if private:
+            found.append(f"{name}:{node.lineno} imports {', '.join(private)} from {node.module}")
+    return found
+
+
+def test_the_private_import_finder_finds_a_planted_one(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text(
+        f"from {ROOT}.metrics.dataset_evaluation import MetricBatch, _hidden\n"
+        f"from {ROOT}.metrics._perturbation import prepare_batch\n"
+        f"from {ROOT}._internal.checks import check_finite\n"
+    )
+    found = _private_imports_across_packages(f"{ROOT}.integrations.planted", planted)
+    assert [line.split(" imports ")[1] for line in found] == [
+        f"_hidden from {ROOT}.metrics.dataset_evaluation",
+        f"_perturbation from {ROOT}.metrics._perturbation",
+    ]
+    assert _private_imports_across_packages(f"{ROOT}.metrics.planted", planted) == []
+
+
+def test_no_package_imports_another_packages_private_modules_or_names():
+    found = [
+        line for name, path in MODULES.items()
+        for line in _private_imports_across_packages(name, path)
+    ]
+    assert found == [], "\n".join(found)

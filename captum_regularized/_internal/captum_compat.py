@@ -5,7 +5,9 @@ package needs from them is wrapped here, so a Captum upgrade is fixed in one fil
 Supported: ``captum>=0.8,<0.10``. Here too: the type aliases of Captum's calling
 convention (``TensorOrTuple``, ``TargetType``, ``BaselineType``; ``TargetType`` adds
 pytorch-grad-cam's score callables to Captum's forms), Captum's ``log_usage`` decorator
-and :func:`run_forward` (which reads the logits of a ``ModelOutput`` or a dict).
+and :func:`run_forward` (which reads the logits of a ``ModelOutput`` or a dict), and
+:func:`attribution_call`, the start every gradient method's ``attribute`` shares (autograd
+available, Captum's input forms to tuples, the output given back in the input's form).
 
 Users: every class of :mod:`captum_regularized.attr` (input and output forms,
 additional forward arguments; baselines and repeated targets for RSI-Grad-CAM), the
@@ -15,7 +17,7 @@ metrics, the guided rule and the training losses.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from captum._utils.common import (
@@ -29,6 +31,7 @@ from captum._utils.common import (
 from captum.attr._utils.common import _format_input_baseline, _tensorize_baseline
 from captum.log import log_usage
 
+from captum_regularized._internal.checks import check_autograd_available
 from captum_regularized._internal.model_outputs import logits_of
 
 TensorOrTuple = torch.Tensor | tuple[torch.Tensor, ...]
@@ -48,10 +51,12 @@ TargetType = (
 BaselineType = None | torch.Tensor | int | float | tuple[torch.Tensor | int | float, ...]
 
 __all__ = [
+    "AttributionCall",
     "BaselineType",
     "ScoreTarget",
     "TargetType",
     "TensorOrTuple",
+    "attribution_call",
     "expand_additional_args",
     "expand_target",
     "format_additional_args",
@@ -90,6 +95,49 @@ def format_output(was_tuple: bool, output: tuple[torch.Tensor, ...]) -> TensorOr
 def format_additional_args(additional_forward_args: Any) -> tuple[Any, ...] | None:
     """Captum's normalisation of ``additional_forward_args`` into a tuple (or ``None``)."""
     return _format_additional_forward_args(additional_forward_args)
+
+
+class AttributionCall(NamedTuple):
+    """The arguments of one ``attribute`` call in the forms the engines take.
+
+    Attributes
+    ----------
+    inputs : tuple of Tensor
+        The inputs as a tuple (one tensor becomes a 1-tuple).
+    additional_forward_args : tuple or None
+        Captum's normalisation of the extra forward arguments.
+    was_tuple : bool
+        Whether the caller passed a tuple, so that :meth:`output` mirrors it.
+    """
+
+    inputs: tuple[torch.Tensor, ...]
+    additional_forward_args: tuple[Any, ...] | None
+    was_tuple: bool
+
+    def output(self, maps: tuple[torch.Tensor, ...]) -> TensorOrTuple:
+        """``maps`` (one per input) in the form of the caller's ``inputs``."""
+        return format_output(self.was_tuple, maps)
+
+
+def attribution_call(
+    who: str, inputs: TensorOrTuple, additional_forward_args: Any = None
+) -> AttributionCall:
+    """Start a gradient method's ``attribute``: autograd must be available, forms formatted.
+
+    Raises ``RuntimeError`` inside ``torch.inference_mode()`` (naming ``who``) and
+    ``TypeError`` for inputs that are neither a tensor nor a tuple of tensors.
+
+    Examples
+    --------
+    >>> call = attribution_call("Method", torch.zeros(2, 3), 5)
+    >>> len(call.inputs), call.additional_forward_args, call.output(call.inputs).shape
+    (1, (5,), torch.Size([2, 3]))
+    >>> type(attribution_call("Method", (torch.zeros(2, 3),)).output((torch.ones(2),)))
+    <class 'tuple'>
+    """
+    check_autograd_available(who)
+    formatted, was_tuple = format_inputs(inputs)
+    return AttributionCall(formatted, format_additional_args(additional_forward_args), was_tuple)
 
 
 def expand_target(target: TargetType, n: int) -> TargetType:

@@ -21,12 +21,9 @@ from captum.attr import GradientAttribution
 from captum_regularized._internal.captum_compat import (
     TargetType,
     TensorOrTuple,
-    format_additional_args,
-    format_inputs,
-    format_output,
+    attribution_call,
     log_usage,
 )
-from captum_regularized._internal.checks import check_autograd_available
 from captum_regularized._internal.guided_relu import (
     GuidedActivationSwitch,
     check_guided_model,
@@ -128,8 +125,7 @@ class GuidedBackprop(GradientAttribution):
             another device than the model; a target out of range; a model with no
             activation the guided rule knows (the message lists them).
         """
-        check_autograd_available(type(self).__name__)
-        formatted, was_tuple = format_inputs(inputs)
+        call = attribution_call(type(self).__name__, inputs, additional_forward_args)
         switch = GuidedActivationSwitch(self.rule)
 
         def recorded(
@@ -139,10 +135,10 @@ class GuidedBackprop(GradientAttribution):
 
         gradients = target_gradients(
             self.forward_func,
-            formatted,
+            call.inputs,
             target,
-            format_additional_args(additional_forward_args),
+            call.additional_forward_args,
             forward=recorded,
             backward=switch.guided,  # the guided rule acts in the backward pass only
         )
-        return format_output(was_tuple, gradients)
+        return call.output(gradients)

@@ -24,15 +24,10 @@ from torch import nn
 from captum_regularized._internal.captum_compat import (
     TargetType,
     TensorOrTuple,
-    format_additional_args,
-    format_inputs,
-    format_output,
+    attribution_call,
     log_usage,
 )
-from captum_regularized._internal.checks import (
-    check_attribution_inputs,
-    check_autograd_available,
-)
+from captum_regularized._internal.checks import check_attribution_inputs
 from captum_regularized._internal.guided_relu import (
     GuidedActivationSwitch,
     check_guided_model,
@@ -187,10 +182,9 @@ class GuidedGradCam(GradientAttribution):
             run, runs twice or does not reach the output; a map that cannot be
             interpolated to an input; a model with no activation the guided rule knows.
         """
-        check_autograd_available(type(self).__name__)
-        formatted, was_tuple = format_inputs(inputs)
+        call = attribution_call(type(self).__name__, inputs, additional_forward_args)
         model = find_module(self.forward_func)
-        check_attribution_inputs(formatted, model)
+        check_attribution_inputs(call.inputs, model)
         if interpolate_mode not in INTERPOLATE_MODES:
             raise ValueError(
                 f"interpolate_mode must be one of {list(INTERPOLATE_MODES)}, "
@@ -200,7 +194,6 @@ class GuidedGradCam(GradientAttribution):
             raise TypeError(
                 f"reshape_transform must be callable, got {type(reshape_transform).__name__}"
             )
-        args = format_additional_args(additional_forward_args)
         switch = GuidedActivationSwitch(self.rule)
         with (
             preserved_model(model) as hooks,
@@ -208,9 +201,11 @@ class GuidedGradCam(GradientAttribution):
             torch.enable_grad(),
         ):
             tap = LayerTap(self.layer, hooks, attribute_to_layer_input, stop_at_layer=False)
-            leaves = tuple(x.detach().requires_grad_() for x in formatted)
+            leaves = tuple(x.detach().requires_grad_() for x in call.inputs)
             with tap.tapping():
-                output = guided_forward(self.forward_func, leaves, args, switch)
+                output = guided_forward(
+                    self.forward_func, leaves, call.additional_forward_args, switch
+                )
             activation = tap.activation()
             total = target_scores(output, target).sum()
             with switch.guided():
@@ -218,8 +213,8 @@ class GuidedGradCam(GradientAttribution):
             gradient = tap.gradient(total)  # the plain gradient, on the same graph
         cam = _grad_cam(activation.detach(), gradient, reshape_transform)
         maps = []
-        for index, (grad, x) in enumerate(zip(guided, formatted)):
+        for index, (grad, x) in enumerate(zip(guided, call.inputs)):
             upsampled = _upsampled(cam, x, index, interpolate_mode)
             guided_map = torch.zeros_like(x) if grad is None else grad
             maps.append((guided_map * upsampled).to(x.dtype))
-        return format_output(was_tuple, tuple(maps))
+        return call.output(tuple(maps))

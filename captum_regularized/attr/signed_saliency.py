@@ -63,18 +63,14 @@ import torch
 from captum.attr import GradientAttribution
 
 from captum_regularized._internal.captum_compat import (
+    AttributionCall,
     TargetType,
     TensorOrTuple,
-    format_additional_args,
-    format_inputs,
-    format_output,
+    attribution_call,
     log_usage,
     run_forward,
 )
-from captum_regularized._internal.checks import (
-    check_attribution_inputs,
-    check_autograd_available,
-)
+from captum_regularized._internal.checks import check_attribution_inputs
 from captum_regularized._internal.model_state import (
     find_module,
     kept_batchnorm_statistics,
@@ -238,12 +234,11 @@ class _TargetSignSaliency(GradientAttribution):
             For inputs with NaN/infinite values, without a shared batch size or on
             another device than the model, and for a target out of range.
         """
-        check_autograd_available(type(self).__name__)
-        formatted, was_tuple = format_inputs(inputs)
+        call = attribution_call(type(self).__name__, inputs, additional_forward_args)
         gradients = target_gradients(
-            self.forward_func, formatted, target, format_additional_args(additional_forward_args)
+            self.forward_func, call.inputs, target, call.additional_forward_args
         )
-        return format_output(was_tuple, self._part(gradients))
+        return call.output(self._part(gradients))
 
 
 class _ClassComparisonSaliency(GradientAttribution):
@@ -319,7 +314,7 @@ class _ClassComparisonSaliency(GradientAttribution):
             raise ValueError(
                 f"backward_strategy must be one of {STRATEGIES}, got {self.backward_strategy!r}"
             )
-        grads, was_tuple = _class_gradients_of(
+        grads, call = _class_gradients_of(
             type(self).__name__,
             self.forward_func,
             inputs,
@@ -329,7 +324,7 @@ class _ClassComparisonSaliency(GradientAttribution):
             compare_classes,
             self.backward_strategy,
         )
-        return format_output(was_tuple, self._part(grads, abs))
+        return call.output(self._part(grads, abs))
 
 
 class PositiveSaliency(_TargetSignSaliency):
@@ -526,7 +521,7 @@ def signed_saliency_maps(
     >>> sorted(maps), maps["active"].shape
     (['active', 'gradient', 'inactive', 'negative', 'positive'], torch.Size([2, 3, 16, 16]))
     """
-    grads, was_tuple = _class_gradients_of(
+    grads, call = _class_gradients_of(
         "signed_saliency_maps",
         forward_func,
         inputs,
@@ -542,7 +537,7 @@ def signed_saliency_maps(
         "active": active_part(grads, abs),
         "inactive": inactive_part(grads, abs),
     }
-    return {name: format_output(was_tuple, parts[name]) for name in MAP_NAMES}
+    return {name: call.output(parts[name]) for name in MAP_NAMES}
 
 
 # ------------------------------------------------------------------ the engine
@@ -767,20 +762,20 @@ def _class_gradients_of(
     class_chunk_size: int | None,
     compare_classes: CompareClasses,
     strategy: str = "auto",
-) -> tuple[ClassGradients, bool]:
+) -> tuple[ClassGradients, AttributionCall]:
     """The engine behind a public entry point, on Captum's input forms.
 
-    Returns the class gradients and whether ``inputs`` was a tuple (for the output).
+    Returns the class gradients and the formatted call (whose ``output`` gives maps
+    back in the form of ``inputs``).
     """
-    check_autograd_available(who)
-    formatted, was_tuple = format_inputs(inputs)
+    call = attribution_call(who, inputs, additional_forward_args)
     grads = class_gradients(
         forward_func,
-        formatted,
+        call.inputs,
         target,
-        format_additional_args(additional_forward_args),
+        call.additional_forward_args,
         class_chunk_size=class_chunk_size,
         compare_classes=compare_classes,
         strategy=strategy,
     )
-    return grads, was_tuple
+    return grads, call

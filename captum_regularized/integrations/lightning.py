@@ -34,23 +34,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-try:
-    import lightning.pytorch as pl
-except ImportError as error:  # pragma: no cover - exercised only without the extra
-    raise ImportError(
-        "captum_regularized.integrations.lightning needs Lightning; install it with "
-        'pip install "captum-regularized[lightning]"'
-    ) from error
-
 from captum_regularized._internal.checks import check_class_scores
+from captum_regularized._internal.extras import optional_extra
+from captum_regularized._internal.method_maps import method_maps
 from captum_regularized._internal.model_state import preserved_model
 from captum_regularized.integrations.quantus import MethodSpec, resolve_method
-from captum_regularized.metrics.dataset_evaluation import (
-    MetricBatch,
-    MetricFn,
-    _explain,
-    _resolve_metrics,
-)
+from captum_regularized.metrics.dataset_evaluation import MetricBatch, MetricFn, resolve_metrics
+
+with optional_extra(__name__, "Lightning"):
+    import lightning.pytorch as pl
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -248,7 +240,7 @@ class ExplanationCallback(pl.Callback):
         self.every_n_epochs = _positive_int(every_n_epochs, "every_n_epochs")
         self.num_images = _positive_int(num_images, "num_images")
         chosen = isinstance(metrics, str) or len(metrics) > 0
-        self.metrics: dict[str, MetricFn] = _resolve_metrics(metrics) if chosen else {}
+        self.metrics: dict[str, MetricFn] = resolve_metrics(metrics) if chosen else {}
         self.layer = layer
         self.target = target
         self.attribute_kwargs = kwargs
@@ -384,7 +376,7 @@ class ExplanationCallback(pl.Callback):
         sums: dict[str, torch.Tensor] = {}
         for name, method in self._resolved.items():
             kwargs = dict(self.attribute_kwargs.get(name, {}))
-            maps = cast(torch.Tensor, _explain(method, images, targets, kwargs))
+            maps = cast(torch.Tensor, method_maps(method, images, targets, kwargs))
             self.last_maps[name] = maps.cpu()
             batch = MetricBatch(pl_module, images, targets, labels, maps, masks)
             for metric, score in self.metrics.items():

@@ -3,7 +3,8 @@
 Every metric takes a batch and returns per-example values (``.mean()`` gives the
 number papers report), computed on the inputs' device with a bounded number of
 images per forward pass (``internal_batch_size``). :func:`evaluate_dataset` runs
-them over a ``DataLoader``, also under ``torch.distributed``.
+them over a ``DataLoader``, also under ``torch.distributed`` (:func:`resolve_metrics`
+reads its ``metrics`` argument).
 :mod:`captum_regularized.metrics.torchmetrics` has every metric as a
 ``torchmetrics.Metric`` (the ``lightning`` extra; not imported by this package).
 
@@ -40,6 +41,7 @@ from captum_regularized.metrics.dataset_evaluation import (
     DatasetEvaluation,
     MetricBatch,
     evaluate_dataset,
+    resolve_metrics,
 )
 from captum_regularized.metrics.deletion_insertion import (
     PerturbationCurve,
@@ -74,4 +76,5 @@ __all__ = [
     "insertion_auc",
     "insertion_curve",
     "pointing_game",
+    "resolve_metrics",
 ]

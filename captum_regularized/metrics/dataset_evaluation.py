@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 from tqdm.auto import tqdm
 
 from captum_regularized._internal.checks import check_class_scores, check_data_batch
+from captum_regularized._internal.method_maps import Method, method_maps
 from captum_regularized._internal.model_outputs import logits_of
 from captum_regularized._internal.model_state import model_device, preserved_model
 from captum_regularized.metrics.allegiance import allegiance_deletion_auc
@@ -32,7 +33,8 @@ from captum_regularized.metrics.gradient_alignment import gradient_alignment
 from captum_regularized.metrics.pointing_game import energy_pointing_game, pointing_game
 from captum_regularized.metrics.sparseness import gini_sparseness
 
-__all__ = ["BUILTIN_METRICS", "DatasetEvaluation", "MetricBatch", "evaluate_dataset"]
+__all__ = ["BUILTIN_METRICS", "DatasetEvaluation", "MetricBatch", "evaluate_dataset",
+           "resolve_metrics"]
 
 
 @dataclass(frozen=True)
@@ -130,9 +132,6 @@ BUILTIN_METRICS: dict[str, MetricFn] = {
 """Metrics by name, with their default settings. The mean of the per-example
 ``allegiance_deletion_auc`` is the paper's area under the allegiance curve."""
 
-Method = Any | Callable[..., torch.Tensor] | None
-
-
 @dataclass
 class DatasetEvaluation:
     """Means and per-example values of every metric.
@@ -156,7 +155,46 @@ class DatasetEvaluation:
     per_example: dict[str, torch.Tensor]
 
 
-def _resolve_metrics(metrics: Sequence[str] | Mapping[str, MetricFn | str]) -> dict[str, MetricFn]:
+def resolve_metrics(metrics: Sequence[str] | Mapping[str, MetricFn | str]) -> dict[str, MetricFn]:
+    """The metrics to compute, by name, from names or a ``{name: metric}`` mapping.
+
+    This is how :func:`evaluate_dataset` and Lightning's
+    :class:`~captum_regularized.integrations.lightning.ExplanationCallback` read their
+    ``metrics`` argument: a name of :data:`BUILTIN_METRICS` stands for that metric, a
+    callable ``metric(MetricBatch) -> (B,)`` for itself.
+
+    Parameters
+    ----------
+    metrics : sequence of names or mapping
+        Names from :data:`BUILTIN_METRICS`, or ``{name: metric}`` where a metric is a
+        built-in name or a callable.
+
+    Returns
+    -------
+    dict of str to callable
+        One ``metric(MetricBatch) -> (B,)`` per name, in the given order.
+
+    Raises
+    ------
+    TypeError
+        For one string (not a sequence of names) or a metric that is neither a name nor
+        a callable.
+    ValueError
+        For an unknown name, or no metric at all.
+
+    Examples
+    --------
+    >>> chosen = resolve_metrics({"gini": "gini_sparseness", "ones": lambda b: b.targets * 0 + 1})
+    >>> list(chosen), chosen["gini"] is BUILTIN_METRICS["gini_sparseness"]
+    (['gini', 'ones'], True)
+    >>> resolve_metrics(["dice"])
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown metric 'dice'; built-in metrics are ['allegiance_deletion_auc', \
+'average_drop', 'average_gain', 'deletion_auc', 'energy_pointing_game', \
+'gini_sparseness', 'gradient_alignment', 'increase_in_confidence', 'insertion_auc', \
+'pointing_game']
+    """
     if isinstance(metrics, str):
         raise TypeError("metrics must be a sequence of names or a mapping, not one string")
     items = metrics.items() if isinstance(metrics, Mapping) else [(m, m) for m in metrics]
@@ -174,26 +212,6 @@ def _resolve_metrics(metrics: Sequence[str] | Mapping[str, MetricFn | str]) -> d
     if not resolved:
         raise ValueError("metrics must name at least one metric")
     return resolved
-
-
-def _explain(
-    method: Method, inputs: torch.Tensor, targets: torch.Tensor, kwargs: dict[str, Any]
-) -> torch.Tensor | None:
-    if method is None:
-        return None
-    inputs = inputs.detach().requires_grad_(True)
-    if hasattr(method, "attribute"):
-        maps = method.attribute(inputs, target=targets, **kwargs)
-    elif callable(method):
-        maps = method(inputs, targets, **kwargs)
-    else:
-        raise TypeError(
-            "method must be a Captum attribution object, a callable "
-            f"method(inputs, targets) or None, got {type(method).__name__}"
-        )
-    if not isinstance(maps, torch.Tensor):
-        raise TypeError(f"the method must return one tensor of maps, got {type(maps).__name__}")
-    return maps.detach()
 
 
 def _world(distributed: bool | None) -> tuple[int, int] | None:
@@ -313,7 +331,7 @@ def evaluate_dataset(
         raise TypeError(f"data must be a torch.utils.data.DataLoader, got {type(data).__name__}")
     if target not in ("predicted", "label"):
         raise ValueError(f"target must be 'predicted' or 'label', got {target!r}")
-    chosen = _resolve_metrics(metrics)
+    chosen = resolve_metrics(metrics)
     kwargs = dict(attribute_kwargs or {})
     device = torch.device(device) if device is not None else model_device(model)
     world = _world(distributed)
@@ -338,7 +356,7 @@ def evaluate_dataset(
                     targets = scores.argmax(dim=1)
             else:
                 targets = labels.long()
-            maps = _explain(method, images, targets, kwargs)
+            maps = method_maps(method, images, targets, kwargs)
             context = MetricBatch(model, images, targets, labels, maps, masks)
             for name, metric in chosen.items():
                 pieces[name].append(metric(context).detach().reshape(len(images)))

@@ -56,15 +56,8 @@ from typing import Any, ClassVar
 
 import torch
 
-try:
-    from torchmetrics import Metric
-except ImportError as error:  # pragma: no cover - exercised only without the extra
-    raise ImportError(
-        "captum_regularized.metrics.torchmetrics needs torchmetrics; install it with "
-        'pip install "captum-regularized[lightning]"'
-    ) from error
-
 from captum_regularized._internal.captum_compat import TargetType
+from captum_regularized._internal.extras import optional_extra
 from captum_regularized._internal.guided_relu import check_guided_model, check_guided_rule
 from captum_regularized.metrics.allegiance import ALLEGIANCE_FRACTIONS, allegiance_deletion_auc
 from captum_regularized.metrics.confidence_change import (
@@ -76,6 +69,9 @@ from captum_regularized.metrics.deletion_insertion import Substrate, deletion_au
 from captum_regularized.metrics.gradient_alignment import gradient_alignment
 from captum_regularized.metrics.pointing_game import energy_pointing_game, pointing_game
 from captum_regularized.metrics.sparseness import gini_sparseness
+
+with optional_extra(__name__, "torchmetrics"):
+    from torchmetrics import Metric
 
 __all__ = [
     "AllegianceDeletionAUC",

@@ -21,7 +21,12 @@ a penalty ``R(g)`` on the input gradient ``g`` in one of two ways (``mode=``):
   whose gradient is that difference, the second term coming from the caller's own
   backward pass through the logits' graph (:func:`finite_difference_step` picks ``h``).
 
-:func:`check_penalty_settings` validates the settings both classes share.
+:class:`InputGradientPenalty`, the base of both classes, holds what they share around
+the two modes: the settings (:func:`check_penalty_settings`), the checks every call
+starts with, the one-time double-backward check and the perturbed pass. Both
+finite-difference modes take ``g`` in a :func:`gradient_pass`, the penalty's value and
+direction from :func:`penalty_and_direction`, and return
+:func:`without_penalty_gradient` when there is no penalty to train through.
 """
 
 from __future__ import annotations
@@ -37,13 +42,22 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from captum_regularized._internal.checks import check_autograd_available
 from captum_regularized._internal.guided_relu import check_not_compiled
-from captum_regularized._internal.model_state import kept_batchnorm_statistics
+from captum_regularized._internal.input_gradients import (
+    check_training_batch,
+    leaf_in_place_error_explained,
+)
+from captum_regularized._internal.model_state import (
+    batchnorm_statistics_restored_on_error,
+    kept_batchnorm_statistics,
+)
 
 __all__ = [
     "DEFAULT_RELATIVE_STEP",
     "MODES",
     "GradientScaler",
+    "InputGradientPenalty",
     "PerturbedGradients",
     "check_double_backward",
     "check_mode",
@@ -56,10 +70,13 @@ __all__ = [
     "extra_pass",
     "finite_difference_penalty",
     "finite_difference_step",
+    "gradient_pass",
     "gradient_scale",
+    "penalty_and_direction",
     "penalty_direction",
     "perturbed_gradients",
     "rng_replayed",
+    "without_penalty_gradient",
 ]
 
 MODES = ("double_backprop", "finite_difference")
@@ -306,6 +323,25 @@ def extra_pass(model: nn.Module, device: torch.device) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def gradient_pass(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """The first-order pass of a finite-difference step, which takes ``g`` at ``x``.
+
+    An :func:`extra_pass` in which a model that modifies its input in place is named
+    in a ``RuntimeError`` (its input gradient would be that of the modified tensor).
+
+    Examples
+    --------
+    >>> net = nn.Sequential(nn.BatchNorm1d(2)).train()
+    >>> with gradient_pass(net, torch.device("cpu")):
+    ...     _ = net(torch.rand(4, 2))
+    >>> float(net[0].running_mean.abs().sum())
+    0.0
+    """
+    with extra_pass(model, device), leaf_in_place_error_explained():
+        yield
+
+
 def penalty_direction(value: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
     """``v = d value / d leaf``, the direction of ``x + h v`` (zeros where ``value`` is
     constant in ``leaf``).
@@ -320,6 +356,44 @@ def penalty_direction(value: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(leaf)
     (direction,) = torch.autograd.grad(value, leaf, allow_unused=True, materialize_grads=True)
     return direction
+
+
+def penalty_and_direction(
+    penalty: Callable[[torch.Tensor], torch.Tensor], gradient: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The penalty's value at ``gradient`` (detached) and its direction ``v = dR/dg`` there.
+
+    ``penalty`` is evaluated on a detached leaf holding ``gradient``, so no graph of the
+    gradient pass is kept; see :func:`penalty_direction`.
+
+    Examples
+    --------
+    >>> value, direction = penalty_and_direction(lambda g: g.square().sum(),
+    ...                                          torch.tensor([1.0, -2.0]))
+    >>> value.item(), direction.tolist(), value.requires_grad
+    (5.0, [2.0, -4.0], False)
+    """
+    with torch.enable_grad():
+        leaf = gradient.detach().requires_grad_(True)
+        value = penalty(leaf)
+        direction = penalty_direction(value, leaf)
+    return value.detach(), direction
+
+
+def without_penalty_gradient(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``value``, carried by ``reference``'s graph with a zero gradient.
+
+    What a step without penalty (weight 0) returns instead of running the perturbed
+    pass: the penalty's value, and a gradient of exactly 0 through the caller's pass.
+
+    Examples
+    --------
+    >>> w = torch.tensor(3.0, requires_grad=True)
+    >>> out = without_penalty_gradient(torch.tensor(0.5), 2 * w)
+    >>> out.item(), torch.autograd.grad(out, w)[0].item()
+    (0.5, 0.0)
+    """
+    return value.detach() + 0 * (reference - reference.detach())
 
 
 DEFAULT_RELATIVE_STEP = 0.02
@@ -617,3 +691,79 @@ got object
             f"got {type(grad_scaler).__name__}"
         )
     return step
+
+
+class InputGradientPenalty:
+    """The base of the two penalties on the input gradient: what they share around the modes.
+
+    It keeps the model and the mode settings (checked by :func:`check_penalty_settings`),
+    opens every call with the same checks (:meth:`_training_call`), runs the
+    double-backward check once per instance (:meth:`_check_double_backward_once`) and
+    takes the perturbed pass of a finite-difference step (:meth:`_perturbed_pass`). The
+    subclasses hold their penalty and their two modes.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model being trained (checked by the subclass).
+    mode, fd_step, grad_scaler
+        As the subclasses document them.
+
+    Examples
+    --------
+    >>> penalty = InputGradientPenalty(nn.Linear(2, 2), "finite_difference", 0.01, None)
+    >>> penalty.mode, penalty.fd_step, penalty.grad_scaler
+    ('finite_difference', 0.01, None)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mode: str,
+        fd_step: float | None,
+        grad_scaler: GradientScaler | None,
+    ) -> None:
+        self.fd_step = check_penalty_settings(model, mode, fd_step, grad_scaler)
+        self.model = model
+        self.mode = mode
+        self.grad_scaler = grad_scaler
+        self._double_backward_checked = False
+
+    @contextlib.contextmanager
+    def _training_call(
+        self, inputs: torch.Tensor, labels: torch.Tensor
+    ) -> Iterator[torch.Tensor | None]:
+        """Check a training batch and yield the loss scale (``None`` without a scaler).
+
+        Refuses inference mode, non-finite inputs and bad labels before any forward
+        pass; the block runs with the model's BatchNorm statistics restored should it
+        raise.
+        """
+        check_autograd_available(type(self).__name__)
+        check_training_batch(inputs, labels, class_indices=True)
+        scale = gradient_scale(self.grad_scaler, inputs)
+        with batchnorm_statistics_restored_on_error(self.model):
+            yield scale
+
+    def _check_double_backward_once(self, *outputs: torch.Tensor) -> None:
+        """:func:`check_double_backward` on the first ``"double_backprop"`` call only."""
+        if not self._double_backward_checked:
+            check_double_backward(type(self).__name__, *outputs)
+            self._double_backward_checked = True
+
+    def _perturbed_pass(
+        self,
+        loss_at: Callable[[torch.Tensor], torch.Tensor],
+        inputs: torch.Tensor,
+        direction: torch.Tensor,
+        step: torch.Tensor,
+        *,
+        scale: torch.Tensor | None = None,
+        extra_inputs: Sequence[torch.Tensor] = (),
+    ) -> PerturbedGradients:
+        """:func:`perturbed_gradients` of the model's weights, in an :func:`extra_pass`."""
+        with extra_pass(self.model, inputs.device):
+            return perturbed_gradients(
+                loss_at, inputs, direction, step, list(self.model.parameters()),
+                scale=scale, extra_inputs=extra_inputs,
+            )

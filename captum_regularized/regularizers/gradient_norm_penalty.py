@@ -13,30 +13,22 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from captum_regularized._internal.checks import check_autograd_available
 from captum_regularized._internal.input_gradients import (
-    check_training_batch,
     cross_entropy_per_example,
     input_gradient,
-    leaf_in_place_error_explained,
 )
 from captum_regularized._internal.model_outputs import logits_of
-from captum_regularized._internal.model_state import (
-    batchnorm_statistics_restored_on_error,
-    unwrap_parallel,
-)
+from captum_regularized._internal.model_state import unwrap_parallel
 from captum_regularized.regularizers._penalty_modes import (
     GradientScaler,
-    check_double_backward,
-    check_penalty_settings,
+    InputGradientPenalty,
     double_backward_attention,
     double_backward_errors_explained,
-    extra_pass,
     finite_difference_penalty,
     finite_difference_step,
-    gradient_scale,
-    penalty_direction,
-    perturbed_gradients,
+    gradient_pass,
+    penalty_and_direction,
+    without_penalty_gradient,
 )
 from captum_regularized.regularizers.adversarial_norms import adversarial_norm
 
@@ -53,7 +45,7 @@ class _Batch(NamedTuple):
     """The loss scale of ``grad_scaler`` (``None`` without one)."""
 
 
-class GradientNormPenalty:
+class GradientNormPenalty(InputGradientPenalty):
     r"""Penalty ``R*(grad_x l)`` on each example's simple-gradient map.
 
     The first-order form of
@@ -168,11 +160,7 @@ class GradientNormPenalty:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         self.spec = adversarial_norm(norm, epsilon, epsilon2, group_size)
-        self.fd_step = check_penalty_settings(model, mode, fd_step, grad_scaler)
-        self.model = model
-        self.mode = mode
-        self.grad_scaler = grad_scaler
-        self._double_backward_checked = False
+        super().__init__(model, mode, fd_step, grad_scaler)
 
     @property
     def norm(self) -> str:
@@ -213,13 +201,8 @@ class GradientNormPenalty:
             NaN or infinite ``inputs`` (before any forward pass); labels not ``(B,)`` or
             out of range; logits not ``(B, C)``; a bad ``mask``.
         """
-        check_autograd_available(type(self).__name__)
-        check_training_batch(inputs, labels, class_indices=True)
-        batch = _Batch(
-            inputs, labels, self.spec.check_mask(mask, inputs),
-            gradient_scale(self.grad_scaler, inputs),
-        )
-        with batchnorm_statistics_restored_on_error(self.model):
+        with self._training_call(inputs, labels) as scale:
+            batch = _Batch(inputs, labels, self.spec.check_mask(mask, inputs), scale)
             if self.mode == "finite_difference":
                 return self._finite_difference(batch)
             return self._double_backprop(batch)
@@ -240,9 +223,7 @@ class GradientNormPenalty:
             out = input_gradient(
                 self.model, inputs, labels, self._loss_fn(scale), create_graph=True
             )
-        if not self._double_backward_checked:
-            check_double_backward(who, out.logits, out.gradient)
-            self._double_backward_checked = True
+        self._check_double_backward_once(out.logits, out.gradient)
         gradient = out.gradient if scale is None else out.gradient / scale
         return out.logits, self.spec.conjugate_penalty(gradient, mask).mean()
 
@@ -250,30 +231,25 @@ class GradientNormPenalty:
         inputs, labels, mask, scale = batch
         model = self.model
         extra = unwrap_parallel(model)  # the extra passes do not synchronise
-        with extra_pass(model, inputs.device), leaf_in_place_error_explained():
+        with gradient_pass(model, inputs.device):
             first = input_gradient(extra, inputs, labels, self._loss_fn(scale))
         gradient = first.gradient if scale is None else first.gradient / scale
-        with torch.enable_grad():
-            leaf = gradient.detach().requires_grad_(True)
-            value = self.spec.conjugate_penalty(leaf, mask).mean()
-            direction = penalty_direction(value, leaf)
-        value = value.detach()
+        value, direction = penalty_and_direction(
+            lambda leaf: self.spec.conjugate_penalty(leaf, mask).mean(), gradient
+        )
 
         if self.spec.epsilon == 0 and self.spec.epsilon2 == 0:  # no penalty, no gradient
             with torch.enable_grad():
                 logits = logits_of(model(inputs), "model")
                 losses = cross_entropy_per_example(logits, labels)
-            return logits, value + 0 * (losses.sum() - losses.sum().detach())
+            return logits, without_penalty_gradient(value, losses.sum())
 
         step = finite_difference_step(inputs, direction, self.fd_step)
 
         def loss_at(x: torch.Tensor) -> torch.Tensor:
             return cross_entropy_per_example(logits_of(extra(x), "model"), labels).sum()
 
-        with extra_pass(model, inputs.device):
-            perturbed = perturbed_gradients(
-                loss_at, inputs, direction, step, list(model.parameters()), scale=scale
-            )
+        perturbed = self._perturbed_pass(loss_at, inputs, direction, step, scale=scale)
         with torch.enable_grad():
             logits = logits_of(model(inputs), "model")
             losses = cross_entropy_per_example(logits, labels)

@@ -24,22 +24,13 @@ from torch.overrides import TorchFunctionMode
 
 from captum_regularized._internal.batch_args import is_per_example
 from captum_regularized._internal.captum_compat import format_additional_args
-from captum_regularized._internal.checks import check_autograd_available
 from captum_regularized._internal.guided_relu import (
     check_guided_rule,
     guided_and_plain_gradients,
 )
-from captum_regularized._internal.input_gradients import (
-    check_class_logits,
-    check_training_batch,
-    leaf_in_place_error_explained,
-)
+from captum_regularized._internal.input_gradients import check_class_logits
 from captum_regularized._internal.model_outputs import logits_of
-from captum_regularized._internal.model_state import (
-    batchnorm_statistics_restored_on_error,
-    kept_batchnorm_statistics,
-    unwrap_parallel,
-)
+from captum_regularized._internal.model_state import kept_batchnorm_statistics, unwrap_parallel
 from captum_regularized._internal.per_example_batchnorm import (
     Moments,
     TrainBatchNormCalls,
@@ -48,16 +39,14 @@ from captum_regularized._internal.per_example_batchnorm import (
 )
 from captum_regularized.regularizers._penalty_modes import (
     GradientScaler,
-    check_double_backward,
-    check_penalty_settings,
+    InputGradientPenalty,
     double_backward_attention,
     double_backward_errors_explained,
-    extra_pass,
     finite_difference_penalty,
     finite_difference_step,
-    gradient_scale,
-    penalty_direction,
-    perturbed_gradients,
+    gradient_pass,
+    penalty_and_direction,
+    without_penalty_gradient,
 )
 
 __all__ = ["GuidedGradientRegularizer"]
@@ -232,7 +221,7 @@ _MISMATCH = (
 )
 
 
-class GuidedGradientRegularizer:
+class GuidedGradientRegularizer(InputGradientPenalty):
     r"""Penalise the misalignment of the plain input gradient with guided backprop.
 
     A training-loss hook: ``logits, penalty = reg(inputs, labels)`` and the training
@@ -392,7 +381,7 @@ class GuidedGradientRegularizer:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.rule = check_guided_rule(rule)
-        self.fd_step = check_penalty_settings(model, mode, fd_step, grad_scaler)
+        super().__init__(model, mode, fd_step, grad_scaler)
         if mode == "finite_difference":
             _eager_forward(model)  # refuses compiled submodules
         if isinstance(weight, bool) or not isinstance(weight, (int, float, numbers.Real)):
@@ -416,15 +405,11 @@ class GuidedGradientRegularizer:
         number = isinstance(fraction, (int, float, numbers.Real)) and not isinstance(fraction, bool)
         if not number or not 0 < fraction <= 1:  # NaN fails the comparison too
             raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
-        self.model = model
         self.weight = float(weight)
         self.distance = distance
         self.target = target
         self.fraction = float(fraction)
-        self.mode = mode
-        self.grad_scaler = grad_scaler
         self.last_cosine: torch.Tensor | None = None
-        self._double_backward_checked = False
 
     def __repr__(self) -> str:
         distance = self.distance if isinstance(self.distance, str) else "<callable>"
@@ -479,12 +464,9 @@ class GuidedGradientRegularizer:
             BatchNorm running statistics are left as found whenever it raises.
         """
         who = type(self).__name__
-        check_autograd_available(who)
-        check_training_batch(inputs, labels, class_indices=True)
-        batch = inputs.shape[0]
-        count = max(1, min(batch, round(self.fraction * batch)))
-        scale = gradient_scale(self.grad_scaler, inputs)
-        with batchnorm_statistics_restored_on_error(self.model):
+        with self._training_call(inputs, labels) as scale:
+            batch = inputs.shape[0]
+            count = max(1, min(batch, round(self.fraction * batch)))
             if self.mode == "finite_difference":
                 return self._finite_difference(
                     inputs, labels, additional_forward_args, count, scale
@@ -504,9 +486,7 @@ class GuidedGradientRegularizer:
                     logits, plain, guided = self._subset_gradients(
                         inputs, labels, additional_forward_args, count, scale
                     )
-            if not self._double_backward_checked:
-                check_double_backward(who, logits, plain)
-                self._double_backward_checked = True
+            self._check_double_backward_once(logits, plain)
             if scale is not None:
                 plain, guided = plain / scale, guided / scale
             per_example = self._distance(plain, guided)
@@ -574,7 +554,7 @@ class GuidedGradientRegularizer:
             with first:
                 return eager(x, *extra)
 
-        with extra_pass(model, inputs.device), leaf_in_place_error_explained():
+        with gradient_pass(model, inputs.device):
             _, plain, guided = guided_and_plain_gradients(
                 recorded, sub_inputs, additional_forward_args=sub_args, per_example=True,
                 rule=self.rule, score_fn=scores,
@@ -582,12 +562,13 @@ class GuidedGradientRegularizer:
         if scale is not None:
             plain, guided = plain / scale, guided / scale
         classes = chosen["classes"]
-        with torch.enable_grad():
-            leaf = plain.detach().requires_grad_(True)
+
+        def penalty(leaf: torch.Tensor) -> torch.Tensor:
             per_example = self._distance(leaf, guided)
             _check_per_example_loss(per_example, leaf.shape[0])
-            value = self.weight * per_example.mean()
-            direction = penalty_direction(value, leaf)
+            return self.weight * per_example.mean()
+
+        value, direction = penalty_and_direction(penalty, plain)
         self.last_cosine = (_unit_rows(plain) * _unit_rows(guided)).sum(1).mean().detach()
 
         def target_sum(logits: torch.Tensor, subset: bool) -> torch.Tensor:
@@ -601,19 +582,16 @@ class GuidedGradientRegularizer:
 
         if self.weight == 0:  # no penalty, no perturbed pass
             logits = callers_pass()
-            reference = target_sum(logits, rows is not None)
-            return logits, value.detach() + 0 * (reference - reference.detach())
+            return logits, without_penalty_gradient(value, target_sum(logits, rows is not None))
         step = finite_difference_step(sub_inputs, direction, self.fd_step)
-        parameters = list(model.parameters())
 
         # 2. The pass at x + h v, whose weight gradient is kept; 3. the caller's pass.
         if not first.statistics:  # no train-mode BatchNorm: examples are independent
             forward = unwrap_parallel(model)  # may be compiled
-            with extra_pass(model, inputs.device):
-                perturbed = perturbed_gradients(
-                    lambda x: target_sum(logits_of(forward(x, *sub_args), "model"), False),
-                    sub_inputs, direction, step, parameters, scale=scale,
-                )
+            perturbed = self._perturbed_pass(
+                lambda x: target_sum(logits_of(forward(x, *sub_args), "model"), False),
+                sub_inputs, direction, step, scale=scale,
+            )
             logits = callers_pass()
             reference = target_sum(logits, rows is not None)
             return logits, finite_difference_penalty(value, reference, perturbed, sub_inputs)
@@ -631,11 +609,10 @@ class GuidedGradientRegularizer:
                 with hold:
                     return target_sum(logits_of(eager(x, *args), "model"), False)
 
-            with extra_pass(model, inputs.device):
-                perturbed = perturbed_gradients(
-                    held_loss, inputs, direction, step, parameters, scale=scale,
-                    extra_inputs=[t for pair in held for t in pair],
-                )
+            perturbed = self._perturbed_pass(
+                held_loss, inputs, direction, step, scale=scale,
+                extra_inputs=[t for pair in held for t in pair],
+            )
             if hold.calls != len(held):
                 raise RuntimeError(_MISMATCH)
             extra = perturbed.extra_gradients
@@ -665,11 +642,10 @@ class GuidedGradientRegularizer:
                 out = _logits_at(logits_of(eager(x, *pair_args), "model"), classes.repeat(2))
             return out[:count].sum() - out[count:].sum()
 
-        with extra_pass(model, inputs.device):
-            perturbed = perturbed_gradients(
-                difference, pair, torch.cat([direction, torch.zeros_like(direction)]), step,
-                parameters, scale=scale,
-            )
+        perturbed = self._perturbed_pass(
+            difference, pair, torch.cat([direction, torch.zeros_like(direction)]), step,
+            scale=scale,
+        )
         logits = callers_pass()
         return logits, finite_difference_penalty(value, None, perturbed, pair)
 

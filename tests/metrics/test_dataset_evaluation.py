@@ -19,6 +19,7 @@ from captum_regularized.metrics import (
     gradient_alignment,
     insertion_auc,
     pointing_game,
+    resolve_metrics,
 )
 from captum_regularized.models import SimpleCNN
 from tests.distributed import run_distributed
@@ -130,6 +131,25 @@ def test_clear_errors():
         evaluate_dataset(model, loader, Saliency(model), ["gini_sparseness"], distributed=True,
                          progress=False)
     assert set(METRICS) <= set(BUILTIN_METRICS)
+
+
+def test_resolve_metrics_reads_names_mappings_and_callables():
+    def custom(batch: MetricBatch) -> torch.Tensor:
+        return batch.targets.float()
+
+    by_name = resolve_metrics(["gini_sparseness", "deletion_auc"])
+    assert list(by_name) == ["gini_sparseness", "deletion_auc"]
+    assert by_name["deletion_auc"] is BUILTIN_METRICS["deletion_auc"]
+    mixed = resolve_metrics({"mine": custom, "sparsity": "gini_sparseness"})
+    assert mixed == {"mine": custom, "sparsity": BUILTIN_METRICS["gini_sparseness"]}
+    with pytest.raises(TypeError, match="not one string"):
+        resolve_metrics("gini_sparseness")
+    with pytest.raises(ValueError, match="unknown metric 'dice'"):
+        resolve_metrics({"x": "dice"})
+    with pytest.raises(TypeError, match="metric 'x' must be a name or a callable"):
+        resolve_metrics({"x": 3})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="at least one metric"):
+        resolve_metrics([])
 
 
 def _evaluate_on_rank(rank: int, world_size: int) -> dict:
