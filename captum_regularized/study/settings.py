@@ -141,8 +141,8 @@ QUICK = replace(
     resnet_epochs=2, saturated_epochs=3, rsi_steps=8, perturbation_steps=8, figure_rows=2,
     mobilenet_epochs=1,
 )
-"""The CI-sized run (about 30 s on 2 cores): one seed, small training and scoring
-sets; its verdicts are not evidence."""
+"""The CI-sized run (209 s on 2 idle cores in the last CI run): one seed, small
+training and scoring sets; its verdicts are not evidence."""
 
 TINY = replace(
     QUICK, num_classes=4, train_samples=96, test_samples=32, eval_examples=8, width=2,
