@@ -3,7 +3,7 @@
 Everything is drawn from counter-based hashes of the item keys, so the layout of item
 ``i`` depends on ``(seed, i)`` only. Slot 0 of every item is the *target* (its shape is
 the label, its colour is always red); slots ``1..D`` are distractors with other shapes of
-the class set and other colours.
+the class set and the colours of a palette (:data:`DISTRACTOR_PALETTES`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,17 @@ DISTRACTOR_COLOURS = (
     (0.1, 0.78, 0.85),  # cyan
     (0.78, 0.2, 0.85),  # magenta
 )
+WARM_DISTRACTOR_COLOURS = (
+    (0.92, 0.45, 0.1),  # orange
+    (0.85, 0.15, 0.5),  # pink
+    (0.6, 0.1, 0.08),  # dark red
+    (0.95, 0.5, 0.45),  # salmon
+    (0.8, 0.3, 0.25),  # brick
+)
+DISTRACTOR_PALETTES = {"distinct": DISTRACTOR_COLOURS, "warm": WARM_DISTRACTOR_COLOURS}
+"""Distractor colours by name: ``"distinct"`` (green, blue, yellow, cyan, magenta: colour
+alone finds the red target) or ``"warm"`` (reds, oranges and pinks near the target's red:
+the target must be told apart by a finer difference of colour)."""
 COLOUR_JITTER = 0.08
 """Each colour channel of each object moves by up to this much."""
 
@@ -109,14 +120,15 @@ def _first_free_candidate(
     return candidates[torch.arange(len(candidates), device=candidates.device), best]
 
 
-def _object_colours(keys: torch.Tensor, slots: int) -> torch.Tensor:
+def _object_colours(keys: torch.Tensor, slots: int, palette_name: str) -> torch.Tensor:
     """Target red in slot 0; distractors cycle through the palette from a random start."""
     bits = hashed_bits(keys, Stream.COLOURS, 1 + 3 * slots)
     jitter = (bits_to_unit(bits[:, 1:]).view(len(keys), slots, 3) * 2.0 - 1.0) * COLOUR_JITTER
-    palette = torch.tensor((TARGET_COLOUR, *DISTRACTOR_COLOURS), device=keys.device)
-    start = bits[:, :1] % len(DISTRACTOR_COLOURS)
+    colours = DISTRACTOR_PALETTES[palette_name]
+    palette = torch.tensor((TARGET_COLOUR, *colours), device=keys.device)
+    start = bits[:, :1] % len(colours)
     slot = torch.arange(slots, device=keys.device)[None, :]
-    choice = torch.where(slot == 0, 0, (start + slot - 1) % len(DISTRACTOR_COLOURS) + 1)
+    choice = torch.where(slot == 0, 0, (start + slot - 1) % len(colours) + 1)
     return (palette[choice] + jitter).clamp(0.0, 1.0)
 
 
@@ -127,12 +139,13 @@ def sample_layout(
     num_classes: int,
     num_distractors: int,
     radius_range: tuple[float, float] = RADIUS_RANGE,
+    distractor_palette: str = "distinct",
 ) -> ShapesLayout:
     """Draw the objects of the given items (a pure function of ``(seed_key, index)``).
 
     Radii are uniform in ``radius_range * image_size`` (default :data:`RADIUS_RANGE`),
     rotations within 15 degrees, centres uniform among the positions that keep the object
-    inside the image.
+    inside the image; distractor colours come from ``DISTRACTOR_PALETTES[distractor_palette]``.
     Distractor ``j`` takes the first of ``PLACEMENT_CANDIDATES`` centres whose disk misses
     the target and distractors ``1..j-1`` (or, failing that, the least overlapping one).
 
@@ -178,5 +191,5 @@ def sample_layout(
         centers=torch.stack(centers, 1),
         radii=torch.stack(radii, 1),
         turns=torch.stack(turns, 1),
-        colours=_object_colours(keys, 1 + num_distractors),
+        colours=_object_colours(keys, 1 + num_distractors, distractor_palette),
     )

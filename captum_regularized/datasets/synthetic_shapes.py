@@ -15,7 +15,12 @@ from captum_regularized.datasets.rendered import (
     as_index_tensor,
     check_int,
 )
-from captum_regularized.datasets.shape_layout import RADIUS_RANGE, ShapesLayout, sample_layout
+from captum_regularized.datasets.shape_layout import (
+    DISTRACTOR_PALETTES,
+    RADIUS_RANGE,
+    ShapesLayout,
+    sample_layout,
+)
 from captum_regularized.datasets.shape_rendering import (
     object_windows,
     window_pixel_indices,
@@ -35,12 +40,13 @@ CONFIGURATIONS: dict[str, dict[str, Any]] = {
     "standard": {"num_distractors": 2, "noise": 0.06, "radius_range": RADIUS_RANGE,
                  "clutter": 0.0},
     "harder": {"num_distractors": 4, "noise": 0.1, "radius_range": (0.14, 0.2),
-               "clutter": 0.3},
+               "clutter": 0.3, "distractor_palette": "warm"},
 }
 """Named settings of :meth:`SyntheticShapes.configured`. ``"standard"`` is the
-constructor's default; ``"harder"`` has four distractors, smaller objects (14-20 % of the
-side as radius), coloured clutter behind them and more pixel noise, so the object is a
-smaller part of a busier image."""
+constructor's default; ``"harder"`` has four distractors in reds, oranges and pinks near
+the target's red (the ``"warm"`` palette), smaller objects (14-20 % of the side as
+radius), coloured clutter behind them and more pixel noise, so the object is a smaller
+part of a busier image and colour alone no longer singles it out."""
 
 
 def _check_float(name: str, value: object, low: float, high: float) -> float:
@@ -65,8 +71,9 @@ class SyntheticShapes(RenderedItems):
     """Procedural shape images with a ground-truth mask of the object that decides the label.
 
     Each image has a textured, noisy, near-grey background, one red *target* object
-    whose shape is the label, and ``num_distractors`` objects in other colours (green,
-    blue, yellow, cyan, magenta) whose shapes are other classes. The label is decided by
+    whose shape is the label, and ``num_distractors`` objects in other colours (by default
+    green, blue, yellow, cyan, magenta; see ``distractor_palette``) whose shapes are other
+    classes. The label is decided by
     the target alone, so a faithful explanation puts its mass inside ``mask``, not on the
     visible but irrelevant distractors. Objects have random size (by default 16-24 % of
     the image side as radius), position and rotation (within 15 degrees); distractors avoid
@@ -106,6 +113,10 @@ class SyntheticShapes(RenderedItems):
         Amplitude of coloured clutter in the background, 0 to 1 (see
         :func:`~captum_regularized.datasets.textures.textured_background`); 0 keeps the
         near-grey background.
+    distractor_palette : {"distinct", "warm"}
+        The distractors' colours (see
+        :data:`~captum_regularized.datasets.shape_layout.DISTRACTOR_PALETTES`):
+        ``"distinct"`` (default) is far from the target's red, ``"warm"`` near it.
 
     Notes
     -----
@@ -135,6 +146,7 @@ class SyntheticShapes(RenderedItems):
         seed: int = 0,
         radius_range: tuple[float, float] = RADIUS_RANGE,
         clutter: float = 0.0,
+        distractor_palette: str = "distinct",
     ) -> None:
         self.num_samples = check_int("num_samples", num_samples, 1, 2**31 - 1)
         self.image_size = check_int("image_size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
@@ -148,6 +160,12 @@ class SyntheticShapes(RenderedItems):
         self.seed = check_int("seed", seed, 0)
         self.radius_range = _check_radius_range(radius_range)
         self.clutter = _check_float("clutter", clutter, 0.0, 1.0)
+        if not isinstance(distractor_palette, str) or distractor_palette not in DISTRACTOR_PALETTES:
+            raise ValueError(
+                f"distractor_palette must be one of {sorted(DISTRACTOR_PALETTES)}, "
+                f"got {distractor_palette!r}"
+            )
+        self.distractor_palette = distractor_palette
         self._seed_key = fold_seed(seed)
 
     @property
@@ -163,7 +181,8 @@ class SyntheticShapes(RenderedItems):
             f"{type(self).__name__}(num_samples={self.num_samples}, "
             f"image_size={self.image_size}, num_classes={self.num_classes}, "
             f"num_distractors={self.num_distractors}, noise={self.noise}, seed={self.seed}, "
-            f"radius_range={self.radius_range}, clutter={self.clutter})"
+            f"radius_range={self.radius_range}, clutter={self.clutter}, "
+            f"distractor_palette={self.distractor_palette!r})"
         )
 
     @classmethod
@@ -178,6 +197,8 @@ class SyntheticShapes(RenderedItems):
         >>> data = SyntheticShapes.configured("harder", 8, seed=1, image_size=48)
         >>> data.num_distractors, data.radius_range, data.clutter, data.image_size
         (4, (0.14, 0.2), 0.3, 48)
+        >>> data.distractor_palette
+        'warm'
         """
         if name not in CONFIGURATIONS:
             raise ValueError(f"name must be one of {sorted(CONFIGURATIONS)}, got {name!r}")
@@ -197,7 +218,7 @@ class SyntheticShapes(RenderedItems):
     def _layout(self, index_tensor: torch.Tensor) -> ShapesLayout:
         return sample_layout(
             self._seed_key, index_tensor, self.image_size, self.num_classes,
-            self.num_distractors, self.radius_range,
+            self.num_distractors, self.radius_range, self.distractor_palette,
         )
 
     @torch.no_grad()

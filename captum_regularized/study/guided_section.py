@@ -172,10 +172,19 @@ def run_guided_section(context: StudyContext) -> Section:
             "installed (`pip install grad-cam`)."
         )
     context.note_missing_masks(section)
+    recipes = dict(MODELS)
+    if context.data.key in s.mobilenet_data_sets:
+        recipes.update(MOBILENET_MODELS)
+    else:
+        section.notes.append(
+            f"The MobileNet-V2 pair is not trained on {context.data.label} (the setting "
+            f"`mobilenet_data_sets` is {list(s.mobilenet_data_sets)}): its claims are not "
+            "measured here."
+        )
     figure_maps: dict[str, torch.Tensor] = {}
     for batch in context.eval_batches():
         images, labels = batch.images, batch.labels
-        for recipe, row in {**MODELS, **MOBILENET_MODELS}.items():
+        for recipe, row in recipes.items():
             trained = context.zoo.get(recipe, batch.seed)
             model = trained.model
             context.log(f"guided gradients: scoring the {row} model (seed {batch.seed})")

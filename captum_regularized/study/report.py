@@ -201,7 +201,9 @@ def _concentration_lines(data_sets: dict[str, dict[str, Any]]) -> list[str]:
         return []
     lines = [
         "**How concentrated the plain gradient is on the object (SyntheticShapes).** "
-        "The synthetic track uses the harder configuration; a resnet18 trained the same "
+        "The synthetic track uses the harder configuration (four distractors in reds, "
+        "oranges and pinks near the target's red, smaller objects, background clutter); "
+        "a resnet18 trained the same "
         "way on each configuration, energy in mask of |plain gradient| of the label on the "
         "held-out examples (share of the map inside the object; the mask's share of the "
         "image for scale):",

@@ -48,6 +48,10 @@ class StudySettings:
     mobilenet_epochs : int
         Epochs of the MobileNet-V2 pair (baseline and guided-regularized) of the
         guided-gradient section.
+    mobilenet_data_sets : tuple of str
+        Keys of the data sets (``"synthetic"``, ``"fashion-mnist"``, ``"folder"``) on
+        which the guided section trains and scores the MobileNet-V2 pair; elsewhere its
+        claims are "not measured" and the section says so.
 
     Examples
     --------
@@ -85,6 +89,7 @@ class StudySettings:
     paper_guided_weight: float = 7.5e-3
     paper_step_fraction: float = 0.3
     mobilenet_epochs: int = 3
+    mobilenet_data_sets: tuple[str, ...] = ("fashion-mnist",)
 
     def with_seeds(self, seeds: int) -> StudySettings:
         """A copy with another number of seeds.
@@ -116,7 +121,9 @@ images x 3 epochs: alignment 0.414 without, 0.417 with the regularizer); the stu
 both weights. The adversary radii are
 ``1/255`` per pixel (``l1``, elastic net) and the L2 radius of that box over a ``4 x 4``
 patch, ``4/255`` (``group``); ``4/255`` per pixel cost these models more than half of
-their accuracy."""
+their accuracy. The MobileNet-V2 pair runs on Fashion-MNIST only: on the synthetic track it
+stayed near chance (18 % and 14 % held-out accuracy in the last run that trained it there,
+2 epochs) and cost about 300 s of the 30-minute budget."""
 
 DEPARTURES = (
     "Each section runs the papers' own settings next to ours: RSI-Grad-CAM on the softmax "
@@ -131,8 +138,11 @@ DEPARTURES = (
     "of that box over a 4 x 4 patch (`group`); 4/255 per pixel cost these models more than "
     "half of their accuracy. The papers' data sets (CIFAR-10/100, ImageNet) and "
     "architectures are replaced by Fashion-MNIST and the harder SyntheticShapes "
-    "configuration at 32 px, SimpleCNN, a resnet18 and a MobileNet-V2 (width 0.5, "
-    "stride-1 stem for 32 px inputs) trained from scratch."
+    "configuration at 32 px (distractors in colours near the target's red, so colour "
+    "alone does not find it), SimpleCNN, a resnet18 and a MobileNet-V2 (width 0.5, "
+    "stride-1 stem for 32 px inputs) trained from scratch; the MobileNet-V2 pair runs on "
+    "Fashion-MNIST only (on the synthetic track it stayed near chance, 18 % and 14 %, "
+    "and cost about 300 s of the 30-minute budget)."
 )
 """How the study's settings depart from the papers' (quoted in the report)."""
 
@@ -141,11 +151,12 @@ QUICK = replace(
     resnet_epochs=2, saturated_epochs=3, rsi_steps=8, perturbation_steps=8, figure_rows=2,
     mobilenet_epochs=1,
 )
-"""The CI-sized run (209 s on 2 idle cores in the last CI run): one seed, small
-training and scoring sets; its verdicts are not evidence."""
+"""The CI-sized run (55 s on 2 idle cores; synthetic data only, so without the MobileNet-V2
+pair): one seed, small training and scoring sets; its verdicts are not evidence."""
 
 TINY = replace(
-    QUICK, num_classes=4, train_samples=96, test_samples=32, eval_examples=8, width=2,
-    epochs=1, resnet_epochs=1, saturated_epochs=1, batch_size=32, rsi_steps=4, perturbation_steps=4,
+    QUICK, mobilenet_data_sets=("synthetic", "fashion-mnist"), num_classes=4, train_samples=96,
+    test_samples=32, eval_examples=8, width=2, epochs=1, resnet_epochs=1, saturated_epochs=1,
+    batch_size=32, rsi_steps=4, perturbation_steps=4,
 )
 """The smallest run that exercises every code path (for tests)."""

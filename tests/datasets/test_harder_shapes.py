@@ -6,6 +6,11 @@ import pytest
 import torch
 
 from captum_regularized.datasets import SyntheticShapes
+from captum_regularized.datasets.shape_layout import (
+    COLOUR_JITTER,
+    DISTRACTOR_PALETTES,
+    TARGET_COLOUR,
+)
 from captum_regularized.datasets.shape_rendering import render_object_masks
 from captum_regularized.datasets.synthetic_shapes import CONFIGURATIONS
 
@@ -85,6 +90,8 @@ def test_clutter_colours_the_background() -> None:
         ({"clutter": 1.5}, ValueError, "clutter"),
         ({"clutter": None}, TypeError, "clutter"),
         ({"clutter": True}, TypeError, "clutter"),
+        ({"distractor_palette": "neon"}, ValueError, "distractor_palette"),
+        ({"distractor_palette": None}, ValueError, "distractor_palette"),
     ],
 )
 def test_bad_options_are_named(kwargs: dict, error: type, name: str) -> None:
@@ -95,3 +102,39 @@ def test_bad_options_are_named(kwargs: dict, error: type, name: str) -> None:
 def test_repr_names_the_new_options() -> None:
     text = repr(SyntheticShapes.configured("harder", 3))
     assert "radius_range=(0.14, 0.2)" in text and "clutter=0.3" in text
+    assert "distractor_palette='warm'" in text
+
+
+@pytest.mark.parametrize("palette", sorted(DISTRACTOR_PALETTES))
+def test_distractors_take_the_named_palette(palette: str) -> None:
+    """Every distractor's colour is one palette entry moved by at most the jitter; the
+    target keeps its red; the "warm" palette sits nearer the red than the distinct one."""
+    data = SyntheticShapes(64, num_distractors=4, seed=7, distractor_palette=palette)
+    colours = data.layout(range(64)).colours  # (B, 5, 3)
+    entries = torch.tensor(DISTRACTOR_PALETTES[palette])
+    red = torch.tensor(TARGET_COLOUR)
+    nearest = (colours[:, 1:, None, :] - entries).abs().amax(-1).amin(-1)
+    assert bool((nearest <= COLOUR_JITTER + 1e-6).all())
+    assert bool(((colours[:, 0] - red).abs() <= COLOUR_JITTER + 1e-6).all())
+    used = (colours[:, 1:, None, :] - entries).abs().amax(-1).argmin(-1).unique()
+    assert len(used) == len(entries)  # every entry is drawn somewhere
+
+
+def test_warm_palette_is_nearer_the_target_red() -> None:
+    red = torch.tensor(TARGET_COLOUR)
+
+    def mean_distance(name: str) -> float:
+        return float((torch.tensor(DISTRACTOR_PALETTES[name]) - red).norm(dim=1).mean())
+
+    assert mean_distance("warm") < 0.5 * mean_distance("distinct")
+
+
+def test_palette_changes_only_the_distractor_colours() -> None:
+    distinct = SyntheticShapes(16, num_distractors=3, seed=9)
+    warm = SyntheticShapes(16, num_distractors=3, seed=9, distractor_palette="warm")
+    a, b = distinct.layout(range(16)), warm.layout(range(16))
+    for field in ("labels", "kinds", "centers", "radii", "turns"):
+        assert torch.equal(getattr(a, field), getattr(b, field))
+    assert torch.equal(a.colours[:, 0], b.colours[:, 0])
+    assert not torch.equal(a.colours[:, 1:], b.colours[:, 1:])
+    assert torch.equal(distinct.tensors()[2], warm.tensors()[2])  # same masks

@@ -43,3 +43,21 @@ def test_grad_cam_layer_is_the_last_block():
 def test_format_value_shows_spread_only_with_several_seeds():
     assert format_value({"mean": 0.25, "std": 0.05, "per_seed": [0.2, 0.3]}) == "0.250 ± 0.050"
     assert format_value({"mean": 0.25, "std": 0.0, "per_seed": [0.25]}) == "0.250"
+
+
+def test_mobilenet_pair_only_on_its_data_sets():
+    """Outside ``mobilenet_data_sets`` the pair is never trained, its claims are "not
+    measured" and the section says why."""
+    from dataclasses import replace
+
+    from captum_regularized.study.guided_section import MOBILENET_MODELS, run_guided_section
+    from captum_regularized.study.runner import tiny_context
+
+    context = tiny_context()
+    context = replace(context, settings=replace(context.settings, mobilenet_data_sets=()))
+    section = run_guided_section(context)
+    assert not set(MOBILENET_MODELS.values()) & set(section.tables["models"])
+    assert not any(t.recipe in MOBILENET_MODELS for t in context.zoo.trained())
+    mobile = [v for v in section.verdicts() if "MobileNet-V2" in v.claim.text]
+    assert len(mobile) == 3 and all(v.verdict == "not measured" for v in mobile)
+    assert any("MobileNet-V2 pair is not trained" in note for note in section.notes)
