@@ -540,6 +540,9 @@ def guided_and_plain_gradients(
 ) -> GuidedAndPlain:
     """Plain and guided-backprop input gradients of the target scores from one forward pass.
 
+    The two backward passes share the forward graph: the guided one runs with the
+    activations switched to the guided rule, the plain one as autograd defines it.
+
     Parameters
     ----------
     forward_func : callable

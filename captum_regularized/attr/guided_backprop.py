@@ -16,25 +16,21 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from captum.attr import GradientAttribution
 
-from captum_regularized._internal.captum_compat import (
-    TargetType,
-    TensorOrTuple,
-    attribution_call,
-    log_usage,
-)
+from captum_regularized._internal.captum_compat import AttributionCall, TargetType
 from captum_regularized._internal.guided_relu import (
     GuidedActivationSwitch,
     check_guided_model,
     check_guided_rule,
     guided_forward,
 )
+from captum_regularized._internal.target_gradient_attribution import TargetGradientAttribution
 from captum_regularized._internal.targets import target_gradients
 
 __all__ = ["GuidedBackprop"]
 
-class GuidedBackprop(GradientAttribution):
+
+class GuidedBackprop(TargetGradientAttribution):
     r"""Guided backpropagation: the input gradient with every activation rectified.
 
     Ordinary backpropagation passes ``sigma'(z) * grad_out`` back through an activation
@@ -50,8 +46,10 @@ class GuidedBackprop(GradientAttribution):
     ``rule="ungated"`` drops the ``1[z > 0]`` gate. Every other operation (convolutions,
     pooling, BatchNorm, LayerNorm, attention softmax, sigmoid gates) keeps its ordinary
     backward. The map is the guided gradient of the sum of the target scores, one map per
-    input, as in Captum. Captum's defaults hold: ``multiplies_by_inputs`` and
-    ``has_convergence_delta`` are ``False``.
+    input, as in Captum, from Captum's ``attribute(inputs, target=None,
+    additional_forward_args=None)``. Captum's defaults hold: ``multiplies_by_inputs``
+    and ``has_convergence_delta`` are ``False``. ``attribute`` raises a ``ValueError``
+    for a model with no activation the guided rule knows (the message lists them).
 
     The activations are found while the model runs (modules and functional forms,
     in-place or not, a module used several times); nothing is registered on the model.
@@ -69,12 +67,15 @@ class GuidedBackprop(GradientAttribution):
 
     Examples
     --------
+    On a network of ``nn.ReLU`` modules it gives Captum's maps:
+
+    >>> from captum.attr import GuidedBackprop as CaptumGuidedBackprop
     >>> from captum_regularized.models import SimpleCNN
     >>> model = SimpleCNN(num_classes=4, width=4).eval()
     >>> x = torch.rand(2, 3, 16, 16)
     >>> maps = GuidedBackprop(model).attribute(x, target=1)
-    >>> maps.shape
-    torch.Size([2, 3, 16, 16])
+    >>> torch.allclose(maps, CaptumGuidedBackprop(model).attribute(x, target=1))
+    True
 
     On a GELU network (where ``captum.attr.GuidedBackprop`` returns the plain gradient):
 
@@ -90,42 +91,8 @@ class GuidedBackprop(GradientAttribution):
         super().__init__(model)
         self.rule = check_guided_rule(rule)
 
-    @log_usage()
-    def attribute(
-        self,
-        inputs: TensorOrTuple,
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-    ) -> TensorOrTuple:
-        """Guided-backprop maps of ``inputs`` for each example's target score.
-
-        Parameters
-        ----------
-        inputs : Tensor or tuple of Tensor
-            Floating-point inputs, batch in dim 0; not modified.
-        target : any Captum target form, optional
-            ``None`` means the predicted class on a ``(B, C > 1)`` output and the output
-            itself on a per-example scalar output.
-        additional_forward_args : optional
-            Extra arguments passed to the model after the inputs.
-
-        Returns
-        -------
-        Tensor or tuple of Tensor
-            The guided gradients, with the form, shapes and dtypes of ``inputs``.
-
-        Raises
-        ------
-        RuntimeError
-            Inside ``torch.inference_mode()``; when the model modifies its input in place.
-        TypeError
-            For inputs that are not floating-point tensors.
-        ValueError
-            For inputs with NaN/infinite values, without a shared batch size or on
-            another device than the model; a target out of range; a model with no
-            activation the guided rule knows (the message lists them).
-        """
-        call = attribution_call(type(self).__name__, inputs, additional_forward_args)
+    def _maps(self, call: AttributionCall, target: TargetType) -> tuple[torch.Tensor, ...]:
+        """The guided gradients of the target scores, one per input."""
         switch = GuidedActivationSwitch(self.rule)
 
         def recorded(
@@ -133,7 +100,7 @@ class GuidedBackprop(GradientAttribution):
         ) -> torch.Tensor:  # the forward pass that finds the activations
             return guided_forward(model, leaves, args, switch)
 
-        gradients = target_gradients(
+        return target_gradients(
             self.forward_func,
             call.inputs,
             target,
@@ -141,4 +108,3 @@ class GuidedBackprop(GradientAttribution):
             forward=recorded,
             backward=switch.guided,  # the guided rule acts in the backward pass only
         )
-        return call.output(gradients)

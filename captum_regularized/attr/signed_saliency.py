@@ -76,6 +76,7 @@ from captum_regularized._internal.model_state import (
     kept_batchnorm_statistics,
     preserved_model,
 )
+from captum_regularized._internal.target_gradient_attribution import TargetGradientAttribution
 from captum_regularized._internal.targets import class_indices, target_gradients
 
 __all__ = [
@@ -186,11 +187,12 @@ def inactive_part(
 # ------------------------------------------------------------------ the classes
 
 
-class _TargetSignSaliency(GradientAttribution):
+class _TargetSignSaliency(TargetGradientAttribution):
     """Maps that need only the target's gradient (one forward, one backward).
 
-    Captum's defaults hold: ``multiplies_by_inputs`` and ``has_convergence_delta`` are
-    ``False`` (the maps are gradients, with no completeness property).
+    ``attribute(inputs, target=None, additional_forward_args=None)`` is the shared one of
+    :class:`~captum_regularized._internal.target_gradient_attribution.TargetGradientAttribution`;
+    the maps are non-negative.
     """
 
     @staticmethod
@@ -198,47 +200,11 @@ class _TargetSignSaliency(GradientAttribution):
         """The map of one subclass, from the target's gradients (set by each subclass)."""
         raise NotImplementedError
 
-    @log_usage()
-    def attribute(
-        self,
-        inputs: TensorOrTuple,
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-    ) -> TensorOrTuple:
-        """Attribute ``inputs`` to each example's target score.
-
-        Parameters
-        ----------
-        inputs : Tensor or tuple of Tensor
-            Floating-point inputs, batch in dim 0.
-        target : any Captum target form or target callable, optional
-            ``None`` means the predicted class on a ``(B, C>1)`` output and the output
-            itself on a per-example scalar output. A callable ``score(output) -> (B,)``
-            (pytorch-grad-cam's ``ClassifierOutputTarget(k)``), or a list of
-            callables each given its example's output row, is differentiated as it is.
-        additional_forward_args : optional
-            Extra arguments passed to the model after the inputs.
-
-        Returns
-        -------
-        Tensor or tuple of Tensor
-            Non-negative maps with the form and shapes of ``inputs``.
-
-        Raises
-        ------
-        RuntimeError
-            Inside ``torch.inference_mode()``, where no gradient can be taken.
-        TypeError
-            For non-floating inputs.
-        ValueError
-            For inputs with NaN/infinite values, without a shared batch size or on
-            another device than the model, and for a target out of range.
-        """
-        call = attribution_call(type(self).__name__, inputs, additional_forward_args)
+    def _maps(self, call: AttributionCall, target: TargetType) -> tuple[torch.Tensor, ...]:
         gradients = target_gradients(
             self.forward_func, call.inputs, target, call.additional_forward_args
         )
-        return call.output(self._part(gradients))
+        return self._part(gradients)
 
 
 class _ClassComparisonSaliency(GradientAttribution):
@@ -358,7 +324,8 @@ class NegativeSaliency(_TargetSignSaliency):
     Parameters
     ----------
     forward_func : callable
-        The model, or any function of the inputs returning scores.
+        The model, or any function of the inputs returning ``(B, C)`` scores (or one
+        score per example, which is then the target score).
 
     Examples
     --------

@@ -22,6 +22,7 @@ import torch
 
 from captum_regularized._internal.captum_compat import TargetType
 from captum_regularized.attr.map_postprocessing import normalize_per_example
+from captum_regularized.metrics._field_wrappers import takes_arguments_of
 from captum_regularized.metrics._perturbation import prepare_batch
 from captum_regularized.metrics._ratio import ratio_or_zero
 
@@ -74,28 +75,20 @@ def confidence_change(
 ) -> ConfidenceChange:
     """AD, AG and IC terms of every example from one pass over clean and masked images.
 
+    The three metrics share their two forward passes (clean and masked images), so
+    asking for all of them costs what one of them costs.
+
     Parameters
     ----------
-    forward_func : callable
-        The model (run in eval mode, restored afterwards, without gradients).
-    inputs : Tensor
-        Images ``(B, C, H, W)``.
+    forward_func, inputs, target, apply_softmax, internal_batch_size, additional_forward_args
+        As in :func:`~captum_regularized.metrics.deletion_curve`: the model runs in
+        eval mode (restored afterwards) without gradients, ``target=None`` is the
+        predicted class, ``internal_batch_size`` bounds the images per forward pass.
     attributions : Tensor
         Maps that :func:`~captum_regularized.attr.reduce_channels` and bilinear
         resizing bring to ``(B, 1, H, W)``; min-max normalised per example.
-    target : int, list, Tensor, tuple, callable or None
-        Any Captum target form; ``None`` means the class predicted on ``inputs``. A
-        target callable (or a list of them, one per example) stands for its integer
-        ``category`` attribute, as pytorch-grad-cam's ``ClassifierOutputTarget(k)``
-        has (class ``k``); a callable without one is a ``TypeError``.
     channel_reduction : {"max", "sum", "mean"}
         How channels are collapsed before normalising.
-    apply_softmax : bool
-        Use the softmax of the output as the probability.
-    internal_batch_size : int, optional
-        Images per forward pass (default 128).
-    additional_forward_args : Any
-        Extra forward arguments.
 
     Returns
     -------
@@ -124,16 +117,12 @@ def confidence_change(
     return ConfidenceChange(drop, gain, increase, p, o)
 
 
-def average_drop(
-    forward_func: Callable[..., Any],
-    inputs: torch.Tensor,
-    attributions: torch.Tensor,
-    target: TargetType = None,
-    **kwargs: Any,
-) -> torch.Tensor:
+@takes_arguments_of(confidence_change)
+def average_drop(*args: Any, **kwargs: Any) -> torch.Tensor:
     """Per-example average-drop terms ``100 * (p - o)+ / p``, shape ``(B,)``; lower is better.
 
-    Takes the arguments of :func:`confidence_change`.
+    Takes the arguments of :func:`confidence_change` and returns its ``drop``; an
+    example whose clean probability ``p`` is 0 has a drop of 0.
 
     Examples
     --------
@@ -141,41 +130,33 @@ def average_drop(
     >>> average_drop(model, torch.rand(5, 1, 2, 2), torch.rand(5, 2, 2)).shape
     torch.Size([5])
     """
-    return confidence_change(forward_func, inputs, attributions, target, **kwargs).drop
+    return confidence_change(*args, **kwargs).drop
 
 
-def average_gain(
-    forward_func: Callable[..., Any],
-    inputs: torch.Tensor,
-    attributions: torch.Tensor,
-    target: TargetType = None,
-    **kwargs: Any,
-) -> torch.Tensor:
+@takes_arguments_of(confidence_change)
+def average_gain(*args: Any, **kwargs: Any) -> torch.Tensor:
     """Per-example average-gain terms ``100 * (o - p)+ / (1 - p)``, shape ``(B,)``.
 
-    Higher is better.
-
-    Takes the arguments of :func:`confidence_change`.
+    Higher is better. Takes the arguments of :func:`confidence_change` and returns its
+    ``gain``; the mean of the terms is the paper's number.
 
     Examples
     --------
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
-    >>> average_gain(model, torch.rand(5, 1, 2, 2), torch.rand(5, 2, 2)).shape
-    torch.Size([5])
+    >>> x, maps = torch.rand(5, 1, 2, 2), torch.rand(5, 2, 2)
+    >>> gain = average_gain(model, x, maps, target=0).mean()
+    >>> 0.0 <= float(gain) <= 100.0
+    True
     """
-    return confidence_change(forward_func, inputs, attributions, target, **kwargs).gain
+    return confidence_change(*args, **kwargs).gain
 
 
-def increase_in_confidence(
-    forward_func: Callable[..., Any],
-    inputs: torch.Tensor,
-    attributions: torch.Tensor,
-    target: TargetType = None,
-    **kwargs: Any,
-) -> torch.Tensor:
+@takes_arguments_of(confidence_change)
+def increase_in_confidence(*args: Any, **kwargs: Any) -> torch.Tensor:
     """Per-example increase-in-confidence terms ``100 * 1[o > p]``, shape ``(B,)``.
 
-    Takes the arguments of :func:`confidence_change`.
+    Takes the arguments of :func:`confidence_change` and returns its ``increase``; a
+    tie (``o == p``) is no increase.
 
     Examples
     --------
@@ -184,4 +165,4 @@ def increase_in_confidence(
     ...                                   torch.rand(5, 2, 2)).tolist()) - {0.0, 100.0})
     []
     """
-    return confidence_change(forward_func, inputs, attributions, target, **kwargs).increase
+    return confidence_change(*args, **kwargs).increase

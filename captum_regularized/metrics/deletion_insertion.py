@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from captum_regularized._internal.captum_compat import TargetType
+from captum_regularized.metrics._field_wrappers import takes_arguments_of
 from captum_regularized.metrics._perturbation import prepare_batch
 
 __all__ = [
@@ -306,13 +307,8 @@ def insertion_curve(
     )
 
 
-def deletion_auc(
-    forward_func: Callable[..., Any],
-    inputs: torch.Tensor,
-    attributions: torch.Tensor,
-    target: TargetType = None,
-    **kwargs: Any,
-) -> torch.Tensor:
+@takes_arguments_of(deletion_curve)
+def deletion_auc(*args: Any, **kwargs: Any) -> torch.Tensor:
     """Per-example area under the deletion curve, shape ``(B,)`` (lower is better).
 
     Takes the arguments of :func:`deletion_curve` and returns its ``auc``.
@@ -323,24 +319,21 @@ def deletion_auc(
     >>> deletion_auc(model, torch.rand(3, 1, 4, 4), torch.rand(3, 4, 4), steps=8).shape
     torch.Size([3])
     """
-    return deletion_curve(forward_func, inputs, attributions, target, **kwargs).auc
+    return deletion_curve(*args, **kwargs).auc
 
 
-def insertion_auc(
-    forward_func: Callable[..., Any],
-    inputs: torch.Tensor,
-    attributions: torch.Tensor,
-    target: TargetType = None,
-    **kwargs: Any,
-) -> torch.Tensor:
+@takes_arguments_of(insertion_curve)
+def insertion_auc(*args: Any, **kwargs: Any) -> torch.Tensor:
     """Per-example area under the insertion curve, shape ``(B,)`` (higher is better).
 
-    Takes the arguments of :func:`insertion_curve` and returns its ``auc``.
+    Takes the arguments of :func:`insertion_curve` (the blurred image is the default
+    start) and returns its ``auc``; with ``apply_softmax=True`` it lies in ``[0, 1]``.
 
     Examples
     --------
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
-    >>> insertion_auc(model, torch.rand(3, 1, 4, 4), torch.rand(3, 4, 4), steps=8).shape
-    torch.Size([3])
+    >>> areas = insertion_auc(model, torch.rand(3, 1, 4, 4), torch.rand(3, 4, 4), steps=8)
+    >>> bool(((areas >= 0) & (areas <= 1)).all())
+    True
     """
-    return insertion_curve(forward_func, inputs, attributions, target, **kwargs).auc
+    return insertion_curve(*args, **kwargs).auc

@@ -84,13 +84,11 @@ def energy_pointing_game(
 
     Parameters
     ----------
-    attributions : Tensor
-        Maps as for :func:`pointing_game`. Use ``channel_reduction="sum"`` to keep the
-        sign of input-shaped maps (``"max"`` takes absolute values).
-    masks : Tensor
-        ``(B, H, W)`` or ``(B, 1, H, W)``; non-zero = object.
+    attributions, masks
+        As in :func:`pointing_game`.
     channel_reduction : {"max", "sum", "mean"}
-        How channels are collapsed.
+        How channels are collapsed. Use ``"sum"`` to keep the sign of input-shaped
+        maps (``"max"`` takes absolute values).
 
     Returns
     -------

@@ -170,16 +170,15 @@ class _ModelMetric(_PerExampleMean):
     ) -> None:
         """Add the per-example values of a batch of images and their maps.
 
+        The values stay on the model's device; nothing is synchronised across
+        processes before :meth:`compute`.
+
         Parameters
         ----------
-        inputs : Tensor
-            Images ``(B, C, H, W)`` on the model's device.
-        attributions : Tensor
-            Their maps, in any form the wrapped function takes.
-        target : int, list, Tensor, tuple or None
-            Any Captum target form; ``None`` means the predicted class.
-        additional_forward_args : Any
-            Extra forward arguments of this batch.
+        inputs, attributions, target, additional_forward_args
+            One batch, as the wrapped function takes them: images ``(B, C, H, W)`` on
+            the model's device, their maps, any Captum target form (``None`` means the
+            predicted class) and the batch's extra forward arguments.
         """
         function = type(self)._function
         self._add(
@@ -335,14 +334,17 @@ class AverageGain(_ConfidenceMetric):
     """Average gain ``100 * mean((o - p)+ / (1 - p))`` over every example seen; higher is better.
 
     Wraps :func:`~captum_regularized.metrics.average_gain`; arguments as in
-    :class:`AverageDrop`.
+    :class:`AverageDrop`. Over several batches, ``compute()`` is the function's mean
+    over all their examples.
 
     Examples
     --------
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    >>> x, maps = torch.rand(6, 1, 2, 2), torch.rand(6, 2, 2)
     >>> metric = AverageGain(model)
-    >>> metric.update(torch.rand(5, 1, 2, 2), torch.rand(5, 2, 2))
-    >>> 0.0 <= float(metric.compute()) <= 100.0
+    >>> metric.update(x[:4], maps[:4])
+    >>> metric.update(x[4:], maps[4:])
+    >>> torch.allclose(metric.compute(), average_gain(model, x, maps).mean())
     True
     """
 
@@ -379,10 +381,9 @@ class AllegianceDeletionAUC(_ModelMetric):
 
     Parameters
     ----------
-    forward_func : callable
-        The model (not registered as a submodule of the metric).
-    fill, fractions, channel_reduction, internal_batch_size
-        As in :func:`~captum_regularized.metrics.allegiance_deletion_auc`, checked here.
+    forward_func, fill, fractions, channel_reduction, internal_batch_size
+        As in :func:`~captum_regularized.metrics.allegiance_deletion_auc`, checked here;
+        the model is not registered as a submodule of the metric.
     **kwargs
         ``torchmetrics.Metric`` options.
 

@@ -697,10 +697,12 @@ class InputGradientPenalty:
     """The base of the two penalties on the input gradient: what they share around the modes.
 
     It keeps the model and the mode settings (checked by :func:`check_penalty_settings`),
-    opens every call with the same checks (:meth:`_training_call`), runs the
-    double-backward check once per instance (:meth:`_check_double_backward_once`) and
-    takes the perturbed pass of a finite-difference step (:meth:`_perturbed_pass`). The
-    subclasses hold their penalty and their two modes.
+    opens every call with the same checks (:meth:`_training_call`), gives the block of a
+    double-backward gradient (:meth:`_double_backward_pass`), runs the double-backward
+    check once per instance (:meth:`_check_double_backward_once`), and takes the
+    gradient pass, the step and the perturbed pass of a finite-difference step
+    (:meth:`_gradient_pass`, :meth:`_finite_difference_step`, :meth:`_perturbed_pass`).
+    The subclasses hold their penalty and the order of the passes in their two modes.
 
     Parameters
     ----------
@@ -744,6 +746,29 @@ class InputGradientPenalty:
         scale = gradient_scale(self.grad_scaler, inputs)
         with batchnorm_statistics_restored_on_error(self.model):
             yield scale
+
+    @contextlib.contextmanager
+    def _double_backward_pass(self) -> Iterator[None]:
+        """The block that takes ``g`` with ``create_graph=True`` in ``"double_backprop"``.
+
+        Attention runs on the math kernel (:func:`double_backward_attention`), and
+        autograd's "no second derivative" errors name the other mode
+        (:func:`double_backward_errors_explained`).
+        """
+        with double_backward_errors_explained(type(self).__name__), double_backward_attention():
+            yield
+
+    def _gradient_pass(self, device: torch.device) -> contextlib.AbstractContextManager[None]:
+        """The first-order pass that takes ``g`` in ``"finite_difference"``
+        (:func:`gradient_pass` of the model)."""
+        return gradient_pass(self.model, device)
+
+    def _finite_difference_step(
+        self, inputs: torch.Tensor, direction: torch.Tensor
+    ) -> torch.Tensor:
+        """The step ``h`` along ``direction``, from this penalty's ``fd_step``
+        (:func:`finite_difference_step`)."""
+        return finite_difference_step(inputs, direction, self.fd_step)
 
     def _check_double_backward_once(self, *outputs: torch.Tensor) -> None:
         """:func:`check_double_backward` on the first ``"double_backprop"`` call only."""

@@ -22,11 +22,7 @@ from captum_regularized._internal.model_state import unwrap_parallel
 from captum_regularized.regularizers._penalty_modes import (
     GradientScaler,
     InputGradientPenalty,
-    double_backward_attention,
-    double_backward_errors_explained,
     finite_difference_penalty,
-    finite_difference_step,
-    gradient_pass,
     penalty_and_direction,
     without_penalty_gradient,
 )
@@ -191,15 +187,9 @@ class GradientNormPenalty(InputGradientPenalty):
 
         Raises
         ------
-        RuntimeError
-            Inside ``torch.inference_mode()``; for a model that modifies its input in
-            place; in ``mode="double_backprop"``, for a model that cannot be
-            differentiated twice (the message names ``mode="finite_difference"``).
-        TypeError
-            Non-floating ``inputs``; labels that are not an integer tensor.
-        ValueError
-            NaN or infinite ``inputs`` (before any forward pass); labels not ``(B,)`` or
-            out of range; logits not ``(B, C)``; a bad ``mask``.
+        RuntimeError, TypeError, ValueError
+            The errors of both penalties (listed in :mod:`captum_regularized.regularizers`);
+            a ``ValueError`` for a missing, superfluous or bad ``mask``, too.
         """
         with self._training_call(inputs, labels) as scale:
             batch = _Batch(inputs, labels, self.spec.check_mask(mask, inputs), scale)
@@ -218,8 +208,7 @@ class GradientNormPenalty(InputGradientPenalty):
 
     def _double_backprop(self, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, labels, mask, scale = batch
-        who = type(self).__name__
-        with double_backward_errors_explained(who), double_backward_attention():
+        with self._double_backward_pass():
             out = input_gradient(
                 self.model, inputs, labels, self._loss_fn(scale), create_graph=True
             )
@@ -231,7 +220,7 @@ class GradientNormPenalty(InputGradientPenalty):
         inputs, labels, mask, scale = batch
         model = self.model
         extra = unwrap_parallel(model)  # the extra passes do not synchronise
-        with gradient_pass(model, inputs.device):
+        with self._gradient_pass(inputs.device):
             first = input_gradient(extra, inputs, labels, self._loss_fn(scale))
         gradient = first.gradient if scale is None else first.gradient / scale
         value, direction = penalty_and_direction(
@@ -244,7 +233,7 @@ class GradientNormPenalty(InputGradientPenalty):
                 losses = cross_entropy_per_example(logits, labels)
             return logits, without_penalty_gradient(value, losses.sum())
 
-        step = finite_difference_step(inputs, direction, self.fd_step)
+        step = self._finite_difference_step(inputs, direction)
 
         def loss_at(x: torch.Tensor) -> torch.Tensor:
             return cross_entropy_per_example(logits_of(extra(x), "model"), labels).sum()

@@ -40,11 +40,7 @@ from captum_regularized._internal.per_example_batchnorm import (
 from captum_regularized.regularizers._penalty_modes import (
     GradientScaler,
     InputGradientPenalty,
-    double_backward_attention,
-    double_backward_errors_explained,
     finite_difference_penalty,
-    finite_difference_step,
-    gradient_pass,
     penalty_and_direction,
     without_penalty_gradient,
 )
@@ -450,20 +446,12 @@ class GuidedGradientRegularizer(InputGradientPenalty):
 
         Raises
         ------
-        RuntimeError
-            Inside ``torch.inference_mode()``; for a model that modifies its input in
-            place; in ``mode="double_backprop"``, for a model that cannot be
-            differentiated twice (the message names ``mode="finite_difference"``).
-        TypeError
-            Non-floating ``inputs``; labels that are not an integer tensor.
-        ValueError
-            NaN or infinite ``inputs`` (checked before any forward pass); labels not of
-            shape ``(B,)`` or outside ``[0, C - 1]`` (``-100``, cross-entropy's
-            ``ignore_index``, included); logits not ``(B, C)``; a train-mode BatchNorm
-            layer seeing one value per channel (PyTorch's own refusal); no ReLU.
-            BatchNorm running statistics are left as found whenever it raises.
+        RuntimeError, TypeError, ValueError
+            The errors of both penalties (listed in :mod:`captum_regularized.regularizers`);
+            a ``ValueError`` also for a train-mode BatchNorm layer seeing one value per
+            channel (PyTorch's own refusal) and for a model without an activation the
+            guided rule knows.
         """
-        who = type(self).__name__
         with self._training_call(inputs, labels) as scale:
             batch = inputs.shape[0]
             count = max(1, min(batch, round(self.fraction * batch)))
@@ -471,21 +459,20 @@ class GuidedGradientRegularizer(InputGradientPenalty):
                 return self._finite_difference(
                     inputs, labels, additional_forward_args, count, scale
                 )
-            with double_backward_errors_explained(who):
-                if count == batch:
-                    with double_backward_attention():
-                        logits, plain, guided = guided_and_plain_gradients(
-                            self.model,
-                            inputs,
-                            additional_forward_args=additional_forward_args,
-                            create_graph=True,
-                            per_example=True, rule=self.rule,
-                            score_fn=lambda output: self._scores(output, labels, scale),
-                        )
-                else:
-                    logits, plain, guided = self._subset_gradients(
-                        inputs, labels, additional_forward_args, count, scale
+            if count == batch:
+                with self._double_backward_pass():
+                    logits, plain, guided = guided_and_plain_gradients(
+                        self.model,
+                        inputs,
+                        additional_forward_args=additional_forward_args,
+                        create_graph=True,
+                        per_example=True, rule=self.rule,
+                        score_fn=lambda output: self._scores(output, labels, scale),
                     )
+            else:
+                logits, plain, guided = self._subset_gradients(
+                    inputs, labels, additional_forward_args, count, scale
+                )
             self._check_double_backward_once(logits, plain)
             if scale is not None:
                 plain, guided = plain / scale, guided / scale
@@ -511,7 +498,7 @@ class GuidedGradientRegularizer(InputGradientPenalty):
         rows = torch.randperm(batch, device=inputs.device)[:count]
         chosen = labels if self.target == "label" else logits.detach().argmax(1)
         subset_args = _subset_args(args, rows, batch)
-        with kept_batchnorm_statistics(self.model), double_backward_attention():
+        with kept_batchnorm_statistics(self.model), self._double_backward_pass():
             _, plain, guided = guided_and_plain_gradients(
                 self.model,
                 inputs[rows],
@@ -554,7 +541,7 @@ class GuidedGradientRegularizer(InputGradientPenalty):
             with first:
                 return eager(x, *extra)
 
-        with gradient_pass(model, inputs.device):
+        with self._gradient_pass(inputs.device):
             _, plain, guided = guided_and_plain_gradients(
                 recorded, sub_inputs, additional_forward_args=sub_args, per_example=True,
                 rule=self.rule, score_fn=scores,
@@ -583,7 +570,7 @@ class GuidedGradientRegularizer(InputGradientPenalty):
         if self.weight == 0:  # no penalty, no perturbed pass
             logits = callers_pass()
             return logits, without_penalty_gradient(value, target_sum(logits, rows is not None))
-        step = finite_difference_step(sub_inputs, direction, self.fd_step)
+        step = self._finite_difference_step(sub_inputs, direction)
 
         # 2. The pass at x + h v, whose weight gradient is kept; 3. the caller's pass.
         if not first.statistics:  # no train-mode BatchNorm: examples are independent

@@ -1,0 +1,96 @@
+"""The base of the attribution methods whose maps come from the target's input gradient.
+
+:class:`~captum_regularized.attr.GuidedBackprop`,
+:class:`~captum_regularized.attr.PositiveSaliency` and
+:class:`~captum_regularized.attr.NegativeSaliency` are called with Captum's three
+arguments, ``attribute(inputs, target=None, additional_forward_args=None)``, run one
+forward and one backward pass of the target's score, and differ only in how that
+backward pass runs (the guided rule or the plain gradient) and what they make of the
+gradient (as it is, its positive or its negative part). The call itself, written here
+once, is the same for all of them: it checks that autograd is available, brings the
+inputs into tuple form, asks the subclass for one map per input (:meth:`_maps`), and
+gives them back in the form the caller used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from captum.attr import GradientAttribution
+
+from captum_regularized._internal.captum_compat import (
+    AttributionCall,
+    TargetType,
+    TensorOrTuple,
+    attribution_call,
+    log_usage,
+)
+
+__all__ = ["TargetGradientAttribution"]
+
+
+class TargetGradientAttribution(GradientAttribution):
+    """A Captum gradient method whose map is computed from the target's input gradient.
+
+    Subclasses implement :meth:`_maps`. Captum's defaults hold: ``multiplies_by_inputs``
+    and ``has_convergence_delta`` are ``False`` (the maps are gradients, with no
+    completeness property).
+
+    Examples
+    --------
+    >>> class Gradient(TargetGradientAttribution):
+    ...     def _maps(self, call, target):
+    ...         from captum_regularized._internal.targets import target_gradients
+    ...         return target_gradients(
+    ...             self.forward_func, call.inputs, target, call.additional_forward_args)
+    >>> model = torch.nn.Linear(3, 2)
+    >>> torch.equal(Gradient(model).attribute(torch.rand(4, 3), target=1)[0], model.weight[1])
+    True
+    """
+
+    def _maps(self, call: AttributionCall, target: TargetType) -> tuple[torch.Tensor, ...]:
+        """One map per input of ``call`` (the subclass's method)."""
+        raise NotImplementedError
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+    ) -> TensorOrTuple:
+        """Attribute ``inputs`` to each example's target score.
+
+        Parameters
+        ----------
+        inputs : Tensor or tuple of Tensor
+            Floating-point inputs, batch in dim 0; not modified.
+        target : any Captum target form or target callable, optional
+            ``None`` means the predicted class on a ``(B, C > 1)`` output and the output
+            itself on a per-example scalar output. A callable ``score(output) -> (B,)``
+            (pytorch-grad-cam's ``ClassifierOutputTarget(k)``), or a list of
+            callables each given its example's output row, is differentiated as it is.
+        additional_forward_args : optional
+            Extra arguments passed to the model after the inputs.
+
+        Returns
+        -------
+        Tensor or tuple of Tensor
+            The class's maps, with the form, shapes and dtypes of ``inputs``.
+
+        Raises
+        ------
+        RuntimeError
+            Inside ``torch.inference_mode()``, where no gradient can be taken; when the
+            model modifies its input in place.
+        TypeError
+            For inputs that are not floating-point tensors.
+        ValueError
+            For inputs with NaN/infinite values, without a shared batch size or on
+            another device than the model; for a target out of range; and where the
+            class says so (``GuidedBackprop``: a model with no activation the guided
+            rule knows, the message lists them).
+        """
+        call = attribution_call(type(self).__name__, inputs, additional_forward_args)
+        return call.output(self._maps(call, target))
