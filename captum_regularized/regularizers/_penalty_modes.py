@@ -759,15 +759,13 @@ class InputGradientPenalty:
             yield
 
     def _gradient_pass(self, device: torch.device) -> contextlib.AbstractContextManager[None]:
-        """The first-order pass that takes ``g`` in ``"finite_difference"``
-        (:func:`gradient_pass` of the model)."""
+        """:func:`gradient_pass` of the model: where ``"finite_difference"`` takes ``g``."""
         return gradient_pass(self.model, device)
 
     def _finite_difference_step(
         self, inputs: torch.Tensor, direction: torch.Tensor
     ) -> torch.Tensor:
-        """The step ``h`` along ``direction``, from this penalty's ``fd_step``
-        (:func:`finite_difference_step`)."""
+        """:func:`finite_difference_step` along ``direction`` with this penalty's ``fd_step``."""
         return finite_difference_step(inputs, direction, self.fd_step)
 
     def _check_double_backward_once(self, *outputs: torch.Tensor) -> None:
