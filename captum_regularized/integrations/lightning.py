@@ -37,9 +37,15 @@ from torch import nn
 from captum_regularized._internal.checks import check_class_scores
 from captum_regularized._internal.extras import optional_extra
 from captum_regularized._internal.method_maps import method_maps
+from captum_regularized._internal.model_outputs import logits_of
 from captum_regularized._internal.model_state import preserved_model
 from captum_regularized.integrations.quantus import MethodSpec, resolve_method
-from captum_regularized.metrics.dataset_evaluation import MetricBatch, MetricFn, resolve_metrics
+from captum_regularized.metrics.dataset_evaluation import (
+    BUILTIN_METRICS,
+    MetricBatch,
+    MetricFn,
+    resolve_metrics,
+)
 
 with optional_extra(__name__, "Lightning"):
     import lightning.pytorch as pl
@@ -92,6 +98,32 @@ def split_batch(batch: Any) -> Batch:
     )
 
 
+class _BuiltinMetric:
+    """A metric of :data:`~captum_regularized.metrics.BUILTIN_METRICS` held by its name.
+
+    The built-in metrics are lambdas, which ``pickle`` cannot store; this stand-in
+    pickles as its name and calls the built-in metric.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, batch: MetricBatch) -> torch.Tensor:
+        return BUILTIN_METRICS[self.name](batch)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+def _picklable_metrics(metrics: Mapping[str, MetricFn]) -> dict[str, MetricFn]:
+    """``metrics`` with every built-in metric replaced by its :class:`_BuiltinMetric`."""
+    builtin_names = {id(function): name for name, function in BUILTIN_METRICS.items()}
+    return {
+        name: _BuiltinMetric(builtin_names[id(metric)]) if id(metric) in builtin_names else metric
+        for name, metric in metrics.items()
+    }
+
+
 def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -141,7 +173,14 @@ class ExplanationCallback(pl.Callback):
     in eval mode, with the parameters frozen: modes, ``requires_grad`` flags, ``.grad``
     tensors, BatchNorm statistics and the random state are as before afterwards, also
     when a method raises. Under DDP every rank explains its own images and the logged
-    means are over the images of all ranks.
+    means are over the images of all ranks. The module may return a Hugging Face
+    ``ModelOutput`` or a dict with key ``"logits"`` instead of the logits.
+
+    The callback pickles (``strategy="ddp_spawn"`` sends the callbacks to the new
+    processes) as long as the methods and metrics you pass do: class names, classes,
+    attribution objects and module-level functions do, lambdas and local functions do
+    not. The built-in metrics named by string are held by name, and the attribution
+    objects built on the module are not pickled (they are built again at ``setup``).
 
     Parameters
     ----------
@@ -240,7 +279,9 @@ class ExplanationCallback(pl.Callback):
         self.every_n_epochs = _positive_int(every_n_epochs, "every_n_epochs")
         self.num_images = _positive_int(num_images, "num_images")
         chosen = isinstance(metrics, str) or len(metrics) > 0
-        self.metrics: dict[str, MetricFn] = resolve_metrics(metrics) if chosen else {}
+        self.metrics: dict[str, MetricFn] = (
+            _picklable_metrics(resolve_metrics(metrics)) if chosen else {}
+        )
         self.layer = layer
         self.target = target
         self.attribute_kwargs = kwargs
@@ -256,6 +297,12 @@ class ExplanationCallback(pl.Callback):
         self._collected = 0
         self._frozen = False
         self._resolved: dict[str, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The callback's state for ``pickle``, without the methods built on the module."""
+        state = self.__dict__.copy()
+        state["_resolved"] = {}  # rebuilt by setup() or the next explanation
+        return state
 
     # ------------------------------------------------------------ Lightning hooks
 
@@ -369,7 +416,9 @@ class ExplanationCallback(pl.Callback):
             targets = labels.long()
         else:
             with torch.no_grad():
-                scores = check_class_scores(pl_module(images), batch=len(images), who="model")
+                scores = check_class_scores(
+                    logits_of(pl_module(images), "model"), batch=len(images), who="model"
+                )
             targets = scores.argmax(dim=1)
         if not self._resolved:
             self._resolved = {n: self._build(pl_module, s) for n, s in self.methods.items()}
@@ -443,7 +492,8 @@ class RegularizedTrainingStep(pl.LightningModule):
       norm gets the batch's masks); loss ``cross_entropy(logits, labels) + penalty``;
     * a loss hook returning the 0-d loss:
       :class:`~captum_regularized.regularizers.NormRegularizedAdversarialLoss`;
-    * ``None``: plain cross-entropy on ``self(images)``.
+    * ``None``: plain cross-entropy on the logits of ``self(images)`` (a tensor, a
+      Hugging Face ``ModelOutput`` or a dict with key ``"logits"``).
 
     It logs ``train/loss`` and, when known, ``train/cross_entropy``,
     ``train/penalty``, ``train/accuracy`` and ``train/cosine`` (the guided
@@ -483,15 +533,18 @@ class RegularizedTrainingStep(pl.LightningModule):
         Raises
         ------
         ValueError
-            For the ``"gaze"`` norm without masks, or a model output that is not
+            For the ``"gaze"`` norm without masks, or logits that are not
             ``(batch, classes)``.
         TypeError
             When the regularizer returns neither a ``(logits, penalty)`` pair of
-            tensors nor a 0-d loss.
+            tensors nor a 0-d loss, or (without a regularizer) the module returns
+            neither logits, nor a ``ModelOutput`` or dict holding them.
         """
         regularizer = self.regularizer
         if regularizer is None:
-            logits = check_class_scores(self(images), batch=len(images), who="model")
+            logits = check_class_scores(
+                logits_of(self(images), "model"), batch=len(images), who="model"
+            )
             loss = F.cross_entropy(logits, labels)
             return RegularizedLoss(loss, logits.detach(), loss.detach(), None)
         extra: dict[str, Any] = {}
@@ -543,12 +596,17 @@ class RegularizedClassifier(RegularizedTrainingStep):
 
     ``forward`` is the network; ``training_step`` comes from
     :class:`RegularizedTrainingStep`; ``validation_step`` logs ``val/loss`` and
-    ``val/accuracy``.
+    ``val/accuracy``. The network may return a Hugging Face ``ModelOutput`` (its
+    ``.logits``) or a dict with key ``"logits"``, in training and validation, with or
+    without a regularizer. With several validation dataloaders, Lightning logs each
+    one's values under ``val/loss/dataloader_idx_{i}`` and
+    ``val/accuracy/dataloader_idx_{i}``.
 
     Parameters
     ----------
     net : nn.Module
-        The classifier, returning ``(B, classes)`` logits.
+        The classifier, returning ``(B, classes)`` logits, or a ``ModelOutput`` or dict
+        holding them.
     regularizer : regularizer, class or None
         A regularizer built on ``net`` (its ``model`` must be ``net``), or a class
         built as ``regularizer(net, **regularizer_kwargs)``, or ``None`` for plain
@@ -602,13 +660,33 @@ class RegularizedClassifier(RegularizedTrainingStep):
         self.weight_decay = float(weight_decay)
 
     def forward(self, images: torch.Tensor) -> Any:
-        """The network's logits."""
+        """The network's output: its logits, or the ``ModelOutput`` or dict holding them."""
         return self.net(images)
 
-    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        """Cross-entropy and accuracy of a validation batch, logged under ``val/``."""
+    def validation_step(
+        self, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> torch.Tensor:
+        """Cross-entropy and accuracy of a validation batch, logged under ``val/``.
+
+        Parameters
+        ----------
+        batch : Any
+            A batch :meth:`split_training_batch` reads.
+        batch_idx : int
+            The batch's index in its dataloader.
+        dataloader_idx : int
+            Which validation dataloader the batch comes from; Lightning passes it when
+            there are several and appends ``/dataloader_idx_{i}`` to the logged keys.
+
+        Returns
+        -------
+        Tensor
+            The batch's 0-d cross-entropy.
+        """
         images, labels, _ = self.split_training_batch(batch)
-        logits = check_class_scores(self(images), batch=len(images), who="model")
+        logits = check_class_scores(
+            logits_of(self(images), "model"), batch=len(images), who="model"
+        )
         loss = F.cross_entropy(logits, labels)
         self.log("val/loss", loss, sync_dist=True)
         self.log("val/accuracy", (logits.argmax(dim=1) == labels).float().mean(), sync_dist=True)

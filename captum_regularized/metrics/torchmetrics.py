@@ -28,6 +28,15 @@ the function's own errors. The model is *not* registered as a submodule: the met
 module does so for metrics that are its attributes); values computed elsewhere are
 moved to the states' device.
 
+The metrics go into a ``torchmetrics.MetricCollection`` as they are, with its default
+``compute_groups=True`` too: every metric object keeps its two states under names of
+its own (``total_<key>`` and ``count_<key>``, ``<key>`` drawn at construction and kept
+by ``clone()``), so the collection never mistakes two different metrics whose states
+happen to be equal after the first update for one metric updated twice (a compute
+group); only a metric and its clones can share their updates. The states read, save,
+load and merge under the plain names ``total`` and ``count`` (:attr:`metric_state`,
+``state_dict`` after ``persistent(True)``, ``load_state_dict``, ``merge_state``).
+
 ``compute`` refuses a metric that has seen no example (a ``ValueError``) rather than
 returning ``nan``. This module needs torchmetrics (the ``lightning`` extra,
 ``pip install "captum-regularized[lightning]"``); ``import captum_regularized`` never
@@ -47,10 +56,21 @@ Examples
 >>> reference = deletion_auc(model, torch.cat(batches), torch.cat(maps), 0, steps=8).mean()
 >>> bool(torch.isclose(metric.compute(), reference))
 True
+
+In a collection, each metric gives the value it gives alone:
+
+>>> from torchmetrics import MetricCollection
+>>> scores = MetricCollection({"pointing": PointingGame(), "energy": EnergyPointingGame()})
+>>> scores.update(attributions=torch.ones(2, 4, 4), masks=torch.zeros(2, 4, 4))
+>>> scores.update(attributions=torch.tensor([[[3.0, 1.0], [-2.0, 0.0]]]),
+...               masks=torch.tensor([[[1, 0], [1, 0]]]))
+>>> {name: round(float(value), 4) for name, value in scores.compute().items()}
+{'energy': 0.25, 'pointing': 0.3333}
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -116,23 +136,55 @@ def _check_forward_func(forward_func: Any) -> None:
         )
 
 
+_STATE_NAMES = ("total", "count")  # the sum of the per-example values and their number
+
+
 class _PerExampleMean(Metric):
-    """Mean of per-example values over every example seen, on every process."""
+    """Mean of per-example values over every example seen, on every process.
+
+    The two states are attributes named after the instance (:attr:`state_names`), so
+    that ``torchmetrics.MetricCollection`` puts two metric objects in one compute group
+    only when one is a clone of the other: it groups metrics whose state names and
+    values agree after the first update. :attr:`total`, :attr:`count`,
+    :attr:`metric_state`, ``state_dict``, ``load_state_dict`` and ``merge_state`` use
+    the plain names ``total`` and ``count``.
+
+    Attributes
+    ----------
+    state_names : dict of str to str
+        Plain name (``"total"``, ``"count"``) to the name of this instance's state
+        attribute (``"total_<key>"``, ``"count_<key>"``), copied by ``clone()``.
+    """
 
     is_differentiable: bool | None = False
     full_state_update: bool | None = False
-    total: torch.Tensor
-    count: torch.Tensor
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0), dist_reduce_fx="sum")
+        key = uuid.uuid4().hex[:12]  # not from the random generators: their state is left as is
+        self.state_names: dict[str, str] = {name: f"{name}_{key}" for name in _STATE_NAMES}
+        self.add_state(self.state_names["total"], default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state(self.state_names["count"], default=torch.tensor(0), dist_reduce_fx="sum")
+
+    @property
+    def total(self) -> torch.Tensor:
+        """The sum of the per-example values seen (the state ``total``)."""
+        return getattr(self, self.state_names["total"])  # type: ignore[no-any-return]
+
+    @property
+    def count(self) -> torch.Tensor:
+        """The number of examples seen (the state ``count``)."""
+        return getattr(self, self.state_names["count"])  # type: ignore[no-any-return]
+
+    @property
+    def metric_state(self) -> dict[str, list[torch.Tensor] | torch.Tensor]:
+        """``{"total": ..., "count": ...}``: the current states under their plain names."""
+        return {"total": self.total, "count": self.count}
 
     def _add(self, values: torch.Tensor) -> None:
         values = values.detach().reshape(-1)
-        self.total += values.to(self.total).sum()
-        self.count += values.numel()
+        self.total.add_(values.to(self.total).sum())
+        self.count.add_(values.numel())
 
     def compute(self) -> torch.Tensor:
         """The mean of the per-example values over all the examples seen."""
@@ -142,6 +194,36 @@ class _PerExampleMean(Metric):
                 "batch before compute()"
             )
         return self.total / self.count
+
+    def merge_state(self, incoming_state: dict[str, Any] | Metric) -> None:
+        """Add the states of another metric of this class, or a ``{"total", "count"}`` dict.
+
+        As ``torchmetrics.Metric.merge_state``; a metric of another class is a
+        ``ValueError``.
+        """
+        if isinstance(incoming_state, type(self)):
+            incoming_state = incoming_state.metric_state
+        if isinstance(incoming_state, dict):
+            incoming_state = {self.state_names.get(k, k): v for k, v in incoming_state.items()}
+        super().merge_state(incoming_state)
+
+    def state_dict(  # type: ignore[override]
+        self, destination: dict[str, Any] | None = None, prefix: str = "", keep_vars: bool = False
+    ) -> dict[str, Any]:
+        """As ``torchmetrics.Metric.state_dict``, with the states under their plain names."""
+        saved = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+        for plain, own in self.state_names.items():
+            if prefix + own in saved:
+                saved[prefix + plain] = saved.pop(prefix + own)
+        return saved
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        for plain, own in self.state_names.items():
+            if prefix + plain in state_dict:
+                state_dict[prefix + own] = state_dict.pop(prefix + plain)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class _ModelMetric(_PerExampleMean):
