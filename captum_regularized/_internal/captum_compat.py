@@ -56,6 +56,7 @@ __all__ = [
     "ScoreTarget",
     "TargetType",
     "TensorOrTuple",
+    "WithoutFutures",
     "attribution_call",
     "expand_additional_args",
     "expand_target",
@@ -95,6 +96,29 @@ def format_output(was_tuple: bool, output: tuple[torch.Tensor, ...]) -> TensorOr
 def format_additional_args(additional_forward_args: Any) -> tuple[Any, ...] | None:
     """Captum's normalisation of ``additional_forward_args`` into a tuple (or ``None``)."""
     return _format_additional_forward_args(additional_forward_args)
+
+
+class WithoutFutures:
+    """Captum's ``attribute_future``, refused as Captum's ``Saliency`` refuses it.
+
+    Captum's ``Attribution`` declares ``attribute_future`` (an asynchronous
+    ``attribute`` returning a future) without defining it; its gradient methods raise
+    ``NotImplementedError``. Every attribution class of the package mixes this in, so
+    a caller gets that error rather than an ``AttributeError``.
+
+    Examples
+    --------
+    >>> class Method(WithoutFutures):
+    ...     pass
+    >>> Method().attribute_future()
+    Traceback (most recent call last):
+    ...
+    NotImplementedError: attribute_future is not implemented for Method
+    """
+
+    def attribute_future(self) -> None:
+        """Not implemented: the package's methods return their maps synchronously."""
+        raise NotImplementedError(f"attribute_future is not implemented for {type(self).__name__}")
 
 
 class AttributionCall(NamedTuple):
@@ -160,9 +184,19 @@ def format_baselines(
 
     Raises
     ------
+    TypeError
+        For a bool, which is no baseline (it is an argument passed in the wrong slot).
     ValueError
         When a baseline's shape fits neither form.
     """
+    if isinstance(baselines, bool) or (
+        isinstance(baselines, tuple) and any(isinstance(b, bool) for b in baselines)
+    ):
+        raise TypeError(
+            "baselines must be None, a number, a tensor or a tuple of them, got a bool "
+            "(Captum's LayerGradCam takes attribute_to_layer_input fourth; pass it by "
+            "keyword)"
+        )
     _, formatted = _format_input_baseline(inputs, baselines)
     if len(formatted) != len(inputs):
         raise ValueError(

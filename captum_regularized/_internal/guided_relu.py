@@ -71,7 +71,7 @@ from captum_regularized._internal.input_gradients import (
     check_not_modified_in_place,
     gradient_leaf,
 )
-from captum_regularized._internal.model_state import find_module
+from captum_regularized._internal.model_state import find_module, unwrap_data_parallel
 from captum_regularized._internal.per_example_batchnorm import (
     TrainBatchNormCalls,
     batch_norm_with_switchable_statistics,
@@ -90,6 +90,7 @@ __all__ = [
     "check_guided_rule",
     "check_has_activations",
     "check_not_compiled",
+    "check_not_scripted",
     "guided_and_plain_gradients",
     "guided_forward",
     "recording_activations",
@@ -407,6 +408,10 @@ def guided_forward(
     The hooks on the graph stay switched off: use ``switch.guided()`` around the
     backward pass that should follow the guided rule.
 
+    An ``nn.DataParallel`` model runs its wrapped module, on that module's device
+    (:func:`~captum_regularized._internal.model_state.unwrap_data_parallel`): the
+    rule's function mode acts in this thread only and cannot follow the replicas.
+
     Raises
     ------
     TypeError
@@ -414,7 +419,8 @@ def guided_forward(
     RuntimeError
         When it modifies one of ``leaves`` in place.
     ValueError
-        When no guided activation is on the graph (:func:`check_has_activations`).
+        When no guided activation is on the graph (:func:`check_has_activations`), or
+        the model holds a TorchScript submodule (:func:`check_not_scripted`).
 
     Examples
     --------
@@ -427,6 +433,8 @@ def guided_forward(
     >>> guided.shape, switch.families
     (torch.Size([2, 3]), {'GELU': 1})
     """
+    forward_func = unwrap_data_parallel(forward_func)
+    check_not_scripted(find_module(forward_func), "forward_func")
     versions = [leaf._version for leaf in leaves]
     recording = recording_activations(switch, split_batchnorm=split_batchnorm)
     with torch.enable_grad(), recording:
@@ -476,36 +484,57 @@ def check_not_compiled(
 _COMPILED_REASON = "the guided rule cannot reach the activations inside a compiled graph"
 
 
+def check_not_scripted(model: nn.Module | None, name: str = "model") -> None:
+    """Raise ``ValueError`` for a model holding a TorchScript (``torch.jit``) submodule.
+
+    The guided rule sees the activations through a torch function mode; a scripted
+    module runs its graph without calling back into Python, so its activations would
+    keep their plain backward and the map would silently be wrong.
+
+    Examples
+    --------
+    >>> model = nn.Sequential(nn.Linear(2, 2), torch.jit.script(nn.ReLU()))
+    >>> check_not_scripted(model)
+    Traceback (most recent call last):
+    ...
+    ValueError: model.1 is a TorchScript module (torch.jit.script / trace); the guided rule \
+cannot see the activations inside it. Use the original Python module there instead.
+    """
+    if model is None:
+        return
+    for module_name, module in model.named_modules():
+        if isinstance(module, torch.jit.ScriptModule):
+            where = f"{name}.{module_name}" if module_name else name
+            raise ValueError(
+                f"{where} is a TorchScript module (torch.jit.script / trace); the guided "
+                "rule cannot see the activations inside it. Use the original Python module "
+                "there instead."
+            )
+
+
 def check_guided_model(
     forward_func: Callable[..., Any], who: str, name: str = "model"
 ) -> nn.Module | None:
-    """The module behind ``forward_func``, refused when compiled or ``nn.DataParallel``.
+    """The module the guided rule runs (``nn.DataParallel`` unwrapped), checked.
 
-    The guided rule is applied by a torch function mode of the calling thread:
-    ``nn.DataParallel`` runs its replicas in other threads and compiled graphs run
-    without it, so both would silently give the plain gradient.
+    The guided rule is applied by a torch function mode of the calling thread. Compiled
+    graphs and TorchScript modules run without it and would silently give the plain
+    gradient, so they are refused; ``nn.DataParallel`` runs its replicas in other
+    threads, so :func:`guided_forward` runs the wrapped module instead.
 
     Examples
     --------
     >>> model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
     >>> check_guided_model(model, "GuidedBackprop") is model
     True
-    >>> check_guided_model(nn.DataParallel(model), "GuidedBackprop")
-    Traceback (most recent call last):
-    ...
-    ValueError: model is an nn.DataParallel model, which GuidedBackprop does not support \
-(its replicas run in other threads, out of reach of the guided rule); pass model.module instead
+    >>> check_guided_model(nn.DataParallel(model), "GuidedBackprop") is model
+    True
     """
     if not callable(forward_func):
         raise TypeError(f"{name} must be callable, got {type(forward_func).__name__}")
-    model = find_module(forward_func)
-    if isinstance(model, nn.DataParallel):
-        raise ValueError(
-            f"{name} is an nn.DataParallel model, which {who} does not support (its "
-            "replicas run in other threads, out of reach of the guided rule); pass "
-            f"{name}.module instead"
-        )
+    model = find_module(unwrap_data_parallel(forward_func))
     check_not_compiled(model, name, reason=_COMPILED_REASON)
+    check_not_scripted(model, name)
     return model
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "check_not_modified_in_place",
     "check_training_batch",
     "cross_entropy_per_example",
+    "fresh_leaf",
     "gradient_leaf",
     "input_gradient",
     "leaf_in_place_error_explained",
@@ -125,7 +126,29 @@ def gradient_leaf(inputs: torch.Tensor, keep_graph: bool) -> torch.Tensor:
     """
     if keep_graph and inputs.requires_grad:
         return inputs.clone()
-    return inputs.detach().requires_grad_(True)
+    return fresh_leaf(inputs)
+
+
+def fresh_leaf(inputs: torch.Tensor) -> torch.Tensor:
+    """A leaf that requires grad, with the values of ``inputs`` (which stay untouched).
+
+    Shares ``inputs``' storage where it can (``detach``). A tensor created under
+    ``torch.inference_mode()`` (a common way to load data) can never require grad, so
+    it is copied once instead; call this outside inference mode.
+
+    Examples
+    --------
+    >>> x = torch.rand(2, 3)
+    >>> leaf = fresh_leaf(x)
+    >>> leaf.requires_grad, leaf.data_ptr() == x.data_ptr(), x.requires_grad
+    (True, True, False)
+    >>> with torch.inference_mode():
+    ...     loaded = torch.rand(2, 3)
+    >>> fresh_leaf(loaded).requires_grad
+    True
+    """
+    leaf = inputs.clone() if inputs.is_inference() else inputs.detach()
+    return leaf.requires_grad_(True)
 
 
 def check_not_modified_in_place(leaf: torch.Tensor, version: int, who: str = "model") -> None:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from captum_regularized._internal.captum_compat import run_forward
+from captum_regularized._internal.input_gradients import fresh_leaf
 from captum_regularized._internal.model_state import HookBag
 
 __all__ = ["LayerTap"]
@@ -183,7 +184,7 @@ class LayerTap:
         with self.tapping(), torch.enable_grad():
             if not self._cut:
                 # fresh leaves: the layer's input is on the graph even for a frozen model
-                inputs = tuple(x.detach().requires_grad_() for x in inputs)
+                inputs = tuple(fresh_leaf(x) for x in inputs)
                 output = run_forward(forward_func, inputs, additional_args)
             else:
                 with torch.no_grad():
@@ -195,8 +196,13 @@ class LayerTap:
                         self._ran_without_autograd = not output.requires_grad
         return output, self.activation()
 
-    def gradient(self, scores: torch.Tensor) -> torch.Tensor:
+    def gradient(
+        self, scores: torch.Tensor, grad_kwargs: dict[str, Any] | None = None
+    ) -> torch.Tensor:
         """``d(sum of scores)/d(activation)`` of the last pass.
+
+        ``grad_kwargs`` are passed on to ``torch.autograd.grad`` (as Captum's layer
+        methods pass theirs).
 
         Raises
         ------
@@ -207,7 +213,9 @@ class LayerTap:
         gradient = None
         if scores.requires_grad:
             with torch.enable_grad():
-                (gradient,) = torch.autograd.grad(scores.sum(), activation, allow_unused=True)
+                (gradient,) = torch.autograd.grad(
+                    scores.sum(), activation, allow_unused=True, **(grad_kwargs or {})
+                )
         if gradient is None:
             raise ValueError(
                 "the target score does not depend on the layer; check that the layer lies on "

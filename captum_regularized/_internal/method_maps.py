@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from captum_regularized._internal.input_gradients import fresh_leaf
+
 __all__ = ["Method", "method_maps"]
 
 Method = Any | Callable[..., torch.Tensor] | None
@@ -45,7 +47,7 @@ def method_maps(
     """
     if method is None:
         return None
-    inputs = inputs.detach().requires_grad_(True)
+    inputs = fresh_leaf(inputs)
     if hasattr(method, "attribute"):
         maps = method.attribute(inputs, target=targets, **kwargs)
     elif callable(method):

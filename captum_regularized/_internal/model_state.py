@@ -40,6 +40,27 @@ def find_module(forward_func: Callable[..., Any]) -> nn.Module | None:
     return None
 
 
+def unwrap_data_parallel(forward_func: Callable[..., Any]) -> Callable[..., Any]:
+    """The callable to run in place of an ``nn.DataParallel`` model: the wrapped module.
+
+    ``nn.DataParallel`` runs a replica of the module on each device, in its own thread.
+    The guided rule (a torch function mode of the calling thread) and the layer hooks of
+    the layer methods cannot follow the replicas, so those methods run the wrapped
+    module itself, on its own device; the results are the ones the unwrapped model
+    gives. Anything else (a module, a bound method of another module, a function) is
+    returned as it is.
+
+    Examples
+    --------
+    >>> m = nn.Linear(2, 3)
+    >>> unwrap_data_parallel(nn.DataParallel(m)) is m and unwrap_data_parallel(m) is m
+    True
+    """
+    if isinstance(forward_func, nn.DataParallel):
+        return forward_func.module
+    return forward_func
+
+
 class HookBag:
     """Collects hook handles so they can all be removed in one place.
 

@@ -23,6 +23,7 @@ from captum_regularized._internal.captum_compat import (
     AttributionCall,
     TargetType,
     TensorOrTuple,
+    WithoutFutures,
     attribution_call,
     log_usage,
 )
@@ -30,7 +31,7 @@ from captum_regularized._internal.captum_compat import (
 __all__ = ["TargetGradientAttribution"]
 
 
-class TargetGradientAttribution(GradientAttribution):
+class TargetGradientAttribution(WithoutFutures, GradientAttribution):
     """A Captum gradient method whose map is computed from the target's input gradient.
 
     Subclasses implement :meth:`_maps`. Captum's defaults hold: ``multiplies_by_inputs``

@@ -37,6 +37,7 @@ import torch
 
 from captum_regularized._internal.captum_compat import ScoreTarget, TargetType, run_forward
 from captum_regularized._internal.checks import check_attribution_inputs
+from captum_regularized._internal.input_gradients import fresh_leaf
 from captum_regularized._internal.model_state import (
     find_module,
     kept_batchnorm_statistics,
@@ -389,7 +390,7 @@ def target_gradients(
     module = find_module(forward_func)
     check_attribution_inputs(inputs, module)
     with preserved_model(module), kept_batchnorm_statistics(module), torch.enable_grad():
-        leaves = tuple(x.detach().requires_grad_() for x in inputs)
+        leaves = tuple(fresh_leaf(x) for x in inputs)
         scores = target_scores(forward(forward_func, leaves, additional_forward_args), target)
         with backward():
             grads = torch.autograd.grad(scores.sum(), leaves, allow_unused=True)

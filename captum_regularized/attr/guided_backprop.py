@@ -61,7 +61,9 @@ class GuidedBackprop(TargetGradientAttribution):
     ----------
     model : callable
         The model, or any function of the inputs calling it, returning scores. Not
-        ``torch.compile``'d (pass ``compiled._orig_mod``) and not ``nn.DataParallel``.
+        ``torch.compile``'d (pass ``compiled._orig_mod``) and without TorchScript
+        submodules; an ``nn.DataParallel`` model runs its wrapped module, on that
+        module's device.
     rule : {"gated", "ungated"}
         The guided rule (keyword only); both are the classic rule on ReLU networks.
 

@@ -24,6 +24,7 @@ from torch import nn
 from captum_regularized._internal.captum_compat import (
     TargetType,
     TensorOrTuple,
+    WithoutFutures,
     attribution_call,
     log_usage,
 )
@@ -34,6 +35,7 @@ from captum_regularized._internal.guided_relu import (
     check_guided_rule,
     guided_forward,
 )
+from captum_regularized._internal.input_gradients import fresh_leaf
 from captum_regularized._internal.layer_tap import LayerTap
 from captum_regularized._internal.model_state import (
     find_module,
@@ -76,7 +78,7 @@ def _upsampled(cam: torch.Tensor, inputs: torch.Tensor, index: int, mode: str) -
     return LayerAttribution.interpolate(cam, size, interpolate_mode=mode)
 
 
-class GuidedGradCam(GradientAttribution):
+class GuidedGradCam(WithoutFutures, GradientAttribution):
     r"""Guided Grad-CAM: the guided-backprop map times the layer's upsampled Grad-CAM.
 
     With ``A`` the layer's activation ``(B, K, h, w)`` and ``S`` the target score,
@@ -95,13 +97,14 @@ class GuidedGradCam(GradientAttribution):
     ----------
     model : callable
         The model, or a function of the inputs calling it. Not ``torch.compile``'d and
-        not ``nn.DataParallel``.
+        without TorchScript submodules; an ``nn.DataParallel`` model runs its wrapped
+        module, on that module's device.
     layer : nn.Module
         The layer whose activation gives the Grad-CAM map, usually the last
         convolutional block. It must run exactly once per forward pass and output one
         tensor.
     device_ids : list of int, optional
-        Kept for Captum's signature (``nn.DataParallel`` is not supported).
+        Kept for Captum's signature (see ``model`` for ``nn.DataParallel``).
     rule : {"gated", "ungated"}
         The guided rule (keyword only).
 
@@ -201,7 +204,7 @@ class GuidedGradCam(GradientAttribution):
             torch.enable_grad(),
         ):
             tap = LayerTap(self.layer, hooks, attribute_to_layer_input, stop_at_layer=False)
-            leaves = tuple(x.detach().requires_grad_() for x in call.inputs)
+            leaves = tuple(fresh_leaf(x) for x in call.inputs)
             with tap.tapping():
                 output = guided_forward(
                     self.forward_func, leaves, call.additional_forward_args, switch

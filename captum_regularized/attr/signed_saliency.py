@@ -66,11 +66,13 @@ from captum_regularized._internal.captum_compat import (
     AttributionCall,
     TargetType,
     TensorOrTuple,
+    WithoutFutures,
     attribution_call,
     log_usage,
     run_forward,
 )
 from captum_regularized._internal.checks import check_attribution_inputs
+from captum_regularized._internal.input_gradients import fresh_leaf
 from captum_regularized._internal.model_state import (
     find_module,
     kept_batchnorm_statistics,
@@ -207,7 +209,7 @@ class _TargetSignSaliency(TargetGradientAttribution):
         return self._part(gradients)
 
 
-class _ClassComparisonSaliency(GradientAttribution):
+class _ClassComparisonSaliency(WithoutFutures, GradientAttribution):
     """Maps that compare the target's gradient with every other class's gradient.
 
     Captum's defaults hold (``multiplies_by_inputs`` and ``has_convergence_delta`` are
@@ -230,12 +232,15 @@ class _ClassComparisonSaliency(GradientAttribution):
         self,
         inputs: TensorOrTuple,
         target: TargetType = None,
-        additional_forward_args: Any = None,
         abs: bool = True,
+        additional_forward_args: Any = None,
         class_chunk_size: int | None = None,
         compare_classes: CompareClasses = None,
     ) -> TensorOrTuple:
         """Attribute ``inputs`` by comparing the target's gradient with the other classes'.
+
+        The first four arguments are those of Captum's ``Saliency.attribute``, in its
+        order (``abs`` third).
 
         Parameters
         ----------
@@ -247,10 +252,10 @@ class _ClassComparisonSaliency(GradientAttribution):
             The comparison needs a class per example: a target callable (or a list of
             them) stands for its integer ``category`` attribute, as pytorch-grad-cam's
             ``ClassifierOutputTarget(k)`` has; one without it is a ``TypeError``.
-        additional_forward_args : optional
-            Extra arguments passed to the model after the inputs.
         abs : bool
             Return ``|.|`` (default, as the authors do); ``False`` keeps the sign.
+        additional_forward_args : optional
+            Extra arguments passed to the model after the inputs.
         class_chunk_size : int, optional
             Classes back-propagated together (default 32): peak memory grows with
             ``class_chunk_size x input``, never with ``num_classes x input``.
@@ -269,13 +274,20 @@ class _ClassComparisonSaliency(GradientAttribution):
         RuntimeError
             Inside ``torch.inference_mode()``, where no gradient can be taken.
         TypeError
-            For non-floating inputs, or a ``class_chunk_size`` / ``compare_classes`` of
-            the wrong type.
+            For non-floating inputs, an ``abs`` that is not a bool (extra forward
+            arguments passed third, where Captum's ``Saliency`` takes ``abs``), or a
+            ``class_chunk_size`` / ``compare_classes`` of the wrong type.
         ValueError
             For inputs with NaN/infinite values, without a shared batch size or on
             another device than the model; an output that is not ``(B, C >= 2)``; a
             target or compared class out of range; a size that is not positive.
         """
+        if not isinstance(abs, bool):
+            raise TypeError(
+                f"abs must be a bool, got {type(abs).__name__}; it is the third argument, "
+                "as in Captum's Saliency.attribute(inputs, target, abs, "
+                "additional_forward_args): pass additional_forward_args by keyword"
+            )
         if self.backward_strategy not in STRATEGIES:
             raise ValueError(
                 f"backward_strategy must be one of {STRATEGIES}, got {self.backward_strategy!r}"
@@ -684,7 +696,7 @@ def class_gradients(
     module = find_module(forward_func)
     check_attribution_inputs(inputs, module)
     with preserved_model(module), kept_batchnorm_statistics(module), torch.enable_grad():
-        leaves = tuple(x.detach().requires_grad_() for x in inputs)  # inputs stay untouched
+        leaves = tuple(fresh_leaf(x) for x in inputs)  # inputs stay untouched
         output = run_forward(forward_func, leaves, additional_forward_args)
         if output.dim() != 2 or output.shape[1] < 2:
             raise ValueError(

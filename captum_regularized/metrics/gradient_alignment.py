@@ -50,7 +50,8 @@ def gradient_alignment(
         A network with activations the guided rule knows (modules or functional
         forms, see :data:`~captum_regularized._internal.guided_relu.GUIDED_ACTIVATIONS`);
         a module behind it runs in eval mode (restored afterwards). Not
-        ``torch.compile``'d and not ``nn.DataParallel``.
+        ``torch.compile``'d and without TorchScript submodules; an
+        ``nn.DataParallel`` model runs its wrapped module, on that module's device.
     inputs : Tensor
         A batch ``(B, ...)``; not modified.
     target : int, list, Tensor, tuple, callable or None

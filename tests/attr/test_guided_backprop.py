@@ -329,8 +329,10 @@ def test_model_errors_are_named(cls):
         make(model, rule=1)
     with pytest.raises(TypeError, match="_orig_mod"):
         make(torch.compile(model))
-    with pytest.raises(ValueError, match=r"DataParallel.*model\.module"):
-        make(nn.DataParallel(model))
+    scripted = ModuleNet()
+    scripted.relus[2] = torch.jit.script(scripted.relus[2])
+    with pytest.raises(ValueError, match=r"model\.relus\.2 is a TorchScript module"):
+        make(scripted)
     with pytest.raises(TypeError, match="model must be callable"):
         make(3)
 

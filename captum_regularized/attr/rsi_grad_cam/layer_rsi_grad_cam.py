@@ -29,6 +29,7 @@ from captum_regularized._internal.captum_compat import (
     BaselineType,
     TargetType,
     TensorOrTuple,
+    WithoutFutures,
     format_additional_args,
     format_baselines,
     format_inputs,
@@ -43,6 +44,7 @@ from captum_regularized._internal.model_state import (
     find_module,
     kept_batchnorm_statistics,
     preserved_model,
+    unwrap_data_parallel,
 )
 from captum_regularized._internal.targets import (
     class_indices,
@@ -148,15 +150,19 @@ def _cam_from_rsi(
     rsi: torch.Tensor,
     at_input: torch.Tensor,
     at_baseline: torch.Tensor,
-    variant: str,
-    relu_attributions: bool,
+    settings: _Settings,
 ) -> torch.Tensor:
-    """The map ``(examples, 1, h, w)`` from the variant's per-unit RSI and ``A_m``, ``A_0``."""
-    if variant == "unit_selection":
+    """The map ``(examples, 1, h, w)`` from the variant's per-unit RSI and ``A_m``, ``A_0``.
+
+    ``(examples, C, h, w)``, one map per channel, without ``attr_dim_summation``.
+    """
+    if settings.variant == "unit_selection":
         rsi = rsi * ((at_input > 0) & (rsi > 0) & (at_input > at_baseline))
     weights = rsi.mean(dim=(2, 3), keepdim=True)
-    cam = (weights * at_input).sum(dim=1, keepdim=True)
-    if relu_attributions:
+    cam = weights * at_input
+    if settings.attr_dim_summation:
+        cam = cam.sum(dim=1, keepdim=True)
+    if settings.relu_attributions:
         cam = torch.relu(cam)
     return cam
 
@@ -257,6 +263,8 @@ class _Settings:
     reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None
     variant: str
     relu_attributions: bool
+    attr_dim_summation: bool
+    grad_kwargs: dict[str, Any] | None
 
 
 class _Group(NamedTuple):
@@ -283,7 +291,7 @@ class _Group(NamedTuple):
         )
 
 
-class LayerRSIGradCam(LayerAttribution, GradientAttribution):
+class LayerRSIGradCam(WithoutFutures, LayerAttribution, GradientAttribution):
     r"""Grad-CAM whose channel weights integrate gradients along an input-space path.
 
     RSI-Grad-CAM (Lucas, Lerma, Furst and Raicu, "Visual explanations from deep
@@ -335,10 +343,15 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
     then the statistics of every BatchNorm module that runs during attribution are kept
     (found by a global module hook that is removed afterwards).
 
-    The maps and deltas have the inputs' floating dtype, also under ``torch.autocast``
-    (the sums are accumulated in at least float32). An empty batch gives empty maps
-    ``(0, 1, h, w)`` (and empty deltas); the model still runs once, on zero rows, to
-    learn ``h`` and ``w``.
+    The maps and deltas have the inputs' floating dtype, also under ``torch.autocast``.
+    The passes run in the inputs' precision with autocast switched off, and the sums
+    are accumulated in at least float32: the path sum adds many small products of
+    gradients and activation differences, which bfloat16's 8-bit significand cannot
+    resolve (on small untrained CNNs a bfloat16 pass turned maps of some examples
+    into all-zero ones). ``internal_batch_size`` bounds the memory this costs.
+
+    An empty batch gives empty maps ``(0, 1, h, w)`` (and empty deltas); the model
+    still runs once, on zero rows, to learn ``h`` and ``w``.
 
     Activation checkpointing: ``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)``
     around the layer works; the reentrant form runs its block without autograd, so
@@ -360,7 +373,8 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
         the head, so patch-token gradients there are zero), with the matching
         ``reshape_transform`` of :mod:`~captum_regularized.attr.reshape_transforms`.
     device_ids : list of int, optional
-        Kept for Captum's signature. ``nn.DataParallel`` models are not supported.
+        Kept for Captum's signature. An ``nn.DataParallel`` model runs its wrapped
+        module, on that module's device (the layer hook cannot follow the replicas).
 
     Attributes
     ----------
@@ -399,12 +413,8 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
     ) -> None:
         if not isinstance(layer, nn.Module):
             raise TypeError(f"layer must be an nn.Module, got {type(layer).__name__}")
+        forward_func = unwrap_data_parallel(forward_func)  # the tap cannot follow replicas
         model = find_module(forward_func)
-        if isinstance(model, nn.DataParallel):
-            raise ValueError(
-                "forward_func is an nn.DataParallel model, which LayerRSIGradCam does not "
-                "support; pass model.module instead"
-            )
         if model is not None and not any(module is layer for module in model.modules()):
             raise ValueError(
                 f"layer ({type(layer).__name__}) is not a submodule of the model passed as "
@@ -471,6 +481,8 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
         return_convergence_delta: bool = False,
         tolerance: float = 1e-2,
         max_steps: int = 256,
+        attr_dim_summation: bool = True,
+        grad_kwargs: dict[str, Any] | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Compute RSI-Grad-CAM maps of shape ``(B, 1, h, w)``.
 
@@ -528,11 +540,19 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
         max_steps : int
             For ``n_steps='auto'``: the most path intervals an example gets (at least 4);
             the last count is the largest ``4 * 2**j`` not above it (256 by default).
+        attr_dim_summation : bool
+            Sum the weighted channels into one map (default), as Captum's
+            ``LayerGradCam`` does; ``False`` returns the per-channel maps
+            ``w_k A_k``, shape ``(B, C, h, w)`` (with the final ReLU applied to each).
+        grad_kwargs : dict, optional
+            Passed on to ``torch.autograd.grad`` for the layer gradients, as in Captum's
+            ``LayerGradCam`` and ``LayerIntegratedGradients``.
 
         Returns
         -------
         Tensor or (Tensor, Tensor)
-            Maps ``(B, 1, h, w)`` in the layer's resolution (upsample with
+            Maps ``(B, 1, h, w)`` (``(B, C, h, w)`` without ``attr_dim_summation``) in
+            the layer's resolution (upsample with
             ``LayerAttribution.interpolate``), and the deltas ``(B,)`` when asked, both in
             the inputs' dtype. ``B = 0`` gives empty results of these shapes.
 
@@ -549,7 +569,8 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
             ``return_convergence_delta`` with a variant other than ``'plain'``.
         TypeError
             For non-tensor or non-floating inputs and wrongly typed arguments (``target``
-            included).
+            included; a bool passed as ``baselines``, where Captum's ``LayerGradCam``
+            has ``attribute_to_layer_input``).
         RuntimeError
             When called inside ``torch.inference_mode()``.
         """
@@ -564,6 +585,8 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
             )
         if reshape_transform is not None and not callable(reshape_transform):
             raise TypeError("reshape_transform must be a callable or None")
+        if grad_kwargs is not None and not isinstance(grad_kwargs, dict):
+            raise TypeError(f"grad_kwargs must be a dict or None, got {type(grad_kwargs).__name__}")
         transform = _resolve_output_transform(output_transform)
         inputs_tuple, _ = format_inputs(inputs)
         model = find_module(self.forward_func)
@@ -593,6 +616,8 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
                 reshape_transform,
                 variant,
                 relu_attributions,
+                attr_dim_summation,
+                grad_kwargs,
             )
             for rows in plan.example_groups:
                 group = _Group(
@@ -640,10 +665,7 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
                 end_scores.append(scores[-1])
         rsi, at_input, at_baseline = integral.result()
         delta = rsi.sum(dim=(1, 2, 3)) - (end_scores[0] - end_scores[-1]).to(rsi.dtype)
-        cam = _cam_from_rsi(
-            rsi, at_input, at_baseline, settings.variant, settings.relu_attributions
-        )
-        return cam, delta
+        return _cam_from_rsi(rsi, at_input, at_baseline, settings), delta
 
     def _run_pass(
         self,
@@ -662,12 +684,14 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
         examples = group.inputs[0].shape[0]
         points = path_points(group.inputs, group.baselines, steps, n_steps)
         _, pass_args = expand_for_steps(None, group.args, len(steps), settings.per_example)
-        output, leaf = settings.tap.run(self.forward_func, points, pass_args)
-        with torch.enable_grad():
-            scores, classes = _select_scores(
-                settings.transform(output), group.target, classes, examples, len(steps)
-            )
-        gradient = settings.tap.gradient(scores)
+        # in the inputs' precision, also under autocast (see the class notes)
+        with torch.autocast(points[0].device.type, enabled=False):
+            output, leaf = settings.tap.run(self.forward_func, points, pass_args)
+            with torch.enable_grad():
+                scores, classes = _select_scores(
+                    settings.transform(output), group.target, classes, examples, len(steps)
+                )
+            gradient = settings.tap.gradient(scores, settings.grad_kwargs)
         activations = _as_maps(leaf.detach(), settings.reshape_transform, len(steps), examples)
         gradients = _as_maps(gradient, settings.reshape_transform, len(steps), examples)
         return activations, gradients, scores.detach().reshape(len(steps), examples), classes
@@ -712,7 +736,8 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
         if at_baseline_scores is None:
             raise RuntimeError("the first level of n_steps='auto' missed the baseline")
         rise = (at_input_scores - at_baseline_scores).to(activations.dtype)
-        cams = activations.new_zeros((examples, 1, *activations.shape[-2:]))
+        channels = 1 if settings.attr_dim_summation else activations.shape[2]
+        cams = activations.new_zeros((examples, channels, *activations.shape[-2:]))
         deltas = activations.new_zeros((examples,))
         used = torch.zeros((examples,), dtype=torch.long, device=device)
         active = list(range(examples))  # positions in the group of the examples refining
@@ -733,9 +758,7 @@ class LayerRSIGradCam(LayerAttribution, GradientAttribution):
                     else plain[chosen]
                 )
                 where = torch.tensor([active[i] for i in stopping], dtype=torch.long, device=device)
-                cams[where] = _cam_from_rsi(
-                    rsi, acts[-1], acts[0], settings.variant, settings.relu_attributions
-                )
+                cams[where] = _cam_from_rsi(rsi, acts[-1], acts[0], settings)
                 deltas[where] = gap[chosen]
                 used[where] = n_steps
             refining = [i for i, stop in enumerate(stops) if not stop]
