@@ -21,6 +21,16 @@ a penalty ``R(g)`` on the input gradient ``g`` in one of two ways (``mode=``):
   whose gradient is that difference, the second term coming from the caller's own
   backward pass through the logits' graph (:func:`finite_difference_step` picks ``h``).
 
+  Under loss scaling (a ``GradScaler``) that second term would cross the caller's
+  half-precision graph multiplied by ``scale / h``: its activation gradients would be
+  ``1/h`` larger than in a plain step and overflow, and the scaler would settle ``h``
+  times lower. So with a scaler :meth:`InputGradientPenalty._perturbed_pass` also
+  takes ``grad_theta L(x)`` in a first-order pass of its own and subtracts it
+  (:func:`gradient_differences`): ``1/h`` multiplies only that difference, in the
+  parameters' precision, and no gradient in the caller's backward pass is ``1/h``
+  larger than a plain step's. Both passes back-propagate the scaled batch *mean*, as
+  the training loss does (the sum's weight gradients would be ``B`` times larger).
+
 :class:`InputGradientPenalty`, the base of both classes, holds what they share around
 the two modes: the settings (:func:`check_penalty_settings`), the checks every call
 starts with, the one-time double-backward check and the perturbed pass. Both
@@ -70,6 +80,7 @@ __all__ = [
     "extra_pass",
     "finite_difference_penalty",
     "finite_difference_step",
+    "gradient_differences",
     "gradient_pass",
     "gradient_scale",
     "penalty_and_direction",
@@ -124,7 +135,8 @@ def gradient_scale(grad_scaler: GradientScaler | None, like: torch.Tensor) -> to
     """The scaler's current factor as a 0-d float32 tensor on ``like``'s device, or ``None``.
 
     Read through ``grad_scaler.scale`` (a device multiplication, no host
-    synchronisation); a disabled ``GradScaler`` gives 1.
+    synchronisation). ``None`` without a scaler and for a disabled ``GradScaler``
+    (``is_enabled()`` false), which scales nothing.
 
     Examples
     --------
@@ -132,8 +144,13 @@ def gradient_scale(grad_scaler: GradientScaler | None, like: torch.Tensor) -> to
     tensor(8.)
     >>> gradient_scale(None, torch.zeros(2)) is None
     True
+    >>> gradient_scale(torch.amp.GradScaler("cpu", enabled=False), torch.zeros(2)) is None
+    True
     """
     if grad_scaler is None:
+        return None
+    is_enabled = getattr(grad_scaler, "is_enabled", None)
+    if callable(is_enabled) and not is_enabled():
         return None
     one = torch.ones((), device=like.device, dtype=torch.float32)
     return grad_scaler.scale(one).to(torch.float32)
@@ -486,6 +503,10 @@ class PerturbedGradients(NamedTuple):
         ``grad_x L(x + h v)`` when the inputs carry the caller's graph, else ``None``.
     extra_gradients : list of Tensor
         The gradients with respect to ``extra_inputs`` (zeros where unused).
+    differences : bool
+        ``True`` when every gradient above is already the difference
+        ``grad L(x + h v) - grad L(x)`` (:func:`gradient_differences`): the caller then
+        passes no ``L(x)`` to :func:`finite_difference_penalty`.
     """
 
     step: torch.Tensor
@@ -493,6 +514,7 @@ class PerturbedGradients(NamedTuple):
     parameter_gradients: list[torch.Tensor]
     input_gradient: torch.Tensor | None
     extra_gradients: tuple[torch.Tensor, ...] = ()
+    differences: bool = False
 
 
 def perturbed_gradients(
@@ -511,7 +533,8 @@ def perturbed_gradients(
     gradients of the parameters that require grad (and, when ``inputs`` carry the
     caller's graph, of the perturbed input) are computed. With ``scale`` (a
     ``GradScaler``'s factor) the loss is scaled before the backward pass and the
-    gradients unscaled after it, so half-precision gradients do not underflow.
+    gradients unscaled after it, so half-precision gradients do not underflow. With
+    ``step = 0`` these are the gradients at ``x`` itself (``x + 0 v`` is ``x``).
 
     Parameters
     ----------
@@ -572,6 +595,55 @@ def perturbed_gradients(
     return PerturbedGradients(step, kept_parameters, kept_gradients, input_grad, extra_gradients)
 
 
+def gradient_differences(
+    perturbed: PerturbedGradients, reference: PerturbedGradients
+) -> PerturbedGradients:
+    """``perturbed`` minus ``reference`` (the same gradients at ``x``), in place.
+
+    Both come from :func:`perturbed_gradients` of the same loss and targets, at
+    ``x + h v`` and at ``x`` (``step = 0``). The result holds
+    ``grad L(x + h v) - grad L(x)`` in ``perturbed``'s tensors, no new ones, and the
+    step of ``perturbed``; ``differences`` is ``True``. A parameter reached in one pass
+    only keeps its one gradient (negated at ``x``).
+
+    Examples
+    --------
+    >>> w = torch.tensor([2.0], requires_grad=True)
+    >>> loss_at = lambda x: (w * x).square().sum()  # d/dw = 2 w x^2
+    >>> x, v = torch.tensor([1.0]), torch.tensor([1.0])
+    >>> at_h = perturbed_gradients(loss_at, x, v, torch.tensor(0.5), [w])
+    >>> at_x = perturbed_gradients(loss_at, x, v, torch.tensor(0.0), [w])
+    >>> out = gradient_differences(at_h, at_x)  # 2 w (1.5^2 - 1^2)
+    >>> out.parameter_gradients, out.step, out.differences
+    ([tensor([5.])], tensor(0.5000), True)
+    """
+    at_x = {id(p): g for p, g in zip(reference.parameters, reference.parameter_gradients)}
+    parameters: list[torch.Tensor] = []
+    gradients: list[torch.Tensor] = []
+    for parameter, gradient in zip(perturbed.parameters, perturbed.parameter_gradients):
+        there = at_x.pop(id(parameter), None)
+        parameters.append(parameter)
+        gradients.append(gradient if there is None else gradient.sub_(there))
+    for parameter, gradient in zip(reference.parameters, reference.parameter_gradients):
+        if id(parameter) in at_x:  # reached at x only
+            parameters.append(parameter)
+            gradients.append(gradient.neg_())
+    return PerturbedGradients(
+        perturbed.step,
+        parameters,
+        gradients,
+        _difference(perturbed.input_gradient, reference.input_gradient),
+        tuple(a.sub_(b) for a, b in zip(perturbed.extra_gradients, reference.extra_gradients)),
+        differences=True,
+    )
+
+
+def _difference(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    if b is None:
+        return a
+    return b.neg_() if a is None else a.sub_(b)
+
+
 class _ConstantGradients(torch.autograd.Function):
     """``0`` whose gradient with respect to ``tensors[i]`` is ``gradients[i]`` (times upstream).
 
@@ -622,13 +694,16 @@ def finite_difference_penalty(
 
     where the gradients at ``x + h v`` are constants from :func:`perturbed_gradients`
     and ``L(x)`` (``reference_loss``) is the caller's loss on the graph of the returned
-    logits (``None`` when the perturbed pass subtracted it already; ``perturbed`` may
-    also pair further live tensors with constant gradients). So ``d/dtheta`` of the
-    result is ``[grad_theta L(x + h v) - grad_theta L(x)] / h``, the forward difference
-    of ``grad_theta (v . grad_x L)`` -- and the same holds for ``d/dx`` when the inputs
-    come out of the caller's trainable modules. The kept weight gradients are handed to
-    autograd in place (see :class:`_ConstantGradients`), so they cost no second copy,
-    and the penalty can be back-propagated once.
+    logits. So ``d/dtheta`` of the result is
+    ``[grad_theta L(x + h v) - grad_theta L(x)] / h``, the forward difference of
+    ``grad_theta (v . grad_x L)`` -- and the same holds for ``d/dx`` when the inputs
+    come out of the caller's trainable modules. ``reference_loss`` is ``None`` (or only
+    what ``perturbed`` leaves to the caller's graph) when the constants are
+    differences already (``perturbed.differences``, :func:`gradient_differences`, or a
+    perturbed loss that subtracts ``L(x)`` itself): then no gradient crossing the
+    caller's graph is multiplied by ``1/h``, only the constants are. The kept weight
+    gradients are handed to autograd in place (see :class:`_ConstantGradients`), so
+    they cost no second copy, and the penalty can be back-propagated once.
 
     Examples
     --------
@@ -639,6 +714,15 @@ def finite_difference_penalty(
     >>> penalty = finite_difference_penalty(torch.tensor(4.0), loss_at(x).sum(), out, x)
     >>> penalty.item(), round(torch.autograd.grad(penalty, w)[0].item(), 2)  # d(v g)/dw = 4 w x
     (4.0, 8.0)
+
+    The same gradient from differences, with no ``L(x)`` on the caller's graph:
+
+    >>> at_x = perturbed_gradients(loss_at, x, v, torch.tensor(0.0), [w])
+    >>> out = gradient_differences(perturbed_gradients(loss_at, x, v, torch.tensor(1e-3), [w]),
+    ...                            at_x)
+    >>> penalty = finite_difference_penalty(torch.tensor(4.0), None, out, x)
+    >>> round(torch.autograd.grad(penalty, w)[0].item(), 2)
+    8.0
     """
     device_type = value.device.type
     wide = torch.float64 if value.dtype == torch.float64 else torch.float32
@@ -783,10 +867,41 @@ class InputGradientPenalty:
         *,
         scale: torch.Tensor | None = None,
         extra_inputs: Sequence[torch.Tensor] = (),
+        loss_is_difference: bool = False,
     ) -> PerturbedGradients:
-        """:func:`perturbed_gradients` of the model's weights, in an :func:`extra_pass`."""
-        with extra_pass(self.model, inputs.device):
-            return perturbed_gradients(
-                loss_at, inputs, direction, step, list(self.model.parameters()),
-                scale=scale, extra_inputs=extra_inputs,
-            )
+        """:func:`perturbed_gradients` of the model's weights, in an :func:`extra_pass`.
+
+        Under loss scaling (``scale`` given) the gradients the scaler inspects must not
+        overflow where a plain step's would not:
+
+        * unless ``loss_at`` subtracts its value at ``x`` itself
+          (``loss_is_difference``), a second pass takes the same gradients at ``x``
+          (same dropout masks) and the result holds their differences
+          (:func:`gradient_differences`). The caller then leaves ``L(x)`` out of
+          :func:`finite_difference_penalty`, so its half-precision backward pass
+          carries no term ``1/h`` larger than a plain step's; ``1/h`` multiplies the
+          differences only, in the parameters' precision. This costs one more
+          first-order pass and, while it runs, a second parameter-sized gradient;
+        * the passes back-propagate ``scale * L / B`` (``B = inputs.shape[0]``), the
+          batch mean as in the training loss rather than the sum, whose weight
+          gradients would be ``B`` times a plain step's; they are unscaled by the same
+          factor, so the result does not change.
+
+        Without a scaler (float32, bfloat16: no overflow) the caller's pass provides
+        ``L(x)`` for free.
+        """
+        parameters = list(self.model.parameters())
+        if scale is not None:
+            scale = scale / inputs.shape[0]
+
+        def gradients_at(h: torch.Tensor) -> PerturbedGradients:
+            with extra_pass(self.model, inputs.device):
+                return perturbed_gradients(
+                    loss_at, inputs, direction, h, parameters,
+                    scale=scale, extra_inputs=extra_inputs,
+                )
+
+        perturbed = gradients_at(step)
+        if scale is None or loss_is_difference:
+            return perturbed
+        return gradient_differences(perturbed, gradients_at(torch.zeros_like(step)))

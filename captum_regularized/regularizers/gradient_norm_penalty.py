@@ -124,7 +124,13 @@ class GradientNormPenalty(InputGradientPenalty):
         the finite-difference mode, the weight gradient at ``x + h v``) is taken, and
         the gradients divided by it before the penalty, so half-precision gradients do
         not underflow. Pass the scaler that scales the training loss; the caller then
-        calls ``scaler.scale(loss).backward()`` as usual.
+        calls ``scaler.scale(loss).backward()`` as usual. In the finite-difference
+        mode the weight gradient at ``x`` is then taken in one more first-order pass
+        too, and ``1/h`` multiplies only the difference of the two, in the parameters'
+        precision: the backward pass through the logits carries the training loss
+        alone, so the scaler finds no overflow a plain step would not (instead of a
+        term ``1/h`` larger that would make it settle ``h`` times lower). A disabled
+        scaler is no scaler.
 
     Examples
     --------
@@ -242,4 +248,5 @@ class GradientNormPenalty(InputGradientPenalty):
         with torch.enable_grad():
             logits = logits_of(model(inputs), "model")
             losses = cross_entropy_per_example(logits, labels)
-        return logits, finite_difference_penalty(value, losses.sum(), perturbed, inputs)
+        reference = None if perturbed.differences else losses.sum()  # L(x) subtracted already
+        return logits, finite_difference_penalty(value, reference, perturbed, inputs)

@@ -321,7 +321,13 @@ class GuidedGradientRegularizer(InputGradientPenalty):
         finite-difference mode, the weight gradient at ``x + h v``) are taken, and the
         gradients are divided by it before the penalty, so half-precision gradients do
         not underflow. Pass the scaler that scales the training loss
-        (``scaler.scale(loss).backward()``).
+        (``scaler.scale(loss).backward()``). In the finite-difference mode the weight
+        gradient of ``S`` at ``x`` (and, in train mode, of the held BatchNorm
+        statistics) is then taken in one more first-order pass too, and ``1/h``
+        multiplies only the difference of the two, in the parameters' precision: no
+        gradient in the backward pass through the logits is ``1/h`` larger than a
+        plain step's, so the scaler finds no overflow a plain step would not (instead
+        of settling ``h`` times lower). A disabled scaler is no scaler.
 
     Attributes
     ----------
@@ -580,7 +586,8 @@ class GuidedGradientRegularizer(InputGradientPenalty):
                 sub_inputs, direction, step, scale=scale,
             )
             logits = callers_pass()
-            reference = target_sum(logits, rows is not None)
+            # S(x), unless the perturbed pass subtracted its gradients already.
+            reference = None if perturbed.differences else target_sum(logits, rows is not None)
             return logits, finite_difference_penalty(value, reference, perturbed, sub_inputs)
 
         if rows is None:
@@ -590,18 +597,19 @@ class GuidedGradientRegularizer(InputGradientPenalty):
                 (mean.clone().requires_grad_(True), var.clone().requires_grad_(True))
                 for mean, var in first.statistics
             ]
-            hold = _BatchStatistics("hold", held)
 
             def held_loss(x: torch.Tensor) -> torch.Tensor:
+                hold = _BatchStatistics("hold", held)
                 with hold:
-                    return target_sum(logits_of(eager(x, *args), "model"), False)
+                    total = target_sum(logits_of(eager(x, *args), "model"), False)
+                if hold.calls != len(held):
+                    raise RuntimeError(_MISMATCH)
+                return total
 
             perturbed = self._perturbed_pass(
                 held_loss, inputs, direction, step, scale=scale,
                 extra_inputs=[t for pair in held for t in pair],
             )
-            if hold.calls != len(held):
-                raise RuntimeError(_MISMATCH)
             extra = perturbed.extra_gradients
             inject = _BatchStatistics(
                 "inject",
@@ -612,8 +620,14 @@ class GuidedGradientRegularizer(InputGradientPenalty):
             if inject.calls != len(held):
                 raise RuntimeError(_MISMATCH)
             # S(x) plus the statistics' share, both subtracted/added through the
-            # caller's backward pass: <d/d(stats) S(x + h v), stats(x; theta)>.
-            reference = target_sum(logits, False) - sum(inject.injected)
+            # caller's backward pass: <d/d(stats) S(x + h v), stats(x; theta)>. With
+            # differences (loss scaling), S(x) and its d/d(stats) were subtracted in
+            # the perturbed pass: only <difference, stats(x; theta)> is left here.
+            statistics_share = torch.stack(inject.injected).sum()
+            reference = (
+                -statistics_share if perturbed.differences
+                else target_sum(logits, False) - statistics_share
+            )
             return logits, finite_difference_penalty(value, reference, perturbed, inputs)
 
         # A subset: the caller's pass normalises with the whole batch, so the reference
@@ -631,10 +645,13 @@ class GuidedGradientRegularizer(InputGradientPenalty):
 
         perturbed = self._perturbed_pass(
             difference, pair, torch.cat([direction, torch.zeros_like(direction)]), step,
-            scale=scale,
+            scale=scale, loss_is_difference=True,
         )
+        if perturbed.input_gradient is not None:  # fold the halves: grad_x at x + h v minus at x
+            halves = perturbed.input_gradient
+            perturbed = perturbed._replace(input_gradient=halves[:count] + halves[count:])
         logits = callers_pass()
-        return logits, finite_difference_penalty(value, None, perturbed, pair)
+        return logits, finite_difference_penalty(value, None, perturbed, sub_inputs)
 
     def _scores(
         self, logits: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor | None = None
