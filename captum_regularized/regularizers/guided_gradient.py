@@ -26,6 +26,7 @@ from captum_regularized._internal.batch_args import is_per_example
 from captum_regularized._internal.captum_compat import format_additional_args
 from captum_regularized._internal.guided_relu import (
     check_guided_rule,
+    check_not_scripted,
     guided_and_plain_gradients,
 )
 from captum_regularized._internal.input_gradients import check_class_logits
@@ -383,6 +384,7 @@ class GuidedGradientRegularizer(InputGradientPenalty):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.rule = check_guided_rule(rule)
+        check_not_scripted(model)  # the guided rule cannot see inside TorchScript modules
         super().__init__(model, mode, fd_step, grad_scaler)
         if mode == "finite_difference":
             _eager_forward(model)  # refuses compiled submodules

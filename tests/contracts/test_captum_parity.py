@@ -204,6 +204,6 @@ def _scripted_model() -> nn.Module:
 )
 def test_torchscript_submodules_are_refused_by_name(make):
     model = _scripted_model()
-    refused = r"(model|forward_func)\.head is a TorchScript"
+    refused = r"(model|forward_func)\.head is a TorchScript"  # the argument's own name
     with untouched(model), pytest.raises(ValueError, match=refused):
         make(model)
