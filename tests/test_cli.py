@@ -1,5 +1,7 @@
 """The command line: exit codes, one-line errors and the demo's output files."""
 
+import contextlib
+import io
 import json
 import shutil
 import subprocess
@@ -8,22 +10,32 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from captum_regularized.cli import main
 from captum_regularized.datasets import SyntheticShapes
-from captum_regularized.demo import DEMO_FULL, DEMO_QUICK, DemoSettings
+from captum_regularized.demo import (
+    DEMO_FULL,
+    DEMO_QUICK,
+    REGULARIZED_TRAINING,
+    DemoSettings,
+    _fine_tuned,
+)
+from captum_regularized.models import SimpleCNN
 from captum_regularized.study.study_data import StudyData
 
 
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    code = main(["demo", "--quick", "--out", str(out), "--no-progress", "--seed", "3"])
-    return code, out
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        code = main(["demo", "--quick", "--out", str(out), "--no-progress", "--seed", "3"])
+    return code, out, printed.getvalue()
 
 
 def test_quick_demo_writes_its_files(quick_demo):
-    code, out = quick_demo
+    code, out, _ = quick_demo
     assert code == 0
     for name in ("attributions.png", "metrics.json", "report.md"):
         assert (out / name).stat().st_size > 0, name
@@ -54,6 +66,28 @@ def test_quick_demo_writes_its_files(quick_demo):
     assert all(name in report for name in results["methods"])
     assert all(f"| {name} |" in report for name in results["training"])
     assert (out / "attributions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quick_demo_without_progress_prints_no_bars(quick_demo):
+    code, out, printed = quick_demo
+    assert code == 0 and f"wrote {out / 'report.md'}\n" in printed
+    for mark in ("\r", "it/s", "%|", "epoch 1/"):  # tqdm's bars, the epoch lines
+        assert mark not in printed, mark
+
+
+def test_demo_fine_tune_lines_have_no_nan_accuracy(capsys):
+    """The adversarial loss returns no logits: its line leaves the accuracy out."""
+    data = TensorDataset(torch.rand(8, 3, 16, 16), torch.randint(0, 3, (8,)))
+    settings = DemoSettings(replace(DEMO_QUICK.study, batch_size=4), finetune_epochs=1,
+                            finetune_samples=8)
+    tuned = _fine_tuned(SimpleCNN(3, width=2), data, settings, "cpu", seed=0, progress=True)
+    assert list(tuned) == list(REGULARIZED_TRAINING)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
+    assert len(lines) == len(REGULARIZED_TRAINING)
+    assert not any("nan" in line for line in lines), lines
+    control, guided, adversarial = lines  # the first two know their logits
+    assert "train accuracy" in control and "train accuracy" in guided
+    assert adversarial.startswith("epoch 1/1: loss ") and "accuracy" not in adversarial
 
 
 @pytest.mark.parametrize(

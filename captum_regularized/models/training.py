@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -203,7 +204,10 @@ def train_classifier(
     train_set : Dataset
         A map-style data set (with ``len``) of ``(image, label)`` or
         ``(image, label, mask-or-None)`` items, e.g.
-        :class:`~captum_regularized.datasets.ImageFolderWithMasks` without masks.
+        :class:`~captum_regularized.datasets.ImageFolderWithMasks` without masks. When
+        the model has BatchNorm layers and the last batch would hold a single item, that
+        batch is dropped (a different, random item each epoch): BatchNorm cannot
+        normalise a batch of one in train mode.
     epochs, batch_size, lr, weight_decay : training settings
         AdamW with a cosine learning-rate schedule over all steps.
     device : str or torch.device
@@ -219,7 +223,8 @@ def train_classifier(
         still trains as ``cross_entropy(logits, labels) + penalty`` for this release,
         with a ``DeprecationWarning``.
     progress : bool
-        Show a tqdm bar per epoch.
+        Show a tqdm bar per epoch and, after it, a line with the epoch's mean loss and
+        (when logits are known) its training accuracy.
     seed : int
         Seeds the shuffling order.
     collate_fn : callable, optional
@@ -271,9 +276,13 @@ def train_classifier(
         raise ValueError("train_set is empty; train_classifier needs at least one item")
     device = torch.device(device)
     generator = torch.Generator().manual_seed(seed)
+    # BatchNorm cannot normalise a batch of one in train mode (and a batch whose maps are
+    # 1 x 1 fails outright): such a last batch is dropped, a different item each epoch.
+    one_left = size % batch_size == 1 and size > batch_size
     loader = DataLoader(
         train_set, batch_size=batch_size, shuffle=True, generator=generator,
         collate_fn=_collate if collate_fn is None else collate_fn,
+        drop_last=one_left and _has_batchnorm(model),
     )
     modes = [(module, module.training) for module in model.modules()]
     try:
@@ -283,6 +292,27 @@ def train_classifier(
         for module, training in modes:
             module.training = training
         raise
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` holds a BatchNorm layer (any dimension, lazy or synchronised)."""
+    return any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules())
+
+
+def _epoch_line(record: dict[str, float], epochs: int) -> str:
+    """The progress line of one epoch's ``record``; the training accuracy only when known.
+
+    Examples
+    --------
+    >>> _epoch_line({"epoch": 1, "loss": 0.5, "accuracy": 0.75}, 2)
+    'epoch 1/2: loss 0.5000, train accuracy 0.750'
+    >>> _epoch_line({"epoch": 2, "loss": 0.25, "accuracy": float("nan")}, 2)
+    'epoch 2/2: loss 0.2500'
+    """
+    line = f"epoch {record['epoch']}/{epochs}: loss {record['loss']:.4f}"
+    if not math.isnan(record["accuracy"]):
+        line += f", train accuracy {record['accuracy']:.3f}"
+    return line
 
 
 def _train(
@@ -339,10 +369,7 @@ def _train(
             }
         )
         if progress:
-            tqdm.write(
-                f"epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.4f}, "
-                f"train accuracy {history[-1]['accuracy']:.3f}"
-            )
+            tqdm.write(_epoch_line(history[-1], epochs))
     return history
 
 

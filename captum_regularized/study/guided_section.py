@@ -7,7 +7,10 @@ interpretable, and improves CAM-style explanations at a small cost in accuracy.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import io
+import sys
+from collections.abc import Callable, Iterator
 
 import torch
 from captum.attr import LayerGradCam, Saliency
@@ -55,8 +58,38 @@ CAM_METRICS = {
 Explain = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+@contextlib.contextmanager
+def _without_progress_bars() -> Iterator[None]:
+    """Hold back what is written to stderr meanwhile, then pass on all but progress bars.
+
+    grad-cam's Score-CAM draws a tqdm bar per image, with no option to turn it off.
+    tqdm redraws a bar after a carriage return, so a line holding one is a bar; every
+    other line (a warning, say) reaches stderr when the block ends.
+
+    Examples
+    --------
+    >>> from tqdm import tqdm
+    >>> shown = io.StringIO()
+    >>> with contextlib.redirect_stderr(shown), _without_progress_bars():
+    ...     _ = list(tqdm(range(3)))
+    ...     print("a warning", file=sys.stderr)
+    >>> shown.getvalue()
+    'a warning\\n'
+    """
+    held = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(held):
+            yield
+    finally:
+        lines = held.getvalue().split("\n")
+        sys.stderr.write("\n".join(line for line in lines if "\r" not in line))
+
+
 def cam_package_methods(trained: TrainedModel) -> dict[str, Explain]:
     """Grad-CAM++ and Score-CAM from the optional ``grad-cam`` package; ``{}`` without it.
+
+    The progress bars Score-CAM draws on its own are held back (the study's
+    ``progress`` switch covers training only, and these bars say nothing useful).
 
     Examples
     --------
@@ -74,7 +107,10 @@ def cam_package_methods(trained: TrainedModel) -> dict[str, Explain]:
     def method(cls: type) -> Explain:
         def explain(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             targets = [ClassifierOutputTarget(int(label)) for label in t.tolist()]
-            with cls(model=trained.model, target_layers=[trained.grad_cam_layer]) as cam:
+            with (
+                _without_progress_bars(),
+                cls(model=trained.model, target_layers=[trained.grad_cam_layer]) as cam,
+            ):
                 maps = cam(input_tensor=x, targets=targets)
             return torch.as_tensor(maps, dtype=x.dtype, device=x.device)[:, None]
 

@@ -2,19 +2,23 @@
 
 ``run_study`` writes ``results.json`` (every number per seed, means, spreads and
 verdicts, per data set), ``report.md`` (the same as tables, the verdicts of the data sets
-side by side, with the figures) and one PNG per figure and data set.
+side by side, with the figures) and one PNG per figure and data set. They are written
+into a hidden staging folder and moved into the output folder when the run ends, so a
+run that fails leaves no half-written output.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -171,7 +175,10 @@ def run_study(
     Parameters
     ----------
     out : Path
-        Writable folder for ``results.json``, ``report.md`` and the figures.
+        Writable folder for ``results.json``, ``report.md`` and the figures. They are
+        moved there when the run ends: a run that raises leaves ``out`` as it was; one
+        stopped with Ctrl-C (``KeyboardInterrupt``) leaves the files of the sections it
+        finished (``"complete": false``).
     settings : StudySettings
         Sizes (:data:`FULL`, :data:`QUICK`, :data:`TINY` or your own).
     quick : bool
@@ -203,7 +210,7 @@ def run_study(
         a data set that was not found), ``data_sets`` (per data set: ``label``,
         ``source``, ``sections`` with tables, claims and verdicts, ``models``,
         ``summary``), ``summary`` (claims held per data set), ``complete`` (false in the
-        files written after an earlier section) and ``total_seconds``.
+        files a stopped run leaves) and ``total_seconds``.
 
     Examples
     --------
@@ -236,42 +243,92 @@ def run_study(
     }
     log(f"reproduction study: {len(keys)} sections, seeds {seeds}, data sets "
         f"{[d.key for d in all_data]}")
-    for study_data in all_data:
-        zoo = ModelZoo(settings, study_data, device=device, log=log, progress=progress)
-        context = StudyContext(settings, study_data, zoo, out, seeds, device=device, log=log,
-                               figure_prefix=f"{study_data.key}_")
-        record: dict[str, Any] = {"label": study_data.label, "source": study_data.source,
-                                  "sections": {}}
-        results["data_sets"][study_data.key] = record
-        log(f"data set {study_data.label}: {study_data.source}")
-        for key in keys:
-            section_started = time.perf_counter()
-            log(f"{study_data.label}, section {key}: start")
-            section = SECTIONS[key](context)
-            record["sections"][key] = section.as_dict()
-            held = sum(v.held for v in section.verdicts())
-            log(f"{study_data.label}, section {key}: {held} of {len(section.verdicts())} "
-                f"claims held ({time.perf_counter() - section_started:.0f} s)")
-            record["models"] = _model_summaries(zoo)
-            # Written after every section, so a long run that is stopped keeps what it found.
-            probe_follows = study_data.key == "synthetic" and "signed_maps" in keys
-            last = study_data is all_data[-1] and key == keys[-1] and not probe_follows
-            _write(out, results, started, complete=last)
-        if study_data.key == "synthetic" and "signed_maps" in keys:  # resnet18 is trained
-            log("plain-gradient concentration of resnet18 per synthetic configuration")
-            record["gradient_concentration"] = gradient_concentration(context, progress)
-            record["models"] = _model_summaries(zoo)
-            _write(out, results, started, complete=study_data is all_data[-1])
+    with _staged(out) as stage:
+        for study_data in all_data:
+            zoo = ModelZoo(settings, study_data, device=device, log=log, progress=progress)
+            context = StudyContext(settings, study_data, zoo, stage.folder, seeds,
+                                   device=device, log=log, figure_prefix=f"{study_data.key}_")
+            record: dict[str, Any] = {"label": study_data.label, "source": study_data.source,
+                                      "sections": {}}
+            results["data_sets"][study_data.key] = record
+            log(f"data set {study_data.label}: {study_data.source}")
+            for key in keys:
+                section_started = time.perf_counter()
+                log(f"{study_data.label}, section {key}: start")
+                section = SECTIONS[key](context)
+                record["sections"][key] = section.as_dict()
+                held = sum(v.held for v in section.verdicts())
+                log(f"{study_data.label}, section {key}: {held} of {len(section.verdicts())} "
+                    f"claims held ({time.perf_counter() - section_started:.0f} s)")
+                record["models"] = _model_summaries(zoo)
+                # Written after every section: a long run that is stopped keeps what it found.
+                probe_follows = study_data.key == "synthetic" and "signed_maps" in keys
+                last = study_data is all_data[-1] and key == keys[-1] and not probe_follows
+                _write(stage, results, started, complete=last)
+            if study_data.key == "synthetic" and "signed_maps" in keys:  # resnet18 is trained
+                log("plain-gradient concentration of resnet18 per synthetic configuration")
+                record["gradient_concentration"] = gradient_concentration(context, progress)
+                record["models"] = _model_summaries(zoo)
+                _write(stage, results, started, complete=study_data is all_data[-1])
     log(f"wrote {out / 'report.md'} and {out / 'results.json'}")
     return results
 
 
-def _write(out: Path, results: dict[str, Any], started: float, complete: bool) -> None:
+class _Stage:
+    """A hidden folder in ``out`` that a run writes into, and the files it has finished."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.folder = Path(tempfile.mkdtemp(prefix=".reproduce-partial-", dir=out))
+        self.finished: list[Path] = []
+
+    def checkpoint(self) -> None:
+        """Take every file written so far as finished."""
+        self.finished = sorted(path for path in self.folder.iterdir() if path.is_file())
+
+    def publish(self) -> None:
+        """Move the finished files into ``out`` (replacing files of the same name)."""
+        for path in self.finished:
+            os.replace(path, self.out / path.name)
+
+
+@contextlib.contextmanager
+def _staged(out: Path) -> Iterator[_Stage]:
+    """Stage a run's files and move them into ``out`` when it ends.
+
+    A run that finishes publishes everything; one stopped by the user (Ctrl-C) publishes
+    what its last ``results.json`` describes (``"complete": false``); one that fails
+    publishes nothing, so ``out`` holds no half-written results or figures. The staging
+    folder is always removed.
+    """
+    stage = _Stage(out)
+    try:
+        yield stage
+        stage.checkpoint()
+        stage.publish()
+    except KeyboardInterrupt:
+        stage.publish()
+        raise
+    finally:
+        shutil.rmtree(stage.folder, ignore_errors=True)
+
+
+def _write(stage: _Stage, results: dict[str, Any], started: float, complete: bool) -> None:
+    """Write ``results.json`` and ``report.md`` into the stage, then checkpoint it.
+
+    Both are written beside the stage first and moved in whole, so a run stopped while
+    writing still has the previous pair.
+    """
     for record in results["data_sets"].values():
         claims = [c for s in record["sections"].values() for c in s["claims"]]
         record["summary"] = {"held": sum(c["held"] for c in claims), "claims": len(claims)}
     results["summary"] = {key: record["summary"] for key, record in results["data_sets"].items()}
     results["complete"] = complete
     results["total_seconds"] = time.perf_counter() - started
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    write_report(out, results)
+    scratch = Path(tempfile.mkdtemp(prefix=".write-", dir=stage.folder))
+    (scratch / "results.json").write_text(json.dumps(results, indent=2))
+    write_report(scratch, results)
+    for name in ("results.json", "report.md"):
+        os.replace(scratch / name, stage.folder / name)
+    scratch.rmdir()
+    stage.checkpoint()

@@ -71,7 +71,8 @@ class StudyData:
     ------
     ValueError
         Starting with ``--data``: an unreadable folder, fewer than two classes, missing
-        Fashion-MNIST files, or an unknown source name.
+        or damaged Fashion-MNIST files (truncated, not gzip, image and label counts
+        that differ: the loader's message, naming the file), or an unknown source name.
 
     Examples
     --------
@@ -115,10 +116,15 @@ class StudyData:
         missing = fashion_mnist_missing(self.root)
         if missing:
             raise ValueError(f"--data fashion-mnist: {missing} (pass --data-root DIR)")
-        return tuple(  # type: ignore[return-value]
-            FashionMNISTWithMasks(self.root, train=train, image_size=self.image_size, channels=3)
-            for train in (True, False)
-        )
+        try:
+            return tuple(  # type: ignore[return-value]
+                FashionMNISTWithMasks(
+                    self.root, train=train, image_size=self.image_size, channels=3
+                )
+                for train in (True, False)
+            )
+        except (ValueError, OSError) as error:  # damaged files: the loader names the file
+            raise ValueError(f"--data fashion-mnist: {error}") from None
 
     @property
     def num_classes(self) -> int:
