@@ -9,8 +9,11 @@ alone, and the hook is registered through a
 :class:`~captum_regularized._internal.model_state.HookBag`, whose owner removes it.
 
 Users: :class:`~captum_regularized.attr.LayerRSIGradCam` (many path points per pass;
-the gradient stops at the layer) and :class:`~captum_regularized.attr.GuidedGradCam`
-(the same pass also serves the guided gradient with respect to the inputs).
+the gradient stops at the layer), :class:`~captum_regularized.attr.LayerGradCamPlusPlus`
+(one pass; the gradient stops at the layer), :class:`~captum_regularized.attr.GuidedGradCam`
+(the same pass also serves the guided gradient with respect to the inputs) and
+:class:`~captum_regularized.attr.LayerScoreCam` (:meth:`LayerTap.run_forward_only`: the
+activation alone, without autograd).
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ class LayerTap:
         self._calls = 0
         self._active = False  # True only while a pass runs inside tapping()
         self._ran_without_autograd = False
+        self._forward_only = False  # True only inside run_forward_only()
         self._use_input = use_input
         self._cut = stop_at_layer and not use_input
         if use_input:
@@ -110,6 +114,10 @@ class LayerTap:
                 f"the layer's {what} must be one tensor, got {type(value).__name__} "
                 f"(layers with several {what}s are not supported)"
             )
+        if self._forward_only:  # a detached copy; the pass goes on without autograd
+            kept = value.detach()
+            self._captured.append(kept)
+            return kept.clone()
         if self._cut:
             torch.set_grad_enabled(True)  # the rest of the pass builds a graph back to the leaf
         else:  # off here means that the forward pass turned autograd off around the layer
@@ -194,6 +202,36 @@ class LayerTap:
                     # ran without autograd and restored that state on exit.
                     if self._captured and not torch.is_grad_enabled():
                         self._ran_without_autograd = not output.requires_grad
+        return output, self.activation()
+
+    def run_forward_only(
+        self,
+        forward_func: Callable[..., Any],
+        inputs: tuple[torch.Tensor, ...],
+        additional_args: tuple[Any, ...] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass without autograd; returns ``(output, activation)``, both detached.
+
+        For gradient-free layer methods: nothing builds a graph, so it also runs inside
+        ``torch.inference_mode()``. The layer is checked as in :meth:`run` (it must run
+        exactly once and give one tensor); :meth:`gradient` is not available afterwards.
+
+        Examples
+        --------
+        >>> from captum_regularized._internal.model_state import HookBag
+        >>> model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+        >>> bag = HookBag()
+        >>> out, act = LayerTap(model[0], bag).run_forward_only(model, (torch.ones(4, 2),), None)
+        >>> act.shape, act.requires_grad, out.requires_grad
+        (torch.Size([4, 3]), False, False)
+        >>> bag.remove_all()
+        """
+        self._forward_only = True
+        try:
+            with self.tapping(), torch.no_grad():
+                output = run_forward(forward_func, inputs, additional_args)
+        finally:
+            self._forward_only = False
         return output, self.activation()
 
     def gradient(

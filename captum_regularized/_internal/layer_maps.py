@@ -1,0 +1,150 @@
+"""What the channel-weighting layer methods share: the layer check and the layer's maps.
+
+A class activation map weights the channels of one layer's activation ``A``
+``(B, K, h, w)``. :class:`~captum_regularized.attr.LayerGradCamPlusPlus` and
+:class:`~captum_regularized.attr.LayerScoreCam` differ only in how they find the
+weights; both check the layer they are given (:func:`checked_layer_method`), lay the
+layer's values out as float maps (:func:`layer_maps`, with a ``reshape_transform``
+for transformer tokens) and combine weights and maps alike (:func:`weighted_maps`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from captum_regularized._internal.model_state import find_module, unwrap_data_parallel
+
+__all__ = [
+    "check_output_batch",
+    "check_reshape_transform",
+    "checked_layer_method",
+    "layer_maps",
+    "weighted_maps",
+]
+
+ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def checked_layer_method(forward_func: Callable[..., Any], layer: object) -> Callable[..., Any]:
+    """The ``forward_func`` a layer method runs, after checking ``layer`` against it.
+
+    An ``nn.DataParallel`` model is replaced by its wrapped module (the layer hook
+    cannot follow the replicas).
+
+    Raises
+    ------
+    TypeError
+        When ``layer`` is not an ``nn.Module``.
+    ValueError
+        When ``forward_func`` is a module (or a bound method of one) that does not
+        contain ``layer``.
+
+    Examples
+    --------
+    >>> model = nn.Sequential(nn.Linear(2, 2))
+    >>> checked_layer_method(model, model[0]) is model
+    True
+    >>> checked_layer_method(model, nn.Linear(2, 2))
+    Traceback (most recent call last):
+    ...
+    ValueError: layer (Linear) is not a submodule of the model passed as forward_func
+    """
+    if not isinstance(layer, nn.Module):
+        raise TypeError(f"layer must be an nn.Module, got {type(layer).__name__}")
+    forward_func = unwrap_data_parallel(forward_func)
+    model = find_module(forward_func)
+    if model is not None and not any(module is layer for module in model.modules()):
+        raise ValueError(
+            f"layer ({type(layer).__name__}) is not a submodule of the model passed as "
+            "forward_func"
+        )
+    return forward_func
+
+
+def check_reshape_transform(reshape_transform: object) -> None:
+    """Raise ``TypeError`` unless ``reshape_transform`` is ``None`` or callable."""
+    if reshape_transform is not None and not callable(reshape_transform):
+        raise TypeError(
+            f"reshape_transform must be callable or None, got {type(reshape_transform).__name__}"
+        )
+
+
+def check_output_batch(output: torch.Tensor, rows: int) -> None:
+    """Raise ``ValueError`` unless the model output has ``rows`` rows in dim 0.
+
+    Examples
+    --------
+    >>> check_output_batch(torch.zeros(3, 2), 3)
+    >>> check_output_batch(torch.zeros(1, 2), 3)
+    Traceback (most recent call last):
+    ...
+    ValueError: forward_func returned shape (1, 2) for 3 input rows; its output must keep \
+the batch in dim 0
+    """
+    if output.dim() == 0 or output.shape[0] != rows:
+        raise ValueError(
+            f"forward_func returned shape {tuple(output.shape)} for {rows} input rows; its "
+            "output must keep the batch in dim 0"
+        )
+
+
+def layer_maps(values: torch.Tensor, reshape_transform: ReshapeTransform | None) -> torch.Tensor:
+    """A layer's values (activation or gradient) as float maps ``(B, K, h, w)``.
+
+    ``reshape_transform`` is applied first (identically to activations and gradients);
+    the result is cast to at least float32, where the weights are computed.
+
+    Raises
+    ------
+    ValueError
+        When the values are not 4-D after ``reshape_transform``.
+
+    Examples
+    --------
+    >>> layer_maps(torch.zeros(2, 3, 4, 4, dtype=torch.bfloat16), None).dtype
+    torch.float32
+    >>> layer_maps(torch.zeros(2, 5), None)
+    Traceback (most recent call last):
+    ...
+    ValueError: the layer's activation must have shape (batch, channels, height, width), \
+got shape (2, 5); pass a reshape_transform
+    """
+    if reshape_transform is not None:
+        values = reshape_transform(values)
+    if not isinstance(values, torch.Tensor) or values.dim() != 4:
+        got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+        hint = "" if reshape_transform is not None else "; pass a reshape_transform"
+        raise ValueError(
+            "the layer's activation must have shape (batch, channels, height, width), got "
+            f"shape {got}{hint}"
+        )
+    return values.to(torch.promote_types(values.dtype, torch.float32))
+
+
+def weighted_maps(
+    weights: torch.Tensor,
+    activations: torch.Tensor,
+    relu_attributions: bool,
+    attr_dim_summation: bool,
+) -> torch.Tensor:
+    """``relu(sum_k w_k A_k)`` ``(B, 1, h, w)``, or ``w_k A_k`` per channel ``(B, K, h, w)``.
+
+    ``weights`` are ``(B, K)``; the ReLU is applied when ``relu_attributions`` is set, as
+    in Captum's ``LayerGradCam``.
+
+    Examples
+    --------
+    >>> maps = torch.ones(1, 2, 2, 2)
+    >>> weighted_maps(torch.tensor([[1.0, -3.0]]), maps, True, True).flatten().tolist()
+    [0.0, 0.0, 0.0, 0.0]
+    >>> weighted_maps(torch.tensor([[1.0, -3.0]]), maps, False, False)[0, :, 0, 0].tolist()
+    [1.0, -3.0]
+    """
+    maps = weights[:, :, None, None] * activations
+    if attr_dim_summation:
+        maps = maps.sum(dim=1, keepdim=True)
+    return torch.relu(maps) if relu_attributions else maps
