@@ -1,0 +1,316 @@
+r"""Max-sensitivity of an explanation (Yeh et al., "On the (in)fidelity and sensitivity
+of explanations", NeurIPS 2019), as Captum's ``captum.metrics.sensitivity_max``.
+
+A map that changes a lot when the image changes imperceptibly is fragile. For an
+explanation :math:`\Phi` and an example :math:`x`, the metric draws ``n_samples``
+perturbations :math:`\delta_s` uniformly from the :math:`L_\infty` ball of radius
+``radius`` and reports the largest relative change of the map,
+
+.. math::
+
+    \mathrm{SENS}_{\max}(\Phi, x) = \max_{s = 1..n}
+    \frac{\lVert \Phi(x + \delta_s) - \Phi(x) \rVert}{\lVert \Phi(x) \rVert},
+    \qquad \delta_s \sim \mathcal{U}([-r, r]^d),
+
+with the Frobenius norm of the map (all input tensors flattened and concatenated) and
+:math:`\lVert \Phi(x) \rVert = 0` replaced by 1, as Captum does. Lower is better.
+
+All ``B x n_samples`` perturbed copies are explained ``internal_batch_size`` at a
+time, each example's target (and per-example arguments) following its copies, with
+the noise drawn on the inputs' device. With Captum's layout (copies of an example
+next to each other) and generator, a seeded call gives Captum's value.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from captum_regularized._internal.batch_args import is_per_example
+from captum_regularized._internal.captum_compat import (
+    TargetType,
+    TensorOrTuple,
+    format_additional_args,
+    format_inputs,
+    run_forward,
+)
+from captum_regularized._internal.checks import check_attribution_inputs
+from captum_regularized._internal.model_state import find_module, preserved_model
+from captum_regularized._internal.targets import is_score_target
+from captum_regularized.metrics._perturbation import _chunk_size
+
+__all__ = ["max_sensitivity"]
+
+PerturbFunc = Callable[..., TensorOrTuple]
+
+
+def _explanation_function(explain: Any) -> Callable[..., Any]:
+    """``explain.attribute`` for an attribution object, ``explain`` for a callable."""
+    if isinstance(explain, type):
+        raise TypeError(
+            f"explain must be an attribution object (e.g. Saliency(model)) or a callable, "
+            f"not the class {explain.__name__}"
+        )
+    attribute = getattr(explain, "attribute", None)
+    if callable(attribute):
+        return attribute
+    if callable(explain):
+        return explain
+    raise TypeError(
+        "explain must be an attribution object with an `attribute` method or a callable "
+        f"explain(inputs, target=...), got {type(explain).__name__}"
+    )
+
+
+def _per_example_target(target: TargetType, batch: int) -> bool:
+    """Whether ``target`` holds one entry per example (checked); else it is shared."""
+    if isinstance(target, torch.Tensor):
+        if target.numel() == 1 and target.dim() <= 1:
+            return False
+        if target.dim() != 1 or target.shape[0] != batch:
+            raise ValueError(
+                f"a tensor target must be a scalar or 1-D with one entry per example ({batch}), "
+                f"got shape {tuple(target.shape)}"
+            )
+        return True
+    if isinstance(target, list) or (isinstance(target, tuple) and is_score_target(target)):
+        if len(target) != batch:
+            raise ValueError(
+                f"a list target needs one entry per example ({batch}), got {len(target)}"
+            )
+        return True
+    return False
+
+
+def _rows_of(value: Any, example: torch.Tensor, rows: list[int], batch: int) -> Any:
+    """The rows of a per-example target (tensor, list, tuple of callables); else as is."""
+    if isinstance(value, torch.Tensor):
+        return value[example.to(value.device)] if is_per_example(value, batch) else value
+    if isinstance(value, list):
+        return [value[row] for row in rows]
+    if isinstance(value, tuple):
+        return tuple(value[row] for row in rows)
+    return value
+
+
+def _tensor_rows(value: Any, example: torch.Tensor, batch: int) -> Any:
+    """Captum's rule for extra arguments: a tensor with ``batch`` rows follows its examples."""
+    return value[example.to(value.device)] if is_per_example(value, batch) else value
+
+
+def _flat_maps(maps: Any, rows: int) -> torch.Tensor:
+    """The maps of ``rows`` examples flattened and concatenated, ``(rows, D)``."""
+    tensors = (maps,) if isinstance(maps, torch.Tensor) else maps
+    if not isinstance(tensors, tuple) or not tensors \
+            or not all(isinstance(t, torch.Tensor) for t in tensors):
+        raise TypeError(
+            f"explain must return a tensor or a tuple of tensors, got {type(maps).__name__}"
+        )
+    for tensor in tensors:
+        if tensor.dim() == 0 or tensor.shape[0] != rows:
+            raise ValueError(
+                f"explain must return maps with the batch in dim 0 ({rows} examples), "
+                f"got shape {tuple(tensor.shape)}"
+            )
+    flat = torch.cat([t.detach().reshape(rows, -1) for t in tensors], dim=1)
+    return flat.to(torch.promote_types(flat.dtype, torch.float32))
+
+
+def _norm_order(norm_ord: float | str) -> float:
+    if norm_ord == "fro":
+        return 2.0
+    if isinstance(norm_ord, bool) or not isinstance(norm_ord, numbers.Real):
+        raise ValueError(f"norm_ord must be 'fro' or a number (the vector norm), got {norm_ord!r}")
+    return float(norm_ord)
+
+
+def _forward_func_of(explain: Any) -> Callable[..., Any] | None:
+    """The model behind an attribution object or its bound ``attribute`` method, if any."""
+    for owner in (explain, getattr(explain, "__self__", None)):
+        forward_func = getattr(owner, "forward_func", None)
+        if callable(forward_func):
+            return forward_func
+    return None
+
+
+def _predicted_classes(
+    forward_func: Callable[..., Any] | None,
+    inputs: tuple[torch.Tensor, ...],
+    args: tuple[Any, ...] | None,
+    chunk: int,
+) -> TargetType:
+    """``target=None``: the class the model predicts on the clean inputs (eval mode).
+
+    ``None`` is kept without a model, or when it does not return one row of several
+    class scores per example.
+    """
+    if forward_func is None:
+        return None
+    batch = inputs[0].shape[0]
+    classes = []
+    with preserved_model(find_module(forward_func), eval_mode=True), torch.no_grad():
+        for start in range(0, batch, chunk):
+            example = torch.arange(start, min(start + chunk, batch), device=inputs[0].device)
+            rows = None if args is None else tuple(
+                _tensor_rows(arg, example, batch) for arg in args
+            )
+            output = run_forward(forward_func, tuple(x[example] for x in inputs), rows)
+            if output.dim() != 2 or output.shape[1] < 2:
+                return None
+            classes.append(output.argmax(dim=1))
+    return torch.cat(classes)
+
+
+def max_sensitivity(
+    explain: Any,
+    inputs: TensorOrTuple,
+    target: TargetType = None,
+    *,
+    radius: float = 0.02,
+    n_samples: int = 10,
+    norm_ord: float | str = "fro",
+    perturb_func: PerturbFunc | None = None,
+    internal_batch_size: int | None = None,
+    additional_forward_args: Any = None,
+    attribute_kwargs: dict[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""Largest relative change of each example's map under ``n_samples`` small perturbations.
+
+    :math:`\max_s \lVert \Phi(x + \delta_s) - \Phi(x) \rVert / \lVert \Phi(x) \rVert`
+    with :math:`\delta_s` uniform in :math:`[-r, r]^d` (see the module docs); Captum's
+    ``sensitivity_max`` with its default ``perturb_func``.
+
+    Parameters
+    ----------
+    explain : attribution object or callable
+        An object with Captum's ``attribute`` method (``PositiveSaliency(model)``,
+        Captum's ``Saliency(model)``, ...), or a callable
+        ``explain(inputs, target=..., **attribute_kwargs)`` returning maps with the
+        batch in dim 0.
+    inputs : Tensor or tuple of Tensor
+        The examples (batch in dim 0); never modified.
+    target : int, list, Tensor, tuple, callable or None
+        Any Captum target form, given to ``explain`` for every perturbed copy of its
+        example. ``None``: the class the model (``explain.forward_func``) predicts on
+        the clean inputs, so every copy explains the same class; for a plain callable,
+        or a model without class scores, ``None`` is passed on.
+    radius : float
+        Half-width of the uniform noise, :math:`r` (Captum's ``perturb_radius``).
+    n_samples : int
+        Perturbations per example (Captum's ``n_perturb_samples``).
+    norm_ord : "fro" or float
+        The norm of the flattened maps: ``"fro"`` (= 2, Captum's default), or any
+        order of :func:`torch.linalg.vector_norm` (``float("inf")``, 1, ...).
+    perturb_func : callable, optional
+        Replaces the uniform noise, with Captum's convention:
+        ``perturb_func(inputs, radius)`` (or ``perturb_func(inputs)`` when it takes one
+        argument) on a chunk of repeated examples, returning the perturbed inputs in the
+        same form.
+    internal_batch_size : int, optional
+        Perturbed copies explained per call of ``explain`` (default 128); bounds memory.
+    additional_forward_args : Any
+        Passed to ``explain`` as ``additional_forward_args`` (per-example tensors follow
+        their copies).
+    attribute_kwargs : dict, optional
+        Further keyword arguments of ``explain`` (``baselines``, ``n_steps``, ...);
+        per-example tensors follow their copies.
+    generator : torch.Generator, optional
+        Source of the noise (on the inputs' device).
+
+    Returns
+    -------
+    Tensor
+        ``(B,)`` sensitivities, float32 (float64 for float64 maps).
+
+    Raises
+    ------
+    TypeError
+        For an ``explain`` that is neither, non-tensor or integer inputs, and maps that
+        are not tensors.
+    ValueError
+        For non-finite inputs, inputs on another device than the model, a negative
+        ``radius``, ``n_samples < 1``, per-example targets of the wrong length and maps
+        without the batch in dim 0.
+
+    Examples
+    --------
+    >>> from captum_regularized.attr import PositiveSaliency
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    >>> x = torch.rand(4, 3, 2, 2)
+    >>> max_sensitivity(PositiveSaliency(model), x, target=0).shape
+    torch.Size([4])
+    >>> float(max_sensitivity(lambda x, target: 2 * x, x, radius=0.0).max())
+    0.0
+    """
+    explain_fn = _explanation_function(explain)
+    formatted, _ = format_inputs(inputs)
+    forward_func = _forward_func_of(explain)
+    batch = check_attribution_inputs(formatted, find_module(forward_func or explain))
+    if isinstance(radius, bool) or not isinstance(radius, numbers.Real) \
+            or not math.isfinite(radius) or radius < 0:
+        raise ValueError(f"radius must be a finite number >= 0, got {radius!r}")
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+    order = _norm_order(norm_ord)
+    chunk = _chunk_size(internal_batch_size)
+    device = formatted[0].device
+    if batch == 0:
+        return torch.zeros(0, device=device)
+    args = format_additional_args(additional_forward_args)
+    if target is None:
+        target = _predicted_classes(forward_func, formatted, args, chunk)
+    per_example_target = _per_example_target(target, batch)
+    extra_kwargs = dict(attribute_kwargs or {})
+
+    def explain_rows(
+        images: tuple[torch.Tensor, ...], example: torch.Tensor, rows: list[int]
+    ) -> torch.Tensor:
+        """Flat maps of ``images``, whose row ``i`` is a copy of example ``rows[i]``
+        (``example`` holds the same indices on the inputs' device)."""
+        kwargs = {key: _tensor_rows(value, example, batch) for key, value in extra_kwargs.items()}
+        if args is not None:
+            kwargs["additional_forward_args"] = tuple(
+                _tensor_rows(arg, example, batch) for arg in args
+            )
+        chosen = _rows_of(target, example, rows, batch) if per_example_target else target
+        form = images[0] if isinstance(inputs, torch.Tensor) else images
+        return _flat_maps(explain_fn(form, target=chosen, **kwargs), len(rows))
+
+    clean = torch.cat([
+        explain_rows(
+            tuple(x[start:start + chunk] for x in formatted),
+            torch.arange(start, min(start + chunk, batch), device=device),
+            list(range(start, min(start + chunk, batch))),
+        )
+        for start in range(0, batch, chunk)
+    ])
+    reference = torch.linalg.vector_norm(clean, ord=order, dim=1)
+    reference = torch.where(reference == 0, torch.ones_like(reference), reference)
+
+    takes_radius = perturb_func is not None and len(
+        inspect.signature(perturb_func).parameters
+    ) > 1
+    pieces = []
+    total = batch * n_samples  # copy i is sample i % n of example i // n (Captum's order)
+    for start in range(0, total, chunk):
+        rows = [i // n_samples for i in range(start, min(start + chunk, total))]
+        example = torch.arange(start, start + len(rows), device=device) // n_samples
+        repeated = tuple(x[example] for x in formatted)
+        if perturb_func is None:
+            perturbed = tuple(
+                x + torch.empty_like(x).uniform_(-radius, radius, generator=generator)
+                for x in repeated
+            )
+        else:
+            form = repeated[0] if len(repeated) == 1 else repeated
+            result = perturb_func(form, radius) if takes_radius else perturb_func(form)
+            perturbed, _ = format_inputs(result)
+        change = explain_rows(perturbed, example, rows) - clean[example]
+        pieces.append(torch.linalg.vector_norm(change, ord=order, dim=1) / reference[example])
+    return torch.cat(pieces).view(batch, n_samples).amax(dim=1)
