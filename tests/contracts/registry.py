@@ -209,6 +209,13 @@ class Entry:
         What a call on a train-mode model may do to BatchNorm statistics: nothing, or
         exactly what one plain forward of the batch does (the losses return logits);
         ``"any"`` where the entry does more forwards by design (adversarial loss).
+    compiles : bool
+        Given a ``torch.compile``'d model it runs the compiled graph and gives the eager
+        answer (first-order entries).
+    refuses_compiled : bool
+        A ``torch.compile``'d model is a ``TypeError`` pointing to ``model._orig_mod``
+        (one compiled in place by ``module.compile()``: a ``TypeError`` saying so),
+        raised before the model runs (the guided rule, double backpropagation).
     """
 
     name: str
@@ -229,6 +236,8 @@ class Entry:
     float_inputs_only: bool = True
     rejects_non_finite: bool = True
     train_buffers: Literal["untouched", "one_forward", "any"] = "untouched"
+    compiles: bool = False
+    refuses_compiled: bool = False
 
     @property
     def uses_model(self) -> bool:
@@ -253,6 +262,9 @@ def _guided_grad_cam(model: nn.Module, batch: Batch, target: Any) -> Any:
 
 
 def _layer_of(model: nn.Module) -> nn.Module:
+    """The Grad-CAM layer: ``layer`` of the :class:`ContractNet`, also inside a
+    :class:`TwoInputNet` or a ``torch.compile``'d module (``_orig_mod``)."""
+    model = getattr(model, "_orig_mod", model)
     net = model.net if isinstance(model, TwoInputNet) else model
     return net.layer
 
@@ -375,35 +387,41 @@ ENTRIES: list[Entry] = [
             cls,
             score_targets=cls in (attr.PositiveSaliency, attr.NegativeSaliency),
             infidelity=True,
+            compiles=True,
         )
         for cls in SIGNED
     ),
-    Entry("signed_saliency_maps", "attribution", _signed_maps, targets=True),
+    Entry("signed_saliency_maps", "attribution", _signed_maps, targets=True, compiles=True),
     _captum_style(
         "LayerRSIGradCam",
         _rsi,
         _with_layer(attr.LayerRSIGradCam),
         attribute_kwargs={"n_steps": 4},
         convergence_delta=True,
+        compiles=True,
     ),
     _captum_style(
-        "GuidedBackprop", _attribution(attr.GuidedBackprop), attr.GuidedBackprop, infidelity=True
+        "GuidedBackprop", _attribution(attr.GuidedBackprop), attr.GuidedBackprop, infidelity=True,
+        refuses_compiled=True,
     ),
     _captum_style(
-        "GuidedGradCam", _guided_grad_cam, _with_layer(attr.GuidedGradCam), infidelity=True
+        "GuidedGradCam", _guided_grad_cam, _with_layer(attr.GuidedGradCam), infidelity=True,
+        refuses_compiled=True,
     ),
     *(
         Entry(f"GuidedGradientRegularizer[{mode}]", "loss", _guided(mode), labels=True,
-              empty_batch="error", train_buffers="one_forward")
+              empty_batch="error", train_buffers="one_forward",
+              compiles=mode == "finite_difference", refuses_compiled=mode == "double_backprop")
         for mode in ("double_backprop", "finite_difference")
     ),
     Entry("GuidedGradientRegularizer[double_backprop,ungated]", "loss",
           _guided("double_backprop", rule="ungated"), labels=True, empty_batch="error",
-          train_buffers="one_forward"),
+          train_buffers="one_forward", refuses_compiled=True),
     *(
         Entry(f"GradientNormPenalty[{norm}{',fd' if kw.get('mode') else ''}]", "loss",
               _norm_penalty(norm, **kw), labels=True,
-              empty_batch="error", train_buffers="one_forward")
+              empty_batch="error", train_buffers="one_forward",
+              compiles="mode" in kw, refuses_compiled="mode" not in kw)
         for norm, kw in [
             ("l1", {}),
             ("group", {"group_size": 4}),
@@ -432,27 +450,28 @@ ENTRIES: list[Entry] = [
           _adversarial("l1", perturb=True, steps=2, start="zero", update_batchnorm=True),
           labels=True, empty_batch="error", train_buffers="any"),
     Entry("deletion_auc", "metric", _metric(metrics.deletion_auc, steps=4),
-          targets=True, differentiates=False),
+          targets=True, differentiates=False, compiles=True),
     Entry("insertion_auc", "metric", _metric(metrics.insertion_auc, steps=4),
-          targets=True, differentiates=False),
+          targets=True, differentiates=False, compiles=True),
     Entry("deletion_curve", "metric", _metric(metrics.deletion_curve, steps=4),
-          targets=True, differentiates=False),
+          targets=True, differentiates=False, compiles=True),
     Entry("insertion_curve", "metric", _metric(metrics.insertion_curve, steps=4),
-          targets=True, differentiates=False),
+          targets=True, differentiates=False, compiles=True),
     Entry("confidence_change", "metric", _metric(metrics.confidence_change),
-          targets=True, differentiates=False),
+          targets=True, differentiates=False, compiles=True),
     Entry("average_drop", "metric", _metric(metrics.average_drop),
-          targets=True, differentiates=False),
+          targets=True, differentiates=False, compiles=True),
     Entry("average_gain", "metric", _metric(metrics.average_gain),
-          targets=True, differentiates=False),
+          targets=True, differentiates=False, compiles=True),
     Entry("increase_in_confidence", "metric", _metric(metrics.increase_in_confidence),
-          targets=True, differentiates=False),
+          targets=True, differentiates=False, compiles=True),
     Entry("allegiance_deletion_auc", "metric", _allegiance, differentiates=False,
-          empty_batch="error"),
-    Entry("gradient_alignment", "metric", _gradient_alignment, targets=True, score_targets=True),
+          empty_batch="error", compiles=True),
+    Entry("gradient_alignment", "metric", _gradient_alignment, targets=True, score_targets=True,
+          refuses_compiled=True),
     Entry("evaluate_dataset", "metric", _evaluate_dataset, empty_batch="error", autocast=False),
     Entry("evaluate_accuracy", "metric", _evaluate_accuracy, differentiates=False,
-          empty_batch="error", autocast=False, float_inputs_only=False),
+          empty_batch="error", autocast=False, float_inputs_only=False, compiles=True),
     Entry("gini_sparseness", "map", _map_only(metrics.gini_sparseness), differentiates=False),
     Entry("pointing_game", "map", _map_only(metrics.pointing_game, with_masks=True),
           differentiates=False, empty_batch="error"),
@@ -493,6 +512,8 @@ def _metric_object(make: Callable[[nn.Module], Any], update: str) -> Call:
 if metric_objects is not None:
     _mo = metric_objects
     ENTRIES += [
+        # They work on compiled models too, but pass the model on to the functions
+        # above (compiles=True there), so the suite does not compile for them again.
         *(
             Entry(f"torchmetrics.{name}", "metric", _metric_object(make, "maps"),
                   differentiates=False, empty_batch="error")
@@ -503,7 +524,8 @@ if metric_objects is not None:
             ]
         ),
         Entry("torchmetrics.GradientAlignment", "metric",
-              _metric_object(_mo.GradientAlignment, "inputs"), empty_batch="error"),
+              _metric_object(_mo.GradientAlignment, "inputs"), empty_batch="error",
+              refuses_compiled=True),
         Entry("torchmetrics.PointingGame", "map",
               _metric_object(lambda m: _mo.PointingGame(), "masks"),
               differentiates=False, empty_batch="error"),
