@@ -61,6 +61,25 @@ def unwrap_data_parallel(forward_func: Callable[..., Any]) -> Callable[..., Any]
     return forward_func
 
 
+def is_compiled(model: nn.Module | None) -> bool:
+    """Whether ``model`` or one of its submodules was ``torch.compile``'d.
+
+    Both forms count: a wrapper from ``torch.compile(module)`` (it has ``_orig_mod``) and
+    a module compiled in place with ``module.compile()``.
+
+    Examples
+    --------
+    >>> is_compiled(nn.Linear(2, 2)), is_compiled(None)
+    (False, False)
+    """
+    if model is None:
+        return False
+    return any(
+        hasattr(module, "_orig_mod") or getattr(module, "_compiled_call_impl", None) is not None
+        for module in model.modules()
+    )
+
+
 class HookBag:
     """Collects hook handles so they can all be removed in one place.
 

@@ -44,7 +44,9 @@ falls back to the loop for the rest of the call. Every row of the chunk table se
 one class *per example* (rows may select different classes for different examples, as
 the top-k comparison needs); each example's gradient only depends on its own logit as
 long as the model treats the examples of a batch independently (eval-mode BatchNorm,
-no cross-example ops). Positive and negative maps need only the target's gradient
+no cross-example ops). A ``torch.compile``'d model's backward may run only once per
+forward graph, so there every row gets its own forward pass (``"loop"``, one forward
+and one backward pass per class). Positive and negative maps need only the target's gradient
 (:func:`~captum_regularized._internal.targets.target_gradients`, one backward pass).
 
 The model is left as found: the forward pass runs in its own train/eval mode (a
@@ -75,6 +77,7 @@ from captum_regularized._internal.checks import check_attribution_inputs
 from captum_regularized._internal.input_gradients import fresh_leaf
 from captum_regularized._internal.model_state import (
     find_module,
+    is_compiled,
     kept_batchnorm_statistics,
     preserved_model,
 )
@@ -614,6 +617,7 @@ def _fold_row(
     target_grad: list[torch.Tensor],
     highest: list[torch.Tensor],
     lowest: list[torch.Tensor],
+    retain_graph: bool = True,
 ) -> None:
     """One backward pass for one class per example, folded into the running results.
 
@@ -621,7 +625,9 @@ def _fold_row(
     is taken where that row comes, not summed.
     """
     one_hot = torch.zeros_like(output).scatter_(1, classes[:, None], 1)
-    grads = torch.autograd.grad(output, leaves, one_hot, retain_graph=True, allow_unused=True)
+    grads = torch.autograd.grad(
+        output, leaves, one_hot, retain_graph=retain_graph, allow_unused=True
+    )
     for i, (grad, leaf) in enumerate(zip(grads, leaves)):
         grad = torch.zeros_like(leaf) if grad is None else grad
         shape = (-1,) + (1,) * (grad.dim() - 1)
@@ -705,15 +711,23 @@ def class_gradients(
             )
         targets = class_indices(output, target)
         classes, is_target, is_compared = _class_table(output, targets, compare_classes)
-        use_vmap = strategy == "vmap" or (strategy == "auto" and output.device.type == "cuda")
+        # A compiled backward may run once per graph (AOT autograd donates its saved
+        # buffers): there, every row after the first gets its own forward pass.
+        graph_per_row = is_compiled(module)
+        use_vmap = not graph_per_row and (
+            strategy == "vmap" or (strategy == "auto" and output.device.type == "cuda")
+        )
         target_grad = [torch.zeros_like(x) for x in leaves]
         highest = [torch.full_like(x, float("-inf")) for x in leaves]
         lowest = [torch.full_like(x, float("inf")) for x in leaves]
         start = 0
         while start < classes.shape[0]:
             if not use_vmap:  # the loop gains nothing from stacking rows: fold one at a time
+                if graph_per_row and start > 0:
+                    output = run_forward(forward_func, leaves, additional_forward_args)
                 _fold_row(output, leaves, classes[start], is_target[start],
-                          is_compared[start], target_grad, highest, lowest)
+                          is_compared[start], target_grad, highest, lowest,
+                          retain_graph=not graph_per_row)
                 start += 1
                 continue
             rows = slice(start, start + class_chunk_size)

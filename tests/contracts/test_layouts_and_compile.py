@@ -122,24 +122,7 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-# ActiveSaliency, InactiveSaliency and signed_saliency_maps back-propagate several
-# times through one forward (retain_graph=True), which a compiled backward that donates
-# its saved buffers refuses.
-_DONATED_BUFFERS = pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="class_gradients back-propagates several times through one compiled forward "
-    "(retain_graph=True); AOT autograd's backward with donated buffers refuses that",
-)
-_COMPILES = [
-    pytest.param(*p.values, id=p.id, marks=_DONATED_BUFFERS)
-    if p.id in ("ActiveSaliency", "InactiveSaliency", "signed_saliency_maps")
-    else p
-    for p in select(lambda e: e.compiles)
-]
-
-
-@pytest.mark.parametrize("entry", _COMPILES)
+@pytest.mark.parametrize("entry", select(lambda e: e.compiles))
 def test_a_compiled_model_gives_the_eager_answer(entry: Entry, fresh_dynamo):
     """Attribution classes get a model compiled with a dynamic batch dimension: what
     dynamo makes once a second batch size has come, and graphs whose backward donates
