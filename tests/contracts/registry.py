@@ -257,6 +257,43 @@ def _rsi(model: nn.Module, batch: Batch, target: Any) -> Any:
     )
 
 
+def _grad_cam_plus_plus(model: nn.Module, batch: Batch, target: Any) -> Any:
+    return attr.LayerGradCamPlusPlus(model, _layer_of(model)).attribute(batch.inputs, target=target)
+
+
+def _score_cam(model: nn.Module, batch: Batch, target: Any) -> Any:
+    return attr.LayerScoreCam(model, _layer_of(model)).attribute(
+        batch.inputs, target=target, internal_batch_size=5
+    )
+
+
+def _parameter_randomisation(model: nn.Module, batch: Batch, target: Any) -> Any:
+    return metrics.model_parameter_randomisation(
+        model, batch.inputs, target, attr.PositiveSaliency, layers=["classifier", "head.0"]
+    )
+
+
+def _data_randomisation(model: nn.Module, batch: Batch, target: Any) -> Any:
+    shuffled = make_model(seed=1).to(next(model.parameters()).device)
+    return metrics.data_randomisation(model, shuffled, batch.inputs, target,
+                                      attr.PositiveSaliency)
+
+
+def _fixed_perturbation(inputs: torch.Tensor, radius: float) -> torch.Tensor:
+    """Deterministic, so a batch and its rows see the same perturbed copies."""
+    return inputs + radius * torch.sin(100 * inputs)
+
+
+def _max_sensitivity(model: nn.Module, batch: Batch, target: Any) -> Any:
+    return metrics.max_sensitivity(attr.PositiveSaliency(model), batch.inputs, target,
+                                   n_samples=2, perturb_func=_fixed_perturbation)
+
+
+def _interpretation_attack(model: nn.Module, batch: Batch, target: Any) -> Any:
+    return metrics.interpretation_attack(model, batch.inputs, target=target, epsilon=0.05,
+                                         steps=2, k=4)
+
+
 def _guided_grad_cam(model: nn.Module, batch: Batch, target: Any) -> Any:
     return attr.GuidedGradCam(model, _layer_of(model)).attribute(batch.inputs, target=target)
 
@@ -393,6 +430,14 @@ ENTRIES: list[Entry] = [
     ),
     Entry("signed_saliency_maps", "attribution", _signed_maps, targets=True, compiles=True),
     _captum_style(
+        "LayerGradCamPlusPlus", _grad_cam_plus_plus, _with_layer(attr.LayerGradCamPlusPlus),
+        compiles=True,
+    ),
+    _captum_style(
+        "LayerScoreCam", _score_cam, _with_layer(attr.LayerScoreCam),
+        attribute_kwargs={"internal_batch_size": 5}, differentiates=False, compiles=True,
+    ),
+    _captum_style(
         "LayerRSIGradCam",
         _rsi,
         _with_layer(attr.LayerRSIGradCam),
@@ -467,6 +512,12 @@ ENTRIES: list[Entry] = [
           targets=True, differentiates=False, compiles=True),
     Entry("allegiance_deletion_auc", "metric", _allegiance, differentiates=False,
           empty_batch="error", compiles=True),
+    Entry("road", "metric", _metric(metrics.road, percentiles=(25, 50, 75), noise=0.0),
+          targets=True, differentiates=False),
+    Entry("max_sensitivity", "metric", _max_sensitivity, targets=True, score_targets=True),
+    Entry("interpretation_attack", "metric", _interpretation_attack, targets=True),
+    Entry("model_parameter_randomisation", "metric", _parameter_randomisation, targets=True),
+    Entry("data_randomisation", "metric", _data_randomisation, targets=True),
     Entry("gradient_alignment", "metric", _gradient_alignment, targets=True, score_targets=True,
           refuses_compiled=True),
     Entry("evaluate_dataset", "metric", _evaluate_dataset, empty_batch="error", autocast=False),

@@ -60,6 +60,9 @@ def test_captum_infidelity_scores_it(entry: Entry):
     assert score.shape == (BATCH,) and torch.isfinite(score).all()
 
 
+LAYER_MAPS = ("LayerRSIGradCam", "LayerGradCamPlusPlus", "LayerScoreCam")
+
+
 @pytest.mark.parametrize("entry", select(lambda e: e.tuple_inputs))
 def test_tuple_inputs_give_the_composed_models_answer(entry: Entry):
     """``TwoInputNet(a, b) = net(a + b/2)``: both inputs see the gradient at ``a + b/2``."""
@@ -70,7 +73,7 @@ def test_tuple_inputs_give_the_composed_models_answer(entry: Entry):
     kwargs = entry.attribute_kwargs or {}
     got = _wrapped(entry, two).attribute((a, b), target=batch.labels, **kwargs)
     single = _wrapped(entry, two.net).attribute(a + 0.5 * b, target=batch.labels, **kwargs)
-    if entry.name == "LayerRSIGradCam":  # a layer map: one tensor, whatever the inputs
+    if entry.name in LAYER_MAPS:  # a layer map: one tensor, whatever the inputs
         torch.testing.assert_close(got, single, rtol=1e-4, atol=1e-6)
         return
     assert isinstance(got, tuple) and len(got) == 2

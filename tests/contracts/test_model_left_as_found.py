@@ -106,6 +106,8 @@ def test_model_left_as_found_when_the_model_raises(entry: Entry, where: str, mod
     calls = _forward_calls(entry)
     if where == "third" and calls < 3:
         pytest.skip(f"{entry.name} runs the model {calls} time(s)")
+    if where == "last" and calls == 0:  # the first call of the copy is covered by "first"
+        pytest.skip(f"{entry.name} runs only a copy of the model")
     model, batch = make_model().train(mode == "train"), make_batch()
     if where == "backward":
         model.fault.reset(raise_in_backward=True)
