@@ -168,6 +168,18 @@ METHODS: dict[str, tuple[Method, str]] = {
         ),
         "layer",
     ),
+    "LayerGradCamPlusPlus": (
+        lambda b, x: attr.LayerGradCamPlusPlus(b.model, b.layer).attribute(
+            x, TARGET, **_layer_kwargs(b)
+        ),
+        "layer",
+    ),
+    "LayerScoreCam": (
+        lambda b, x: attr.LayerScoreCam(b.model, b.layer).attribute(
+            x, TARGET, **_layer_kwargs(b)
+        ),
+        "layer",
+    ),
     "GuidedBackprop": (lambda b, x: attr.GuidedBackprop(b.model).attribute(x, TARGET), "input"),
     "GuidedGradCam": (
         lambda b, x: attr.GuidedGradCam(b.model, b.layer).attribute(
