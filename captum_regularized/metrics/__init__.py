@@ -8,26 +8,26 @@ reads its ``metrics`` argument).
 :mod:`captum_regularized.metrics.torchmetrics` has every metric as a
 ``torchmetrics.Metric`` (the ``lightning`` extra; not imported by this package).
 
-=========================  ===================================================  ========
-metric                     what it measures                                     better
-=========================  ===================================================  ========
-deletion_auc               probability while top pixels are removed (RISE)      lower
-insertion_auc              probability while top pixels are put back (RISE)     higher
-average_drop               confidence lost on the map-masked image              lower
-average_gain               confidence gained on the map-masked image            higher
-increase_in_confidence     share of images whose confidence rises when masked   higher
-allegiance_deletion_auc    prediction kept while top pixels are deleted         lower
-road (.combined)           LeRF minus MoRF score change, pixels imputed (ROAD)  higher
-max_sensitivity            largest relative map change under input noise        lower
-gini_sparseness            Gini index of the absolute map                       higher
-pointing_game              map maximum inside the object mask                   higher
-energy_pointing_game       share of positive attribution inside the mask        higher
-gradient_alignment         cosine of plain and guided-backprop gradients        higher
-model_parameter_random...  map similarity after re-initialising layers          lower
-data_randomisation         map similarity to a model trained on shuffled labels lower
-interpretation_attack      top-k overlap of the map kept under attack           higher
-remove_and_retrain         DiffROAR: accuracy lost after retraining, vs random  higher
-=========================  ===================================================  ========
+=============================  ====================================================  ======
+metric                         what it measures                                      better
+=============================  ====================================================  ======
+deletion_auc                   probability while top pixels are removed (RISE)       lower
+insertion_auc                  probability while top pixels are put back (RISE)      higher
+average_drop                   confidence lost on the map-masked image               lower
+average_gain                   confidence gained on the map-masked image             higher
+increase_in_confidence         share of images whose confidence rises when masked    higher
+allegiance_deletion_auc        prediction kept while top pixels are deleted          lower
+road (.combined)               LeRF minus MoRF score change, pixels imputed (ROAD)   higher
+max_sensitivity                largest relative map change under input noise         lower
+gini_sparseness                Gini index of the absolute map                        higher
+pointing_game                  map maximum inside the object mask                    higher
+energy_pointing_game           share of positive attribution inside the mask         higher
+gradient_alignment             cosine of plain and guided-backprop gradients         higher
+model_parameter_randomisation  map similarity after re-initialising layers           lower
+data_randomisation             map similarity to a model trained on shuffled labels  lower
+interpretation_attack          top-k overlap of the map kept under attack            higher
+remove_and_retrain             DiffROAR: accuracy lost after retraining, vs random   higher
+=============================  ====================================================  ======
 """
 
 from captum_regularized.metrics.allegiance import (
