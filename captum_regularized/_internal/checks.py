@@ -1,7 +1,19 @@
-"""Input checks shared by every public entry point: clear errors, never silent garbage."""
+"""Input checks shared by every public entry point: clear errors, never silent garbage.
+
+Besides types, batch sizes, devices and finiteness, :func:`check_inputs_fit_model`
+catches the mistakes that PyTorch would otherwise report from deep inside the model's
+first convolution (or not at all): inputs of another dtype than the model's weights,
+a ``(B, H, W, C)`` image batch, and a single ``(C, H, W)`` image without its batch
+dimension. Those checks read only dtypes and shapes: they cost no host
+synchronisation. :func:`warn_if_every_map_zero` is the metrics' warning for a batch of
+all-zero maps.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -84,15 +96,232 @@ def check_same_device(
             )
 
 
+_MODEL_CASTS = {
+    torch.float32: "model.float()",
+    torch.float64: "model.double()",
+    torch.float16: "model.half()",
+    torch.bfloat16: "model.bfloat16()",
+}
+
+
+def model_floating_dtype(model: nn.Module | None) -> torch.dtype | None:
+    """The dtype the model's input layer computes in; ``None`` when it has none.
+
+    The weight dtype of the first ``nn.Conv2d`` (:func:`first_conv2d`), the layer the
+    inputs meet first in an image model; without one, the dtype of the first floating
+    parameter. A model without parameters (or a plain function, ``model=None``) has
+    no dtype to match. Only the first such parameter is read, so that the check stays
+    cheap on large models (a full walk over ResNet-50's parameters costs about as much
+    as a small forward pass on a CPU).
+
+    Examples
+    --------
+    >>> model_floating_dtype(nn.Linear(2, 2).double())
+    torch.float64
+    >>> model_floating_dtype(nn.ReLU()) is None
+    True
+    """
+    if model is None:
+        return None
+    conv = first_conv2d(model)
+    if conv is not None:
+        weight = conv.weight
+        return weight.dtype if weight.is_floating_point() else None
+    for parameter in model.parameters():
+        if parameter.is_floating_point():
+            return parameter.dtype
+    return None
+
+
+def first_conv2d(model: nn.Module | None) -> nn.Conv2d | None:
+    """The model's input convolution: its first convolution, if that is an ``nn.Conv2d``.
+
+    The first convolution in ``model.modules()`` order (registration order, which is
+    the input layer in torchvision, timm and Hugging Face image models: a ResNet's
+    ``conv1``, a ViT's patch projection). ``None`` when the model has no convolution,
+    when its first one is not two-dimensional (``Conv1d``, ``Conv3d``, a transposed
+    convolution) or is still lazy.
+
+    Examples
+    --------
+    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
+    >>> first_conv2d(net) is net[0]
+    True
+    >>> first_conv2d(nn.Linear(2, 2)) is None
+    True
+    """
+    if model is None:
+        return None
+    for module in model.modules():
+        if isinstance(module, nn.modules.conv._ConvNd):
+            if isinstance(module, nn.Conv2d) and module.in_channels > 0:
+                return module  # subclasses too (timm's Conv2dSame, StdConv2d)
+            return None
+    return None
+
+
+def check_inputs_fit_model(
+    inputs: Sequence[torch.Tensor], model: nn.Module | None, name: str = "inputs"
+) -> None:
+    """Refuse inputs that the model's weights cannot take, before the model runs.
+
+    Three newcomer's mistakes that PyTorch reports from inside the first layer (or
+    that make a training loss complain about its labels):
+
+    * **dtype.** Inputs of another floating dtype than the model's parameters
+      (float32 images to a ``model.double()``, float64 numpy images to a float32
+      model, float32 images to a ``model.half()``), read from its input layer
+      (:func:`model_floating_dtype`). Not checked under ``torch.autocast``, which
+      casts for the model, nor for a model without parameters.
+    * **channels last as data.** A 4-D batch whose dim 1 is not the number of
+      channels the first ``nn.Conv2d`` takes while its last dim is: a numpy-style
+      ``(B, H, W, C)`` batch. A ``torch.channels_last`` *memory format* keeps the
+      logical ``(B, C, H, W)`` shape and is not concerned.
+    * **no batch dimension.** A 3-D tensor whose dim 0 is the first convolution's
+      number of input channels (above one, where a ``(1, H, W)`` batch of a model that
+      adds the channel itself is as likely): one ``(C, H, W)`` image.
+
+    Only a single input tensor is checked (with several, which one reaches the
+    convolution is unknown), and only when ``model`` is an ``nn.Module``. Only dtypes
+    and shapes are read: no host synchronisation.
+
+    Parameters
+    ----------
+    inputs : sequence of Tensor
+        The inputs, in tuple form.
+    model : nn.Module or None
+        The module behind the forward function (``None`` for a plain function).
+    name : str
+        The argument's name in the messages.
+
+    Raises
+    ------
+    TypeError
+        For a dtype mismatch, naming both dtypes and the two ways to fix it.
+    ValueError
+        For a ``(B, H, W, C)`` batch or a missing batch dimension, naming the fix.
+
+    Examples
+    --------
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+    >>> check_inputs_fit_model((torch.rand(2, 3, 8, 8),), net)
+    >>> check_inputs_fit_model((torch.rand(2, 8, 8, 3),), net)
+    Traceback (most recent call last):
+    ...
+    ValueError: inputs look like (B, H, W, C) images, shape (2, 8, 8, 3): the model's \
+first convolution takes 3 channels in dim 1, not 8; use inputs.permute(0, 3, 1, 2) \
+(a torch.channels_last memory format is fine: it keeps the (B, C, H, W) shape)
+    >>> check_inputs_fit_model((torch.rand(3, 8, 8),), net)
+    Traceback (most recent call last):
+    ...
+    ValueError: inputs look like one image (C, H, W) without a batch dimension, shape \
+(3, 8, 8): the model's first convolution expects (B, 3, H, W); use inputs.unsqueeze(0)
+    """
+    if model is None or len(inputs) != 1:
+        return
+    (tensor,) = inputs
+    _check_dtype_fits(tensor, model, name)
+    conv = first_conv2d(model)
+    if conv is None:
+        return
+    channels = conv.in_channels
+    shape = tuple(tensor.shape)
+    if tensor.dim() == 4 and shape[1] != channels and shape[3] == channels:
+        raise ValueError(
+            f"{name} look like (B, H, W, C) images, shape {shape}: the model's first "
+            f"convolution takes {channels} channels in dim 1, not {shape[1]}; use "
+            f"{name}.permute(0, 3, 1, 2) (a torch.channels_last memory format is fine: "
+            "it keeps the (B, C, H, W) shape)"
+        )
+    if tensor.dim() == 3 and channels > 1 and shape[0] == channels:
+        raise ValueError(
+            f"{name} look like one image (C, H, W) without a batch dimension, shape "
+            f"{shape}: the model's first convolution expects (B, {channels}, H, W); use "
+            f"{name}.unsqueeze(0)"
+        )
+
+
+def _check_dtype_fits(tensor: torch.Tensor, model: nn.Module, name: str) -> None:
+    """The dtype part of :func:`check_inputs_fit_model`."""
+    if not tensor.is_floating_point() or torch.is_autocast_enabled(tensor.device.type):
+        return
+    expected = model_floating_dtype(model)
+    if expected is None or tensor.dtype == expected:
+        return
+    cast = _MODEL_CASTS.get(tensor.dtype, f"model.to({tensor.dtype})")
+    low = ""
+    if expected in (torch.float16, torch.bfloat16):
+        low = (
+            f" (a {expected} model needs {expected} inputs; or keep the model in float32 "
+            "and run it under torch.autocast)"
+        )
+    raise TypeError(
+        f"{name} are {tensor.dtype} but the model's parameters are {expected}; use "
+        f"{name}.to({expected}), or {cast} to run the model in {tensor.dtype}{low}"
+    )
+
+
 def check_attribution_inputs(
     inputs: Sequence[torch.Tensor], model: nn.Module | None, name: str = "inputs"
 ) -> int:
-    """All the checks above, in order; returns the batch size."""
+    """All the checks above, in order; returns the batch size.
+
+    Types, batch sizes, device and :func:`check_inputs_fit_model` read metadata only;
+    the finiteness check, last, is the one host synchronisation.
+    """
     check_floating(inputs, name)
     batch = check_batch_sizes(inputs, name)
     check_same_device(inputs, model, name)
+    check_inputs_fit_model(inputs, model, name)
     check_finite(inputs, name)
     return batch
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+ALL_ZERO_MAPS_MESSAGE = (
+    "every map of the batch is zero: {who} cannot rank pixels and its scores say nothing "
+    "about the explanation. A common cause is a model whose gradients vanish, e.g. an "
+    "untrained classifier head initialised to zero (torchvision's ViT heads are): "
+    "explain a trained model, or check the target and the layer"
+)
+"""The text of :func:`warn_if_every_map_zero`'s warning (``{who}``: the metric)."""
+
+
+def every_map_zero_warning(who: str) -> None:
+    """Issue the all-zero-maps ``UserWarning`` for ``who``, pointing at the user's line.
+
+    The warning is attributed to the first frame outside ``captum_regularized``, so
+    Python's default filter shows it once per call site.
+    """
+    frame = sys._getframe(1)
+    level = 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+        _PACKAGE_DIR
+    ):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    warnings.warn(ALL_ZERO_MAPS_MESSAGE.format(who=who), UserWarning, stacklevel=level)
+
+
+def warn_if_every_map_zero(maps: torch.Tensor, who: str) -> None:
+    """Warn (``UserWarning``) when every value of ``maps`` is zero.
+
+    One reduction and one host synchronisation; callers that already synchronise
+    (:func:`~captum_regularized.metrics._perturbation.prepare_batch`) fuse the
+    reduction with theirs and call :func:`every_map_zero_warning` instead.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warn_if_every_map_zero(torch.zeros(2, 1, 4, 4), "pointing_game")
+    >>> str(caught[0].message).split(":")[0]
+    'every map of the batch is zero'
+    """
+    if maps.numel() and not bool(maps.ne(0).any()):
+        every_map_zero_warning(who)
 
 
 def not_a_class_score_tensor(output: Any, who: str) -> TypeError:

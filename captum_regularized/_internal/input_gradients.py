@@ -29,7 +29,9 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from captum_regularized._internal.checks import check_inputs_fit_model
 from captum_regularized._internal.model_outputs import logits_of
 
 __all__ = [
@@ -230,11 +232,17 @@ def input_gradient(
 
 
 def check_training_batch(
-    inputs: object, labels: object, *, class_indices: bool = False
+    inputs: object,
+    labels: object,
+    *,
+    class_indices: bool = False,
+    model: nn.Module | None = None,
 ) -> None:
     """Raise a clear ``TypeError``/``ValueError`` for a malformed ``(inputs, labels)`` batch.
 
-    Call it before any forward pass. Types, dtypes and shapes are checked first; then,
+    Call it before any forward pass. Types, dtypes and shapes are checked first (with
+    ``model``, also whether the inputs fit it:
+    :func:`~captum_regularized._internal.checks.check_inputs_fit_model`); then,
     with one host synchronisation for the batch, the values: ``inputs`` must be finite
     (a NaN would poison the BatchNorm running statistics and the weights) and, with
     ``class_indices`` on a GPU, the labels non-negative. The class range needs the
@@ -251,22 +259,27 @@ def check_training_batch(
         The labels are class indices for cross-entropy: a 1-D integer tensor ``(B,)``
         of non-negative values (``ignore_index=-100`` is refused, not skipped). Leave
         ``False`` when a custom ``loss_fn`` decides what labels are.
+    model : nn.Module, optional
+        The trained model: inputs of another dtype than its parameters, a
+        ``(B, H, W, C)`` batch or a single ``(C, H, W)`` image are refused with the fix.
 
     Raises
     ------
     TypeError
-        ``inputs`` not a floating tensor; ``labels`` not a tensor, or (class indices)
-        not of an integer dtype.
+        ``inputs`` not a floating tensor or (with ``model``) not of the model's dtype;
+        ``labels`` not a tensor, or (class indices) not of an integer dtype.
     ValueError
-        Empty batch, labels of the wrong length or (class indices) shape, non-finite
-        inputs, negative class indices on a GPU.
+        Empty batch, (with ``model``) inputs laid out as ``(B, H, W, C)`` or without a
+        batch dimension, labels of the wrong length or (class indices) shape,
+        non-finite inputs, negative class indices on a GPU.
 
     Examples
     --------
     >>> check_training_batch(torch.zeros(2, 3), torch.zeros(3).long())
     Traceback (most recent call last):
     ...
-    ValueError: labels must have one entry per example (2) in dim 0, got shape (3,)
+    ValueError: labels must have one entry per example in dim 0: inputs have 2 examples \
+(shape (2, 3)), labels have 3 (shape (3,))
     >>> check_training_batch(torch.tensor([[0.0], [float("nan")]]), torch.zeros(2).long())
     Traceback (most recent call last):
     ...
@@ -280,13 +293,11 @@ def check_training_batch(
         raise ValueError(
             f"inputs must have a non-empty batch dim, got shape {tuple(inputs.shape)}"
         )
+    check_inputs_fit_model((inputs,), model)
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
     if labels.dim() < 1 or labels.shape[0] != inputs.shape[0]:
-        raise ValueError(
-            f"labels must have one entry per example ({inputs.shape[0]}) in dim 0, "
-            f"got shape {tuple(labels.shape)}"
-        )
+        raise ValueError(_label_count_message(inputs, labels))
     if class_indices:
         if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
             raise TypeError(
@@ -308,6 +319,22 @@ def check_training_batch(
         if not bool(finite):
             raise ValueError("inputs contains NaN or infinite values")
         _raise_label_range(labels, None)
+
+
+def _label_count_message(inputs: torch.Tensor, labels: torch.Tensor) -> str:
+    """Say how many examples the inputs and the labels have (and the likely fix)."""
+    count = "none (a 0-d tensor)" if labels.dim() < 1 else str(labels.shape[0])
+    message = (
+        f"labels must have one entry per example in dim 0: inputs have {inputs.shape[0]} "
+        f"examples (shape {tuple(inputs.shape)}), labels have {count} "
+        f"(shape {tuple(labels.shape)})"
+    )
+    if inputs.dim() == 3 and labels.numel() == 1:
+        message += (
+            "; if inputs is one (C, H, W) image, add its batch dimension: "
+            "inputs.unsqueeze(0)"
+        )
+    return message
 
 
 def _raise_label_range(labels: torch.Tensor, num_classes: int | None) -> None:

@@ -30,7 +30,11 @@ from captum_regularized._internal.captum_compat import (
     format_additional_args,
     run_forward,
 )
-from captum_regularized._internal.checks import check_finite, check_same_device
+from captum_regularized._internal.checks import (
+    check_inputs_fit_model,
+    check_same_device,
+    every_map_zero_warning,
+)
 from captum_regularized._internal.model_state import find_module, preserved_model
 from captum_regularized._internal.pixel_maps import per_pixel_map
 from captum_regularized._internal.targets import class_indices
@@ -69,9 +73,14 @@ def _check_image_batch(inputs: torch.Tensor) -> None:
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
     if inputs.dim() != 4:
+        hint = (
+            "; for one (C, H, W) image, add its batch dimension: inputs.unsqueeze(0)"
+            if inputs.dim() == 3
+            else ""
+        )
         raise ValueError(
             "inputs must be an image batch of shape (batch, channels, height, width), "
-            f"got shape {tuple(inputs.shape)}"
+            f"got shape {tuple(inputs.shape)}{hint}"
         )
     if not inputs.is_floating_point():
         raise TypeError(f"inputs must be a floating-point tensor, got {inputs.dtype}")
@@ -359,11 +368,19 @@ def prepare_batch(
     Raises
     ------
     TypeError
-        When ``inputs`` is not a floating-point tensor.
+        When ``inputs`` is not a floating-point tensor, or not of the dtype of the
+        model's parameters.
     ValueError
-        When ``inputs`` is not ``(B, C, H, W)``, is empty and ``refuse_empty`` is given,
-        lives on another device than the model or holds NaN or infinity; or for maps
+        When ``inputs`` is not ``(B, C, H, W)`` (a ``(B, H, W, C)`` batch is named as
+        such), is empty and ``refuse_empty`` is given, lives on another device than the
+        model or holds NaN or infinity; or for maps
         :func:`~captum_regularized._internal.pixel_maps.per_pixel_map` refuses.
+
+    Warns
+    -----
+    UserWarning
+        When every map of the batch is zero (nothing to rank). The check shares the
+        host synchronisation of the inputs' finiteness check: it costs no extra one.
 
     Examples
     --------
@@ -374,8 +391,10 @@ def prepare_batch(
     batch, _, height, width = inputs.shape
     if refuse_empty is not None and batch == 0:
         raise ValueError(f"{refuse_empty} needs at least one example; inputs has batch size 0")
-    check_same_device((inputs,), find_module(forward_func))
-    check_finite((inputs,))
+    module = find_module(forward_func)
+    check_same_device((inputs,), module)
+    check_inputs_fit_model((inputs,), module)
+    finite = torch.isfinite(inputs).all()  # read below, with the maps' check
     maps = per_pixel_map(
         attributions,
         batch,
@@ -383,6 +402,11 @@ def prepare_batch(
         channel_reduction=channel_reduction,
         device=inputs.device,
     )
+    inputs_finite, any_nonzero = torch.stack((finite, maps.ne(0).any())).tolist()
+    if not inputs_finite:
+        raise ValueError("inputs[0] contains NaN or infinite values")
+    if batch and not any_nonzero:
+        every_map_zero_warning("this metric")
     return PreparedBatch(
         forward_func, inputs.detach(), maps, internal_batch_size, additional_forward_args
     )

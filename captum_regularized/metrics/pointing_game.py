@@ -8,13 +8,16 @@
   map has no positive value.
 
 Maps are brought to the mask's resolution (channels collapsed with
-:func:`~captum_regularized.attr.reduce_channels`, bilinear resizing).
+:func:`~captum_regularized.attr.reduce_channels`, bilinear resizing). A batch whose
+maps are all zero gets a ``UserWarning`` (one reduction, read on the host next to the
+maps' own finiteness check).
 """
 
 from __future__ import annotations
 
 import torch
 
+from captum_regularized._internal.checks import warn_if_every_map_zero
 from captum_regularized._internal.pixel_maps import per_pixel_map
 from captum_regularized.metrics._ratio import ratio_or_zero
 
@@ -22,7 +25,7 @@ __all__ = ["energy_pointing_game", "pointing_game"]
 
 
 def _maps_and_masks(
-    attributions: torch.Tensor, masks: torch.Tensor, channel_reduction: str
+    attributions: torch.Tensor, masks: torch.Tensor, channel_reduction: str, who: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flattened ``(B, H*W)`` maps and boolean masks at the mask's resolution."""
     if not isinstance(masks, torch.Tensor):
@@ -41,6 +44,7 @@ def _maps_and_masks(
             f"attributions are on {attributions.device} but masks are on {masks.device}"
         )
     maps = per_pixel_map(attributions, batch, (height, width), channel_reduction=channel_reduction)
+    warn_if_every_map_zero(maps, who)
     return maps.reshape(batch, -1), masks.reshape(batch, -1) != 0
 
 
@@ -63,6 +67,11 @@ def pointing_game(
     Tensor
         ``(B,)`` float hits; its mean is the pointing-game accuracy.
 
+    Warns
+    -----
+    UserWarning
+        When every map of the batch is zero (every example is then a miss).
+
     Examples
     --------
     >>> maps = torch.tensor([[[0.1, 0.9], [0.2, 0.3]], [[1.0, 1.0], [1.0, 1.0]]])
@@ -70,7 +79,7 @@ def pointing_game(
     >>> pointing_game(maps, masks).tolist()
     [1.0, 0.0]
     """
-    maps, inside = _maps_and_masks(attributions, masks, channel_reduction)
+    maps, inside = _maps_and_masks(attributions, masks, channel_reduction, "pointing_game")
     top = maps.amax(dim=1, keepdim=True)
     constant = maps.amin(dim=1) == top[:, 0]
     hit = ((maps == top) & inside).any(dim=1) & ~constant
@@ -95,6 +104,11 @@ def energy_pointing_game(
     Tensor
         ``(B,)``; 0 for a map without positive values.
 
+    Warns
+    -----
+    UserWarning
+        When every map of the batch is zero.
+
     Examples
     --------
     >>> maps = torch.tensor([[[3.0, 1.0], [-2.0, 0.0]]])
@@ -102,6 +116,8 @@ def energy_pointing_game(
     >>> energy_pointing_game(maps, masks).tolist()
     [0.75]
     """
-    maps, inside = _maps_and_masks(attributions, masks, channel_reduction)
+    maps, inside = _maps_and_masks(
+        attributions, masks, channel_reduction, "energy_pointing_game"
+    )
     positive = maps.clamp(min=0)
     return ratio_or_zero((positive * inside).sum(dim=1), positive.sum(dim=1))
