@@ -367,7 +367,9 @@ class NormRegularizedAdversarialLoss:
     def _check_call(
         self, inputs: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor | None:
-        check_training_batch(inputs, labels, class_indices=self._class_labels)
+        check_training_batch(
+            inputs, labels, class_indices=self._class_labels, model=unwrap_parallel(self.model)
+        )
         check_same_device((inputs,), unwrap_parallel(self.model))
         return self.spec.check_mask(mask, inputs)
 
