@@ -189,6 +189,27 @@ REGULARIZED_TRAINING: dict[str, Callable[[nn.Module], LossHook | None]] = {
 """Losses the demo fine-tunes the trained model with; plain cross-entropy is the control."""
 
 
+def _loss_name(loss: LossHook | None) -> str:
+    """The training loss of a fine-tune, named for its progress line.
+
+    Examples
+    --------
+    >>> _loss_name(None)
+    'cross-entropy'
+    >>> model = SimpleCNN(3, width=2)
+    >>> _loss_name(with_cross_entropy(GuidedGradientRegularizer(model)))
+    'cross-entropy + GuidedGradientRegularizer'
+    >>> _loss_name(NormRegularizedAdversarialLoss(model))
+    'NormRegularizedAdversarialLoss'
+    """
+    if loss is None:
+        return "cross-entropy"
+    penalty = getattr(loss, "penalty", None)  # with_cross_entropy(regularizer)
+    if penalty is not None:
+        return f"cross-entropy + {type(penalty).__name__}"
+    return type(loss).__name__
+
+
 def _fine_tuned(
     model: nn.Module, train_set: Dataset, settings: DemoSettings, device: str,
     seed: int, progress: bool,
@@ -200,10 +221,12 @@ def _fine_tuned(
     tuned = {}
     for name, make_loss in REGULARIZED_TRAINING.items():
         student = copy.deepcopy(model).train()
+        loss = make_loss(student)
+        if progress:  # the epoch lines below it come from train_classifier
+            print(f"fine-tune with {_loss_name(loss)} ({name}):", flush=True)
         train_classifier(
             student, subset, epochs=settings.finetune_epochs, batch_size=s.batch_size,
-            lr=s.lr / 3, device=device, loss=make_loss(student), progress=progress,
-            seed=seed + 1,
+            lr=s.lr / 3, device=device, loss=loss, progress=progress, seed=seed + 1,
         )
         tuned[name] = student.eval()
     return tuned
@@ -308,7 +331,9 @@ def run_demo(
     seed : int
         Seeds the data, the initialisation and the training order.
     progress : bool
-        Show training progress bars.
+        Show training progress bars, the epoch lines, and before each fine-tune a line
+        naming its loss (``fine-tune with cross-entropy + GuidedGradientRegularizer
+        (guided alignment):``).
 
     Returns
     -------

@@ -10,10 +10,11 @@ guided backprop.
 
 :class:`~captum_regularized.regularizers.GuidedGradientRegularizer` is such a penalty,
 a callable ``reg(images, labels)`` that returns ``(logits, penalty)``; the training
-loss is ``cross_entropy(logits, labels) + penalty``, which
-:func:`~captum_regularized.models.with_cross_entropy` turns into the loss hook
-:func:`~captum_regularized.models.train_classifier` takes as ``loss=``. This tutorial
-trains the same small CNN twice -- same initial weights, same batches -- with and
+loss is ``cross_entropy(logits, labels) + penalty``. It drops into an ordinary PyTorch
+loop, where three lines change (see :doc:`../training_loop`;
+:func:`~captum_regularized.models.train_classifier` with
+``loss=with_cross_entropy(reg)`` is a ready-made loop). This tutorial trains the same
+small CNN twice in a plain loop -- same initial weights, same batches -- with and
 without it, and compares the plain saliency maps. The last sections run the guided
 rule and the penalty on MobileNet-V2 (ReLU6) and EfficientNet (SiLU), where Captum's
 guided backprop misses the activations.
@@ -28,17 +29,13 @@ import warnings
 
 import matplotlib.pyplot as plt
 import torch
+import torch.nn.functional as F
 from captum.attr import GuidedBackprop, Saliency
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from captum_regularized.datasets import SyntheticShapes
 from captum_regularized.metrics import energy_pointing_game, gradient_alignment
-from captum_regularized.models import (
-    SimpleCNN,
-    evaluate_accuracy,
-    train_classifier,
-    with_cross_entropy,
-)
+from captum_regularized.models import SimpleCNN, evaluate_accuracy
 from captum_regularized.regularizers import GuidedGradientRegularizer
 from captum_regularized.visualization import plot_attributions
 
@@ -52,15 +49,31 @@ images, labels, masks = held_out.render(list(range(len(held_out))))
 
 baseline = SimpleCNN(num_classes=4, width=8)
 regularized = copy.deepcopy(baseline)
-settings = dict(epochs=3, batch_size=64, lr=5e-3, progress=False, seed=0)
 
-train_classifier(baseline, train_set, **settings)
+
+def train(model, regularizer=None, epochs=3):
+    """An ordinary PyTorch loop; with a regularizer, the loss gains its penalty."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    loader = DataLoader(train_set, batch_size=64, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))  # same batches
+    model.train()
+    for _epoch in range(epochs):
+        for x, y in loader:
+            if regularizer is None:
+                loss = F.cross_entropy(model(x), y)
+            else:
+                logits, penalty = regularizer(x, y)  # one forward pass, both gradients
+                loss = F.cross_entropy(logits, y) + penalty
+            optimizer.zero_grad()
+            loss.backward()  # double backpropagation through the penalty
+            optimizer.step()
+
+
+train(baseline)
 # The paper's weight is 7.5e-3; briefly trained small models need a larger one to
 # show the effect within a few seconds of training.
 regularizer = GuidedGradientRegularizer(regularized, weight=0.04, distance="cosine")
-history = train_classifier(
-    regularized, train_set, loss=with_cross_entropy(regularizer), **settings
-)
+train(regularized, regularizer)
 print(f"cos(plain, guided) on the last training batch: {regularizer.last_cosine:.3f}")
 
 for model in (baseline, regularized):
@@ -173,7 +186,6 @@ plt.show()
 # gradients are tiny, so an absolute tolerance would call any two of them equal.
 import time
 
-import torch.nn.functional as F
 import torchvision
 from captum.attr import GuidedBackprop as CaptumGuidedBackprop
 
