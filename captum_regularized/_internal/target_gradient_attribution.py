@@ -9,7 +9,8 @@ backward pass runs (the guided rule or the plain gradient) and what they make of
 gradient (as it is, its positive or its negative part). The call itself, written here
 once, is the same for all of them: it checks that autograd is available, brings the
 inputs into tuple form, asks the subclass for one map per input (:meth:`_maps`), and
-gives them back in the form the caller used.
+gives them back in the form the caller used. A model with train-mode BatchNorm or
+Dropout gets a warning first (:func:`~captum_regularized._internal.user_feedback.warn_if_training`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from captum_regularized._internal.captum_compat import (
     attribution_call,
     log_usage,
 )
+from captum_regularized._internal.user_feedback import warn_if_training
 
 __all__ = ["TargetGradientAttribution"]
 
@@ -92,6 +94,13 @@ class TargetGradientAttribution(WithoutFutures, GradientAttribution):
             another device than the model; for a target out of range; and where the
             class says so (``GuidedBackprop``: a model with no activation the guided
             rule knows, the message lists them).
+
+        Warns
+        -----
+        UserWarning
+            When the model has BatchNorm or Dropout modules in train mode (call
+            ``model.eval()`` first); once per call site under Python's default filter.
         """
         call = attribution_call(type(self).__name__, inputs, additional_forward_args)
+        warn_if_training(self.forward_func, type(self).__name__)
         return call.output(self._maps(call, target))

@@ -39,6 +39,7 @@ from captum_regularized._internal.model_state import (
     preserved_model,
 )
 from captum_regularized._internal.targets import per_example_score_targets, target_scores
+from captum_regularized._internal.user_feedback import warn_if_training
 
 __all__ = ["LayerGradCamPlusPlus", "grad_cam_plus_plus_weights"]
 
@@ -217,6 +218,12 @@ class LayerGradCamPlusPlus(WithoutFutures, LayerAttribution, GradientAttribution
             dict, ``eps`` that is not a number.
         RuntimeError
             Inside ``torch.inference_mode()``.
+
+        Warns
+        -----
+        UserWarning
+            When the model has BatchNorm or Dropout modules in train mode (call
+            ``model.eval()`` first); once per call site under Python's default filter.
         """
         call = attribution_call(type(self).__name__, inputs, additional_forward_args)
         model = find_module(self.forward_func)
@@ -229,6 +236,7 @@ class LayerGradCamPlusPlus(WithoutFutures, LayerAttribution, GradientAttribution
         if not math.isfinite(eps) or eps < 0:
             raise ValueError(f"eps must be a finite number >= 0, got {eps}")
         target = per_example_score_targets(target)
+        warn_if_training(self.forward_func, type(self).__name__)
         with preserved_model(model) as hooks, kept_batchnorm_statistics(model):
             tap = LayerTap(self.layer, hooks, use_input=attribute_to_layer_input)
             output, activation = tap.run(

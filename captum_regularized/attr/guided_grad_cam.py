@@ -43,6 +43,7 @@ from captum_regularized._internal.model_state import (
     preserved_model,
 )
 from captum_regularized._internal.targets import target_scores
+from captum_regularized._internal.user_feedback import warn_if_training
 
 __all__ = ["GuidedGradCam"]
 
@@ -184,6 +185,12 @@ class GuidedGradCam(WithoutFutures, GradientAttribution):
             a target out of range; an unknown ``interpolate_mode``; a layer that does not
             run, runs twice or does not reach the output; a map that cannot be
             interpolated to an input; a model with no activation the guided rule knows.
+
+        Warns
+        -----
+        UserWarning
+            When the model has BatchNorm or Dropout modules in train mode (call
+            ``model.eval()`` first); once per call site under Python's default filter.
         """
         call = attribution_call(type(self).__name__, inputs, additional_forward_args)
         model = find_module(self.forward_func)
@@ -198,6 +205,7 @@ class GuidedGradCam(WithoutFutures, GradientAttribution):
                 f"reshape_transform must be callable, got {type(reshape_transform).__name__}"
             )
         switch = GuidedActivationSwitch(self.rule)
+        warn_if_training(self.forward_func, type(self).__name__)
         with (
             preserved_model(model) as hooks,
             kept_batchnorm_statistics(model),

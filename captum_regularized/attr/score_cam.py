@@ -11,6 +11,7 @@ grow with the number of channels.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -50,6 +51,12 @@ from captum_regularized._internal.targets import (
     is_score_target,
     per_example_score_targets,
     target_scores,
+)
+from captum_regularized._internal.user_feedback import (
+    check_progress,
+    progress_bar,
+    show_progress,
+    warn_if_training,
 )
 
 __all__ = ["LayerScoreCam", "channel_masks"]
@@ -316,6 +323,7 @@ class LayerScoreCam(WithoutFutures, LayerAttribution, GradientAttribution):
         reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         interpolate_mode: str = "bilinear",
         align_corners: bool = True,
+        progress: bool | None = None,
     ) -> torch.Tensor:
         """Score-CAM maps of shape ``(B, 1, h, w)`` in the layer's resolution.
 
@@ -365,6 +373,11 @@ class LayerScoreCam(WithoutFutures, LayerAttribution, GradientAttribution):
             For the ``bilinear`` and ``bicubic`` modes; ``True`` (the default) is
             pytorch-grad-cam's ``UpsamplingBilinear2d``, ``False`` the half-pixel
             convention of Captum's ``LayerAttribution.interpolate``.
+        progress : bool or None
+            Show a ``tqdm`` progress bar with an ETA on stderr, counting the masked
+            inputs (``B x K``). ``None`` (default): when the call runs more than 64
+            masked forward passes (``internal_batch_size`` inputs each) and stderr is a
+            terminal; ``True``: always; ``False``: never. The maps do not depend on it.
 
         Returns
         -------
@@ -385,6 +398,12 @@ class LayerScoreCam(WithoutFutures, LayerAttribution, GradientAttribution):
             Non-tensor or non-floating inputs, a target of the wrong type, wrongly typed
             options (``internal_batch_size``, the flags, ``reshape_transform``,
             ``output_transform``, a bool as ``baselines``).
+
+        Warns
+        -----
+        UserWarning
+            When the model has BatchNorm or Dropout modules in train mode (call
+            ``model.eval()`` first); once per call site under Python's default filter.
         """
         # no autograd needed: no check_autograd_available, so inference mode is fine
         inputs_tuple, _ = format_inputs(inputs)
@@ -398,6 +417,8 @@ class LayerScoreCam(WithoutFutures, LayerAttribution, GradientAttribution):
         base = None if baselines is None else format_baselines(inputs_tuple, baselines)
         target = per_example_score_targets(target)
         rows_per_pass = _rows_per_pass(inputs_tuple, internal_batch_size)
+        check_progress(progress)
+        warn_if_training(self.forward_func, "LayerScoreCam")
         with preserved_model(model) as hooks, kept_batchnorm_statistics(model), torch.no_grad():
             tap = LayerTap(self.layer, hooks, use_input=attribute_to_layer_input)
             output, activation = tap.run_forward_only(self.forward_func, inputs_tuple, args)
@@ -407,14 +428,19 @@ class LayerScoreCam(WithoutFutures, LayerAttribution, GradientAttribution):
             score = _TargetScores(transform(output), target, channels)
             flat_maps = activations.reshape(batch * channels, 1, *activations.shape[2:])
             scores = activations.new_empty((batch * channels,))
-            for start in range(0, batch * channels, rows_per_pass):
-                stop = min(start + rows_per_pass, batch * channels)
-                examples = torch.arange(start, stop, device=flat_maps.device) // channels
-                masked = _masked_inputs(inputs_tuple, base, flat_maps[start:stop], examples,
-                                        interpolate_mode, align_corners)
-                out = run_forward(self.forward_func, masked, _rows_of(args, batch, examples))
-                check_output_batch(out, stop - start)
-                scores[start:stop] = score.for_rows(transform(out), start)
+            total = batch * channels
+            show = show_progress(progress, math.ceil(total / rows_per_pass))
+            with progress_bar(show, total, "LayerScoreCam", "mask") as bar:
+                for start in range(0, total, rows_per_pass):
+                    stop = min(start + rows_per_pass, total)
+                    examples = torch.arange(start, stop, device=flat_maps.device) // channels
+                    masked = _masked_inputs(inputs_tuple, base, flat_maps[start:stop],
+                                            examples, interpolate_mode, align_corners)
+                    out = run_forward(self.forward_func, masked,
+                                      _rows_of(args, batch, examples))
+                    check_output_batch(out, stop - start)
+                    scores[start:stop] = score.for_rows(transform(out), start)
+                    bar.update(stop - start)  # host-only
             weights = scores.reshape(batch, channels)
             if channel_softmax:
                 weights = torch.softmax(weights, dim=1)

@@ -52,7 +52,15 @@ from captum_regularized._internal.targets import (
     per_example_score_targets,
     target_scores,
 )
+from captum_regularized._internal.user_feedback import (
+    ProgressBar,
+    check_progress,
+    progress_bar,
+    show_progress,
+    warn_if_training,
+)
 from captum_regularized.attr.rsi_grad_cam.path_batching import (
+    PathPlan,
     automatic_pass_rows,
     expand_for_steps,
     path_points,
@@ -265,6 +273,8 @@ class _Settings:
     relu_attributions: bool
     attr_dim_summation: bool
     grad_kwargs: dict[str, Any] | None
+    bar: ProgressBar
+    """Counts the path points run (see ``progress``)."""
 
 
 class _Group(NamedTuple):
@@ -352,6 +362,9 @@ class LayerRSIGradCam(WithoutFutures, LayerAttribution, GradientAttribution):
 
     An empty batch gives empty maps ``(0, 1, h, w)`` (and empty deltas); the model
     still runs once, on zero rows, to learn ``h`` and ``w``.
+
+    Long calls (more than 64 forward/backward passes) show a progress bar with an ETA on
+    a terminal; ``progress=`` turns it on or off. A model in train mode gets a warning.
 
     Activation checkpointing: ``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)``
     around the layer works; the reentrant form runs its block without autograd, so
@@ -483,6 +496,7 @@ class LayerRSIGradCam(WithoutFutures, LayerAttribution, GradientAttribution):
         max_steps: int = 256,
         attr_dim_summation: bool = True,
         grad_kwargs: dict[str, Any] | None = None,
+        progress: bool | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Compute RSI-Grad-CAM maps of shape ``(B, 1, h, w)``.
 
@@ -547,6 +561,13 @@ class LayerRSIGradCam(WithoutFutures, LayerAttribution, GradientAttribution):
         grad_kwargs : dict, optional
             Passed on to ``torch.autograd.grad`` for the layer gradients, as in Captum's
             ``LayerGradCam`` and ``LayerIntegratedGradients``.
+        progress : bool or None
+            Show a ``tqdm`` progress bar with an ETA on stderr, counting path points
+            (each run for a group of examples). ``None`` (default): when the call runs
+            more than 64 forward/backward passes (for ``n_steps="auto"``, at most that
+            many: the bar's total is then the ``max_steps`` bound and it ends early
+            when every example has converged) and stderr is a terminal; ``True``:
+            always; ``False``: never. The maps do not depend on it.
 
         Returns
         -------
@@ -573,8 +594,15 @@ class LayerRSIGradCam(WithoutFutures, LayerAttribution, GradientAttribution):
             has ``attribute_to_layer_input``).
         RuntimeError
             When called inside ``torch.inference_mode()``.
+
+        Warns
+        -----
+        UserWarning
+            When the model has BatchNorm or Dropout modules in train mode (call
+            ``model.eval()`` first); once per call site under Python's default filter.
         """
         check_autograd_available("LayerRSIGradCam")
+        check_progress(progress)
         auto = _check_steps(n_steps, tolerance, max_steps)
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -606,9 +634,16 @@ class LayerRSIGradCam(WithoutFutures, LayerAttribution, GradientAttribution):
             if model is not None
             else _kept_reached_batchnorm_statistics()
         )
+        warn_if_training(self.forward_func, "LayerRSIGradCam")
+        passes, points = _planned_work(plan, batch, internal_batch_size, auto, n_steps, max_steps)
 
         maps, deltas, counts = [], [], []
-        with preserved_model(model) as hooks, statistics_kept:
+        with (
+            preserved_model(model) as hooks,
+            statistics_kept,
+            progress_bar(show_progress(progress, passes), points, "LayerRSIGradCam",
+                         "point") as bar,
+        ):
             settings = _Settings(
                 LayerTap(self.layer, hooks, use_input=attribute_to_layer_input),
                 per_example,
@@ -618,6 +653,7 @@ class LayerRSIGradCam(WithoutFutures, LayerAttribution, GradientAttribution):
                 relu_attributions,
                 attr_dim_summation,
                 grad_kwargs,
+                bar,
             )
             for rows in plan.example_groups:
                 group = _Group(
@@ -694,6 +730,7 @@ class LayerRSIGradCam(WithoutFutures, LayerAttribution, GradientAttribution):
             gradient = settings.tap.gradient(scores, settings.grad_kwargs)
         activations = _as_maps(leaf.detach(), settings.reshape_transform, len(steps), examples)
         gradients = _as_maps(gradient, settings.reshape_transform, len(steps), examples)
+        settings.bar.update(len(steps))  # host-only
         return activations, gradients, scores.detach().reshape(len(steps), examples), classes
 
     def _attribute_group_auto(
@@ -783,6 +820,36 @@ class LayerRSIGradCam(WithoutFutures, LayerAttribution, GradientAttribution):
                 activations[steps[0] : steps[-1] + 1 : 2] = acts
                 gradients[steps[0] : steps[-1] + 1 : 2] = grads
         return cams, deltas, used
+
+
+def _planned_work(
+    plan: PathPlan,
+    batch: int,
+    internal_batch_size: int | None,
+    auto: bool,
+    n_steps: int | str,
+    max_steps: int,
+) -> tuple[int, int]:
+    """Forward/backward passes and path points (per group) a call will run.
+
+    For ``n_steps="auto"`` both are upper bounds: every example refined up to the last
+    step count ``4 * 2**j`` not above ``max_steps``.
+    """
+    groups = len(plan.example_groups)
+    if not auto:
+        return groups * len(plan.step_chunks), groups * (int(n_steps) + 1)
+    passes, m = 0, AUTO_START_STEPS
+    for rows in plan.example_groups:
+        examples = len(range(*rows.indices(batch)))
+        passes += len(step_passes(list(range(m + 1)), examples, internal_batch_size))
+        level = m
+        while 2 * level <= max_steps:
+            level *= 2
+            passes += len(step_passes(list(range(1, level, 2)), examples, internal_batch_size))
+    last = m
+    while 2 * last <= max_steps:
+        last *= 2
+    return passes, groups * (last + 1)
 
 
 def _select_scores(
