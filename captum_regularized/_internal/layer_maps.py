@@ -6,6 +6,7 @@ A class activation map weights the channels of one layer's activation ``A``
 weights; both check the layer they are given (:func:`checked_layer_method`), lay the
 layer's values out as float maps (:func:`layer_maps`, with a ``reshape_transform``
 for transformer tokens) and combine weights and maps alike (:func:`weighted_maps`).
+:class:`LayerCam` is their base: Captum's layer-method constructor and properties.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from captum.attr import GradientAttribution, LayerAttribution
 from torch import nn
 
+from captum_regularized._internal.captum_compat import WithoutFutures
 from captum_regularized._internal.model_state import find_module, unwrap_data_parallel
 
 __all__ = [
+    "LayerCam",
     "check_output_batch",
     "check_reshape_transform",
     "checked_layer_method",
@@ -27,6 +31,42 @@ __all__ = [
 ]
 
 ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
+
+
+class LayerCam(WithoutFutures, LayerAttribution, GradientAttribution):
+    """A class activation map of one layer, called like Captum's ``LayerGradCam``.
+
+    The constructor checks the layer against the model (:func:`checked_layer_method`);
+    Captum's properties say what a CAM is: a weighted sum of the layer's channels, with
+    no completeness property and no multiplication by the inputs. Subclasses write
+    ``attribute``.
+
+    Examples
+    --------
+    >>> model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU())
+    >>> cam = LayerCam(model, model[0])
+    >>> cam.has_convergence_delta(), cam.multiplies_by_inputs
+    (False, False)
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Any],
+        layer: nn.Module,
+        device_ids: list[int] | None = None,
+    ) -> None:
+        forward_func = checked_layer_method(forward_func, layer)
+        LayerAttribution.__init__(self, forward_func, layer, device_ids)
+        GradientAttribution.__init__(self, forward_func)
+
+    def has_convergence_delta(self) -> bool:
+        """False: a CAM has no completeness property to check."""
+        return False
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        """False: the weights multiply the layer's activation, not the inputs."""
+        return False
 
 
 def checked_layer_method(forward_func: Callable[..., Any], layer: object) -> Callable[..., Any]:

@@ -14,21 +14,18 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from captum.attr import GradientAttribution, LayerAttribution
-from torch import nn
 
 from captum_regularized._internal.captum_compat import (
     TargetType,
     TensorOrTuple,
-    WithoutFutures,
     attribution_call,
     log_usage,
 )
 from captum_regularized._internal.checks import check_attribution_inputs
 from captum_regularized._internal.layer_maps import (
+    LayerCam,
     check_output_batch,
     check_reshape_transform,
-    checked_layer_method,
     layer_maps,
     weighted_maps,
 )
@@ -68,7 +65,7 @@ def grad_cam_plus_plus_weights(
     return (alphas * torch.relu(gradients)).sum(dim=(2, 3))
 
 
-class LayerGradCamPlusPlus(WithoutFutures, LayerAttribution, GradientAttribution):
+class LayerGradCamPlusPlus(LayerCam):
     r"""Grad-CAM++: channel weights from positive gradients, each pixel weighted by ``alpha``.
 
     Grad-CAM (``captum.attr.LayerGradCam``) weights channel ``k`` of a layer's activation
@@ -128,28 +125,10 @@ class LayerGradCamPlusPlus(WithoutFutures, LayerAttribution, GradientAttribution
     >>> maps = cam.attribute(torch.rand(2, 3, 16, 16), target=[0, 2])
     >>> maps.shape, bool((maps >= 0).all())
     (torch.Size([2, 1, 4, 4]), True)
+    >>> from captum.attr import LayerAttribution
     >>> LayerAttribution.interpolate(maps, (16, 16)).shape
     torch.Size([2, 1, 16, 16])
     """
-
-    def __init__(
-        self,
-        forward_func: Callable[..., Any],
-        layer: nn.Module,
-        device_ids: list[int] | None = None,
-    ) -> None:
-        forward_func = checked_layer_method(forward_func, layer)
-        LayerAttribution.__init__(self, forward_func, layer, device_ids)
-        GradientAttribution.__init__(self, forward_func)
-
-    def has_convergence_delta(self) -> bool:
-        """False: Grad-CAM++ has no completeness property to check."""
-        return False
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        """False: the weights multiply the layer's activation, not the inputs (as Grad-CAM)."""
-        return False
 
     @log_usage()
     def attribute(  # type: ignore[override]

@@ -17,15 +17,12 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from captum.attr import GradientAttribution, LayerAttribution
-from torch import nn
 
 from captum_regularized._internal.batch_args import is_per_example
 from captum_regularized._internal.captum_compat import (
     BaselineType,
     TargetType,
     TensorOrTuple,
-    WithoutFutures,
     format_additional_args,
     format_baselines,
     format_inputs,
@@ -34,9 +31,9 @@ from captum_regularized._internal.captum_compat import (
 )
 from captum_regularized._internal.checks import check_attribution_inputs
 from captum_regularized._internal.layer_maps import (
+    LayerCam,
     check_output_batch,
     check_reshape_transform,
-    checked_layer_method,
     layer_maps,
     weighted_maps,
 )
@@ -223,7 +220,7 @@ def _masked_inputs(
     return tuple(masked)
 
 
-class LayerScoreCam(WithoutFutures, LayerAttribution, GradientAttribution):
+class LayerScoreCam(LayerCam):
     r"""Score-CAM: channels weighted by the score of the input masked with each channel.
 
     Score-CAM (Wang et al., "Score-CAM: Score-weighted visual explanations for
@@ -286,25 +283,6 @@ class LayerScoreCam(WithoutFutures, LayerAttribution, GradientAttribution):
     >>> maps.shape, bool((maps >= 0).all())
     (torch.Size([2, 1, 4, 4]), True)
     """
-
-    def __init__(
-        self,
-        forward_func: Callable[..., Any],
-        layer: nn.Module,
-        device_ids: list[int] | None = None,
-    ) -> None:
-        forward_func = checked_layer_method(forward_func, layer)
-        LayerAttribution.__init__(self, forward_func, layer, device_ids)
-        GradientAttribution.__init__(self, forward_func)
-
-    def has_convergence_delta(self) -> bool:
-        """False: Score-CAM has no completeness property to check."""
-        return False
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        """False: the weights multiply the layer's activation, not the inputs (as Grad-CAM)."""
-        return False
 
     @log_usage()
     def attribute(  # type: ignore[override]
