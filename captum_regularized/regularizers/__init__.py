@@ -7,8 +7,12 @@
 * :class:`NormRegularizedAdversarialLoss`: the adversarial form of the same training.
 
 The two penalties on the input gradient take ``mode="double_backprop"`` (exact) or
-``mode="finite_difference"`` (first derivatives only) and refuse the same bad calls,
-before any forward pass where the inputs are at fault:
+``mode="finite_difference"`` (first derivatives only); the default, ``mode="auto"``,
+runs the exact mode where the model can be differentiated twice and falls back to
+finite differences where it cannot (MobileNet V3's ``hardsigmoid``, custom
+``@once_differentiable`` functions, ``torch.compile``'d models), with one
+``UserWarning`` when it falls back; ``.resolved_mode`` says which it took. They
+refuse the same bad calls, before any forward pass where the inputs are at fault:
 
 * ``RuntimeError`` inside ``torch.inference_mode()``; for a model that modifies its
   input in place; in ``mode="double_backprop"``, for a model that cannot be

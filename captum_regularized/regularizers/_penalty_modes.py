@@ -2,7 +2,9 @@
 
 :class:`~captum_regularized.regularizers.GuidedGradientRegularizer` and
 :class:`~captum_regularized.regularizers.GradientNormPenalty` train the weights through
-a penalty ``R(g)`` on the input gradient ``g`` in one of two ways (``mode=``):
+a penalty ``R(g)`` on the input gradient ``g`` in one of two ways (``mode=``), or
+pick one of them on their first call (``mode="auto"``, the default, see
+:meth:`InputGradientPenalty._in_resolved_mode`):
 
 * ``"double_backprop"``: the gradient is taken with ``create_graph=True``; the
   model's own forward pass runs with PyTorch's math attention kernel
@@ -42,10 +44,12 @@ direction from :func:`penalty_and_direction`, and return
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import re
+import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -64,8 +68,10 @@ from captum_regularized._internal.model_state import (
 )
 
 __all__ = [
+    "AUTO",
     "DEFAULT_RELATIVE_STEP",
     "MODES",
+    "DoubleBackwardUnavailable",
     "GradientScaler",
     "InputGradientPenalty",
     "PerturbedGradients",
@@ -83,6 +89,7 @@ __all__ = [
     "gradient_differences",
     "gradient_pass",
     "gradient_scale",
+    "has_compiled_module",
     "penalty_and_direction",
     "penalty_direction",
     "perturbed_gradients",
@@ -91,7 +98,13 @@ __all__ = [
 ]
 
 MODES = ("double_backprop", "finite_difference")
-"""``mode=`` values of the penalties on the input gradient (the first is the default)."""
+"""The two ways of training through the penalty: exact, or first derivatives only."""
+
+AUTO = "auto"
+"""The default ``mode=``: the first of :data:`MODES` the model allows, chosen on the first call."""
+
+_LOG = logging.getLogger("captum_regularized.regularizers")
+_T = TypeVar("_T")
 
 
 def check_mode(mode: object, fd_step: object) -> float | None:
@@ -101,20 +114,22 @@ def check_mode(mode: object, fd_step: object) -> float | None:
     --------
     >>> check_mode("finite_difference", 1e-3)
     0.001
+    >>> check_mode("auto", None) is None
+    True
     >>> check_mode("double_backprop", 1e-3)
     Traceback (most recent call last):
     ...
-    ValueError: fd_step is only used by mode='finite_difference'; got fd_step=0.001 \
-with mode='double_backprop'
+    ValueError: fd_step is only used by mode='finite_difference' (or 'auto' when it falls \
+back to it); got fd_step=0.001 with mode='double_backprop'
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode not in (AUTO, *MODES):
+        raise ValueError(f"mode must be one of {(AUTO, *MODES)}, got {mode!r}")
     if fd_step is None:
         return None
-    if mode != "finite_difference":
+    if mode == "double_backprop":
         raise ValueError(
-            f"fd_step is only used by mode='finite_difference'; got fd_step={fd_step!r} "
-            f"with mode={mode!r}"
+            f"fd_step is only used by mode='finite_difference' (or 'auto' when it falls "
+            f"back to it); got fd_step={fd_step!r} with mode={mode!r}"
         )
     if isinstance(fd_step, bool) or not isinstance(fd_step, (int, float)):
         raise TypeError(f"fd_step must be a float, got {type(fd_step).__name__}")
@@ -227,16 +242,31 @@ def double_backward_obstacle(*outputs: torch.Tensor) -> str | None:
     return failing
 
 
-def _use_finite_differences(who: str, obstacle: str) -> RuntimeError:
-    return RuntimeError(
+class DoubleBackwardUnavailable(RuntimeError):
+    """The model cannot be differentiated twice: ``mode="double_backprop"`` cannot run on it.
+
+    A ``RuntimeError`` (what the exact mode raises) naming ``mode='finite_difference'``;
+    ``mode="auto"`` catches it on its first call and switches to that mode. ``obstacle``
+    names what in the model has no second derivative.
+    """
+
+    def __init__(self, message: str, obstacle: str) -> None:
+        super().__init__(message)
+        self.obstacle = obstacle
+
+
+def _use_finite_differences(who: str, obstacle: str) -> DoubleBackwardUnavailable:
+    return DoubleBackwardUnavailable(
         f"{who}(mode='double_backprop') differentiates the input gradient a second time, "
         f"but the model contains {obstacle}, which cannot be differentiated twice; use "
-        "mode='finite_difference', which needs first derivatives only"
+        "mode='finite_difference', which needs first derivatives only",
+        obstacle,
     )
 
 
 def check_double_backward(who: str, *outputs: torch.Tensor) -> None:
-    """Raise ``RuntimeError`` naming ``mode='finite_difference'`` when a double backward is missing.
+    """Raise a ``RuntimeError`` naming ``mode='finite_difference'`` when a double backward is
+    missing (a :class:`DoubleBackwardUnavailable`).
 
     Called on a ``create_graph=True`` gradient, before the caller's backward pass would
     fail on it (or, after a ``@once_differentiable`` function, silently miss a term).
@@ -257,8 +287,9 @@ def check_double_backward(who: str, *outputs: torch.Tensor) -> None:
     >>> check_double_backward("Penalty", Square.apply(x), g)
     Traceback (most recent call last):
     ...
-    RuntimeError: Penalty(mode='double_backprop') differentiates the input gradient a second \
-time, but the model contains the custom autograd Function Square (its backward is \
+    captum_regularized.regularizers._penalty_modes.DoubleBackwardUnavailable: \
+Penalty(mode='double_backprop') differentiates the input gradient a second time, but the \
+model contains the custom autograd Function Square (its backward is \
 @once_differentiable), which cannot be differentiated twice; use \
 mode='finite_difference', which needs first derivatives only
     """
@@ -276,7 +307,8 @@ _DOUBLE_BACKWARD_ERRORS = re.compile(
 
 @contextlib.contextmanager
 def double_backward_errors_explained(who: str) -> Iterator[None]:
-    """Re-raise autograd's "no second derivative" ``RuntimeError`` naming the other mode.
+    """Re-raise autograd's "no second derivative" ``RuntimeError`` naming the other mode
+    (as a :class:`DoubleBackwardUnavailable`).
 
     Examples
     --------
@@ -284,8 +316,9 @@ def double_backward_errors_explained(who: str) -> Iterator[None]:
     ...     raise RuntimeError("derivative for aten::foo_backward is not implemented")
     Traceback (most recent call last):
     ...
-    RuntimeError: Penalty(mode='double_backprop') differentiates the input gradient a second \
-time, but the model contains an operation without a double backward (derivative for \
+    captum_regularized.regularizers._penalty_modes.DoubleBackwardUnavailable: \
+Penalty(mode='double_backprop') differentiates the input gradient a second time, but the \
+model contains an operation without a double backward (derivative for \
 aten::foo_backward is not implemented), which cannot be differentiated twice; use \
 mode='finite_difference', which needs first derivatives only
     """
@@ -748,6 +781,66 @@ FINITE_DIFFERENCE_WAY_OUT = "or keep it and use mode='finite_difference' (first 
 """What the double-backprop losses add to ``check_not_compiled``'s refusal."""
 
 
+def has_compiled_module(model: nn.Module) -> bool:
+    """Whether ``model`` or one of its submodules is ``torch.compile``'d (either way).
+
+    Examples
+    --------
+    >>> has_compiled_module(nn.Sequential(nn.Linear(2, 2)))
+    False
+    """
+    return any(
+        hasattr(module, "_orig_mod") or getattr(module, "_compiled_call_impl", None) is not None
+        for module in model.modules()
+    )
+
+
+def _device_rng_state(device: torch.device) -> tuple[Any, int, torch.Tensor] | None:
+    """An accelerator ``device``'s module, index and random state; ``None`` for the CPU."""
+    if device.type == "cpu":
+        return None
+    module = getattr(torch, device.type, None)
+    if getattr(module, "get_rng_state", None) is None:
+        return None
+    index = device.index if device.index is not None else module.current_device()  # type: ignore[union-attr]
+    return module, index, module.get_rng_state(index)  # type: ignore[union-attr]
+
+
+@contextlib.contextmanager
+def undone_on_error(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """Undo the block's side effects on the model and the random state when it raises.
+
+    BatchNorm running statistics are written back and the random generators (CPU and
+    ``device``) rewound, so a call made after the failed one behaves as if the failed
+    one had not been made. (The exact mode's passes take gradients with
+    ``torch.autograd.grad``: no ``.grad`` is written.)
+
+    Examples
+    --------
+    >>> bn = nn.BatchNorm1d(2).train()
+    >>> state = torch.random.get_rng_state()
+    >>> try:
+    ...     with undone_on_error(bn, torch.device("cpu")):
+    ...         _ = bn(torch.randn(8, 2) + 5)
+    ...         raise KeyError("late failure")
+    ... except KeyError:
+    ...     pass
+    >>> bn.running_mean.tolist(), torch.equal(torch.random.get_rng_state(), state)
+    ([0.0, 0.0], True)
+    """
+    cpu_state = torch.random.get_rng_state()
+    device_state = _device_rng_state(device)
+    try:
+        with batchnorm_statistics_restored_on_error(model):
+            yield
+    except BaseException:
+        torch.random.set_rng_state(cpu_state)
+        if device_state is not None:
+            module, index, state = device_state
+            module.set_rng_state(state, index)
+        raise
+
+
 def check_penalty_settings(
     model: nn.Module, mode: object, fd_step: object, grad_scaler: object
 ) -> float | None:
@@ -781,6 +874,7 @@ class InputGradientPenalty:
     """The base of the two penalties on the input gradient: what they share around the modes.
 
     It keeps the model and the mode settings (checked by :func:`check_penalty_settings`),
+    resolves ``mode="auto"`` (:meth:`_in_resolved_mode`),
     opens every call with the same checks (:meth:`_training_call`), gives the block of a
     double-backward gradient (:meth:`_double_backward_pass`), runs the double-backward
     check once per instance (:meth:`_check_double_backward_once`), and takes the
@@ -795,11 +889,22 @@ class InputGradientPenalty:
     mode, fd_step, grad_scaler
         As the subclasses document them.
 
+    Attributes
+    ----------
+    mode : str
+        The mode asked for: ``"auto"``, ``"double_backprop"`` or ``"finite_difference"``.
+    resolved_mode : str or None
+        The mode the calls run in: ``mode`` itself when it is explicit; for ``"auto"``,
+        ``None`` until the first call that gets as far as the input gradient has
+        chosen (``"finite_difference"`` at once for a ``torch.compile``'d model).
+
     Examples
     --------
     >>> penalty = InputGradientPenalty(nn.Linear(2, 2), "finite_difference", 0.01, None)
-    >>> penalty.mode, penalty.fd_step, penalty.grad_scaler
-    ('finite_difference', 0.01, None)
+    >>> penalty.mode, penalty.resolved_mode, penalty.fd_step, penalty.grad_scaler
+    ('finite_difference', 'finite_difference', 0.01, None)
+    >>> InputGradientPenalty(nn.Linear(2, 2), "auto", None, None).resolved_mode is None
+    True
     """
 
     def __init__(
@@ -814,6 +919,57 @@ class InputGradientPenalty:
         self.mode = mode
         self.grad_scaler = grad_scaler
         self._double_backward_checked = False
+        self.resolved_mode: str | None = None if mode == AUTO else mode
+        if mode == AUTO and has_compiled_module(model):
+            self._fall_back("the model is torch.compile'd (compiled graphs cannot be "
+                            "differentiated twice)")
+
+    def _fall_back(self, reason: str) -> None:
+        """Resolve ``"auto"`` to ``"finite_difference"``, with the one warning saying why."""
+        self.resolved_mode = "finite_difference"
+        warnings.warn(
+            f"{type(self).__name__}(mode='auto'): {reason}; training through the penalty "
+            "with mode='finite_difference' (first derivatives only, an estimate of the "
+            "exact weight gradient) from now on. Pass mode='finite_difference' to choose "
+            "it explicitly and silence this warning.",
+            UserWarning,
+            stacklevel=4,
+        )
+
+    def _in_resolved_mode(
+        self,
+        double_backprop: Callable[[], _T],
+        finite_difference: Callable[[], _T],
+        device: torch.device,
+    ) -> _T:
+        """Run the call in the resolved mode; on ``"auto"``'s first call, choose it.
+
+        The first call tries ``double_backprop``. When it finds that the model cannot
+        be differentiated twice (a :class:`DoubleBackwardUnavailable`, raised by
+        :func:`check_double_backward` on the graph of the input gradient or by
+        :func:`double_backward_errors_explained` on autograd's own error, before any
+        backward pass of the caller), its side effects are undone
+        (:func:`undone_on_error`: BatchNorm statistics, random state; no ``.grad`` was
+        written), a ``UserWarning`` names the obstacle, and this call and the following
+        ones run ``finite_difference``. Otherwise the exact mode is kept (logged at INFO
+        level on the ``captum_regularized.regularizers`` logger). A call that fails for
+        another reason (bad labels, ...) chooses nothing.
+        """
+        if self.resolved_mode == "finite_difference":
+            return finite_difference()
+        if self.resolved_mode == "double_backprop":
+            return double_backprop()
+        try:
+            with undone_on_error(self.model, device):
+                out = double_backprop()
+        except DoubleBackwardUnavailable as error:
+            self._fall_back(f"the model contains {error.obstacle}, which cannot be "
+                            "differentiated twice")
+            return finite_difference()
+        self.resolved_mode = "double_backprop"
+        _LOG.info("%s(mode='auto'): the model can be differentiated twice; using "
+                  "mode='double_backprop' (exact)", type(self).__name__)
+        return out
 
     @contextlib.contextmanager
     def _training_call(

@@ -1,8 +1,9 @@
 """The penalty form of norm-regularized adversarial training (Gong, Dou & Farnia, 2024).
 
 Two ways to train through the penalty on the input gradient: exact double
-back-propagation (the default) or a finite difference of first-order weight
-gradients, for models that cannot be differentiated twice (see
+back-propagation or a finite difference of first-order weight gradients, for models
+that cannot be differentiated twice; the default, ``mode="auto"``, takes the first
+where the model allows it and the second otherwise (see
 the shared mechanics in :mod:`captum_regularized.regularizers._penalty_modes`).
 """
 
@@ -68,14 +69,27 @@ class GradientNormPenalty(InputGradientPenalty):
     composed model. Non-finite inputs and bad labels are refused, the BatchNorm
     statistics left as found.
 
-    **Modes.** ``"double_backprop"`` keeps ``g`` in the graph (``create_graph=True``) so
+    **Modes.** ``"auto"`` (the default) runs ``"double_backprop"`` where the model can be
+    differentiated twice and ``"finite_difference"`` where it cannot (MobileNet V3's
+    ``hardsigmoid``, a custom ``@once_differentiable`` function, a ``torch.compile``'d
+    model): the first call tries the exact mode and, when the check below finds an
+    obstacle (before any backward pass of the caller), undoes its side effects
+    (BatchNorm statistics, random state; no ``.grad`` is written), warns once with a
+    ``UserWarning`` naming the obstacle, and runs that call and the following ones in
+    ``"finite_difference"``. A compiled model is resolved at construction. The choice
+    is ``pen.resolved_mode`` (``None`` before the first call); keeping the exact mode
+    is logged at INFO level on the ``captum_regularized.regularizers`` logger. The
+    result is exactly that of the chosen mode passed explicitly.
+
+    ``"double_backprop"`` keeps ``g`` in the graph (``create_graph=True``) so
     ``penalty.backward()`` trains the parameters through it: exact, one forward pass,
     about 1.8x a plain step's memory. Its forward pass runs with PyTorch's math
     attention kernel (``sdpa_kernel([SDPBackend.MATH])``), since the fused attention
     kernels (e.g. torchvision's ``VisionTransformer`` on CPU) have no double backward;
     a model part that has none either (a custom ``autograd.Function`` with a
     ``@once_differentiable`` backward, an operator without a second derivative) is
-    named in a ``RuntimeError``, and ``torch.compile``'d models are refused.
+    named in a ``RuntimeError`` (a ``DoubleBackwardUnavailable``), and
+    ``torch.compile``'d models are refused.
 
     ``"finite_difference"`` needs first derivatives only (compiled models, custom
     functions, fused attention kernels all work). With ``v = dR/dg`` computed from the
@@ -108,16 +122,20 @@ class GradientNormPenalty(InputGradientPenalty):
     norm : {"l1", "elastic_net", "group", "gaze"}
         The structure to encourage.
     epsilon : float
-        Weight ``eps`` (``eps1`` of the elastic net), finite and ``>= 0``.
+        Weight ``eps`` (``eps1`` of the elastic net), finite and ``>= 0``. The default
+        ``3e-3`` is for inputs in ``[0, 1]`` at 32x32 (see Notes, "Choosing epsilon"):
+        ``0.01`` already costs accuracy on a narrower model and ``0.03`` a lot.
     epsilon2 : float
         The elastic net's ``eps2 > 0`` (finite); must be 0 for the other norms.
     group_size : int
         Patch side for ``"group"``.
-    mode : {"double_backprop", "finite_difference"}
-        How the penalty's weight gradient is computed (see above).
+    mode : {"auto", "double_backprop", "finite_difference"}
+        How the penalty's weight gradient is computed (see above); ``"auto"`` picks the
+        exact mode where the model allows it.
     fd_step : float, optional
-        ``mode="finite_difference"`` only: the relative step ``tau`` in ``(0, 1)``;
-        ``None`` for ``max(0.02, sqrt(eps))`` of the compute dtype.
+        ``mode="finite_difference"`` (or ``"auto"`` when it falls back) only: the
+        relative step ``tau`` in ``(0, 1)``; ``None`` for ``max(0.02, sqrt(eps))`` of
+        the compute dtype.
     grad_scaler : torch.amp.GradScaler, optional
         For mixed precision with loss scaling, PyTorch's gradient-penalty recipe: the
         loss is multiplied by the scaler's factor before the input gradient (and, in
@@ -131,6 +149,44 @@ class GradientNormPenalty(InputGradientPenalty):
         alone, so the scaler finds no overflow a plain step would not (instead of a
         term ``1/h`` larger that would make it settle ``h`` times lower). A disabled
         scaler is no scaler.
+
+    Notes
+    -----
+    **Choosing epsilon.** Unlike the guided regularizer's distance, the penalty has
+    the units of the input gradient: ``R*`` sums ``|dCE/dx|`` over all ``C x H x W``
+    input values, and the gradient grows as the model fits the data, so a value that
+    is harmless at the start can dominate later. Scale: with inputs ``x' = s x``
+    (pixels in ``[0, 255]``: ``s = 255``; standardised inputs ``(x - mu) / sigma``:
+    ``s = 1 / sigma``, about 4.4 with ImageNet's statistics) the gradient is ``s``
+    times smaller, so the same strength takes ``epsilon`` ``s`` times larger. Another
+    image size or architecture changes ``||g||_1`` too: start a factor of 3 or 10
+    below the table's values and raise ``epsilon`` while the held-out accuracy holds,
+    watching :func:`~captum_regularized.metrics.gini_sparseness` of the plain gradient
+    maps (or the penalty's share of the loss: at ``3e-3`` on the reference model it is
+    about 2 % of the cross-entropy at initialisation, where ``||g||_1`` is about 17,
+    and it grows as the model trains). The accuracy falls off a cliff rather than
+    gently: measured ``"l1"`` on the reference model,
+    :class:`~captum_regularized.models.SimpleCNN` (default width 16, and width 8),
+    trained by :func:`~captum_regularized.models.train_classifier` (AdamW, lr
+    ``3e-3``, batch 64, 10 epochs = 320 steps, ``mode="double_backprop"``) on
+    ``SyntheticShapes(num_samples=2000, image_size=32, seed=0)`` (inputs in
+    ``[0, 1]``), evaluated on 512 held-out images (``seed=1``) in eval mode; Gini =
+    mean :func:`~captum_regularized.metrics.gini_sparseness` of the label logit's
+    plain input gradient:
+
+    ==============  ====================  ====================
+    epsilon         width 16: acc / Gini  width 8: acc / Gini
+    ==============  ====================  ====================
+    0 (no penalty)  100.0 % / 0.64        99.4 % / 0.66
+    1e-3            100.0 % / 0.68        99.2 % / 0.72
+    3e-3 (default)  100.0 % / 0.72        99.2 % / 0.76
+    1e-2            99.8 % / 0.75         96.7 % / 0.76
+    3e-2            83.2 % / 0.76         54.7 % / 0.76
+    ==============  ====================  ====================
+
+    (one seed each). ``3e-3`` gives most of the sparsity at no measured cost;
+    ``1e-2``, the former default, costs accuracy on the narrower model and ``3e-2``
+    a lot on both.
 
     Examples
     --------
@@ -151,11 +207,11 @@ class GradientNormPenalty(InputGradientPenalty):
         self,
         model: nn.Module,
         norm: str = "l1",
-        epsilon: float = 0.01,
+        epsilon: float = 3e-3,
         epsilon2: float = 0.0,
         group_size: int = 14,
         *,
-        mode: str = "double_backprop",
+        mode: str = "auto",
         fd_step: float | None = None,
         grad_scaler: GradientScaler | None = None,
     ) -> None:
@@ -199,9 +255,11 @@ class GradientNormPenalty(InputGradientPenalty):
         """
         with self._training_call(inputs, labels) as scale:
             batch = _Batch(inputs, labels, self.spec.check_mask(mask, inputs), scale)
-            if self.mode == "finite_difference":
-                return self._finite_difference(batch)
-            return self._double_backprop(batch)
+            return self._in_resolved_mode(
+                lambda: self._double_backprop(batch),
+                lambda: self._finite_difference(batch),
+                inputs.device,
+            )
 
     def _loss_fn(self, scale: torch.Tensor | None):  # type: ignore[no-untyped-def]
         if scale is None:

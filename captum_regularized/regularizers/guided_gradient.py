@@ -7,7 +7,8 @@ through it) and ``g_G`` is the guided-backprop gradient of the same logit, a fix
 (detached) target. The paper's best setting is the cosine distance
 ``1 - cos(g, g_G)`` with ``weight = 7.5e-3``. Besides exact double backpropagation, the
 weights can be trained through the penalty by a finite difference of first-order
-gradients (``mode="finite_difference"``), for models that cannot be differentiated twice.
+gradients (``mode="finite_difference"``), for models that cannot be differentiated twice;
+the default, ``mode="auto"``, takes the exact mode where the model allows it.
 """
 
 from __future__ import annotations
@@ -238,13 +239,25 @@ class GuidedGradientRegularizer(InputGradientPenalty):
     with plain autograd on the composed model would. Non-finite inputs are refused before
     any forward pass, and the model's BatchNorm statistics are left as found on error.
 
-    **Modes.** ``"double_backprop"`` (the default) keeps ``g`` in the graph: exact, one
+    **Modes.** ``"auto"`` (the default) runs ``"double_backprop"`` where the model can be
+    differentiated twice and ``"finite_difference"`` where it cannot (MobileNet V3's
+    ``hardsigmoid``, a custom ``@once_differentiable`` function, a ``torch.compile``'d
+    model): the first call tries the exact mode and, when the check below finds an
+    obstacle (before any backward pass of the caller), undoes its side effects
+    (BatchNorm statistics, random state; no ``.grad`` is written), warns once with a
+    ``UserWarning`` naming the obstacle, and runs that call and the following ones in
+    ``"finite_difference"``. A compiled model is resolved at construction. The choice
+    is ``reg.resolved_mode`` (``None`` before the first call); keeping the exact mode
+    is logged at INFO level on the ``captum_regularized.regularizers`` logger. The
+    result is exactly that of the chosen mode passed explicitly.
+
+    ``"double_backprop"`` keeps ``g`` in the graph: exact, one
     forward pass, about 1.8x a plain step's memory. The forward pass runs with PyTorch's
     math attention kernel (``sdpa_kernel([SDPBackend.MATH])``; the fused kernels have no
     double backward); a model part without a second derivative (a custom
     ``autograd.Function`` with a ``@once_differentiable`` backward, an operator without
-    a double backward) is named in a ``RuntimeError`` on the first call, and
-    ``torch.compile``'d models are refused.
+    a double backward) is named in a ``RuntimeError`` on the first call (a
+    ``DoubleBackwardUnavailable``), and ``torch.compile``'d models are refused.
 
     ``"finite_difference"`` needs first derivatives only. With ``S`` the sum of the
     target logits (so ``g = grad_x S``) and ``v = dL_R/dg`` computed from the detached
@@ -285,10 +298,12 @@ class GuidedGradientRegularizer(InputGradientPenalty):
         ``DistributedDataParallel``. Not ``torch.compile``'d in
         ``mode="double_backprop"`` (compiled graphs cannot be differentiated twice;
         pass ``compiled._orig_mod``); compiled as a whole is fine for
-        ``mode="finite_difference"``.
+        ``mode="finite_difference"`` (which ``"auto"`` then takes).
     weight : float
-        Multiplies the mean distance (the paper's best: ``7.5e-3`` with cosine); finite
-        and ``>= 0``.
+        Multiplies the mean distance; finite and ``>= 0``. The default ``7.5e-3`` is the
+        paper's best with the cosine distance and costs no accuracy; over a short run
+        its effect is small, ``0.03``--``0.1`` shows one sooner (see Notes, "Choosing
+        the weight").
     distance : {"cosine", "l1", "mse"} or callable
         ``"cosine"``: ``1 - cos(g, g_G)``. ``"l1"`` / ``"mse"``: mean absolute / squared
         difference of the per-example gradients scaled to unit L2 norm (so the weight
@@ -304,11 +319,13 @@ class GuidedGradientRegularizer(InputGradientPenalty):
         statistics without updating their running statistics (they still move once).
         As in PyTorch, a train-mode BatchNorm layer refuses a subset (or batch) with one
         value per channel, e.g. one example through ``nn.BatchNorm1d``.
-    mode : {"double_backprop", "finite_difference"}
-        How the penalty's weight gradient is computed (see above).
+    mode : {"auto", "double_backprop", "finite_difference"}
+        How the penalty's weight gradient is computed (see above); ``"auto"`` picks the
+        exact mode where the model allows it.
     fd_step : float, optional
-        ``mode="finite_difference"`` only: the relative step in ``(0, 1)``; ``None``
-        for ``max(0.02, sqrt(eps))`` of the compute dtype.
+        ``mode="finite_difference"`` (or ``"auto"`` when it falls back) only: the
+        relative step in ``(0, 1)``; ``None`` for ``max(0.02, sqrt(eps))`` of the
+        compute dtype.
     rule : {"gated", "ungated"}
         The guided rule that makes the target ``g_G``, as in
         :class:`~captum_regularized.attr.GuidedBackprop`: ``"gated"`` (default)
@@ -332,6 +349,11 @@ class GuidedGradientRegularizer(InputGradientPenalty):
 
     Attributes
     ----------
+    mode : str
+        The mode asked for (``"auto"`` by default).
+    resolved_mode : str or None
+        The mode the calls run in: ``"double_backprop"`` or ``"finite_difference"``;
+        for ``mode="auto"``, ``None`` until the first call has chosen.
     last_cosine : Tensor or None
         Mean ``cos(g, g_G)`` over the regularised examples of the last call, a detached
         0-d tensor on the model's device (no host sync), for logging.
@@ -353,6 +375,34 @@ class GuidedGradientRegularizer(InputGradientPenalty):
     mode); with ``fraction < 1`` and ``target="predicted"`` it takes the predicted
     class from the subset's pass. A model whose train-mode BatchNorm layers change
     between the passes of one step (data-dependent control flow) is refused.
+
+    **Choosing the weight.** The distances do not depend on the input's scale or the
+    model's gradient scale (``1 - cos`` lies in ``[0, 2]``; ``"l1"`` and ``"mse"`` compare
+    unit-norm gradients), so the weight trades alignment directly against the
+    cross-entropy (about ``ln C`` at the start, near 0 once the data are fitted) and
+    needs no change when the inputs are rescaled or normalised. Start at the default,
+    watch ``last_cosine`` (or :func:`~captum_regularized.metrics.gradient_alignment` on
+    held-out images) and the held-out accuracy, and raise the weight by factors of 3
+    until the cosine moves as much as you want at an accuracy you accept. Measured on
+    the reference model, :class:`~captum_regularized.models.SimpleCNN` (default width
+    16, and width 8) trained by :func:`~captum_regularized.models.train_classifier`
+    (AdamW, lr ``3e-3``, batch 64, 10 epochs = 320 steps) on
+    ``SyntheticShapes(num_samples=2000, image_size=32, seed=0)``, evaluated on 512
+    held-out images (``seed=1``) in eval mode; cosine = mean
+    :func:`~captum_regularized.metrics.gradient_alignment` of the label's logit:
+
+    ==============  ===================  ======================
+    weight          width 16: acc / cos  width 8: acc / cos
+    ==============  ===================  ======================
+    0 (no penalty)  100.0 % / 0.41       99.4 % / 0.36
+    7.5e-3          100.0 % / 0.42       99.6 % / 0.37
+    0.03            100.0 % / 0.45       99.4 % / 0.38
+    0.1             100.0 % / 0.54       98.6 % / 0.44
+    ==============  ===================  ======================
+
+    (one seed each: accuracy differences below about 1 point are noise). The paper's
+    weight is kept as the default; a short run that should show the effect takes
+    ``0.1``.
 
     Examples
     --------
@@ -376,7 +426,7 @@ class GuidedGradientRegularizer(InputGradientPenalty):
         target: str = "label",
         fraction: float = 1.0,
         *,
-        mode: str = "double_backprop",
+        mode: str = "auto",
         fd_step: float | None = None,
         grad_scaler: GradientScaler | None = None,
         rule: str = "gated",
@@ -386,7 +436,7 @@ class GuidedGradientRegularizer(InputGradientPenalty):
         self.rule = check_guided_rule(rule)
         check_not_scripted(model)  # the guided rule cannot see inside TorchScript modules
         super().__init__(model, mode, fd_step, grad_scaler)
-        if mode == "finite_difference":
+        if self.resolved_mode == "finite_difference":
             _eager_forward(model)  # refuses compiled submodules
         if isinstance(weight, bool) or not isinstance(weight, (int, float, numbers.Real)):
             raise TypeError(f"weight must be a number, got {type(weight).__name__}")
@@ -417,7 +467,7 @@ class GuidedGradientRegularizer(InputGradientPenalty):
 
     def __repr__(self) -> str:
         distance = self.distance if isinstance(self.distance, str) else "<callable>"
-        mode = "" if self.mode == "double_backprop" else f", mode={self.mode!r}"
+        mode = "" if self.mode == "auto" else f", mode={self.mode!r}"
         rule = "" if self.rule == "gated" else f", rule={self.rule!r}"
         return (
             f"{type(self).__name__}(weight={self.weight}, distance={distance!r}, "
@@ -463,29 +513,44 @@ class GuidedGradientRegularizer(InputGradientPenalty):
         with self._training_call(inputs, labels) as scale:
             batch = inputs.shape[0]
             count = max(1, min(batch, round(self.fraction * batch)))
-            if self.mode == "finite_difference":
-                return self._finite_difference(
+            return self._in_resolved_mode(
+                lambda: self._double_backprop(
                     inputs, labels, additional_forward_args, count, scale
-                )
-            if count == batch:
-                with self._double_backward_pass():
-                    logits, plain, guided = guided_and_plain_gradients(
-                        self.model,
-                        inputs,
-                        additional_forward_args=additional_forward_args,
-                        create_graph=True,
-                        per_example=True, rule=self.rule,
-                        score_fn=lambda output: self._scores(output, labels, scale),
-                    )
-            else:
-                logits, plain, guided = self._subset_gradients(
+                ),
+                lambda: self._finite_difference(
                     inputs, labels, additional_forward_args, count, scale
+                ),
+                inputs.device,
+            )
+
+    def _double_backprop(
+        self,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        additional_forward_args: Any,
+        count: int,
+        scale: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, penalty)`` with ``g`` kept in the graph (``create_graph=True``)."""
+        if count == inputs.shape[0]:
+            with self._double_backward_pass():
+                logits, plain, guided = guided_and_plain_gradients(
+                    self.model,
+                    inputs,
+                    additional_forward_args=additional_forward_args,
+                    create_graph=True,
+                    per_example=True, rule=self.rule,
+                    score_fn=lambda output: self._scores(output, labels, scale),
                 )
-            self._check_double_backward_once(logits, plain)
-            if scale is not None:
-                plain, guided = plain / scale, guided / scale
-            per_example = self._distance(plain, guided)
-            _check_per_example_loss(per_example, plain.shape[0])
+        else:
+            logits, plain, guided = self._subset_gradients(
+                inputs, labels, additional_forward_args, count, scale
+            )
+        self._check_double_backward_once(logits, plain)
+        if scale is not None:
+            plain, guided = plain / scale, guided / scale
+        per_example = self._distance(plain, guided)
+        _check_per_example_loss(per_example, plain.shape[0])
         self.last_cosine = (
             (_unit_rows(plain.detach()) * _unit_rows(guided)).sum(1).mean().detach()
         )

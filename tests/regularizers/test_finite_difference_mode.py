@@ -341,7 +341,7 @@ def test_once_differentiable_model_exact_mode_names_the_other_mode(kind):
     with untouched(model, x, labels), pytest.raises(
         RuntimeError, match=r"OnceSoftplus.*once_differentiable.*mode='finite_difference'"
     ):
-        make(model)(x, labels)
+        make(model, mode="double_backprop")(x, labels)
     _, exact = make(twin)(x, labels)
     _, penalty = make(model, mode=FD, fd_step=1e-7)(x, labels)
     torch.testing.assert_close(penalty, exact.detach(), rtol=1e-10, atol=1e-14)
@@ -356,7 +356,9 @@ def test_an_autograd_double_backward_error_is_explained():
             raise RuntimeError("derivative for aten::foo_backward is not implemented")
 
     with pytest.raises(RuntimeError, match="mode='finite_difference'") as info:
-        GradientNormPenalty(NoSecondDerivative())(torch.rand(2, 3), torch.tensor([0, 1]))
+        GradientNormPenalty(NoSecondDerivative(), mode="double_backprop")(
+            torch.rand(2, 3), torch.tensor([0, 1])
+        )
     assert "aten::foo_backward" in str(info.value)
 
 
@@ -380,7 +382,7 @@ def test_compiled_models_run_in_finite_difference_mode(kind, how):
         "penalty": lambda m, **kw: GradientNormPenalty(m, **NORMS["group"], **kw),
     }[kind]
     with pytest.raises(TypeError, match="finite_difference"):
-        make(compiled)
+        make(compiled, mode="double_backprop")
     logits, penalty = make(compiled, mode=FD, fd_step=1e-7)(x, labels)
     _, exact = make(eager)(x, labels)
     torch.testing.assert_close(penalty, exact.detach(), rtol=1e-9, atol=1e-12)
@@ -653,7 +655,11 @@ def test_a_module_before_a_batchnorm_model_is_trained_by_the_subset_difference(s
     "kwargs, error, match",
     [
         ({"mode": "exact"}, ValueError, "mode must be one of"),
-        ({"fd_step": 1e-3}, ValueError, "only used by mode='finite_difference'"),
+        (
+            {"mode": "double_backprop", "fd_step": 1e-3},
+            ValueError,
+            "only used by mode='finite_difference'",
+        ),
         ({"mode": FD, "fd_step": 0.0}, ValueError, "fd_step"),
         ({"mode": FD, "fd_step": float("nan")}, ValueError, "fd_step"),
         ({"mode": FD, "fd_step": "0.1"}, TypeError, "fd_step"),

@@ -240,7 +240,7 @@ def test_bad_models_are_refused():
     with pytest.raises(TypeError, match="model"):
         GuidedGradientRegularizer(lambda x: x)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="_orig_mod"):
-        GuidedGradientRegularizer(torch.compile(small_cnn()))
+        GuidedGradientRegularizer(torch.compile(small_cnn()), mode="double_backprop")
     no_relu = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
     with untouched(no_relu), pytest.raises(ValueError, match="no ReLU"):
         GuidedGradientRegularizer(no_relu)(torch.rand(2, 12), torch.tensor([0, 1]))
