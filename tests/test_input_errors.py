@@ -92,19 +92,9 @@ LOSSES: dict[str, Call] = {
     "GuidedGradientRegularizer": _guided_loss,
     "GradientNormPenalty": _norm_penalty,
 }
-# The losses check a batch with check_training_batch, which refuses dtypes and layouts
-# only when it is given the model: until regularizers/_penalty_modes.py passes
-# ``model=self.model``, only their labels message (missing batch dim) is reached.
-LOSS_NEEDS_MODEL = pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="the losses call check_training_batch without model=self.model",
-)
 ALL_CALLS = [pytest.param(call, id=name) for name, call in ATTRIBUTION_AND_METRIC.items()]
 LOSS_CALLS = [pytest.param(call, id=name) for name, call in LOSSES.items()]
-LOSS_CALLS_NEEDING_MODEL = [
-    pytest.param(call, id=name, marks=LOSS_NEEDS_MODEL) for name, call in LOSSES.items()
-]
+LOSS_CALLS_NEEDING_MODEL = LOSS_CALLS  # the losses check their batch against the model
 
 
 def _refused(

@@ -65,6 +65,7 @@ from captum_regularized._internal.input_gradients import (
 from captum_regularized._internal.model_state import (
     batchnorm_statistics_restored_on_error,
     kept_batchnorm_statistics,
+    unwrap_parallel,
 )
 
 __all__ = [
@@ -982,7 +983,9 @@ class InputGradientPenalty:
         raise.
         """
         check_autograd_available(type(self).__name__)
-        check_training_batch(inputs, labels, class_indices=True)
+        check_training_batch(
+            inputs, labels, class_indices=True, model=unwrap_parallel(self.model)
+        )
         scale = gradient_scale(self.grad_scaler, inputs)
         with batchnorm_statistics_restored_on_error(self.model):
             yield scale

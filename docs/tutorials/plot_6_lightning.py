@@ -72,7 +72,7 @@ val = DataLoader(shapes_set(128, seed=1), batch_size=64)
 module = RegularizedClassifier(
     SimpleCNN(num_classes=4, width=8),
     GuidedGradientRegularizer,
-    regularizer_kwargs={"weight": 0.04, "distance": "cosine"},
+    regularizer_kwargs={"weight": 0.1, "distance": "cosine"},
     lr=5e-3,
 )
 
