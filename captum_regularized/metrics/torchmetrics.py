@@ -88,6 +88,7 @@ from captum_regularized.metrics.confidence_change import (
 from captum_regularized.metrics.deletion_insertion import Substrate, deletion_auc, insertion_auc
 from captum_regularized.metrics.gradient_alignment import gradient_alignment
 from captum_regularized.metrics.pointing_game import energy_pointing_game, pointing_game
+from captum_regularized.metrics.road import ROAD_PERCENTILES, road
 from captum_regularized.metrics.sparseness import gini_sparseness
 
 with optional_extra(__name__, "torchmetrics"):
@@ -104,6 +105,7 @@ __all__ = [
     "IncreaseInConfidence",
     "InsertionAUC",
     "PointingGame",
+    "ROADCombined",
 ]
 
 
@@ -512,6 +514,71 @@ class AllegianceDeletionAUC(_ModelMetric):
             additional_forward_args=additional_forward_args, **self.settings,
         )
         self._add(curve.per_example_auc)
+
+
+def _road_combined(
+    forward_func: Callable[..., Any],
+    inputs: torch.Tensor,
+    attributions: torch.Tensor,
+    target: TargetType = None,
+    **settings: Any,
+) -> torch.Tensor:
+    """The per-example ``combined`` score of :func:`~captum_regularized.metrics.road`."""
+    combined = road(forward_func, inputs, attributions, target, order="both", **settings).combined
+    if combined is None:  # order="both" always gives it
+        raise RuntimeError("road returned no combined score")
+    return combined
+
+
+class ROADCombined(_ModelMetric):
+    """Mean ROAD score ``(LeRF mean - MoRF mean) / 2`` over every example; higher is better.
+
+    Wraps :func:`~captum_regularized.metrics.road` with both orders (its ``combined``
+    field, pytorch-grad-cam's ``ROADCombined``): ``update(inputs, attributions,
+    target=None, additional_forward_args=None)``. Each update draws its own imputation
+    noise.
+
+    Parameters
+    ----------
+    forward_func : callable
+        The model (not registered as a submodule of the metric).
+    percentiles, noise, channel_reduction, apply_softmax, internal_batch_size
+        As in :func:`~captum_regularized.metrics.road`, checked here.
+    **kwargs
+        ``torchmetrics.Metric`` options.
+
+    Examples
+    --------
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    >>> metric = ROADCombined(model, percentiles=(25, 50, 75))
+    >>> metric.update(torch.rand(5, 1, 4, 4), torch.rand(5, 4, 4))
+    >>> metric.compute().shape
+    torch.Size([])
+    """
+
+    higher_is_better: bool | None = True
+    _function = staticmethod(_road_combined)
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Any],
+        *,
+        percentiles: Sequence[float] = ROAD_PERCENTILES,
+        noise: float = 0.01,
+        channel_reduction: str = "max",
+        apply_softmax: bool = True,
+        internal_batch_size: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        settings = {
+            "percentiles": tuple(percentiles),
+            "noise": noise,
+            "channel_reduction": channel_reduction,
+            "apply_softmax": apply_softmax,
+            "internal_batch_size": internal_batch_size,
+        }
+        _probe(_road_combined, settings)
+        super().__init__(forward_func, settings, **kwargs)
 
 
 class GradientAlignment(_ModelMetric):

@@ -576,6 +576,7 @@ if metric_objects is not None:
                 ("DeletionAUC", lambda m: _mo.DeletionAUC(m, steps=4)),
                 ("AverageDrop", _mo.AverageDrop),
                 ("AllegianceDeletionAUC", _mo.AllegianceDeletionAUC),
+                ("ROADCombined", lambda m: _mo.ROADCombined(m, percentiles=(25, 75), noise=0.0)),
             ]
         ),
         Entry("torchmetrics.GradientAlignment", "metric",

@@ -81,6 +81,12 @@ CASES: dict[str, Case] = {
             m, b["inputs"], b["maps"], fill="white", fractions=(0.0, 0.25, 0.5)
         ).per_example_auc,
     ),
+    "ROADCombined": (  # noise 0: the imputation is deterministic, so the two agree
+        lambda m: tm.ROADCombined(m, percentiles=(20, 60), noise=0.0),
+        lambda metric, b: metric.update(b["inputs"], b["maps"], target=b["target"]),
+        lambda m, b: metrics.road(m, b["inputs"], b["maps"], b["target"], percentiles=(20, 60),
+                                  noise=0.0).combined,
+    ),
     "GradientAlignment": (
         lambda m: tm.GradientAlignment(m, rule="ungated"),
         lambda metric, b: metric.update(b["inputs"], target=b["target"]),

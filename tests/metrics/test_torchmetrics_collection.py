@@ -46,6 +46,7 @@ def _members(model: SimpleCNN, other: SimpleCNN) -> dict[str, Callable[[], Any]]
         "increase_other_model": lambda: tm.IncreaseInConfidence(other),
         "allegiance": lambda: tm.AllegianceDeletionAUC(model, fractions=(0.0, 0.25, 0.5)),
         "alignment": lambda: tm.GradientAlignment(model),
+        "road": lambda: tm.ROADCombined(model, percentiles=(25, 75), noise=0.0),
         "pointing": lambda: tm.PointingGame(),
         "pointing_sum": lambda: tm.PointingGame(channel_reduction="sum"),
         "energy": lambda: tm.EnergyPointingGame(),
@@ -68,6 +69,7 @@ def _reference(model: SimpleCNN, other: SimpleCNN, b: Batch) -> dict[str, torch.
         "allegiance": metrics.allegiance_deletion_auc(
             model, x, maps, fractions=(0.0, 0.25, 0.5)).per_example_auc,
         "alignment": metrics.gradient_alignment(model, x, target),
+        "road": metrics.road(model, x, maps, target, percentiles=(25, 75), noise=0.0).combined,
         "pointing": metrics.pointing_game(maps, masks),
         "pointing_sum": metrics.pointing_game(maps, masks, channel_reduction="sum"),
         "energy": metrics.energy_pointing_game(maps, masks),
@@ -136,7 +138,7 @@ def test_every_member_of_a_default_collection_equals_the_metric_alone():
         torch.testing.assert_close(value, alone[name].compute(), rtol=1e-5, atol=1e-6, msg=name)
         torch.testing.assert_close(value, reference[name].mean(), rtol=1e-5, atol=1e-6, msg=name)
     # no two of these members were put in one compute group
-    assert sorted(len(group) for group in collection.compute_groups.values()) == [1] * 13
+    assert sorted(len(group) for group in collection.compute_groups.values()) == [1] * len(members)
 
 
 def test_identical_members_still_share_their_updates():
