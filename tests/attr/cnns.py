@@ -1,6 +1,10 @@
-"""A small CNN for the layer-method tests, with BatchNorm statistics worth keeping."""
+"""A small CNN for the layer-method tests, with BatchNorm statistics worth keeping, and
+the hook the tests' own reference implementations read a layer's value with."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -26,3 +30,18 @@ def cnn_with_statistics(
                 module.running_mean.uniform_(-0.2, 0.2)
                 module.running_var.uniform_(0.5, 1.5)
     return model
+
+
+@contextlib.contextmanager
+def captured_layer(layer: nn.Module, use_input: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield a dict whose ``"a"`` is the layer's output (or first input) of the block's
+    forward pass, as it is on the graph; the hook is removed when the block ends."""
+    captured: dict[str, torch.Tensor] = {}
+    if use_input:
+        handle = layer.register_forward_pre_hook(lambda m, i: captured.update(a=i[0]))
+    else:
+        handle = layer.register_forward_hook(lambda m, i, o: captured.update(a=o))
+    try:
+        yield captured
+    finally:
+        handle.remove()

@@ -13,6 +13,7 @@ from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
 
 from captum_regularized.attr import LayerGradCamPlusPlus, vit_tokens_to_map
+from tests.attr.cnns import captured_layer
 from tests.attr.cnns import cnn_with_statistics as small_cnn
 from tests.model_checks import untouched
 
@@ -51,22 +52,11 @@ def reference_grad_cam_plus_plus(
     """The closed form written out: one example and one channel at a time, no final ReLU."""
     maps = []
     for index, klass in enumerate(target):
-        captured = {}
-        if use_input:
-            handle = layer.register_forward_pre_hook(
-                lambda m, i, captured=captured: captured.update(a=i[0])
-            )
-        else:
-            handle = layer.register_forward_hook(
-                lambda m, i, o, captured=captured: captured.update(a=o)
-            )
-        try:
+        with captured_layer(layer, use_input) as captured:
             point = tuple(x[index : index + 1].clone().requires_grad_() for x in inputs)
             args = tuple(a[index : index + 1] if torch.is_tensor(a) and a.dim() else a
                          for a in extra_args)
             score = model(*point, *args)[0, klass]
-        finally:
-            handle.remove()
         (grad,) = torch.autograd.grad(score, captured["a"])
         act, grad = reshape(captured["a"].detach())[0], reshape(grad)[0]
         cam = torch.zeros(act.shape[1:], dtype=torch.float64)

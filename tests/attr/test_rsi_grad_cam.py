@@ -11,6 +11,7 @@ from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
 
 from captum_regularized.attr import LayerRSIGradCam, vit_tokens_to_map
+from tests.attr.cnns import captured_layer
 from tests.attr.cnns import cnn_with_statistics as small_cnn
 from tests.model_checks import untouched
 
@@ -52,19 +53,8 @@ def reference_rsi_grad_cam(
             (b + (step / n_steps) * (x - b)).detach().requires_grad_()
             for x, b in zip(inputs, baselines)
         )
-        captured = {}
-        if use_input:
-            handle = layer.register_forward_pre_hook(
-                lambda m, i, captured=captured: captured.update(a=i[0])
-            )
-        else:
-            handle = layer.register_forward_hook(
-                lambda m, i, o, captured=captured: captured.update(a=o)
-            )
-        try:
+        with captured_layer(layer, use_input) as captured:
             out = transform(model(*point, *extra_args))
-        finally:
-            handle.remove()
         score = out.gather(1, target[:, None])[:, 0]
         (grad,) = torch.autograd.grad(score.sum(), captured["a"])
         activations.append(reshape(captured["a"].detach()))

@@ -15,6 +15,7 @@ from torch import nn
 
 from captum_regularized.attr import LayerScoreCam, vit_tokens_to_map
 from captum_regularized.attr.score_cam import channel_masks
+from tests.attr.cnns import captured_layer
 from tests.attr.cnns import cnn_with_statistics as small_cnn
 from tests.model_checks import untouched
 
@@ -70,19 +71,8 @@ def reference_score_cam(
                 torch.zeros_like(x) if baselines is None else baselines[i][index : index + 1]
                 for i, x in enumerate(example)
             )
-            captured = {}
-            if use_input:
-                hook = layer.register_forward_pre_hook(
-                    lambda m, i, captured=captured: captured.update(a=i[0])
-                )
-            else:
-                hook = layer.register_forward_hook(
-                    lambda m, i, o, captured=captured: captured.update(a=o)
-                )
-            try:
+            with captured_layer(layer, use_input) as captured:
                 model(*example, *args)
-            finally:
-                hook.remove()
             act = reshape(captured["a"])[0]
             scores = []
             for channel in range(act.shape[0]):
