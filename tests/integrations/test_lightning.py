@@ -14,7 +14,7 @@ pl = pytest.importorskip("lightning.pytorch")
 
 from captum.attr import LayerGradCam, Saliency  # noqa: E402
 from lightning.pytorch.loggers import Logger  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
 from captum_regularized import attr, metrics  # noqa: E402
 from captum_regularized.integrations.lightning import (  # noqa: E402
@@ -30,20 +30,12 @@ from captum_regularized.regularizers import (  # noqa: E402
     NormRegularizedAdversarialLoss,
 )
 from tests.distributed import run_distributed  # noqa: E402
+from tests.integrations.lightning_data import small_data as _data  # noqa: E402
 from tests.model_checks import untouched  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::UserWarning:lightning.*", "ignore::UserWarning:captum.*"
 )
-
-
-def _data(n: int, seed: int) -> TensorDataset:
-    gen = torch.Generator().manual_seed(seed)
-    return TensorDataset(
-        torch.rand(n, 3, 8, 8, generator=gen),
-        torch.randint(0, 3, (n,), generator=gen),
-        torch.rand(n, 8, 8, generator=gen) > 0.5,
-    )
 
 
 def _deletion(batch: metrics.MetricBatch) -> torch.Tensor:

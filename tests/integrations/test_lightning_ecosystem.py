@@ -17,7 +17,7 @@ from torch import nn
 pl = pytest.importorskip("lightning.pytorch")
 
 from captum.attr import LayerGradCam, Saliency  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
 from captum_regularized import metrics  # noqa: E402
 from captum_regularized.integrations.lightning import (  # noqa: E402
@@ -26,19 +26,11 @@ from captum_regularized.integrations.lightning import (  # noqa: E402
 )
 from captum_regularized.models import SimpleCNN  # noqa: E402
 from captum_regularized.regularizers import GradientNormPenalty  # noqa: E402
+from tests.integrations.lightning_data import small_data as _data  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::UserWarning:lightning.*", "ignore::UserWarning:captum.*"
 )
-
-
-def _data(n: int, seed: int) -> TensorDataset:
-    gen = torch.Generator().manual_seed(seed)
-    return TensorDataset(
-        torch.rand(n, 3, 8, 8, generator=gen),
-        torch.randint(0, 3, (n,), generator=gen),
-        torch.rand(n, 8, 8, generator=gen) > 0.5,
-    )
 
 
 def _trainer(tmp_path: Any, callbacks: list, **kwargs: Any) -> pl.Trainer:
