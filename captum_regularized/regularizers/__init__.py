@@ -7,12 +7,21 @@
 * :class:`NormRegularizedAdversarialLoss`: the adversarial form of the same training.
 
 The two penalties on the input gradient take ``mode="double_backprop"`` (exact) or
-``mode="finite_difference"`` (first derivatives only); the default, ``mode="auto"``,
-runs the exact mode where the model can be differentiated twice and falls back to
-finite differences where it cannot (MobileNet V3's ``hardsigmoid``, custom
-``@once_differentiable`` functions, ``torch.compile``'d models), with one
-``UserWarning`` when it falls back; ``.resolved_mode`` says which it took. They
-refuse the same bad calls, before any forward pass where the inputs are at fault:
+``mode="finite_difference"`` (first derivatives only). The default, ``mode="auto"``,
+runs the exact mode where the model can be differentiated twice and finite
+differences where it cannot (MobileNet V3's ``hardsigmoid``, a custom
+``@once_differentiable`` function, a ``torch.compile``'d model): the first call tries
+the exact mode and, when the double-backward check finds an obstacle (before any
+backward pass of the caller), undoes its side effects (BatchNorm statistics, random
+state; no ``.grad`` is written), warns once with a ``UserWarning`` naming the
+obstacle, and runs that call and the following ones with finite differences. A
+compiled model is resolved at construction. ``.resolved_mode`` gives the choice
+(``None`` before the first call); keeping the exact mode is logged at INFO level on
+the ``captum_regularized.regularizers`` logger. The result is exactly that of the
+chosen mode passed explicitly.
+
+Both penalties refuse the same bad calls, before any forward pass where the inputs are
+at fault:
 
 * ``RuntimeError`` inside ``torch.inference_mode()``; for a model that modifies its
   input in place; in ``mode="double_backprop"``, for a model that cannot be

@@ -240,16 +240,9 @@ class GuidedGradientRegularizer(InputGradientPenalty):
     any forward pass, and the model's BatchNorm statistics are left as found on error.
 
     **Modes.** ``"auto"`` (the default) runs ``"double_backprop"`` where the model can be
-    differentiated twice and ``"finite_difference"`` where it cannot (MobileNet V3's
-    ``hardsigmoid``, a custom ``@once_differentiable`` function, a ``torch.compile``'d
-    model): the first call tries the exact mode and, when the check below finds an
-    obstacle (before any backward pass of the caller), undoes its side effects
-    (BatchNorm statistics, random state; no ``.grad`` is written), warns once with a
-    ``UserWarning`` naming the obstacle, and runs that call and the following ones in
-    ``"finite_difference"``. A compiled model is resolved at construction. The choice
-    is ``reg.resolved_mode`` (``None`` before the first call); keeping the exact mode
-    is logged at INFO level on the ``captum_regularized.regularizers`` logger. The
-    result is exactly that of the chosen mode passed explicitly.
+    differentiated twice and ``"finite_difference"`` where it cannot; how it decides is
+    in :mod:`captum_regularized.regularizers`, and ``reg.resolved_mode`` says which it
+    took.
 
     ``"double_backprop"`` keeps ``g`` in the graph: exact, one
     forward pass, about 1.8x a plain step's memory. The forward pass runs with PyTorch's
