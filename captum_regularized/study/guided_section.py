@@ -7,15 +7,13 @@ interpretable, and improves CAM-style explanations at a small cost in accuracy.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from captum.attr import LayerGradCam, Saliency
 from torch import nn
 
+from captum_regularized.attr import LayerGradCamPlusPlus, LayerScoreCam
 from captum_regularized.metrics import confidence_change, gradient_alignment
 from captum_regularized.study.map_scores import faithfulness_scores, mask_scores, upsampled
 from captum_regularized.study.model_zoo import TrainedModel
@@ -26,7 +24,7 @@ __all__ = [
     "ACCURACY_MARGIN",
     "MOBILENET_MODELS",
     "MODELS",
-    "cam_package_methods",
+    "cam_methods",
     "run_guided_section",
 ]
 
@@ -58,65 +56,29 @@ CAM_METRICS = {
 Explain = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-@contextlib.contextmanager
-def _without_progress_bars() -> Iterator[None]:
-    """Hold back what is written to stderr meanwhile, then pass on all but progress bars.
+def cam_methods(trained: TrainedModel) -> dict[str, Explain]:
+    """Grad-CAM++ and Score-CAM on the model's Grad-CAM layer, upsampled to the images.
 
-    grad-cam's Score-CAM draws a tqdm bar per image, with no option to turn it off.
-    tqdm redraws a bar after a carriage return, so a line holding one is a bar; every
-    other line (a warning, say) reaches stderr when the block ends.
-
-    Examples
-    --------
-    >>> from tqdm import tqdm
-    >>> shown = io.StringIO()
-    >>> with contextlib.redirect_stderr(shown), _without_progress_bars():
-    ...     _ = list(tqdm(range(3)))
-    ...     print("a warning", file=sys.stderr)
-    >>> shown.getvalue()
-    'a warning\\n'
-    """
-    held = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(held):
-            yield
-    finally:
-        lines = held.getvalue().split("\n")
-        sys.stderr.write("\n".join(line for line in lines if "\r" not in line))
-
-
-def cam_package_methods(trained: TrainedModel) -> dict[str, Explain]:
-    """Grad-CAM++ and Score-CAM from the optional ``grad-cam`` package; ``{}`` without it.
-
-    The progress bars Score-CAM draws on its own are held back (the study's
-    ``progress`` switch covers training only, and these bars say nothing useful).
+    The package's :class:`~captum_regularized.attr.LayerGradCamPlusPlus` (with
+    pytorch-grad-cam's ``eps``) and :class:`~captum_regularized.attr.LayerScoreCam`,
+    which give pytorch-grad-cam's maps, so the inventory needs no optional package.
 
     Examples
     --------
     >>> from captum_regularized.models import SimpleCNN
     >>> trained = TrainedModel("simple_cnn", 0, SimpleCNN(3, width=2).eval(), 0.5, 0.5, 0.0)
-    >>> set(cam_package_methods(trained)) <= {"Grad-CAM++", "Score-CAM"}
-    True
+    >>> maps = cam_methods(trained)["Score-CAM"](torch.rand(2, 3, 16, 16), torch.tensor([0, 2]))
+    >>> sorted(cam_methods(trained)), tuple(maps.shape)
+    (['Grad-CAM++', 'Score-CAM'], (2, 1, 16, 16))
     """
-    try:
-        from pytorch_grad_cam import GradCAMPlusPlus, ScoreCAM
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-    except ImportError:
-        return {}
-
-    def method(cls: type) -> Explain:
-        def explain(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            targets = [ClassifierOutputTarget(int(label)) for label in t.tolist()]
-            with (
-                _without_progress_bars(),
-                cls(model=trained.model, target_layers=[trained.grad_cam_layer]) as cam,
-            ):
-                maps = cam(input_tensor=x, targets=targets)
-            return torch.as_tensor(maps, dtype=x.dtype, device=x.device)[:, None]
-
-        return explain
-
-    return {"Grad-CAM++": method(GradCAMPlusPlus), "Score-CAM": method(ScoreCAM)}
+    plus_plus = LayerGradCamPlusPlus(trained.model, trained.grad_cam_layer)
+    score = LayerScoreCam(trained.model, trained.grad_cam_layer)
+    return {
+        "Grad-CAM++": lambda x, t: upsampled(
+            plus_plus.attribute(x, target=t, eps=1e-6).detach(), x
+        ),
+        "Score-CAM": lambda x, t: upsampled(score.attribute(x, target=t, progress=False), x),
+    }
 
 
 def _new_section(cam_tables: list[str]) -> Section:
@@ -200,13 +162,7 @@ def run_guided_section(context: StudyContext) -> Section:
     """
     s = context.settings
     first = context.seeds[0]
-    cam_tables = list(cam_package_methods(context.zoo.get("simple_cnn", first)))
-    section = _new_section(cam_tables)
-    if not cam_tables:
-        section.notes.append(
-            "Grad-CAM++ and Score-CAM skipped: the optional `grad-cam` package is not "
-            "installed (`pip install grad-cam`)."
-        )
+    section = _new_section(list(cam_methods(context.zoo.get("simple_cnn", first))))
     context.note_missing_masks(section)
     recipes = dict(MODELS)
     if context.data.key in s.mobilenet_data_sets:
@@ -242,7 +198,7 @@ def run_guided_section(context: StudyContext) -> Section:
             }
             cam_maps.update(
                 {name: explain(images, labels)
-                 for name, explain in cam_package_methods(trained).items()}
+                 for name, explain in cam_methods(trained).items()}
             )
             for table, maps in cam_maps.items():
                 scores = _cam_scores(model, images, labels, maps, s.perturbation_steps)

@@ -208,8 +208,9 @@ def test_damaged_fashion_mnist_is_a_one_line_error(damage, data, tmp_path, monke
 
 
 def test_no_progress_prints_no_bars(tmp_path, monkeypatch, capfd):
-    """The guided section runs Score-CAM (from the optional grad-cam package), which
-    draws a tqdm bar per image on its own; the MobileNet pair is left out for speed."""
+    """The guided section runs Score-CAM, whose progress bar the study keeps off (a
+    pytorch-grad-cam Score-CAM drew one per image); the MobileNet pair is left out for
+    speed."""
     sizes = replace(TINY, mobilenet_data_sets=(), train_samples=32, eval_examples=2,
                     perturbation_steps=2)
     out = tmp_path / "out"
