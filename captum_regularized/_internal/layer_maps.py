@@ -23,6 +23,7 @@ from captum_regularized._internal.model_state import find_module, unwrap_data_pa
 
 __all__ = [
     "LayerCam",
+    "check_grad_kwargs",
     "check_output_batch",
     "check_reshape_transform",
     "checked_layer_method",
@@ -103,6 +104,21 @@ def checked_layer_method(forward_func: Callable[..., Any], layer: object) -> Cal
             "forward_func"
         )
     return forward_func
+
+
+def check_grad_kwargs(grad_kwargs: object) -> None:
+    """Raise ``TypeError`` unless ``grad_kwargs`` (for ``torch.autograd.grad``) is a dict or None.
+
+    Examples
+    --------
+    >>> check_grad_kwargs({"retain_graph": True})
+    >>> check_grad_kwargs([1])
+    Traceback (most recent call last):
+    ...
+    TypeError: grad_kwargs must be a dict or None, got list
+    """
+    if grad_kwargs is not None and not isinstance(grad_kwargs, dict):
+        raise TypeError(f"grad_kwargs must be a dict or None, got {type(grad_kwargs).__name__}")
 
 
 def check_reshape_transform(reshape_transform: object) -> None:

@@ -24,6 +24,7 @@ from captum_regularized._internal.captum_compat import (
 from captum_regularized._internal.checks import check_attribution_inputs
 from captum_regularized._internal.layer_maps import (
     LayerCam,
+    check_grad_kwargs,
     check_output_batch,
     check_reshape_transform,
     layer_maps,
@@ -208,8 +209,7 @@ class LayerGradCamPlusPlus(LayerCam):
         model = find_module(self.forward_func)
         batch = check_attribution_inputs(call.inputs, model)
         check_reshape_transform(reshape_transform)
-        if grad_kwargs is not None and not isinstance(grad_kwargs, dict):
-            raise TypeError(f"grad_kwargs must be a dict or None, got {type(grad_kwargs).__name__}")
+        check_grad_kwargs(grad_kwargs)
         if isinstance(eps, bool) or not isinstance(eps, (int, float)):
             raise TypeError(f"eps must be a float, got {type(eps).__name__}")
         if not math.isfinite(eps) or eps < 0:

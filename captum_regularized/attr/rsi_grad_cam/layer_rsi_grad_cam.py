@@ -39,12 +39,12 @@ from captum_regularized._internal.checks import (
     check_attribution_inputs,
     check_autograd_available,
 )
+from captum_regularized._internal.layer_maps import check_grad_kwargs, checked_layer_method
 from captum_regularized._internal.layer_tap import LayerTap
 from captum_regularized._internal.model_state import (
     find_module,
     kept_batchnorm_statistics,
     preserved_model,
-    unwrap_data_parallel,
 )
 from captum_regularized._internal.targets import (
     class_indices,
@@ -424,15 +424,7 @@ class LayerRSIGradCam(WithoutFutures, LayerAttribution, GradientAttribution):
         layer: nn.Module,
         device_ids: list[int] | None = None,
     ) -> None:
-        if not isinstance(layer, nn.Module):
-            raise TypeError(f"layer must be an nn.Module, got {type(layer).__name__}")
-        forward_func = unwrap_data_parallel(forward_func)  # the tap cannot follow replicas
-        model = find_module(forward_func)
-        if model is not None and not any(module is layer for module in model.modules()):
-            raise ValueError(
-                f"layer ({type(layer).__name__}) is not a submodule of the model passed as "
-                "forward_func"
-            )
+        forward_func = checked_layer_method(forward_func, layer)
         LayerAttribution.__init__(self, forward_func, layer, device_ids)
         GradientAttribution.__init__(self, forward_func)
         self.last_n_steps: torch.Tensor | None = None
@@ -613,8 +605,7 @@ class LayerRSIGradCam(WithoutFutures, LayerAttribution, GradientAttribution):
             )
         if reshape_transform is not None and not callable(reshape_transform):
             raise TypeError("reshape_transform must be a callable or None")
-        if grad_kwargs is not None and not isinstance(grad_kwargs, dict):
-            raise TypeError(f"grad_kwargs must be a dict or None, got {type(grad_kwargs).__name__}")
+        check_grad_kwargs(grad_kwargs)
         transform = _resolve_output_transform(output_transform)
         inputs_tuple, _ = format_inputs(inputs)
         model = find_module(self.forward_func)
