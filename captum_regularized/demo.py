@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from captum_regularized.attr import LayerRSIGradCam, signed_saliency_maps
+from captum_regularized.datasets.synthetic_shapes import CONFIGURATIONS
 from captum_regularized.metrics import (
     deletion_auc,
     energy_pointing_game,
@@ -100,10 +101,10 @@ class DemoSettings:
         s = self.study
         return {
             "image_size": s.image_size,
-            "train_samples": s.train_samples,
+            "train_samples": s.synthetic_train_samples,
             "test_samples": s.test_samples,
             "num_classes": s.num_classes,
-            "num_distractors": s.num_distractors,
+            "num_distractors": CONFIGURATIONS[s.synthetic_configuration]["num_distractors"],
             "width": s.width,
             "epochs": s.epochs,
             "batch_size": s.batch_size,
@@ -119,8 +120,8 @@ class DemoSettings:
 DEMO_FULL = DemoSettings(
     replace(
         STUDY_FULL, seeds=1, synthetic_configuration="standard", image_size=32,
-        num_classes=10, num_distractors=2, width=8, batch_size=64, lr=1e-2,
-        train_samples=4000, test_samples=1000, epochs=5, eval_examples=200,
+        num_classes=10, width=8, batch_size=64, lr=1e-2,
+        synthetic_train_samples=4000, test_samples=1000, epochs=5, eval_examples=200,
         perturbation_steps=16, figure_rows=5,
     ),
     finetune_epochs=1,
@@ -129,7 +130,7 @@ DEMO_FULL = DemoSettings(
 """``captum-regularized demo``, the run the README shows."""
 DEMO_QUICK = DemoSettings(
     replace(
-        DEMO_FULL.study, train_samples=2500, test_samples=200, epochs=3, eval_examples=32,
+        DEMO_FULL.study, synthetic_train_samples=2500, test_samples=200, epochs=3, eval_examples=32,
         perturbation_steps=8, figure_rows=3,
     ),
     finetune_epochs=1,
@@ -243,7 +244,7 @@ def _map_scores(
     """The study's mask scores, the deletion AUC (black fill) and the Gini index."""
     deletion = deletion_auc(model, images, maps, target=targets, steps=steps)
     return {
-        **mask_scores(maps, masks),
+        **{name: float(score.mean()) for name, score in mask_scores(maps, masks).items()},
         "deletion_auc": float(deletion.mean()),
         "gini": float(gini_sparseness(maps).mean()),
     }

@@ -26,7 +26,8 @@ modified images are made on the fly by a wrapper of the caller's data sets, whic
 never modified. Training is the caller's: ``train(loader) -> model`` receives a
 ``DataLoader`` that is the caller's training loader (same sampler, batch size, workers,
 collate function) over the modified images, so it runs on any device and with any
-recipe.
+recipe. The retrained models' verdict on every test item is kept too (``correct``,
+``random_correct``), for paired per-example comparisons between maps.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from captum_regularized._internal.model_outputs import logits_of
 from captum_regularized._internal.model_state import find_module, model_device, preserved_model
 from captum_regularized._internal.pixel_maps import CHANNEL_REDUCTIONS, per_pixel_map
 from captum_regularized.metrics._perturbation import pixel_ranks
-from captum_regularized.models.training import evaluate_accuracy
+from captum_regularized.models.training import _collate
 
 __all__ = ["ROAR_FRACTIONS", "RemoveAndRetrain", "remove_and_retrain"]
 
@@ -77,8 +78,18 @@ class RemoveAndRetrain:
         Mean of ``diff_roar`` over the fractions.
     fill : Tensor
         ``(C,)``: the value that replaced removed pixels, per channel.
+    correct : Tensor or None
+        ``(K, N)`` bool, ``N`` the length of the test data set: ``correct[k, i]`` is True
+        when the model retrained with the map's removal at ``fractions[k]`` classifies
+        test item ``i`` (the data set's index order, with that item's pixels removed) as
+        its label, so ``accuracy[k] == correct[k].double().mean()``. Paired per-example
+        values, for comparing maps item by item. None when not given (it is last and
+        optional, so older positional constructions still work).
+    random_correct : Tensor or None
+        ``(K, N)`` bool: the same for the random ranking (``random_accuracy``).
 
-    All tensors are float64, on the CPU.
+    All tensors are on the CPU; ``correct`` and ``random_correct`` are bool, the others
+    float64.
 
     Examples
     --------
@@ -95,6 +106,8 @@ class RemoveAndRetrain:
     diff_roar: torch.Tensor
     diff_roar_mean: float
     fill: torch.Tensor
+    correct: torch.Tensor | None = None
+    random_correct: torch.Tensor | None = None
 
 
 class _PixelsRemoved(Dataset):
@@ -334,21 +347,35 @@ def _first_image(loader: DataLoader, name: str) -> torch.Tensor:
     return first[0]
 
 
-def _retrained_accuracy(
+def _retrained_correct(
     train: Callable[[DataLoader], nn.Module],
     train_loader: DataLoader,
     test_loader: DataLoader,
     train_data: _PixelsRemoved,
     test_data: _PixelsRemoved,
-) -> float:
+) -> torch.Tensor:
+    """Retrain on ``train_data``; ``(N,)`` bool on the CPU: which items of ``test_data``,
+    in index order, the model classifies as their label (one pass, in eval mode, with
+    the modes restored; batched and collated as ``test_loader``)."""
     model = train(_like(train_loader, train_data))
     if not isinstance(model, nn.Module):
         raise TypeError(f"train must return the trained nn.Module, got {type(model).__name__}")
     batch_size = test_loader.batch_size
-    return evaluate_accuracy(
-        model, test_data, batch_size=256 if batch_size is None else batch_size,
-        collate_fn=None if batch_size is None else test_loader.collate_fn,
+    loader = DataLoader(
+        test_data, batch_size=256 if batch_size is None else batch_size, shuffle=False,
+        collate_fn=_collate if batch_size is None else test_loader.collate_fn,
     )
+    where = model_device(model)
+    hits: list[torch.Tensor] = []
+    with preserved_model(model, eval_mode=True), torch.no_grad():
+        for index, batch in enumerate(loader):
+            images, labels = _images_labels(batch, index, "test_loader")
+            if where is not None:
+                images = images.to(where)
+            output = logits_of(model(images), "model")
+            logits = check_class_scores(output, batch=len(images), who="model")
+            hits.append((logits.argmax(1) == labels.to(logits.device)).cpu())
+    return torch.cat(hits)
 
 
 def remove_and_retrain(
@@ -424,7 +451,11 @@ def remove_and_retrain(
     -------
     RemoveAndRetrain
         ``fractions``, ``accuracy``, ``random_accuracy``, ``diff_roar``,
-        ``diff_roar_mean`` and the ``fill`` used.
+        ``diff_roar_mean``, the ``fill`` used, and the per-item ``correct`` and
+        ``random_correct``: ``(len(fractions), len(test_loader.dataset))`` bool, whether
+        each retrained model classifies each test item (index order, pixels removed) as
+        its label; ``accuracy[k] == correct[k].double().mean()``. They come from the same
+        single pass over the test set that gives the accuracies.
 
     Raises
     ------
@@ -464,6 +495,10 @@ def remove_and_retrain(
     ...                             progress=False)
     >>> result.fractions.tolist(), bool(result.diff_roar_mean > 0)
     ([10.0, 50.0], True)
+    >>> result.correct.shape, result.correct.dtype
+    (torch.Size([2, 40]), torch.bool)
+    >>> bool((result.correct.double().mean(1) == result.accuracy).all())
+    True
     """
     if not callable(train):
         raise TypeError(f"train must be a callable train(loader) -> model, got {train!r}")
@@ -512,24 +547,26 @@ def remove_and_retrain(
         train_ranks = _rank_data(train_loader, "train_loader", explain, counts=counts, **shared)
         test_ranks = _rank_data(test_loader, "test_loader", explain, counts=counts, **shared)
     fill_values = _fill_values(fill, train_ranks)
-    accuracy: list[float] = []
-    random_accuracy: list[float] = []
+    correct: list[torch.Tensor] = []
+    random_correct: list[torch.Tensor] = []
     bar = tqdm(total=2 * len(values), desc="retraining", disable=not progress, leave=False)
     with bar:
         for step in range(len(values)):
-            for kind, results in (("levels", accuracy), ("random_levels", random_accuracy)):
+            for kind, results in (("levels", correct), ("random_levels", random_correct)):
                 train_data = _PixelsRemoved(
                     train_loader.dataset, getattr(train_ranks, kind), step, fill_values, size
                 )
                 test_data = _PixelsRemoved(
                     test_loader.dataset, getattr(test_ranks, kind), step, fill_values, size
                 )
-                results.append(_retrained_accuracy(
+                results.append(_retrained_correct(
                     train, train_loader, test_loader, train_data, test_data
                 ))
                 bar.update(1)
-    map_accuracy = torch.tensor(accuracy, dtype=torch.float64)
-    chance_accuracy = torch.tensor(random_accuracy, dtype=torch.float64)
+    map_correct = torch.stack(correct)
+    chance_correct = torch.stack(random_correct)
+    map_accuracy = map_correct.double().mean(1)
+    chance_accuracy = chance_correct.double().mean(1)
     diff = chance_accuracy - map_accuracy
     return RemoveAndRetrain(
         fractions=torch.tensor(values, dtype=torch.float64),
@@ -538,4 +575,6 @@ def remove_and_retrain(
         diff_roar=diff,
         diff_roar_mean=float(diff.mean()),
         fill=fill_values,
+        correct=map_correct,
+        random_correct=chance_correct,
     )

@@ -47,6 +47,11 @@ def add_reproduce_parser(commands: argparse._SubParsersAction) -> argparse.Argum
                            help="folder of the four Fashion-MNIST IDX files (default: "
                            f"{DEFAULT_FASHION_MNIST_ROOT}, where Debian's "
                            "dataset-fashion-mnist installs them)")
+    reproduce.add_argument("--no-cache", action="store_true",
+                           help="train every model afresh and keep no checkpoint (default: "
+                           "trained models are kept in $XDG_CACHE_HOME/captum_regularized/"
+                           "study, ~/.cache/... by default, and reused by a run with the "
+                           "same training settings)")
     reproduce.add_argument("--no-progress", action="store_true",
                            help="hide the training progress bars (stage lines still print)")
     return reproduce
@@ -70,6 +75,8 @@ def _command_line(args: argparse.Namespace) -> str:
         words += ["--data", str(args.data)]
     if getattr(args, "data_root", None) is not None:
         words += ["--data-root", str(args.data_root)]
+    if getattr(args, "no_cache", False):
+        words.append("--no-cache")
     return " ".join(words)
 
 
@@ -128,6 +135,7 @@ def run_reproduce(args: argparse.Namespace) -> Path:
             raise UsageError(f"--data fashion-mnist: {missing} (pass --data-root DIR)")
     device = check_device(args.device)
 
+    from captum_regularized.study.model_zoo import default_checkpoint_cache
     from captum_regularized.study.runner import run_study
     from captum_regularized.study.settings import FULL, QUICK
 
@@ -138,7 +146,9 @@ def run_reproduce(args: argparse.Namespace) -> Path:
         try:
             run_study(out, settings=settings, quick=args.quick, device=device, seed=args.seed,
                       data=data, data_root=args.data_root, progress=not args.no_progress,
-                      command=_command_line(args))
+                      command=_command_line(args),
+                      cache=None if getattr(args, "no_cache", False)
+                      else default_checkpoint_cache())
         except ValueError as error:
             if str(error).startswith("--data"):
                 raise UsageError(str(error)) from None

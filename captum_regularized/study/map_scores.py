@@ -1,4 +1,4 @@
-"""Scores of a batch of maps shared by the sections (means over the examples)."""
+"""Per-example scores of a batch of maps that several sections share."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ from captum.attr import LayerAttribution
 from torch import nn
 
 from captum_regularized.metrics import (
+    confidence_change,
     deletion_auc,
     energy_pointing_game,
     insertion_auc,
     pointing_game,
 )
 
-__all__ = ["faithfulness_scores", "mask_scores", "upsampled"]
+__all__ = ["cam_quality_scores", "faithfulness_scores", "mask_scores", "upsampled"]
 
 
 def upsampled(maps: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -27,8 +28,9 @@ def upsampled(maps: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     return LayerAttribution.interpolate(maps, tuple(images.shape[-2:]), "bilinear")
 
 
-def mask_scores(maps: torch.Tensor, masks: torch.Tensor | None) -> dict[str, float]:
-    """``energy_in_mask`` and ``pointing_game`` (empty without masks); higher is better.
+def mask_scores(maps: torch.Tensor, masks: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Per-example ``energy_in_mask`` and ``pointing_game`` (empty without masks); higher
+    is better.
 
     Examples
     --------
@@ -36,24 +38,24 @@ def mask_scores(maps: torch.Tensor, masks: torch.Tensor | None) -> dict[str, flo
     >>> masks[..., :2, :2] = True
     >>> maps = torch.zeros(1, 1, 4, 4)
     >>> maps[..., 0, 0] = 1.0
-    >>> mask_scores(maps, masks)
-    {'energy_in_mask': 1.0, 'pointing_game': 1.0}
+    >>> {name: score.tolist() for name, score in mask_scores(maps, masks).items()}
+    {'energy_in_mask': [1.0], 'pointing_game': [1.0]}
     >>> mask_scores(maps, None)
     {}
     """
     if masks is None:
         return {}
     return {
-        "energy_in_mask": float(energy_pointing_game(maps, masks).mean()),
-        "pointing_game": float(pointing_game(maps, masks).mean()),
+        "energy_in_mask": energy_pointing_game(maps, masks).double(),
+        "pointing_game": pointing_game(maps, masks).double(),
     }
 
 
 def faithfulness_scores(
     model: nn.Module, images: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor, steps: int
-) -> dict[str, float]:
-    """Mean ``deletion_auc`` (black substrate, lower is better) and ``insertion_auc``
-    (blur substrate, higher is better) of the target's probability.
+) -> dict[str, torch.Tensor]:
+    """Per-example ``deletion_auc`` (black substrate, lower is better) and
+    ``insertion_auc`` (blur substrate, higher is better) of the target's probability.
 
     Examples
     --------
@@ -61,14 +63,35 @@ def faithfulness_scores(
     >>> model = SimpleCNN(3, width=2).eval()
     >>> scores = faithfulness_scores(model, torch.rand(2, 3, 8, 8), torch.rand(2, 1, 8, 8),
     ...                              torch.tensor([0, 1]), steps=4)
-    >>> sorted(scores)
-    ['deletion_auc', 'insertion_auc']
+    >>> sorted(scores), tuple(scores["deletion_auc"].shape)
+    (['deletion_auc', 'insertion_auc'], (2,))
     """
     return {
-        "deletion_auc": float(
-            deletion_auc(model, images, maps, target=targets, steps=steps).mean()
-        ),
-        "insertion_auc": float(
-            insertion_auc(model, images, maps, target=targets, steps=steps).mean()
-        ),
+        "deletion_auc": deletion_auc(model, images, maps, target=targets, steps=steps).double(),
+        "insertion_auc": insertion_auc(model, images, maps, target=targets, steps=steps).double(),
+    }
+
+
+def cam_quality_scores(
+    model: nn.Module, images: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor, steps: int
+) -> dict[str, torch.Tensor]:
+    """Per-example AD, AG and IC terms (percent, :func:`confidence_change`) and the
+    deletion / insertion AUCs of input-sized maps: the CAM papers' scores.
+
+    Examples
+    --------
+    >>> from captum_regularized.models import SimpleCNN
+    >>> model = SimpleCNN(3, width=2).eval()
+    >>> scores = cam_quality_scores(model, torch.rand(2, 3, 8, 8), torch.rand(2, 1, 8, 8),
+    ...                             torch.tensor([0, 1]), steps=4)
+    >>> list(scores)  # doctest: +NORMALIZE_WHITESPACE
+    ['average_drop', 'average_gain', 'increase_in_confidence', 'deletion_auc',
+     'insertion_auc']
+    """
+    change = confidence_change(model, images, maps, target=targets)
+    return {
+        "average_drop": change.drop.double(),
+        "average_gain": change.gain.double(),
+        "increase_in_confidence": change.increase.double(),
+        **faithfulness_scores(model, images, maps, targets, steps),
     }

@@ -1,46 +1,87 @@
-"""Every model the study trains, trained once per (recipe, seed) and shared by the sections."""
+"""Every model the study scores: trained once per (recipe, seed), cached on disk, shared.
+
+Two models are trained from scratch (``simple_cnn``, ``resnet``); the regularized ones
+are fine-tuned from them next to a plain twin that sees the same batches
+(``simple_cnn_tuned``, ``resnet_tuned``), so every comparison is paired; ``saturated``
+is the trained SimpleCNN with its logits scaled until its softmax saturates. Each model
+records its held-out accuracy against the data set's floor (``scored``) and the size
+of its CAM layer's map (``map_size``; coarser than :data:`MIN_MAP_SIZE` is not scored).
+"""
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
+from torchvision.models.resnet import BasicBlock, ResNet
 
-from captum_regularized.models import (
-    SimpleCNN,
-    evaluate_accuracy,
-    train_classifier,
-    with_cross_entropy,
-)
+from captum_regularized import __version__
+from captum_regularized.datasets.fashion_mnist import default_cache_dir
+from captum_regularized.models import SimpleCNN, train_classifier, with_cross_entropy
 from captum_regularized.study.settings import StudySettings
-from captum_regularized.study.study_data import StudyData
+from captum_regularized.study.study_data import SeedData, StudyData
 
 __all__ = [
-    "ADVERSARIAL_KINDS",
     "ADVERSARIAL_NORMS",
+    "FINETUNE_SETTINGS",
+    "SCRATCH_SETTINGS",
+    "MIN_MAP_SIZE",
     "RECIPES",
+    "CifarResNet18",
     "ModelZoo",
     "ScaledLogits",
     "TrainedModel",
+    "default_checkpoint_cache",
 ]
 
 ADVERSARIAL_NORMS = ("l1", "elastic_net", "group")
-"""The norms of the norm-regularized adversarial section."""
+"""The norms of AdvGrad's sparsity claims (``gaze`` has its own claim)."""
 
-LossFactory = Callable[[nn.Module, StudySettings], Any]
+MIN_MAP_SIZE = 4
+"""The coarsest CAM map the study scores is ``MIN_MAP_SIZE x MIN_MAP_SIZE``."""
 
-
-class ScaledLogits(nn.Module):
-    """``scale * model(x)``: trained this way, the softmax saturates (confidence near 1).
+def default_checkpoint_cache() -> Path:
+    """Where ``captum-regularized reproduce`` keeps trained checkpoints between runs:
+    ``study`` under :func:`~captum_regularized.datasets.fashion_mnist.default_cache_dir`
+    (``$XDG_CACHE_HOME/captum_regularized``, read at each call).
 
     Examples
     --------
-    >>> model = ScaledLogits(SimpleCNN(3, width=2), scale=10.0)
+    >>> default_checkpoint_cache().name
+    'study'
+    """
+    return default_cache_dir() / "study"
+
+SCRATCH_SETTINGS = (
+    "image_size", "fashion_mnist_size", "num_classes", "train_samples",
+    "synthetic_train_samples", "test_samples", "width", "epochs", "batch_size", "lr",
+    "resnet_width", "resnet_epochs", "synthetic_configuration",
+)
+"""The settings a model trained from scratch depends on (its checkpoint key)."""
+
+FINETUNE_SETTINGS = ("finetune_samples", "finetune_epochs", "finetune_lr")
+"""Added to the key of every fine-tuned model, with its recipe's own ``uses``."""
+
+GUIDED_SETTINGS = ("paper_guided_weight", "guided_fraction")
+ADVERSARIAL_SETTINGS = ("adv_epsilon", "adv_epsilon2", "adv_group_epsilon", "adv_group_size",
+                        "adv_steps", "adv_step_fraction")
+
+
+class ScaledLogits(nn.Module):
+    """``scale * model(x)``: the same ranking of classes, a saturated softmax.
+
+    Examples
+    --------
+    >>> model = ScaledLogits(SimpleCNN(3, width=2), scale=8.0)
     >>> model(torch.rand(1, 3, 8, 8)).shape
     torch.Size([1, 3])
     """
@@ -55,148 +96,175 @@ class ScaledLogits(nn.Module):
         return self.scale * self.model(x)
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """How to build, train and explain one kind of model."""
+class CifarResNet18(ResNet):
+    """ResNet-18 for small images: a 3 x 3 stride-1 stem, no max-pool, stage widths
+    ``w, 2w, 4w, 8w`` (torchvision's is ``w = 64`` with a stride-4 stem).
 
-    label: str
-    build: Callable[[int, StudySettings], nn.Module]
-    loss: LossFactory | None = None
-    epochs: Callable[[StudySettings], int] = lambda s: s.epochs
+    At 28 or 32 px ``layer4`` is 4 x 4, fine enough for Grad-CAM.
 
+    Examples
+    --------
+    >>> model = CifarResNet18(10, width=4)
+    >>> model(torch.rand(2, 3, 28, 28)).shape, model.fc.in_features
+    (torch.Size([2, 10]), 32)
+    """
 
-def _simple_cnn(num_classes: int, s: StudySettings) -> nn.Module:
-    return SimpleCNN(num_classes, width=s.width)
-
-
-def _resnet18(num_classes: int, s: StudySettings) -> nn.Module:
-    from torchvision.models import resnet18
-
-    return resnet18(weights=None, num_classes=num_classes)
-
-
-MOBILENET_WIDTH = 0.5
-"""Width multiplier of the study's MobileNet-V2 (``width_mult``)."""
-
-
-def _mobilenet_v2(num_classes: int, s: StudySettings) -> nn.Module:
-    """torchvision's MobileNet-V2 at width 0.5 with a stride-1 stem, the usual change for
-    32 px inputs: the stock stem halves the image first and leaves a 1 x 1 map at the
-    end; this one keeps 2 x 2 at the same cost as the stock net at full width (in a
-    2000-image, 2-epoch trial on Fashion-MNIST: 63 % held-out accuracy, the stock net
-    22 %)."""
-    from torchvision.models import mobilenet_v2
-
-    model = mobilenet_v2(weights=None, num_classes=num_classes, width_mult=MOBILENET_WIDTH)
-    first_block = cast(nn.Sequential, cast(nn.Sequential, model.features)[0])
-    stem = cast(nn.Conv2d, first_block[0])
-    stem.stride = (1, 1)
-    return model
+    def __init__(self, num_classes: int, width: int = 64) -> None:
+        super().__init__(BasicBlock, [1, 1, 1, 1], num_classes=num_classes)
+        self.conv1 = nn.Conv2d(3, width, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.maxpool = nn.Identity()  # type: ignore[assignment]
+        self.inplanes = width
+        self.layer1 = self._make_layer(BasicBlock, width, 2)
+        self.layer2 = self._make_layer(BasicBlock, 2 * width, 2, stride=2)
+        self.layer3 = self._make_layer(BasicBlock, 4 * width, 2, stride=2)
+        self.layer4 = self._make_layer(BasicBlock, 8 * width, 2, stride=2)
+        self.fc = nn.Linear(8 * width, num_classes)
 
 
-def _guided(paper_weight: bool) -> LossFactory:
-    def factory(model: nn.Module, s: StudySettings) -> Any:
-        from captum_regularized.regularizers import GuidedGradientRegularizer
+def _guided_loss(model: nn.Module, s: StudySettings) -> Any:
+    from captum_regularized.regularizers import GuidedGradientRegularizer
 
-        weight = s.paper_guided_weight if paper_weight else s.guided_weight
-        return with_cross_entropy(
-            GuidedGradientRegularizer(model, weight=weight, fraction=s.guided_fraction)
-        )
-
-    return factory
+    regularizer = GuidedGradientRegularizer(
+        model, weight=s.paper_guided_weight, fraction=s.guided_fraction
+    )
+    return with_cross_entropy(regularizer)
 
 
-ADVERSARIAL_KINDS = ("fast", "iterative", "authors")
-"""The adversary of each adversarial recipe: the closed form (``fast``), our iterative
-solver (from the closed form, each example's best iterate, BatchNorm statistics
-restored) and the authors' inner loop (from zero, steps of ``paper_step_fraction`` times
-the radius, the last iterate, BatchNorm statistics updated by the inner passes)."""
+def _adversarial_loss(norm: str) -> Callable[[nn.Module, StudySettings], Any]:
+    """The authors' inner loop: from the image, ``adv_steps`` steps of
+    ``adv_step_fraction`` times the radius, projected, the last iterate, BatchNorm
+    statistics updated by the inner passes."""
 
-
-def _adversarial(norm: str, kind: str) -> LossFactory:
     def factory(model: nn.Module, s: StudySettings) -> Any:
         from captum_regularized.regularizers import NormRegularizedAdversarialLoss
 
-        options: dict[str, Any] = {"epsilon": s.adv_epsilon}
+        epsilon = s.adv_group_epsilon if norm == "group" else s.adv_epsilon
+        options: dict[str, Any] = {"epsilon": epsilon}
         if norm == "elastic_net":
             options["epsilon2"] = s.adv_epsilon2
         if norm == "group":
-            options = {"epsilon": s.adv_group_epsilon, "group_size": s.adv_group_size}
-        if kind == "fast":
-            options.update(steps=1)
-        elif kind == "iterative":
-            # Each example's best iterate (one extra forward per step, see
-            # ``select_iterate``); the library's default is PGD's last iterate.
-            options.update(steps=s.adv_steps, select_iterate="best")
-        else:
-            options.update(
-                steps=s.adv_steps, start="zero", select_iterate="last", update_batchnorm=True,
-                step_size=s.paper_step_fraction * options["epsilon"],
-            )
+            options["group_size"] = s.adv_group_size
         return NormRegularizedAdversarialLoss(
-            model, norm=norm, input_range=(0.0, 1.0), **options
+            model, norm=norm, input_range=(0.0, 1.0), steps=s.adv_steps, start="zero",
+            select_iterate="last", update_batchnorm=True,
+            step_size=s.adv_step_fraction * epsilon, **options,
         )
 
     return factory
 
 
-RECIPES: dict[str, Recipe] = {
-    "simple_cnn": Recipe("SimpleCNN", _simple_cnn),
-    "resnet18": Recipe("resnet18", _resnet18, epochs=lambda s: s.resnet_epochs),
-    "saturated": Recipe(
-        "SimpleCNN, saturated softmax",
-        lambda c, s: ScaledLogits(SimpleCNN(c, width=s.width), s.saturation_scale),
-        epochs=lambda s: s.saturated_epochs,
-    ),
-    "guided": Recipe("SimpleCNN + guided-gradient regularizer", _simple_cnn, _guided(False)),
-    "guided_paper": Recipe(
-        "SimpleCNN + guided-gradient regularizer, paper's weight", _simple_cnn, _guided(True)
-    ),
-    "mobilenet_v2": Recipe(
-        "MobileNet-V2", _mobilenet_v2, epochs=lambda s: s.mobilenet_epochs
-    ),
-    "guided_mobilenet_v2": Recipe(
-        "MobileNet-V2 + guided-gradient regularizer", _mobilenet_v2, _guided(False),
-        epochs=lambda s: s.mobilenet_epochs,
-    ),
-    **{
-        f"adv_{norm}_{kind}": Recipe(
-            f"SimpleCNN + {norm} adversarial ({kind})", _simple_cnn, _adversarial(norm, kind)
+class _GazeLoss:
+    """AdvGrad's gaze loss on images stacked with their masks as a last channel."""
+
+    def __init__(self, model: nn.Module, s: StudySettings) -> None:
+        from captum_regularized.regularizers import NormRegularizedAdversarialLoss
+
+        self.loss = NormRegularizedAdversarialLoss(
+            model, norm="gaze", epsilon=s.gaze_epsilon, input_range=(0.0, 1.0)
         )
+
+    def __call__(self, stacked: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.loss(stacked[:, :-1], labels, mask=stacked[:, -1:])
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one model is made: from scratch (``parent`` None) or fine-tuned from
+    ``parent``; ``loss`` builds the training loss (None: cross-entropy) from the
+    settings named in ``uses`` (part of the checkpoint key)."""
+
+    label: str
+    parent: str | None = None
+    loss: Callable[[nn.Module, StudySettings], Any] | None = None
+    with_masks: bool = False
+    uses: tuple[str, ...] = ()
+
+
+RECIPES: dict[str, Recipe] = {
+    "simple_cnn": Recipe("SimpleCNN"),
+    "resnet": Recipe("ResNet-18 (CIFAR-style)"),
+    "saturated": Recipe("SimpleCNN, logits scaled to saturate the softmax", "simple_cnn"),
+    "simple_cnn_tuned": Recipe("SimpleCNN fine-tuned (plain twin)", "simple_cnn"),
+    "resnet_tuned": Recipe("ResNet-18 fine-tuned (plain twin)", "resnet"),
+    "guided": Recipe("SimpleCNN + guided regularizer (7.5e-3)", "simple_cnn", _guided_loss,
+                     uses=GUIDED_SETTINGS),
+    "guided_resnet": Recipe("ResNet-18 + guided regularizer (7.5e-3)", "resnet", _guided_loss,
+                            uses=GUIDED_SETTINGS),
+    **{
+        f"adv_{norm}": Recipe(f"SimpleCNN + {norm} AdvGrad", "simple_cnn",
+                              _adversarial_loss(norm), uses=ADVERSARIAL_SETTINGS)
         for norm in ADVERSARIAL_NORMS
-        for kind in ADVERSARIAL_KINDS
     },
+    "adv_gaze": Recipe("SimpleCNN + gaze AdvGrad", "simple_cnn",
+                       lambda model, s: _GazeLoss(model, s), with_masks=True,
+                       uses=("gaze_epsilon",)),
 }
-"""Recipe name to how it is built and trained. Every SimpleCNN variant of a seed starts
-from the same initial weights and sees the same batches, so comparisons are paired; so
-does the MobileNet-V2 pair (its ReLU6 activations take the guided rule of ``ReLU``)."""
+"""Recipe key to how it is made. The fine-tuned ones of a seed start from the same
+weights and see the same batches as their plain twin."""
 
 
 @dataclass
 class TrainedModel:
-    """A model trained by the zoo, in eval mode, with its held-out numbers."""
+    """A model of the zoo in eval mode, with its held-out numbers.
+
+    ``correct`` holds, per held-out image, whether the model classifies it correctly
+    (the paired values of the accuracy claims).
+    """
 
     recipe: str
     seed: int
     model: nn.Module
     accuracy: float
+    floor: float
     mean_max_softmax: float
     train_seconds: float
+    correct: torch.Tensor
+    map_size: tuple[int, int] | None = None
+    notes: str = ""
     history: list[dict[str, float]] = field(default_factory=list)
-    """Per-epoch training loss and accuracy, as :func:`train_classifier` returns them."""
 
     @property
-    def grad_cam_layer(self) -> nn.Module:
-        """The last convolutional block (Grad-CAM's layer)."""
+    def label(self) -> str:
+        """The recipe's label."""
+        return RECIPES[self.recipe].label
+
+    @property
+    def scored(self) -> bool:
+        """Whether the model reached its data set's accuracy floor."""
+        return self.accuracy >= self.floor
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        """The layer Grad-CAM-family maps are taken at (the last block)."""
         inner = self.model.model if isinstance(self.model, ScaledLogits) else self.model
-        # ``nn.Module.__getattr__`` is typed ``Tensor | Module``; these are submodules.
-        if hasattr(inner, "features"):  # MobileNet-V2
-            return cast(nn.Sequential, inner.features)[-1]
-        return cast(nn.Module, inner.layer4 if hasattr(inner, "layer4") else inner.block3)
+        if isinstance(inner, ResNet):
+            return cast(nn.Module, inner.layer4)
+        return cast(nn.Module, inner.block3)
+
+    def unscored_reason(self) -> str:
+        """Why claims on this model are not measured ("" when it is scored)."""
+        if self.scored:
+            return ""
+        return (f"{self.label} (seed {self.seed}) is at {100 * self.accuracy:.1f} % held-out "
+                f"accuracy, below the floor of {100 * self.floor:.0f} %: not measured")
+
+
+def _map_size(model: nn.Module, layer: nn.Module, image: torch.Tensor) -> tuple[int, int]:
+    seen: list[tuple[int, int]] = []
+    handle = layer.register_forward_hook(
+        lambda module, args, out: seen.append(tuple(out.shape[-2:]))  # type: ignore[arg-type]
+    )
+    try:
+        with torch.no_grad():
+            model(image[:1])
+    finally:
+        handle.remove()
+    return seen[0]
 
 
 class ModelZoo:
-    """Trains each ``(recipe, seed)`` once, on first request, and keeps it.
+    """Trains each ``(recipe, seed)`` once, on first request, and keeps it (also on disk).
 
     Parameters
     ----------
@@ -207,17 +275,23 @@ class ModelZoo:
     device : str
         Where to train and evaluate.
     log : callable
-        ``log(line)`` for one progress line per trained model.
+        ``log(line)`` for one line per trained model.
     progress : bool
         Show the training bars.
+    cache : Path or None
+        Folder of trained checkpoints, e.g. :func:`default_checkpoint_cache` (``None``,
+        the default: nothing is read from or kept on disk). A checkpoint
+        is found again only for the same recipe, seed, data, training settings
+        (:data:`SCRATCH_SETTINGS`, for a fine-tuned model also
+        :data:`FINETUNE_SETTINGS` and its recipe's ``uses``) and package version.
 
     Examples
     --------
     >>> from captum_regularized.study.settings import TINY
     >>> zoo = ModelZoo(TINY, StudyData(TINY), log=lambda line: None, progress=False)
     >>> trained = zoo.get("simple_cnn", seed=0)
-    >>> zoo.get("simple_cnn", seed=0) is trained, trained.model.training
-    (True, False)
+    >>> zoo.get("simple_cnn", seed=0) is trained, trained.model.training, trained.map_size
+    (True, False, (8, 8))
     """
 
     def __init__(
@@ -227,47 +301,144 @@ class ModelZoo:
         device: str = "cpu",
         log: Callable[[str], None] = print,
         progress: bool = True,
+        cache: Path | None = None,
     ) -> None:
         self.settings = settings
         self.data = data
         self.device = device
         self.log = log
         self.progress = progress
+        self.cache = cache
         self._trained: dict[tuple[str, int], TrainedModel] = {}
 
     def trained(self) -> list[TrainedModel]:
-        """Every model trained so far, in training order."""
+        """Every model made so far, in order."""
         return list(self._trained.values())
 
     def get(self, recipe: str, seed: int) -> TrainedModel:
-        """The model of ``recipe`` trained on ``seed`` (trained now if needed)."""
+        """The model of ``recipe`` on ``seed`` (made now if needed)."""
         if recipe not in RECIPES:
             raise ValueError(f"recipe must be one of {sorted(RECIPES)}, got {recipe!r}")
         key = (recipe, seed)
         if key not in self._trained:
-            self._trained[key] = self._train(recipe, seed)
+            self._trained[key] = self._make(recipe, seed)
         return self._trained[key]
 
-    def _train(self, name: str, seed: int) -> TrainedModel:
+    def fresh(self, recipe: str) -> nn.Module:
+        """A new untrained network of a from-scratch recipe (``simple_cnn``, ``resnet``)."""
+        s, classes = self.settings, self.data.num_classes
+        if recipe == "resnet":
+            return CifarResNet18(classes, width=s.resnet_width)
+        if recipe == "simple_cnn":
+            return SimpleCNN(classes, width=s.width)
+        raise ValueError(f"fresh networks are 'simple_cnn' or 'resnet', got {recipe!r}")
+
+    def _cache_file(self, recipe: str, seed: int) -> Path | None:
+        if self.cache is None:
+            return None
+        made = RECIPES[recipe]
+        names = SCRATCH_SETTINGS + (() if made.parent is None else FINETUNE_SETTINGS + made.uses)
+        training = {name: getattr(self.settings, name) for name in names}
+        key = json.dumps([recipe, seed, self.data.source, training, __version__],
+                         sort_keys=True, default=str)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+        return self.cache / f"{recipe}-{seed}-{digest}.pt"
+
+    def _make(self, name: str, seed: int) -> TrainedModel:
         recipe, s = RECIPES[name], self.settings
         seed_data = self.data.for_seed(seed)
-        torch.manual_seed(seed)
-        model = recipe.build(self.data.num_classes, s)
+        if name == "saturated":
+            return self._saturated(seed, seed_data)
+        file = self._cache_file(name, seed)
+        if recipe.parent is None:
+            model = self.fresh(name)
+        else:
+            model = copy.deepcopy(self.get(recipe.parent, seed).model)
+        model.to(self.device)
+        if file is not None and file.exists():
+            saved = torch.load(file, map_location=self.device, weights_only=False)
+            model.load_state_dict(saved["state"])
+            seconds, history = saved["seconds"], saved["history"]
+        else:
+            seconds, history = self._train(name, seed, model, seed_data)
+            if file is not None:
+                file.parent.mkdir(parents=True, exist_ok=True)
+                torch.save({"state": model.state_dict(), "seconds": seconds,
+                            "history": history}, file)
+        notes = "" if recipe.parent is None else (
+            f"fine-tuned from {recipe.parent}: {s.finetune_epochs} epoch(s) on "
+            f"{min(s.finetune_samples, len(seed_data.train_set))} images"
+        )
+        return self._evaluated(name, seed, model.eval(), seed_data, seconds, history, notes)
+
+    def _train(
+        self, name: str, seed: int, model: nn.Module, seed_data: SeedData
+    ) -> tuple[float, list[dict[str, float]]]:
+        recipe, s = RECIPES[name], self.settings
+        train_set = seed_data.train_set
+        epochs = s.resnet_epochs if name == "resnet" else s.epochs
+        lr = s.lr
+        if recipe.parent is not None:
+            train_set = _subset(train_set, s.finetune_samples, seed, recipe.with_masks)
+            epochs, lr = s.finetune_epochs, s.finetune_lr
         loss = recipe.loss(model, s) if recipe.loss is not None else None
+        torch.manual_seed(seed)
         started = time.perf_counter()
+        model.train()
         history = train_classifier(
-            model, seed_data.train_set, epochs=recipe.epochs(s), batch_size=s.batch_size,
-            lr=s.lr, device=self.device, loss=loss, progress=self.progress, seed=seed,
+            model, train_set, epochs=epochs, batch_size=s.batch_size, lr=lr,
+            device=self.device, loss=loss, progress=self.progress, seed=seed,
         )
-        seconds = time.perf_counter() - started
-        model.eval()
-        held_out = TensorDataset(seed_data.test_images, seed_data.test_labels)
-        accuracy = evaluate_accuracy(model, held_out, device=self.device)
+        return time.perf_counter() - started, history
+
+    def _evaluated(
+        self, name: str, seed: int, model: nn.Module, seed_data: SeedData, seconds: float,
+        history: list[dict[str, float]], notes: str,
+    ) -> TrainedModel:
+        s = self.settings
+        images, labels = seed_data.test_images, seed_data.test_labels
         with torch.no_grad():
-            logits = model(seed_data.test_images[: s.eval_examples].to(self.device))
-            confidence = float(logits.softmax(dim=1).amax(dim=1).mean())
-        self.log(
-            f"trained {recipe.label} (seed {seed}) in {seconds:.1f} s: held-out accuracy "
-            f"{100 * accuracy:.1f} %, mean max-softmax {confidence:.3f}"
+            predictions = torch.cat([
+                model(images[i:i + 1024].to(self.device)).argmax(1).cpu()
+                for i in range(0, len(images), 1024)
+            ])
+            scored = model(images[: s.eval_examples].to(self.device)).softmax(1)
+        correct = predictions == labels
+        trained = TrainedModel(
+            recipe=name, seed=seed, model=model, accuracy=float(correct.float().mean()),
+            floor=s.floor(self.data.key), mean_max_softmax=float(scored.amax(1).mean()),
+            train_seconds=seconds, correct=correct.float(), notes=notes, history=history,
         )
-        return TrainedModel(name, seed, model, accuracy, confidence, seconds, history)
+        trained.map_size = _map_size(model, trained.cam_layer, images[:1].to(self.device))
+        self.log(
+            f"{trained.label} (seed {seed}): held-out accuracy {100 * trained.accuracy:.1f} % "
+            f"(floor {100 * trained.floor:.0f} %), mean max-softmax "
+            f"{trained.mean_max_softmax:.3f}, {seconds:.0f} s"
+        )
+        return trained
+
+    def _saturated(self, seed: int, seed_data: SeedData) -> TrainedModel:
+        base = self.get("simple_cnn", seed)
+        images = seed_data.test_images[: self.settings.eval_examples].to(self.device)
+        with torch.no_grad():
+            logits = base.model(images)
+        scale = 1.0
+        while float((scale * logits).softmax(1).amax(1).mean()) < self.settings.saturation_target:
+            scale *= 2.0
+            if scale > 2.0**20:
+                break
+        model = ScaledLogits(base.model, scale).eval()
+        notes = f"the trained SimpleCNN with logits x {scale:g}"
+        return self._evaluated("saturated", seed, model, seed_data, 0.0, [], notes)
+
+
+def _subset(train_set: Any, count: int, seed: int, with_masks: bool) -> TensorDataset:
+    """The first ``count`` training items in a seeded order; with ``with_masks`` each image
+    carries its mask as a last channel (the gaze loss splits them again)."""
+    tensors = cast(TensorDataset, train_set).tensors
+    order = torch.randperm(len(tensors[0]), generator=torch.Generator().manual_seed(seed))
+    chosen = order[: min(count, len(order))]
+    images, labels = tensors[0][chosen], tensors[1][chosen]
+    if with_masks:
+        images = torch.cat([images, tensors[2][chosen].to(images.dtype)], dim=1)
+    return TensorDataset(images, labels)

@@ -1,15 +1,32 @@
-"""``report.md``: every section's claim, measured numbers (mean ± std over seeds) and the
-verdicts of every data set side by side, with a sentence on each claim that did not hold."""
+"""``report.md`` and the README summary, written from the ``results.json`` record alone.
+
+Every paper gets its claim, our protocol, one row per claim with the verdict of every data
+set side by side, and the claim's own ``reason`` (measured numbers only) wherever it did not
+hold. Missing numbers (``None`` or NaN) show as "–", never as text a reader must decode.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
-from captum_regularized.study.explanations import why_not_held
-from captum_regularized.study.settings import DEPARTURES
+__all__ = ["format_interval", "format_value", "readme_summary", "write_report"]
 
-__all__ = ["format_value", "write_report"]
+VERDICTS = ("held", "not held", "inconclusive", "not measured")
+DASH = "–"
+
+
+def _num(value: Any, spec: str = "+.3f") -> str:
+    """``value`` formatted with ``spec``; "–" for ``None`` or NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return DASH
+    return format(value, spec)
+
+
+def _cell(text: Any) -> str:
+    """Text safe inside a markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def format_value(summary: dict[str, Any]) -> str:
@@ -22,250 +39,262 @@ def format_value(summary: dict[str, Any]) -> str:
     >>> format_value({"mean": 0.5, "std": 0.0, "per_seed": [0.5]})
     '0.500'
     """
-    if len(summary["per_seed"]) < 2:
-        return f"{summary['mean']:.3f}"
-    return f"{summary['mean']:.3f} ± {summary['std']:.3f}"
+    mean = _num(summary.get("mean"), ".3f")
+    if len(summary.get("per_seed") or []) < 2 or _num(summary.get("std")) == DASH:
+        return mean
+    return f"{mean} ± {summary['std']:.3f}"
 
 
-def _data_sets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The per-data-set records; a single-data-set record (``sections`` at the top, as
-    older files hold) becomes one data set named after its ``data``."""
-    if "data_sets" in results:
-        return results["data_sets"]
-    return {
-        "data": {
-            "label": "measured",
-            "source": results.get("data", ""),
-            "sections": results["sections"],
-            "models": results.get("models", []),
-            "summary": results.get("summary", {}),
-        }
-    }
+def format_interval(claim: dict[str, Any]) -> str:
+    """A claim's effect and interval, signed with three decimals; "–" when not measured.
+
+    Examples
+    --------
+    >>> format_interval({"effect": 0.0341, "ci_low": 0.012, "ci_high": 0.0511})
+    '+0.034 [+0.012, +0.051]'
+    >>> format_interval({"effect": None, "ci_low": None, "ci_high": None})
+    '–'
+    """
+    effect = _num(claim.get("effect"))
+    low, high = _num(claim.get("ci_low")), _num(claim.get("ci_high"))
+    if effect == DASH or DASH in (low, high):
+        return effect
+    return f"{effect} [{low}, {high}]"
 
 
-def _table_lines(name: str, rows: dict[str, dict[str, Any]]) -> list[str]:
-    metrics: list[str] = []
-    for columns in rows.values():
-        metrics += [metric for metric in columns if metric not in metrics]
-    lines = [f"**{name}**", "", f"| | {' | '.join(metrics)} |", "|---" * (len(metrics) + 1) + "|"]
-    for row, columns in rows.items():
-        cells = [format_value(columns[m]) if m in columns else "–" for m in metrics]
-        lines.append(f"| {row} | {' | '.join(cells)} |")
+def _claim_cell(claim: dict[str, Any] | None) -> str:
+    """``effect [ci] · verdict (+ + −)`` for one data set; "–" when absent."""
+    if claim is None:
+        return DASH
+    signs = " ".join("+" if s > 0 else "−" if s < 0 else "0" for s in claim.get("seed_signs") or [])
+    verdict = claim.get("verdict") or "not measured"
+    verdict = "**held**" if verdict == "held" else verdict
+    return f"{format_interval(claim)} · {verdict}" + (f" ({signs})" if signs else "")
+
+
+def _paper_number(claim: dict[str, Any]) -> str:
+    if claim.get("paper_note"):
+        return _cell(claim["paper_note"])
+    value = _num(claim.get("paper_value"), "g")
+    return "qualitative" if value == DASH else value
+
+
+def _percent(fraction: float | None) -> str:  # a 0..1 fraction as a percentage
+    return DASH if fraction is None else _num(100 * fraction, ".1f")
+
+
+def _tally(claims: list[dict[str, Any]]) -> dict[str, int]:
+    counts = {v: sum(c.get("verdict") == v for c in claims) for v in VERDICTS}
+    counts["measured"] = counts["held"] + counts["not held"] + counts["inconclusive"]
+    return counts
+
+
+def _labels(results: dict[str, Any]) -> dict[str, str]:
+    data_sets = results.get("data_sets") or {}
+    labels = {key: record.get("label") or key for key, record in data_sets.items()}
+    for claim in results.get("claims") or []:
+        labels.setdefault(claim["data"], claim["data"])
+    return labels
+
+
+def _claim_table(claims: list[dict[str, Any]], labels: dict[str, str]) -> list[str]:
+    """One row per claim (same section and text), one column per data set; then reasons."""
+    rows: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for claim in claims:
+        rows.setdefault((claim.get("section", ""), claim["claim"]), {})[claim["data"]] = claim
+    lines = [f"| claim | paper's number | {' | '.join(_cell(labels[d]) for d in labels)} |",
+             "|---|---|" + "---|" * len(labels)]
+    reasons = []
+    for (_, text), found in rows.items():
+        first = next(iter(found.values()))
+        cells = " | ".join(_claim_cell(found.get(data)) for data in labels)
+        lines.append(f"| {_cell(text)} | {_paper_number(first)} | {cells} |")
+        for data, claim in found.items():
+            if claim.get("verdict") != "held":
+                why = claim.get("reason") or claim.get("verdict") or "not measured"
+                reasons.append(f"- *{labels[data]}*, {text}: {why}")
+    return [*lines, "", *reasons, *([""] if reasons else [])]
+
+
+def _summary_lines(results: dict[str, Any], labels: dict[str, str]) -> list[str]:
+    everything, summary = results.get("claims") or [], results.get("summary") or {}
+    claims = [c for c in everything if not c.get("extra")]
+    overall = summary.get("overall") or _tally(claims)
+    extra = summary.get("extra") or _tally([c for c in everything if c.get("extra")])
+    lines = ["## Summary", "",
+             f"**{overall['held']} of {overall['measured']} measured paper claims held** "
+             f"({overall['not held']} not held, {overall['inconclusive']} inconclusive; "
+             f"{overall['not measured']} not measured).", ""]
+    for data, label in labels.items():
+        counts = (summary.get("per_data_set") or {}).get(data) or _tally(
+            [c for c in claims if c["data"] == data])
+        lines.append(f"- {label}: {counts['held']} of {counts['measured']} held.")
+    lines += ["", "| paper | data set | held | not held | inconclusive | not measured |",
+              "|---|---|---|---|---|---|"]
+    for paper in sorted({c["paper"] for c in claims}, key=int):
+        for data, label in labels.items():
+            subset = [c for c in claims if c["paper"] == paper and c["data"] == data]
+            if subset:
+                counts = _tally(subset)
+                lines.append(f"| {paper} | {label} | "
+                             + " | ".join(str(counts[v]) for v in VERDICTS) + " |")
+    return [*lines, "",
+            f"Extra observations (outside the score): {extra['held']} held, "
+            f"{extra['not held']} not held, {extra['inconclusive']} inconclusive, "
+            f"{extra['not measured']} not measured.", ""]
+
+
+def _model_lines(results: dict[str, Any], labels: dict[str, str]) -> list[str]:
+    lines = ["## Models", "",
+             "| model | data set | seed | accuracy (%) | floor (%) | scored | mean max-softmax "
+             "| CAM map size | training seconds | notes |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for model in results.get("models") or []:
+        size = model.get("map_size")
+        cells = [_cell(model.get("label") or model.get("name", DASH)),
+                 _cell(labels.get(model.get("data", ""), model.get("data", DASH))),
+                 _num(model.get("seed"), "d"), _percent(model.get("accuracy")),
+                 _percent(model.get("floor")),
+                 "yes" if model.get("scored") else "no: below the floor",
+                 _num(model.get("mean_max_softmax"), ".3f"),
+                 f"{size[0]}×{size[1]}" if size else DASH,
+                 _num(model.get("train_seconds"), ".1f"), _cell(model.get("notes") or DASH)]
+        lines.append(f"| {' | '.join(cells)} |")
     return [*lines, ""]
 
 
-def _verdict_cell(claim: dict[str, Any] | None) -> str:
-    if claim is None:
-        return "–"
-    if not claim.get("measured", True):
-        return f"not measured: {claim.get('missing') or 'no numbers'}"
-    verdict = "**held**" if claim["held"] else "not held"
-    return (
-        f"{claim['baseline_mean']:.3f} → {claim['method_mean']:.3f}; "
-        f"{claim['improvement_mean']:+.3f} ± {claim['improvement_spread']:.3f}; {verdict}"
-    )
-
-
-def _claim_lines(key: str, per_data: dict[str, dict[str, Any]],
-                 labels: dict[str, str]) -> list[str]:
-    """One row per claim, one column per data set; then why each not-held claim failed."""
-    texts: list[str] = []
-    for section in per_data.values():
-        texts += [c["text"] for c in section["claims"] if c["text"] not in texts]
-    found = {
-        data: {c["text"]: c for c in section["claims"]} for data, section in per_data.items()
-    }
-    header = " | ".join(f"{labels[data]}: baseline → method; improvement; verdict"
-                        for data in per_data)
-    lines = [f"| claim | metric | paper | {header} |",
-             "|---|---|---|" + "---|" * len(per_data)]
-    reasons: list[str] = []
-    for text in texts:
-        claims = {data: found[data].get(text) for data in per_data}
-        first = next(c for c in claims.values() if c is not None)
-        margin = f" (margin {first['margin']:g})" if first["margin"] else ""
-        cells = " | ".join(_verdict_cell(c) for c in claims.values())
-        lines.append(
-            f"| {text} | {first['metric']} ({first['better']} is better){margin} | "
-            f"{first.get('paper') or '–'} | {cells} |"
-        )
-        for data, claim in claims.items():
-            if claim is not None and claim.get("measured", True) and not claim["held"]:
-                reasons.append(f"- *{text}* ({labels[data]}): {why_not_held(key, claim)}")
-    lines.append("")
-    if reasons:
-        lines += ["Why the claims that did not hold did not:", "", *reasons, ""]
+def _measurement_lines(label: str, paper: str, sections: list[dict[str, Any]]) -> list[str]:
+    lines = [f"### {label}: measurements (paper {paper})", ""]
+    for section in sections:
+        metrics = section.get("metrics") or {}
+        if metrics:
+            lines += ["Metrics: " + "; ".join(f"`{k}`: {v}" for k, v in metrics.items()) + ".", ""]
+        for name, rows in (section.get("tables") or {}).items():
+            columns = list(dict.fromkeys(m for row in rows.values() for m in row))
+            lines += [f"**{_cell(name)}** (mean ± std over seeds)", "",
+                      f"| | {' | '.join(columns)} |", "|---" * (len(columns) + 1) + "|"]
+            for row, values in rows.items():
+                cells = [format_value(values[m]) if m in values else DASH for m in columns]
+                lines.append(f"| {_cell(row)} | {' | '.join(cells)} |")
+            lines.append("")
+        lines += [f"Note: {note}" for note in section.get("notes") or []]
+        lines += [""] if section.get("notes") else []
+        for figure in section.get("figures") or []:
+            lines += [f"![{label}: {figure.get('caption', '')}]({figure['file']})", ""]
     return lines
 
 
-def _section_lines(key: str, per_data: dict[str, dict[str, Any]],
-                   labels: dict[str, str]) -> list[str]:
-    section = next(iter(per_data.values()))
-    lines = [
-        f"## {section['title']}",
-        "",
-        f"*Paper:* {section['paper']}",
-        "",
-        f"**The paper's claim.** {section['paper_claim']}",
-        "",
-        f"**Our protocol.** {section['protocol']}",
-        "",
-        "Metrics: " + "; ".join(f"`{k}`: {v}" for k, v in section["metrics"].items()) + ".",
-        "",
-    ]
-    number = section["title"].split(".")[0]  # keeps the sub-headings unique in the docs
-    for data, record in per_data.items():
-        lines += [f"### {labels[data]}, section {number}", ""]
-        for name, rows in record["tables"].items():
-            lines += _table_lines(name, rows)
-        lines += [f"Note: {note}" for note in record["notes"]]
-        lines += [""] if record["notes"] else []
-        for figure in record["figures"]:
-            lines += [f"![{labels[data]}: {figure['caption']}]({figure['file']})", ""]
-    held = ", ".join(
-        f"{labels[data]} {sum(c['held'] for c in record['claims'])} of {len(record['claims'])}"
-        for data, record in per_data.items()
-    )
-    lines += [f"### Verdicts of section {number} ({held} claims held)", ""]
-    return lines + _claim_lines(key, per_data, labels)
+def _paper_lines(results: dict[str, Any], paper: str, labels: dict[str, str]) -> list[str]:
+    record = results["papers"][paper]
+    lines = [f"## Paper {paper}: {record.get('title', '')}", "",
+             f"*{record.get('citation', '')}*", "",
+             f"**The paper's claim.** {record.get('claim', '')}", "",
+             f"**Our protocol.** {record.get('protocol', '')}", ""]
+    claims = [c for c in results.get("claims") or [] if str(c["paper"]) == paper]
+    scored = [c for c in claims if not c.get("extra")]
+    extra = [c for c in claims if c.get("extra")]
+    lines += [f"### Claims (paper {paper})", ""]
+    lines += _claim_table(scored, labels) if scored else ["No claim was measured.", ""]
+    if extra:
+        lines += [f"### Extra observations of paper {paper} (outside the score)", ""]
+        lines += _claim_table(extra, labels)
+    for data, label in labels.items():
+        sections = [s for s in (results.get("sections") or {}).get(data, {}).values()
+                    if str(s.get("paper")) == paper]
+        if sections:
+            lines += _measurement_lines(label, paper, sections)
+    return lines
 
 
 def _run_lines(results: dict[str, Any]) -> list[str]:
-    """Where and how the run happened, and every setting it used."""
-    env = results.get("environment")
-    lines = ["## The run", ""]
-    if env:
-        lines += [
-            f"Command: `{env['command'] or 'run_study(...)'}` on {env['date_utc']} UTC; "
-            f"captum-regularized {env['captum_regularized']}, torch {env['torch']}, captum "
-            f"{env['captum']}, Python {env['python']}; {env['machine']} with "
-            f"{env['cpu_count']} CPUs, {env['torch_threads']} torch threads.",
-            "",
-        ]
-    settings = results.get("settings", {})
-    if settings:
-        lines += ["| setting | value |", "|---|---|"]
-        lines += [f"| `{name}` | {value:.4g} |" if isinstance(value, float)
-                  else f"| `{name}` | {value} |" for name, value in settings.items()]
-        lines.append("")
-    return [*lines, f"**Departures from the papers.** {DEPARTURES}", ""]
-
-
-def _summary_lines(data_sets: dict[str, dict[str, Any]], labels: dict[str, str]) -> list[str]:
-    """Per section and data set: how many claims held; then which held, per data set."""
-    lines = ["## Summary", "",
-             f"| section | {' | '.join(labels[d] for d in data_sets)} |",
-             "|---|" + "---|" * len(data_sets)]
-    keys: list[str] = []
-    for record in data_sets.values():
-        keys += [k for k in record["sections"] if k not in keys]
-    for key in keys:
-        title = next(r["sections"][key]["title"] for r in data_sets.values()
-                     if key in r["sections"])
-        cells = []
-        for record in data_sets.values():
-            claims = record["sections"].get(key, {}).get("claims")
-            cells.append("–" if claims is None else
-                         f"{sum(c['held'] for c in claims)} of {len(claims)}")
-        lines.append(f"| {title} | {' | '.join(cells)} |")
-    lines.append("")
-    for data, record in data_sets.items():
-        claims = [c for s in record["sections"].values() for c in s["claims"]]
-        held = [c["text"] for c in claims if c["held"]]
-        unmeasured = [c["text"] for c in claims if not c.get("measured", True)]
-        lines.append(f"**{labels[data]}: {len(held)} of {len(claims)} held.** "
-                     + ("Held: " + "; ".join(held) + "." if held else "None held."))
-        if unmeasured:
-            lines.append(f"Not measured: {'; '.join(unmeasured)}.")
-        lines.append("")
-    return lines
-
-
-def _model_lines(data_sets: dict[str, dict[str, Any]], labels: dict[str, str]) -> list[str]:
-    lines = ["Trained models (held-out accuracy, mean over seeds):", "",
-             "| data set | model | seeds | accuracy | mean max-softmax | training seconds |",
-             "|---|---|---|---|---|---|"]
-    for data, record in data_sets.items():
-        for model in record.get("models", []):
-            lines.append(
-                f"| {labels[data]} | {model['label']} | {model['seeds']} | "
-                f"{model['accuracy']:.3f} | {model['mean_max_softmax']:.3f} | "
-                f"{model['train_seconds']:.1f} |"
-            )
+    env = results.get("environment") or {}
+    versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())
+    seconds = results.get("total_seconds") or 0.0
+    lines = ["## The run", "",
+             f"Command: `{env.get('command') or 'run_study(...)'}` on "
+             f"{env.get('date_utc') or DASH} UTC; {versions or 'versions not recorded'}; "
+             f"{env.get('cpu_count') or DASH} CPU cores, {env.get('torch_threads') or DASH} "
+             "torch threads.", "",
+             f"Seeds: {', '.join(map(str, results.get('seeds') or [])) or DASH}. "
+             f"Device: {results.get('device') or DASH}. Total time: {seconds:.0f} s "
+             f"({seconds / 60:.1f} min).", "",
+             "| setting | value |", "|---|---|"]
+    for name, value in (results.get("settings") or {}).items():
+        shown = _num(value, ".4g") if isinstance(value, float) or value is None else value
+        lines.append(f"| `{name}` | {_cell(shown)} |")
     return [*lines, ""]
 
 
-def _concentration_lines(data_sets: dict[str, dict[str, Any]]) -> list[str]:
-    rows = data_sets.get("synthetic", {}).get("gradient_concentration")
-    if not rows:
-        return []
-    lines = [
-        "**How concentrated the plain gradient is on the object (SyntheticShapes).** "
-        "The synthetic track uses the harder configuration (four distractors in reds, "
-        "oranges and pinks near the target's red, smaller objects, background clutter); "
-        "a resnet18 trained the same "
-        "way on each configuration, energy in mask of |plain gradient| of the label on the "
-        "held-out examples (share of the map inside the object; the mask's share of the "
-        "image for scale):",
-        "",
-        "| configuration | resnet18 accuracy | energy in mask | mask area |",
-        "|---|---|---|---|",
-    ]
-    for name, row in rows.items():
-        lines.append(f"| {name} | {format_value(row['accuracy'])} | "
-                     f"{format_value(row['energy_in_mask'])} | {format_value(row['mask_area'])} |")
-    return [*lines, ""]
-
-
-def write_report(out: Path, results: dict[str, Any]) -> Path:
-    """Write ``out / "report.md"`` from the ``results.json`` record and return its path.
+def write_report(folder: Path, results: dict[str, Any]) -> Path:
+    """Write ``folder / "report.md"`` from the ``results.json`` record and return its path.
 
     Examples
     --------
     >>> import tempfile
-    >>> results = {"device": "cpu", "seeds": [0], "quick": True, "total_seconds": 1.0,
-    ...            "rule": "mean(d) - std(d) > 0", "data_sets": {}}
-    >>> path = write_report(Path(tempfile.mkdtemp()), results)
-    >>> path.read_text().splitlines()[0]
-    '# captum-regularized: reproduction study'
+    >>> results = {"quick": True, "complete": True, "rule": "mean(d) - std(d) > 0",
+    ...            "claims": [], "papers": {}, "seeds": [0], "total_seconds": 90.0}
+    >>> text = write_report(Path(tempfile.mkdtemp()), results).read_text()
+    >>> text.splitlines()[0]
+    '# Reproduction study'
+    >>> "**0 of 0 measured paper claims held**" in text
+    True
     """
-    seeds = results["seeds"]
-    data_sets = _data_sets(results)
-    labels = {key: record["label"] for key, record in data_sets.items()}
-    held = "; ".join(
-        f"{labels[key]} **{record['summary']['held']} of {record['summary']['claims']}**"
-        for key, record in data_sets.items() if record.get("summary")
-    )
-    lines = [
-        "# captum-regularized: reproduction study",
-        "",
-        f"Seeds: {', '.join(map(str, seeds))}. Device: {results['device']}. Total time: "
-        f"{results['total_seconds']:.0f} s. Claims held: {held or 'none measured'}.",
-        "",
-        *[f"- {labels[key]}: {record['source']}" for key, record in data_sets.items()],
-        "",
-    ]
-    for note in results.get("notes", []):
-        lines += [f"> {note}", ""]
-    lines += [f"**Verdict rule.** {results['rule']}", ""]
+    labels = _labels(results)
+    lines = ["# Reproduction study", ""]
+    if results.get("quick"):
+        lines += ["**This is a smoke test (`--quick`, CI-sized models and data): its verdicts "
+                  "are not evidence either way.**", ""]
     if not results.get("complete", True):
-        lines += ["> **Partial results**: the run has not finished every section yet.", ""]
-    if len(seeds) < 2:
-        lines += [
-            "> With a single seed there is no spread: a verdict only says which mean was "
-            "better." + (" This is the `--quick` run (tiny models, few examples): its "
-                         "verdicts are not evidence either way." if results["quick"] else ""),
-            "",
-        ]
-    lines += _model_lines(data_sets, labels) + _concentration_lines(data_sets)
-    keys: list[str] = []
-    for record in data_sets.values():
-        keys += [k for k in record["sections"] if k not in keys]
-    for key in keys:
-        per_data = {data: record["sections"][key] for data, record in data_sets.items()
-                    if key in record["sections"]}
-        lines += _section_lines(key, per_data, labels)
-    lines += _summary_lines(data_sets, labels) + _run_lines(results)
-    path = out / "report.md"
+        lines += ["> The run was stopped before it finished: this report lists only the "
+                  "sections that finished.", ""]
+    lines += [f"- {labels[k]}: {r.get('source', '')}"
+              for k, r in (results.get("data_sets") or {}).items()]
+    lines += ["", *_summary_lines(results, labels)]
+    lines += ["## The verdict rule", "", results.get("rule") or DASH, ""]
+    lines += _model_lines(results, labels)
+    for paper in sorted(results.get("papers") or {}, key=int):
+        lines += _paper_lines(results, str(paper), labels)
+    lines += ["## Departures from the papers", ""]
+    lines += [f"- {d}" for d in results.get("departures") or []] or ["No departures recorded."]
+    lines += ["", "## Notes", "", *([f"- {n}" for n in results.get("notes") or [] if n]
+                                    or ["No notes."])]
+    lines += ["", *_run_lines(results)]
+    path = folder / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def readme_summary(results: dict[str, Any]) -> str:
+    """Markdown for the README: the N-of-M sentence and one table of claims per paper.
+
+    Examples
+    --------
+    >>> results = {"claims": [], "papers": {}, "seeds": [0, 1], "total_seconds": 600.0,
+    ...            "environment": {"date_utc": "2025-01-02T03:04", "cpu_count": 2}}
+    >>> print(readme_summary(results))  # doctest: +NORMALIZE_WHITESPACE
+    In the published run (2025-01-02, 2 seeds, 10.0 minutes on 2 CPU cores), 0 of 0 measured
+    claims of the four papers held.
+    """
+    labels = _labels(results)
+    claims = [c for c in results.get("claims") or [] if not c.get("extra")]
+    env = results.get("environment") or {}
+    overall = (results.get("summary") or {}).get("overall") or _tally(claims)
+    per_data = ", ".join(
+        f"{label} {counts['held']} of {counts['measured']}"
+        for data, label in labels.items()
+        if (counts := _tally([c for c in claims if c["data"] == data]))["measured"]
+    )
+    minutes = (results.get("total_seconds") or 0.0) / 60
+    lines = [f"In the published run ({(env.get('date_utc') or DASH)[:10]}, "
+             f"{len(results.get('seeds') or [])} seeds, {minutes:.1f} minutes on "
+             f"{env.get('cpu_count') or DASH} CPU cores), {overall['held']} of "
+             f"{overall['measured']} measured claims of the four papers held"
+             + (f" (per data set: {per_data})." if per_data else ".")]
+    if results.get("quick"):
+        lines[0] += " This was a smoke test: its verdicts are not evidence."
+    for paper in sorted({str(c["paper"]) for c in claims}, key=int):
+        title = (results.get("papers") or {}).get(paper, {}).get("title", "")
+        table = _claim_table([c for c in claims if str(c["paper"]) == paper],
+                             {d: f"{label} ours" for d, label in labels.items()})
+        lines += ["", f"**Paper {paper}: {title}**", "", *table[:table.index("")]]
+    return "\n".join(lines)

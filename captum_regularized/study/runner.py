@@ -28,17 +28,16 @@ import torch
 
 from captum_regularized import __version__
 from captum_regularized.datasets.fashion_mnist import fashion_mnist_missing
-from captum_regularized.study.data_probe import gradient_concentration
 from captum_regularized.study.guided_section import run_guided_section
-from captum_regularized.study.model_zoo import RECIPES, ModelZoo
+from captum_regularized.study.model_zoo import ModelZoo
 from captum_regularized.study.norm_adversarial_section import run_norm_adversarial_section
 from captum_regularized.study.report import write_report
 from captum_regularized.study.rsi_section import run_rsi_section
 from captum_regularized.study.section import Section, StudyContext
-from captum_regularized.study.settings import FULL, TINY, StudySettings
+from captum_regularized.study.settings import DEPARTURES, FULL, TINY, StudySettings
 from captum_regularized.study.signed_maps_section import run_signed_maps_section
 from captum_regularized.study.study_data import DEFAULT_FASHION_MNIST_ROOT, StudyData
-from captum_regularized.study.verdicts import RULE_TEXT
+from captum_regularized.study.verdicts import RULE_TEXT, count_verdicts
 
 __all__ = ["SECTIONS", "run_study", "study_sources", "tiny_context"]
 
@@ -74,27 +73,32 @@ def tiny_context(out: Path | None = None) -> StudyContext:
     return StudyContext(TINY, data, zoo, out, seeds=[0], log=lambda line: None)
 
 
-def _model_summaries(zoo: ModelZoo) -> list[dict[str, Any]]:
-    by_recipe: dict[str, list[Any]] = {}
-    for trained in zoo.trained():
-        by_recipe.setdefault(trained.recipe, []).append(trained)
-    summaries = []
-    for recipe, models in by_recipe.items():
-        count = len(models)
-        summaries.append({
-            "recipe": recipe,
-            "label": RECIPES[recipe].label,
-            "seeds": count,
-            "accuracy": sum(m.accuracy for m in models) / count,
-            "mean_max_softmax": sum(m.mean_max_softmax for m in models) / count,
-            "train_seconds": sum(m.train_seconds for m in models) / count,
-            "per_seed": [
-                {"seed": m.seed, "accuracy": m.accuracy, "mean_max_softmax": m.mean_max_softmax,
-                 "train_seconds": m.train_seconds}
-                for m in models
-            ],
-        })
-    return summaries
+def _model_records(zoo: ModelZoo) -> list[dict[str, Any]]:
+    """One ``results.json`` entry per trained model and seed."""
+    return [
+        {
+            "name": trained.recipe, "label": trained.label, "data": zoo.data.key,
+            "seed": trained.seed, "accuracy": trained.accuracy, "floor": trained.floor,
+            "scored": trained.scored, "mean_max_softmax": trained.mean_max_softmax,
+            "map_size": list(trained.map_size) if trained.map_size else None,
+            "train_seconds": trained.train_seconds, "notes": trained.notes,
+        }
+        for trained in zoo.trained()
+    ]
+
+
+def _summary(claims: list[dict[str, Any]]) -> dict[str, Any]:
+    """Verdict counts: overall, per data set, per paper (paper claims) and of the extras."""
+    paper_claims = [c for c in claims if not c["extra"]]
+    return {
+        "overall": count_verdicts(paper_claims),
+        "per_data_set": {data: count_verdicts([c for c in paper_claims if c["data"] == data])
+                         for data in dict.fromkeys(c["data"] for c in claims)},
+        "per_paper": {str(paper): count_verdicts([c for c in paper_claims
+                                                  if c["paper"] == paper])
+                      for paper in sorted({c["paper"] for c in claims})},
+        "extra": count_verdicts([{**c, "extra": False} for c in claims if c["extra"]]),
+    }
 
 
 def environment(command: str | None = None) -> dict[str, Any]:
@@ -169,6 +173,7 @@ def run_study(
     stages: bool = True,
     sections: Sequence[str] | None = None,
     command: str | None = None,
+    cache: Path | None = None,
 ) -> dict[str, Any]:
     """Run the study into the existing folder ``out`` and return what ``results.json`` holds.
 
@@ -202,23 +207,36 @@ def run_study(
         Keys of :data:`SECTIONS` to run (default: all).
     command : str, optional
         The command line that started the run, recorded with the environment.
+    cache : Path or None
+        Folder of trained checkpoints shared between runs (the command line passes
+        :func:`~captum_regularized.study.model_zoo.default_checkpoint_cache`); ``None``:
+        train everything afresh and keep nothing. See
+        :class:`~captum_regularized.study.model_zoo.ModelZoo`.
 
     Returns
     -------
     dict
-        ``settings``, ``environment``, ``seeds``, ``device``, ``rule``, ``notes`` (e.g.
-        a data set that was not found), ``data_sets`` (per data set: ``label``,
-        ``source``, ``sections`` with tables, claims and verdicts, ``models``,
-        ``summary``), ``summary`` (claims held per data set), ``complete`` (false in the
-        files a stopped run leaves) and ``total_seconds``.
+        ``settings``, ``environment``, ``seeds``, ``device``, ``rule``, ``departures``,
+        ``notes`` (e.g. a data set that was not found), ``data_sets`` (``label`` and
+        ``source`` per data set), ``papers`` (title, citation, claim, protocol),
+        ``models`` (one entry per trained model and seed: ``name``, ``data``, ``seed``,
+        ``accuracy``, ``floor``, ``scored``, ...), ``claims`` (one entry per claim and
+        data set: ``paper``, ``claim``, ``paper_value``, ``extra``, ``effect``,
+        ``ci_low``, ``ci_high``, ``seed_signs``, ``verdict``, ``reason``, ``map_size``,
+        ...), ``sections`` (per data set, each section's tables of per-seed means),
+        ``summary`` (verdict counts overall, per data set, per paper and of the extra
+        observations), ``complete`` (false in the files a stopped run leaves) and
+        ``total_seconds``.
 
     Examples
     --------
     >>> folder = Path(tempfile.mkdtemp())
     >>> results = run_study(folder, settings=TINY, progress=False, stages=False,
     ...                     data="synthetic", sections=["signed_maps"])
-    >>> list(results["data_sets"]), sorted(results["data_sets"]["synthetic"]["sections"])
+    >>> list(results["data_sets"]), sorted(results["sections"]["synthetic"])
     (['synthetic'], ['signed_maps'])
+    >>> len(results["claims"]), results["summary"]["overall"]["measured"]
+    (8, 8)
     >>> (folder / "report.md").exists()
     True
     """
@@ -238,38 +256,46 @@ def run_study(
         "seeds": seeds,
         "device": device,
         "rule": RULE_TEXT,
+        "departures": list(DEPARTURES),
         "notes": notes,
         "data_sets": {},
+        "papers": {},
+        "models": [],
+        "claims": [],
+        "sections": {},
     }
     log(f"reproduction study: {len(keys)} sections, seeds {seeds}, data sets "
         f"{[d.key for d in all_data]}")
     with _staged(out) as stage:
         for study_data in all_data:
-            zoo = ModelZoo(settings, study_data, device=device, log=log, progress=progress)
+            zoo = ModelZoo(settings, study_data, device=device, log=log, progress=progress,
+                           cache=cache)
             context = StudyContext(settings, study_data, zoo, stage.folder, seeds,
                                    device=device, log=log, figure_prefix=f"{study_data.key}_")
-            record: dict[str, Any] = {"label": study_data.label, "source": study_data.source,
-                                      "sections": {}}
-            results["data_sets"][study_data.key] = record
+            results["data_sets"][study_data.key] = {"label": study_data.label,
+                                                    "source": study_data.source}
+            sections_record = results["sections"].setdefault(study_data.key, {})
             log(f"data set {study_data.label}: {study_data.source}")
             for key in keys:
                 section_started = time.perf_counter()
                 log(f"{study_data.label}, section {key}: start")
                 section = SECTIONS[key](context)
-                record["sections"][key] = section.as_dict()
-                held = sum(v.held for v in section.verdicts())
-                log(f"{study_data.label}, section {key}: {held} of {len(section.verdicts())} "
-                    f"claims held ({time.perf_counter() - section_started:.0f} s)")
-                record["models"] = _model_summaries(zoo)
+                sections_record[key] = section.as_dict()
+                results["papers"][str(section.paper)] = {
+                    "title": section.title, "citation": section.citation,
+                    "claim": section.paper_claim, "protocol": section.protocol,
+                }
+                claims = section.claim_records(study_data.key)
+                results["claims"] += claims
+                held = sum(c["verdict"] == "held" for c in claims if not c["extra"])
+                scored = sum(not c["extra"] for c in claims)
+                log(f"{study_data.label}, section {key}: {held} of {scored} paper claims held "
+                    f"({time.perf_counter() - section_started:.0f} s)")
+                others = [m for m in results["models"] if m["data"] != study_data.key]
+                results["models"] = others + _model_records(zoo)
                 # Written after every section: a long run that is stopped keeps what it found.
-                probe_follows = study_data.key == "synthetic" and "signed_maps" in keys
-                last = study_data is all_data[-1] and key == keys[-1] and not probe_follows
+                last = study_data is all_data[-1] and key == keys[-1]
                 _write(stage, results, started, complete=last)
-            if study_data.key == "synthetic" and "signed_maps" in keys:  # resnet18 is trained
-                log("plain-gradient concentration of resnet18 per synthetic configuration")
-                record["gradient_concentration"] = gradient_concentration(context, progress)
-                record["models"] = _model_summaries(zoo)
-                _write(stage, results, started, complete=study_data is all_data[-1])
     log(f"wrote {out / 'report.md'} and {out / 'results.json'}")
     return results
 
@@ -319,10 +345,7 @@ def _write(stage: _Stage, results: dict[str, Any], started: float, complete: boo
     Both are written beside the stage first and moved in whole, so a run stopped while
     writing still has the previous pair.
     """
-    for record in results["data_sets"].values():
-        claims = [c for s in record["sections"].values() for c in s["claims"]]
-        record["summary"] = {"held": sum(c["held"] for c in claims), "claims": len(claims)}
-    results["summary"] = {key: record["summary"] for key, record in results["data_sets"].items()}
+    results["summary"] = _summary(results["claims"])
     results["complete"] = complete
     results["total_seconds"] = time.perf_counter() - started
     scratch = Path(tempfile.mkdtemp(prefix=".write-", dir=stage.folder))

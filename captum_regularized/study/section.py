@@ -1,14 +1,16 @@
-"""A section of the study: measurements per seed, the paper's claims and their verdicts.
+"""A section of the study: per-example measurements per seed, a paper's claims, verdicts.
 
 :class:`StudyContext` holds the mechanics every section shares: the per-seed batch of
 held-out examples it scores (:meth:`StudyContext.eval_batches`) and the figures drawn
-from the first seed's examples (:meth:`StudyContext.save_maps`,
-:meth:`StudyContext.save_curves`), so a section module writes only its protocol.
+from the first seed's examples, so a section module writes only its protocol.
+:class:`Section` keeps, for every table, row and metric, one value per scored example
+and seed, and which models stand behind each row, so a claim on a model below its
+accuracy floor, or on a CAM map coarser than 4 x 4, is "not measured".
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 
 from captum_regularized.study.figures import save_curves_figure, save_maps_figure
-from captum_regularized.study.model_zoo import ModelZoo
+from captum_regularized.study.model_zoo import MIN_MAP_SIZE, ModelZoo, TrainedModel
 from captum_regularized.study.settings import StudySettings
 from captum_regularized.study.study_data import StudyData
 from captum_regularized.study.verdicts import (
@@ -51,8 +53,7 @@ class EvalBatch:
 class StudyContext:
     """What every section needs: sizes, data, the shared model zoo and the output folder.
 
-    Figures are written as ``out / f"{figure_prefix}{name}.png"`` (the runner prefixes
-    the data set's key, so the sections of two data sets never overwrite each other).
+    Figures are written as ``out / f"{figure_prefix}{name}.png"``.
 
     Examples
     --------
@@ -117,83 +118,108 @@ class StudyContext:
         section.figures.append((file.name, f"{caption} (seed {self.seeds[0]})"))
 
 
+Values = list[list[float]]
+"""One list of per-example values per seed."""
+
+
 @dataclass
 class Section:
-    """Tables of per-seed measurements, the claims they decide, notes and figures.
+    """Per-example measurements per seed, the models behind each row, claims, notes.
 
-    ``tables[table][row][metric]`` is the list of the metric's values, one per seed.
+    ``tables[table][row][metric][s]`` holds seed ``s``'s per-example values;
+    ``models[(table, row)]`` the trained models behind a row (one per seed) and
+    ``cam_rows`` the rows whose maps come from a CAM layer.
 
     Examples
     --------
-    >>> section = Section("demo", "Demo", "A paper", "New beats old.", "Protocol.")
-    >>> for seed, (old, new) in enumerate([(0.3, 0.2), (0.31, 0.21)]):
-    ...     section.record("model", "old", "auc", old)
-    ...     section.record("model", "new", "auc", new)
-    >>> section.claims.append(Claim("new < old", "model", "old", "new", "auc", "lower"))
+    >>> section = Section("demo", "Demo", 1, "A paper", "New beats old.", "Protocol.")
+    >>> for seed in range(3):
+    ...     section.record("model", "old", "auc", torch.full((50,), 0.3) + 0.01 * seed)
+    ...     section.record("model", "new", "auc", torch.full((50,), 0.2) + 0.01 * seed)
+    >>> section.claims.append(Claim(1, "new < old", "model", "old", "new", "auc", "lower"))
     >>> [v.verdict for v in section.verdicts()]
     ['held']
     """
 
     key: str
     title: str
-    paper: str
+    paper: int
+    citation: str
     paper_claim: str
     protocol: str
-    tables: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
+    tables: dict[str, dict[str, dict[str, Values]]] = field(default_factory=dict)
+    models: dict[tuple[str, str], list[TrainedModel]] = field(default_factory=dict)
+    cam_rows: set[tuple[str, str]] = field(default_factory=set)
     metric_notes: dict[str, str] = field(default_factory=dict)
     claims: list[Claim] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     figures: list[tuple[str, str]] = field(default_factory=list)
 
-    def record(self, table: str, row: str, metric: str, value: float) -> None:
-        """Append one seed's ``value`` of ``metric`` for ``row`` of ``table``."""
+    def record(
+        self, table: str, row: str, metric: str, values: torch.Tensor | Sequence[float] | float
+    ) -> None:
+        """Append one seed's per-example ``values`` of ``metric`` for ``row`` of ``table``."""
+        if isinstance(values, torch.Tensor):
+            listed = values.detach().double().flatten().cpu().tolist()
+        elif isinstance(values, (int, float)):
+            listed = [float(values)]
+        else:
+            listed = [float(v) for v in values]
         column = self.tables.setdefault(table, {}).setdefault(row, {}).setdefault(metric, [])
-        column.append(float(value))
+        column.append(listed)
 
-    def _missing(self, claim: Claim) -> str:
-        """What of ``claim``'s table, rows and metric was never recorded ("" if nothing)."""
-        if claim.table not in self.tables:
+    def uses(self, table: str, row: str, trained: TrainedModel, *, cam: bool = False) -> None:
+        """Say that ``row`` of ``table`` was measured on ``trained`` (once per seed);
+        ``cam``: its maps come from ``trained.cam_layer`` (the map size is checked)."""
+        self.models.setdefault((table, row), []).append(trained)
+        if cam:
+            self.cam_rows.add((table, row))
+
+    def _map_size(self, claim: Claim) -> tuple[int, int] | None:
+        for row in (claim.method, claim.baseline):
+            if (claim.table, row) in self.cam_rows:
+                sizes = [m.map_size for m in self.models[(claim.table, row)] if m.map_size]
+                if sizes:
+                    return min(sizes)
+        return None
+
+    def _why_not_measured(self, claim: Claim, map_size: tuple[int, int] | None) -> str:
+        rows = self.tables.get(claim.table)
+        if rows is None:
             return f"table {claim.table!r} was not recorded"
-        rows = self.tables[claim.table]
-        gaps = []
         for row in (claim.baseline, claim.method):
-            if row not in rows:
-                gaps.append(f"row {row!r} is not in table {claim.table!r}")
-            elif not rows[row].get(claim.metric):
-                gaps.append(f"row {row!r} of table {claim.table!r} has no {claim.metric!r}")
-        return "; ".join(gaps)
+            if not (rows.get(row) or {}).get(claim.metric):
+                return f"row {row!r} of table {claim.table!r} has no {claim.metric!r}"
+        for row in (claim.baseline, claim.method):
+            for trained in self.models.get((claim.table, row), []):
+                if not trained.scored:
+                    return trained.unscored_reason()
+        if map_size is not None and min(map_size) < MIN_MAP_SIZE:
+            return (f"the CAM map is {map_size[0]} x {map_size[1]}, coarser than "
+                    f"{MIN_MAP_SIZE} x {MIN_MAP_SIZE}: not scored")
+        return ""
 
     def verdicts(self) -> list[ClaimVerdict]:
-        """One verdict per claim, in order: judged by :func:`judge` where both rows were
-        measured, "not measured" (:func:`not_measured`, naming what is missing) otherwise.
-
-        Examples
-        --------
-        >>> section = Section("demo", "Demo", "A paper", "New beats old.", "Protocol.")
-        >>> section.record("model", "old", "auc", 0.3)
-        >>> section.claims.append(Claim("typo", "model", "old", "nwe", "auc", "lower"))
-        >>> [(v.verdict, v.missing) for v in section.verdicts()]
-        [('not measured', "row 'nwe' is not in table 'model'")]
-        """
+        """One verdict per claim, in order: :func:`judge` on the paired per-example values
+        where both rows were measured on scored models, "not measured" with the reason
+        otherwise."""
         verdicts = []
         for claim in self.claims:
-            missing = self._missing(claim)
+            size = self._map_size(claim)
+            missing = self._why_not_measured(claim, size)
             if missing:
-                verdicts.append(not_measured(claim, missing))
+                verdicts.append(not_measured(claim, missing, map_size=size))
                 continue
             rows = self.tables[claim.table]
-            verdicts.append(
-                judge(claim, rows[claim.baseline][claim.metric], rows[claim.method][claim.metric])
-            )
+            verdicts.append(judge(claim, rows[claim.baseline][claim.metric],
+                                  rows[claim.method][claim.metric], map_size=size))
         return verdicts
 
     def as_dict(self) -> dict[str, object]:
-        """JSON-ready record: tables as mean/std/per-seed, claims with verdicts."""
+        """JSON-ready record: tables as per-seed means, pooled mean and spread."""
         return {
             "title": self.title,
             "paper": self.paper,
-            "paper_claim": self.paper_claim,
-            "protocol": self.protocol,
             "metrics": self.metric_notes,
             "tables": {
                 table: {
@@ -202,7 +228,13 @@ class Section:
                 }
                 for table, rows in self.tables.items()
             },
-            "claims": [verdict.as_dict() for verdict in self.verdicts()],
             "notes": self.notes,
             "figures": [{"file": file, "caption": caption} for file, caption in self.figures],
         }
+
+    def claim_records(self, data_key: str) -> list[dict[str, object]]:
+        """Every verdict as a ``results.json`` claim record of data set ``data_key``."""
+        return [
+            {"data": data_key, "section": self.key, **verdict.as_dict()}
+            for verdict in self.verdicts()
+        ]

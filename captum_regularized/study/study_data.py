@@ -91,7 +91,9 @@ class StudyData:
         root: Path | None = None,
     ) -> None:
         self.settings = settings
-        self.image_size = settings.image_size
+        self.image_size = (
+            settings.fashion_mnist_size if source == "fashion-mnist" else settings.image_size
+        )
         self._cache: dict[int, SeedData] = {}
         self.folder: Path | None = None
         self.root = DEFAULT_FASHION_MNIST_ROOT if root is None else Path(root)
@@ -158,7 +160,7 @@ class StudyData:
         if self.key == "fashion-mnist":
             return (
                 f"Fashion-MNIST from {self.root} ({self.num_classes} classes, resized to "
-                f"{s.image_size} px, 3 channels; masks: garment silhouettes)"
+                f"{self.image_size} px, 3 channels; masks: garment silhouettes)"
             )
         return f"image folder {self.folder} ({self.num_classes} classes, {self.image_size} px)"
 
@@ -178,7 +180,7 @@ class StudyData:
                 num_classes=s.num_classes,
             )
 
-        train_set = shapes(s.train_samples, seed).materialize()
+        train_set = shapes(s.synthetic_train_samples, seed).materialize()
         images, labels, masks = shapes(s.test_samples, seed + TEST_SEED_OFFSET).tensors()
         return SeedData(train_set, images, labels, masks)
 

@@ -1,45 +1,59 @@
 """The rule that decides whether a paper's claim held in our measurements.
 
-Every claim compares a *method* with a *baseline* on one metric, seed by seed. With
-``d_s`` the improvement of the method over the baseline on seed ``s`` (``method -
-baseline`` when higher is better, ``baseline - method`` when lower is better):
+A claim compares a *method* with a *baseline* on the same held-out examples, for
+several training seeds. Seed ``s`` gives ``n_s`` paired values (entry ``i`` of both
+rows is the same image); the signed difference ``d = method - baseline`` (or
+``baseline - method`` when lower is better) is positive where the method is better.
 
-* ``spread`` is the sample standard deviation of ``d_s`` over seeds (0 for one seed);
-* a *superiority* claim ("the method is better") **held** when
-  ``mean(d) - spread > 0``: better on average, by more than the seed-to-seed spread;
-* a *non-inferiority* claim ("the method costs at most ``margin``") held when
-  ``mean(d) - spread > -margin``.
+* **effect**: the pooled mean of ``d`` over all examples of all seeds (weight ``n_s``).
+* **interval**: a two-level bootstrap. A resample draws ``S`` seeds with replacement,
+  then ``n_s`` examples with replacement inside each drawn seed, and takes the pooled
+  mean; the 2.5 % and 97.5 % percentiles of 4000 resamples give the 95 % interval.
+  Resampling seeds carries the seed-to-seed variation into the interval, resampling
+  examples the test-set noise. A ``torch.Generator`` seeded with ``seed`` makes it
+  reproducible. With few seeds the bootstrap cannot reach beyond the most extreme seed
+  (three draws of the lowest of three seeds have probability 1/27 > 2.5 %), so for
+  ``S >= 2`` the interval is widened to cover Student's ``t`` interval of the seed means,
+  ``mean +- t(S - 1) * sd / sqrt(S)``: the reported interval is the wider of the two.
+* **margin** ``m >= 0``: a non-inferiority claim ("drops by at most ``m``") compares
+  ``d`` with ``-m`` instead of 0.
+* **verdict**: *held* when the interval's low end is above ``-m`` *and* every seed's
+  mean difference is above ``-m``; *not held* when the interval's high end is below
+  ``-m``; otherwise *inconclusive*. A NaN or infinity anywhere is inconclusive, never
+  held. A claim whose rows were not recorded is *not measured* (:func:`not_measured`).
 
-With a single seed the rule reduces to "better on average" (no spread is known), which
-the report says next to every verdict.
-
-A claim whose baseline or method row (or metric) was never recorded is not dropped: it
-gets a *not measured* verdict (:func:`not_measured`), never held, that names what is
-missing, so a misspelt row shows up in the report instead of erasing the claim.
+The ``reason`` of a verdict is one sentence written from the measured numbers only.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 
-__all__ = [
-    "RULE_TEXT",
-    "Claim",
-    "ClaimVerdict",
-    "judge",
-    "not_measured",
-    "spread",
-    "summarize",
-]
+import torch
+
+__all__ = ["RULE_TEXT", "Claim", "ClaimVerdict", "count_verdicts", "judge", "not_measured",
+           "spread", "summarize"]
 
 RULE_TEXT = (
-    "A claim **held** when the mean over seeds of the method's improvement over the "
-    "baseline exceeds the improvement's standard deviation over seeds (sample std; 0 "
-    "with one seed), i.e. `mean(d) - std(d) > 0`; a non-inferiority claim with margin "
-    "`m` held when `mean(d) - std(d) > -m`. `d` is signed so that positive means better."
+    "For each claim, `d` is the per-example difference between the method and the "
+    "baseline, signed so that positive means the method is better. The **effect** is the "
+    "mean of `d` pooled over all held-out examples of all seeds; its 95 % interval comes "
+    "from a two-level bootstrap (4000 resamples that draw seeds with replacement, then "
+    "examples with replacement within each drawn seed; percentile interval), widened "
+    "where needed to cover Student's t interval of the per-seed means (S - 1 degrees of "
+    "freedom), which the bootstrap alone is too narrow for with three seeds. A claim "
+    "**held** when the interval lies above `-m` (`m` = 0 unless the claim allows a margin) "
+    "*and* every seed's mean difference is above `-m`; it is **not held** when the "
+    "interval lies below `-m`; otherwise it is **inconclusive** (also when any value is "
+    "not finite)."
 )
+_VERDICTS = ("held", "not held", "inconclusive", "not measured")
+
+
+def _num(x: float) -> str:
+    return f"{x:+.3g}"
 
 
 def spread(values: Sequence[float]) -> float:
@@ -47,203 +61,277 @@ def spread(values: Sequence[float]) -> float:
 
     Examples
     --------
-    >>> spread([1.0, 2.0, 3.0])
-    1.0
-    >>> spread([0.5])
-    0.0
+    >>> spread([1.0, 2.0, 3.0]), spread([0.5])
+    (1.0, 0.0)
     """
-    values = [float(v) for v in values]
-    if len(values) < 2:
+    v = [float(x) for x in values]
+    if len(v) < 2:
         return 0.0
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    mean = sum(v) / len(v)
+    return math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1))
 
 
-def summarize(values: Sequence[float]) -> dict[str, object]:
-    """``{"per_seed": [...], "mean": m, "std": s}`` for one metric measured on each seed.
+def _vector(values: Sequence[float] | torch.Tensor, what: str) -> torch.Tensor:
+    if isinstance(values, torch.Tensor):
+        t = values.detach().to("cpu", torch.float64)
+    else:
+        t = torch.as_tensor(values, dtype=torch.float64)
+    if t.dim() != 1 or t.numel() == 0:
+        raise ValueError(f"{what}: expected a non-empty 1-D sequence of per-example values, "
+                         f"got shape {tuple(t.shape)}")
+    return t
+
+
+def summarize(per_seed: Sequence[Sequence[float] | torch.Tensor]) -> dict[str, object]:
+    """Per-seed means, pooled mean, std of the seed means and example count of one metric.
 
     Examples
     --------
-    >>> summarize([1.0, 3.0])
-    {'per_seed': [1.0, 3.0], 'mean': 2.0, 'std': 1.4142135623730951}
+    >>> summarize([[1.0, 3.0], [4.0, 4.0, 4.0]])
+    {'per_seed': [2.0, 4.0], 'mean': 3.2, 'std': 1.4142135623730951, 'examples': 5}
     """
-    values = [float(v) for v in values]
-    if not values:
-        raise ValueError("summarize needs at least one value")
-    return {"per_seed": values, "mean": sum(values) / len(values), "std": spread(values)}
+    if len(per_seed) == 0:
+        raise ValueError("summarize needs at least one seed")
+    rows = [_vector(v, f"seed {s}") for s, v in enumerate(per_seed, start=1)]
+    means = [float(r.mean()) for r in rows]
+    total = sum(r.numel() for r in rows)
+    pooled = float(sum(float(r.sum()) for r in rows) / total)
+    return {"per_seed": means, "mean": pooled, "std": spread(means), "examples": total}
 
 
 @dataclass(frozen=True)
 class Claim:
-    """One claim of a paper, as a comparison the study can measure.
+    """One claim of a paper, as a comparison of two rows of a section's table.
 
-    Parameters
-    ----------
-    text : str
-        The claim in words.
-    table : str
-        Name of the section's table holding both rows.
-    baseline, method : str
-        Row names in that table.
-    metric : str
-        Column name.
-    better : {"higher", "lower"}
-        Which direction of the metric is better.
-    margin : float
-        0 for "the method is better"; ``> 0`` for "the method is worse by at most
-        ``margin``" (non-inferiority).
-    paper : str
-        The paper's own numbers for this comparison, in words ("" where the paper
-        gives none for it).
+    ``better`` is ``"higher"`` or ``"lower"``; ``margin >= 0`` makes it a
+    non-inferiority claim; ``extra`` marks our own observation (outside the score).
 
     Examples
     --------
-    >>> Claim("positive beats original", "SimpleCNN", "original", "positive",
-    ...       "black_deletion", "lower").better
+    >>> Claim(1, "positive beats original", "SimpleCNN", "original", "positive",
+    ...       "black_deletion", "lower", paper_value=0.14).better
     'lower'
     """
 
+    paper: int
     text: str
     table: str
     baseline: str
     method: str
     metric: str
     better: str
+    paper_value: float | None = None
+    paper_note: str = ""
+    extra: bool = False
     margin: float = 0.0
-    paper: str = ""
 
     def __post_init__(self) -> None:
         if self.better not in ("higher", "lower"):
             raise ValueError(f"better must be 'higher' or 'lower', got {self.better!r}")
-        if not self.margin >= 0:
-            raise ValueError(f"margin must be >= 0, got {self.margin}")
+        if not self.margin >= 0:  # also rejects NaN
+            raise ValueError(f"margin must be a number >= 0, got {self.margin!r}")
 
 
 @dataclass(frozen=True)
 class ClaimVerdict:
-    """A claim with the numbers that decided it (see :func:`judge`).
-
-    ``measured`` is ``False`` for a claim whose rows were not recorded
-    (:func:`not_measured`): its numbers are NaN, ``seeds`` is 0, it is never held and
-    ``missing`` says what was not found.
+    """A claim with its verdict and the numbers that decided it (see :func:`judge`).
 
     Examples
     --------
-    >>> claim = Claim("new beats base", "t", "base", "new", "auc", "lower")
-    >>> verdict = judge(claim, [0.30, 0.32, 0.31], [0.20, 0.21, 0.22])
-    >>> round(verdict.improvement_mean, 3), verdict.seeds, verdict.as_dict()["verdict"]
-    (0.1, 3, 'held')
+    >>> v = not_measured(Claim(1, "t", "tab", "a", "b", "auc", "lower"), "no row 'b'")
+    >>> v.held, v.measured, v.as_dict()["verdict"]
+    (False, False, 'not measured')
     """
 
     claim: Claim
-    baseline_mean: float
-    method_mean: float
-    improvement_mean: float
-    improvement_spread: float
-    seeds: int
-    held: bool
-    measured: bool = True
-    missing: str = ""
+    verdict: str
+    reason: str
+    effect: float | None
+    ci_low: float | None
+    ci_high: float | None
+    seed_signs: Sequence[int]
+    baseline_mean: float | None
+    method_mean: float | None
+    examples: int
+    map_size: list[int] | None = field(default=None)
 
     @property
-    def verdict(self) -> str:
-        """``"held"``, ``"not held"`` or ``"not measured"``."""
-        if not self.measured:
-            return "not measured"
-        return "held" if self.held else "not held"
+    def held(self) -> bool:
+        """Whether the verdict is ``"held"``."""
+        return self.verdict == "held"
+
+    @property
+    def measured(self) -> bool:
+        """Whether the claim had numbers (verdict is not ``"not measured"``)."""
+        return self.verdict != "not measured"
 
     def as_dict(self) -> dict[str, object]:
-        """JSON-ready record."""
-        record = asdict(self.claim)
-        def number(value: float) -> float | None:  # strict JSON has no NaN
-            return None if math.isnan(value) else value
+        """JSON-ready record; non-finite numbers become ``None``."""
+        def num(x: float | None) -> float | None:
+            return None if x is None or not math.isfinite(x) else float(x)
 
+        c = asdict(self.claim)
+        record: dict[str, object] = {"paper": c["paper"], "claim": c["text"]}
+        for key in ("paper_value", "paper_note", "extra", "table", "baseline", "method",
+                    "metric", "better", "margin"):
+            record[key] = num(c[key]) if key == "paper_value" else c[key]
         record.update(
-            baseline_mean=number(self.baseline_mean),
-            method_mean=number(self.method_mean),
-            improvement_mean=number(self.improvement_mean),
-            improvement_spread=number(self.improvement_spread),
-            seeds=self.seeds,
-            held=self.held,
-            measured=self.measured,
-            missing=self.missing,
-            verdict=self.verdict,
-        )
+            effect=num(self.effect), ci_low=num(self.ci_low), ci_high=num(self.ci_high),
+            seed_signs=[int(s) for s in self.seed_signs], verdict=self.verdict,
+            reason=self.reason, baseline_mean=num(self.baseline_mean),
+            method_mean=num(self.method_mean), examples=int(self.examples),
+            map_size=None if self.map_size is None else [int(x) for x in self.map_size])
         return record
 
 
-def not_measured(claim: Claim, missing: str) -> ClaimVerdict:
-    """The verdict of a claim the study has no numbers for: never held, says what is missing.
-
-    Parameters
-    ----------
-    claim : Claim
-        The claim that could not be decided.
-    missing : str
-        What was not found (a table, a row or a metric), shown in the report.
+def not_measured(claim: Claim, reason: str,
+                 map_size: Sequence[int] | None = None) -> ClaimVerdict:
+    """The verdict of a claim with no numbers: never held; ``reason`` says what is missing.
 
     Examples
     --------
-    >>> claim = Claim("new beats base", "t", "base", "new", "auc", "lower")
-    >>> verdict = not_measured(claim, "row 'base' of table 't' has no 'auc'")
-    >>> verdict.verdict, verdict.held, verdict.seeds
-    ('not measured', False, 0)
+    >>> not_measured(Claim(2, "t", "tab", "a", "b", "auc", "lower"), "no table").seed_signs
+    []
     """
-    nan = float("nan")
-    return ClaimVerdict(
-        claim=claim,
-        baseline_mean=nan,
-        method_mean=nan,
-        improvement_mean=nan,
-        improvement_spread=nan,
-        seeds=0,
-        held=False,
-        measured=False,
-        missing=missing,
-    )
+    size = None if map_size is None else [int(x) for x in map_size]
+    return ClaimVerdict(claim, "not measured", reason, None, None, None, [], None, None, 0,
+                        size)
 
 
-def judge(claim: Claim, baseline: Sequence[float], method: Sequence[float]) -> ClaimVerdict:
-    """Decide ``claim`` from per-seed values of the baseline and the method.
+_T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262)
+"""Student's t 97.5 % quantiles for 1 to 9 degrees of freedom (1.96 beyond)."""
 
-    Parameters
-    ----------
-    claim : Claim
-        What is compared, and in which direction.
-    baseline, method : sequence of float
-        The metric on each seed (paired: entry ``s`` of both comes from seed ``s``).
+_RESAMPLE_BLOCK = 256
+"""Bootstrap resamples drawn at once (bounds the memory of large example counts)."""
 
-    Returns
-    -------
-    ClaimVerdict
-        ``held`` is ``mean(d) - spread(d) > -margin`` (see the module docstring); a
-        NaN anywhere makes it not held.
+
+def _bootstrap(diffs: list[torch.Tensor], resamples: int, seed: int,
+               level: float) -> tuple[float, float]:
+    """Percentile interval of the pooled mean under the two-level bootstrap."""
+    gen = torch.Generator().manual_seed(seed)
+    n = torch.tensor([float(d.numel()) for d in diffs], dtype=torch.float64)
+    picks = torch.randint(len(diffs), (resamples, len(diffs)), generator=gen)
+    sums = torch.zeros(resamples, len(diffs), dtype=torch.float64)
+    for s, d in enumerate(diffs):  # each drawn copy of seed s gets its own example draw
+        rows = (picks == s).nonzero()
+        for start in range(0, len(rows), _RESAMPLE_BLOCK):
+            block = rows[start:start + _RESAMPLE_BLOCK]
+            idx = torch.randint(d.numel(), (len(block), d.numel()), generator=gen)
+            sums[block[:, 0], block[:, 1]] = d[idx].sum(dim=1)
+    stats = sums.sum(dim=1) / n[picks].sum(dim=1)
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    low, high = torch.quantile(stats, q).tolist()
+    return low, high
+
+
+def _seed_t_interval(means: list[float], level: float) -> tuple[float, float] | None:
+    """Student's t interval of the seed means (``None`` for one seed; 95 % quantiles are
+    tabulated, other levels use the normal quantile)."""
+    if len(means) < 2:
+        return None
+    center = sum(means) / len(means)
+    if level == 0.95:
+        quantile = _T_975[len(means) - 2] if len(means) - 2 < len(_T_975) else 1.96
+    else:
+        quantile = float(torch.distributions.Normal(0.0, 1.0).icdf(
+            torch.tensor((1 + level) / 2, dtype=torch.float64)))
+    half = quantile * spread(means) / math.sqrt(len(means))
+    return center - half, center + half
+
+
+def judge(claim: Claim, baseline: Sequence[torch.Tensor | Sequence[float]],
+          method: Sequence[torch.Tensor | Sequence[float]], *, resamples: int = 4000,
+          seed: int = 0, level: float = 0.95,
+          map_size: Sequence[int] | None = None) -> ClaimVerdict:
+    """Decide ``claim`` from the per-example values of each seed (rule: module docstring).
+
+    ``baseline[s]`` and ``method[s]`` are the paired values of seed ``s`` (1-D tensors on
+    any device, or lists of floats). Raises ``ValueError`` for empty input, different
+    seed counts or unequal lengths. Seeds are numbered from 1 in ``reason``.
 
     Examples
     --------
-    >>> claim = Claim("lower is better", "t", "base", "new", "auc", "lower")
-    >>> judge(claim, [0.30, 0.32, 0.31], [0.20, 0.21, 0.22]).verdict
-    'held'
-    >>> judge(claim, [0.30, 0.20], [0.25, 0.26]).verdict  # better on average, within spread
-    'not held'
+    >>> claim = Claim(1, "new is lower", "t", "base", "new", "auc", "lower")
+    >>> base = [[0.30, 0.32, 0.31, 0.33], [0.29, 0.31, 0.30, 0.32]]
+    >>> new = [[0.20, 0.21, 0.22, 0.20], [0.21, 0.20, 0.19, 0.22]]
+    >>> v = judge(claim, base, new, resamples=500)
+    >>> v.verdict, round(v.effect, 4), v.seed_signs
+    ('held', 0.1037, [1, 1])
     """
-    if len(baseline) != len(method) or not baseline:
-        raise ValueError(
-            "baseline and method need one value per seed and the same number of seeds, "
-            f"got {len(baseline)} and {len(method)}"
-        )
+    if len(baseline) != len(method) or len(baseline) == 0:
+        raise ValueError(f"baseline and method need the same, non-zero number of seeds, "
+                         f"got {len(baseline)} and {len(method)}")
+    if not 0 < level < 1 or resamples < 1:
+        raise ValueError(f"need 0 < level < 1 and resamples >= 1, got {level}, {resamples}")
+    base = [_vector(b, f"seed {s} baseline") for s, b in enumerate(baseline, start=1)]
+    meth = [_vector(m, f"seed {s} method") for s, m in enumerate(method, start=1)]
+    for s, (b, m) in enumerate(zip(base, meth), start=1):
+        if b.numel() != m.numel():
+            raise ValueError(f"seed {s}: baseline has {b.numel()} values, method "
+                             f"{m.numel()}; they must be paired example by example")
     sign = 1.0 if claim.better == "higher" else -1.0
-    improvements = [sign * (float(m) - float(b)) for b, m in zip(baseline, method)]
-    mean = sum(improvements) / len(improvements)
-    deviation = spread(improvements)
-    # NaN compares False, so a missing number never makes a claim hold.
-    held = mean - deviation > -claim.margin
-    return ClaimVerdict(
-        claim=claim,
-        baseline_mean=sum(float(b) for b in baseline) / len(baseline),
-        method_mean=sum(float(m) for m in method) / len(method),
-        improvement_mean=mean,
-        improvement_spread=deviation,
-        seeds=len(improvements),
-        held=held,
-    )
+    diffs = [sign * (m - b) for b, m in zip(base, meth)]
+    total = sum(d.numel() for d in diffs)
+    seeds, floor = len(diffs), -claim.margin
+    size = None if map_size is None else [int(x) for x in map_size]
+    means = [float(d.mean()) for d in diffs]
+    b_mean = float(sum(float(b.sum()) for b in base) / total)
+    m_mean = float(sum(float(m.sum()) for m in meth) / total)
+    signs = [0 if not math.isfinite(x) else (x > 0) - (x < 0) for x in means]
+    bad = [s + 1 for s, d in enumerate(diffs) if not bool(torch.isfinite(d).all())]
+    if bad:
+        reason = (f"values were not finite (NaN or infinity) in seed(s) "
+                  f"{', '.join(map(str, bad))} of {seeds}, so nothing can be concluded")
+        return ClaimVerdict(claim, "inconclusive", reason, None, None, None, signs,
+                            b_mean if math.isfinite(b_mean) else None,
+                            m_mean if math.isfinite(m_mean) else None, total, size)
+    effect = float(sum(float(d.sum()) for d in diffs) / total)
+    low, high = _bootstrap(diffs, resamples, seed, level)
+    t_interval = _seed_t_interval(means, level)
+    if t_interval is not None:
+        low, high = min(low, t_interval[0]), max(high, t_interval[1])
+    span = f"the interval [{_num(low)}, {_num(high)}]"
+    zero = "0" if claim.margin == 0 else f"{_num(floor)} (the margin)"
+    behind = [s for s, x in enumerate(means) if not x > floor]
+    who = f" and all {seeds} seeds agree" if seeds > 1 else ", from a single seed"
+    if low > floor and not behind:
+        verdict, reason = "held", f"{span} excludes {zero}{who}"
+    elif high < floor:
+        loser = "the baseline is better" if claim.margin == 0 else "the method loses more"
+        verdict, reason = "not held", f"{span} is below {zero}: {loser}"
+    elif low > floor:
+        which = " and ".join(str(s + 1) for s in behind)
+        vals = ", ".join(_num(means[s]) for s in behind)
+        word = "disagrees in sign" if claim.margin == 0 else f"is not above {_num(floor)}"
+        plural = "s" if len(behind) > 1 else ""
+        if plural:
+            word = word.replace("disagrees", "disagree").replace("is not", "are not")
+        verdict = "inconclusive"
+        reason = f"seed{plural} {which} of {seeds} {word} ({vals}) although {span} " \
+                 f"excludes {zero}"
+    else:
+        verdict = "inconclusive"
+        reason = f"{span} includes {zero}" + (", from a single seed" if seeds == 1 else "")
+    return ClaimVerdict(claim, verdict, reason, effect, low, high, signs, b_mean, m_mean,
+                        total, size)
+
+
+def count_verdicts(verdicts: Iterable[ClaimVerdict | dict]) -> dict[str, int]:
+    """How many (non-extra) claims got each verdict, plus ``"measured"``.
+
+    Examples
+    --------
+    >>> claim = Claim(1, "t", "tab", "a", "b", "auc", "lower")
+    >>> count_verdicts([not_measured(claim, "x").as_dict()])["not measured"]
+    1
+    """
+    counts = dict.fromkeys(_VERDICTS, 0)
+    for v in verdicts:
+        record = v.as_dict() if isinstance(v, ClaimVerdict) else v
+        if record.get("extra"):
+            continue
+        if record["verdict"] not in counts:
+            raise ValueError(f"unknown verdict {record['verdict']!r}")
+        counts[str(record["verdict"])] += 1
+    counts["measured"] = counts["held"] + counts["not held"] + counts["inconclusive"]
+    return counts
