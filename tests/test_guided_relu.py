@@ -15,12 +15,10 @@ from captum_regularized._internal.guided_relu import (
     GUIDED_RULES,
     SUPPORTED_ACTIVATIONS,
     GuidedActivationSwitch,
-    GuidedReLUSwitch,
     check_not_compiled,
     guided_and_plain_gradients,
     guided_forward,
     recording_activations,
-    recording_relus,
 )
 from captum_regularized.models import SimpleCNN
 from tests.guided_nets import twin_nets
@@ -223,10 +221,10 @@ def test_bad_inputs_raise_type_errors(bad):
 def test_switch_applies_the_rule_only_inside_guided_block():
     x = torch.tensor([[-1.0, 2.0, 3.0]], requires_grad=True)
     weights = torch.tensor([5.0, -7.0, 11.0])
-    switch = GuidedReLUSwitch()
-    with recording_relus(switch):
+    switch = GuidedActivationSwitch()
+    with recording_activations(switch):
         y = (torch.relu(x) * weights).sum()
-    assert switch.num_relus == 1
+    assert switch.num_activations == 1
     with switch.guided():
         (guided,) = torch.autograd.grad(y, x, retain_graph=True)
     (plain,) = torch.autograd.grad(y, x)
@@ -280,13 +278,12 @@ class SmoothMLP(nn.Module):
         return self.c(self.gelu(h))
 
 
-def test_the_switch_records_every_family_and_keeps_the_old_names():
-    assert GuidedReLUSwitch is GuidedActivationSwitch and recording_relus is recording_activations
+def test_the_switch_records_every_family():
     switch = GuidedActivationSwitch()
     with recording_activations(switch):
         SmoothMLP()(torch.randn(2, 6, requires_grad=True))
     assert switch.families == {"SiLU": 1, "GELU": 2, "ELU": 1, "Hardtanh": 1}
-    assert switch.num_relus == switch.num_activations == 5
+    assert switch.num_activations == 5
 
 
 def test_relu6_written_as_hardtanh_is_recognised_without_a_gate():

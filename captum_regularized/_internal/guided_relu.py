@@ -85,7 +85,6 @@ __all__ = [
     "SUPPORTED_ACTIVATIONS",
     "GuidedActivationSwitch",
     "GuidedAndPlain",
-    "GuidedReLUSwitch",
     "check_guided_model",
     "check_guided_rule",
     "check_has_activations",
@@ -94,7 +93,6 @@ __all__ = [
     "guided_and_plain_gradients",
     "guided_forward",
     "recording_activations",
-    "recording_relus",
 ]
 
 GUIDED_RULES: dict[str, str] = {
@@ -247,11 +245,6 @@ class GuidedActivationSwitch:
         self.num_activations = 0
         self.families: dict[str, int] = {}
 
-    @property
-    def num_relus(self) -> int:
-        """Alias of :attr:`num_activations` (the name from when only ReLU was known)."""
-        return self.num_activations
-
     def _hook(self, gate: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor | None]:
         def hook(grad: torch.Tensor) -> torch.Tensor | None:
             if not self.active:
@@ -302,10 +295,6 @@ class GuidedActivationSwitch:
     def per_example(self) -> contextlib.AbstractContextManager[None]:
         """Hold recorded BatchNorm batch statistics constant in backward passes run inside."""
         return self._switched_on("statistics_held")
-
-
-GuidedReLUSwitch = GuidedActivationSwitch
-"""The former name of :class:`GuidedActivationSwitch` (kept for its importers)."""
 
 
 class _ActivationRecorder(TrainBatchNormCalls):
@@ -365,10 +354,6 @@ def recording_activations(
     """
     with _ActivationRecorder(switch, split_batchnorm):
         yield switch
-
-
-recording_relus = recording_activations
-"""The former name of :func:`recording_activations` (kept for its importers)."""
 
 
 def check_has_activations(switch: GuidedActivationSwitch, who: str = "forward_func") -> None:

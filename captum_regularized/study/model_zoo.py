@@ -13,8 +13,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
+import pickle
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -33,9 +35,9 @@ from captum_regularized.study.study_data import SeedData, StudyData
 __all__ = [
     "ADVERSARIAL_NORMS",
     "FINETUNE_SETTINGS",
-    "SCRATCH_SETTINGS",
     "MIN_MAP_SIZE",
     "RECIPES",
+    "SCRATCH_SETTINGS",
     "CifarResNet18",
     "ModelZoo",
     "ScaledLogits",
@@ -355,19 +357,18 @@ class ModelZoo:
         else:
             model = copy.deepcopy(self.get(recipe.parent, seed).model)
         model.to(self.device)
-        if file is not None and file.exists():
-            saved = torch.load(file, map_location=self.device, weights_only=False)
+        saved = _load_checkpoint(file)
+        if saved is not None:
             model.load_state_dict(saved["state"])
             seconds, history = saved["seconds"], saved["history"]
         else:
             seconds, history = self._train(name, seed, model, seed_data)
             if file is not None:
-                file.parent.mkdir(parents=True, exist_ok=True)
-                torch.save({"state": model.state_dict(), "seconds": seconds,
-                            "history": history}, file)
+                _save_checkpoint(file, {"state": model.state_dict(), "seconds": seconds,
+                                        "history": history})
         notes = "" if recipe.parent is None else (
             f"fine-tuned from {recipe.parent}: {s.finetune_epochs} epoch(s) on "
-            f"{min(s.finetune_samples, len(seed_data.train_set))} images"
+            f"{min(s.finetune_samples, len(cast(Sized, seed_data.train_set)))} images"
         )
         return self._evaluated(name, seed, model.eval(), seed_data, seconds, history, notes)
 
@@ -430,6 +431,27 @@ class ModelZoo:
         model = ScaledLogits(base.model, scale).eval()
         notes = f"the trained SimpleCNN with logits x {scale:g}"
         return self._evaluated("saturated", seed, model, seed_data, 0.0, [], notes)
+
+
+def _load_checkpoint(file: Path | None) -> dict[str, Any] | None:
+    """The checkpoint in ``file``; ``None`` when there is none or it cannot be read (a
+    damaged file is then trained again and replaced)."""
+    if file is None or not file.exists():
+        return None
+    try:
+        saved = torch.load(file, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError):
+        return None
+    return saved if isinstance(saved, dict) and "state" in saved else None
+
+
+def _save_checkpoint(file: Path, saved: dict[str, Any]) -> None:
+    """Write ``saved`` beside ``file`` and move it in whole (a stopped run leaves no
+    half-written checkpoint)."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    partial = file.with_name(f".{file.name}.{os.getpid()}.partial")
+    torch.save(saved, partial)
+    os.replace(partial, file)
 
 
 def _subset(train_set: Any, count: int, seed: int, with_masks: bool) -> TensorDataset:

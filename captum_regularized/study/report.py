@@ -63,13 +63,24 @@ def format_interval(claim: dict[str, Any]) -> str:
 
 
 def _claim_cell(claim: dict[str, Any] | None) -> str:
-    """``effect [ci] · verdict (+ + −)`` for one data set; "–" when absent."""
+    """``baseline → method; effect [ci] · verdict (+ + −)`` for one data set; "–" when
+    absent."""
     if claim is None:
         return DASH
     signs = " ".join("+" if s > 0 else "−" if s < 0 else "0" for s in claim.get("seed_signs") or [])
     verdict = claim.get("verdict") or "not measured"
     verdict = "**held**" if verdict == "held" else verdict
-    return f"{format_interval(claim)} · {verdict}" + (f" ({signs})" if signs else "")
+    means = ""
+    if claim.get("baseline_mean") is not None and claim.get("method_mean") is not None:
+        means = f"{claim['baseline_mean']:.3g} → {claim['method_mean']:.3g}; "
+    return f"{means}{format_interval(claim)} · {verdict}" + (f" ({signs})" if signs else "")
+
+
+CELL_LEGEND = (
+    "Each cell: our mean of the baseline → the method over all seeds' examples; the "
+    "effect (positive: the claimed direction) with its 95 % interval; the verdict; the "
+    "sign of the effect in each seed."
+)
 
 
 def _paper_number(claim: dict[str, Any]) -> str:
@@ -193,7 +204,7 @@ def _paper_lines(results: dict[str, Any], paper: str, labels: dict[str, str]) ->
     claims = [c for c in results.get("claims") or [] if str(c["paper"]) == paper]
     scored = [c for c in claims if not c.get("extra")]
     extra = [c for c in claims if c.get("extra")]
-    lines += [f"### Claims (paper {paper})", ""]
+    lines += [f"### Claims (paper {paper})", "", CELL_LEGEND, ""]
     lines += _claim_table(scored, labels) if scored else ["No claim was measured.", ""]
     if extra:
         lines += [f"### Extra observations of paper {paper} (outside the score)", ""]
@@ -208,7 +219,8 @@ def _paper_lines(results: dict[str, Any], paper: str, labels: dict[str, str]) ->
 
 def _run_lines(results: dict[str, Any]) -> list[str]:
     env = results.get("environment") or {}
-    versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())
+    versions = ", ".join(f"{k} {env[k]}" for k in ("captum_regularized", "torch", "captum",
+                                                    "python") if env.get(k))
     seconds = results.get("total_seconds") or 0.0
     lines = ["## The run", "",
              f"Command: `{env.get('command') or 'run_study(...)'}` on "
@@ -274,6 +286,10 @@ def readme_summary(results: dict[str, Any]) -> str:
     >>> print(readme_summary(results))  # doctest: +NORMALIZE_WHITESPACE
     In the published run (2025-01-02, 2 seeds, 10.0 minutes on 2 CPU cores), 0 of 0 measured
     claims of the four papers held.
+    <BLANKLINE>
+    Each cell: our mean of the baseline → the method over all seeds' examples; the effect
+    (positive: the claimed direction) with its 95 % interval; the verdict; the sign of the
+    effect in each seed.
     """
     labels = _labels(results)
     claims = [c for c in results.get("claims") or [] if not c.get("extra")]
@@ -292,6 +308,7 @@ def readme_summary(results: dict[str, Any]) -> str:
              + (f" (per data set: {per_data})." if per_data else ".")]
     if results.get("quick"):
         lines[0] += " This was a smoke test: its verdicts are not evidence."
+    lines += ["", CELL_LEGEND]
     for paper in sorted({str(c["paper"]) for c in claims}, key=int):
         title = (results.get("papers") or {}).get(paper, {}).get("title", "")
         table = _claim_table([c for c in claims if str(c["paper"]) == paper],

@@ -137,7 +137,8 @@ def _ig_agreement(trained: TrainedModel, images: torch.Tensor, targets: torch.Te
     reference = ig.abs().sum(dim=1, keepdim=True)
     agreement = {}
     for name, layer_map in maps.items():
-        pooled = F.adaptive_avg_pool2d(reference, tuple(layer_map.shape[-2:]))
+        height, width = layer_map.shape[-2:]
+        pooled = F.adaptive_avg_pool2d(reference, (height, width))
         agreement[name] = map_similarity(layer_map[:, 0], pooled[:, 0]).spearman.double()
     return agreement
 

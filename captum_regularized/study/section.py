@@ -180,7 +180,7 @@ class Section:
             if (claim.table, row) in self.cam_rows:
                 sizes = [m.map_size for m in self.models[(claim.table, row)] if m.map_size]
                 if sizes:
-                    return min(sizes)
+                    return min(sizes, key=min)  # the map with the smallest side
         return None
 
     def _why_not_measured(self, claim: Claim, map_size: tuple[int, int] | None) -> str:

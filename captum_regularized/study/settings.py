@@ -132,9 +132,9 @@ FULL = StudySettings(
     saturation_target=0.99, finetune_samples=20_000, finetune_epochs=1, finetune_lr=2e-3,
     paper_guided_weight=7.5e-3, guided_fraction=1.0,
     adv_epsilon=1 / 255, adv_epsilon2=0.05, adv_group_epsilon=4 / 255, adv_group_size=4,
-    adv_steps=7, adv_step_fraction=0.3, gaze_epsilon=0.5,
+    adv_steps=7, adv_step_fraction=0.3, gaze_epsilon=0.1,
     rsi_steps=16, ig_steps=32, stability_noise=1 / 255, stability_samples=4,
-    perturbation_steps=16, roar_fraction=0.3, roar_epochs=3, roar_train_samples=15_000,
+    perturbation_steps=16, roar_fraction=0.3, roar_epochs=3, roar_train_samples=10_000,
     attack_examples=128, attack_epsilon=4 / 255, attack_steps=20, figure_rows=4,
 )
 """The study whose tables the documentation quotes (see the report for its time)."""
@@ -142,20 +142,29 @@ FULL = StudySettings(
 DEPARTURES = (
     "Data and models: the papers' data sets (CIFAR-10/100, Imagenette, ImageNet, CUB-GHA) "
     "and networks are replaced by Fashion-MNIST (28 px, all 60,000 training images, "
-    "garment silhouettes as masks) and the harder SyntheticShapes configuration (32 px), "
-    "a SimpleCNN of width 8 (the paper-1 basic CNN's layout) and a CIFAR-style ResNet-18 "
-    "of stage widths 8-16-32-64 (3 x 3 stride-1 stem, no max-pool), trained from "
-    "scratch for a few epochs; MobileNet-V2 is not trained (a 2-core epoch costs about "
-    "six minutes).",
-    "Regularized models are fine-tuned from the trained plain model on a subset of the "
-    "training set, next to a plain twin fine-tuned on the same batches; the papers train "
-    "for tens to hundreds of epochs (guided: fine-tuning; AdvGrad: 200 epochs from "
-    "scratch).",
+    "garment silhouettes as masks) and the harder SyntheticShapes configuration (32 px, "
+    "12,000 training images), a SimpleCNN of width 8 (the paper-1 basic CNN's layout) "
+    "and a CIFAR-style ResNet-18 of stage widths 8-16-32-64 (3 x 3 stride-1 stem, no "
+    "max-pool), trained from scratch for 6 and 4 epochs (the papers: 50 to 200 epochs); "
+    "MobileNet-V2 is not trained (one 2-core epoch of Fashion-MNIST costs about six "
+    "minutes).",
+    "Three training seeds (the issue asks for five where affordable; two data sets of "
+    "five seeds do not fit the two-hour budget on two CPU cores).",
+    "Regularized models are fine-tuned from the trained plain model for one epoch on "
+    "20,000 training images, next to a plain twin fine-tuned on the same batches; the "
+    "papers train longer (guided: fine-tuning for several epochs; AdvGrad: 200 epochs "
+    "from scratch).",
     "AdvGrad's inner loop is the authors' (7 steps from the image, steps of 0.3 x the "
     "radius, projection on the box, the last iterate, BatchNorm statistics updated by "
     "the inner passes, elastic net epsilon2 = 0.05); the radii are on [0, 1] pixels "
-    "(1/255 per pixel, 4/255 per 4 x 4 patch), and the group patches are 4 x 4 instead "
-    "of 14 x 14 (the images are 8 times smaller).",
+    "(1/255 per pixel, 4/255 per 4 x 4 patch), the group patches are 4 x 4 instead of "
+    "14 x 14 (the images are 8 times smaller), and the gaze radius is 0.1 instead of "
+    "the authors' 0.5: at 0.5 and 0.25 the gaze-tuned Fashion-MNIST SimpleCNN (seed 0) "
+    "fell below its 90 % floor (89.3 % and 89.9 %).",
+    "DiffROAR is measured at one fraction (30 % of the pixels removed) with a fresh "
+    "SimpleCNN retrained for 3 epochs on 10,000 images and scored on the 256 evaluated "
+    "images; the paper sweeps several fractions on the full data set.",
+    "The interpretation attack runs 20 steps of radius 4/255 on 128 images per seed.",
     "RSI-Grad-CAM runs as in the authors' PyTorch notebook (softmax output, "
     "`relu_gradients`, the black image as baseline); the saturated model is the trained "
     "SimpleCNN with its logits multiplied by the smallest power of two that brings its "

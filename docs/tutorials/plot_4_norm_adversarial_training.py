@@ -66,8 +66,9 @@ for name, make_loss in losses.items():
 # ------------------------------------
 # Gini of the pixel values of ``|gradient|`` measures sparsity; Gini of the L2 norms
 # of 4x4 patches measures group sparsity. After only three epochs the adversarially
-# trained models give up some accuracy; longer training recovers most of it (see the
-# :doc:`reproduction report <../reproduction/report>`).
+# trained models give up some accuracy; the :doc:`reproduction report
+# <../reproduction/report>` fine-tunes trained models instead and states every model's
+# held-out accuracy beside the claims judged on it.
 
 
 def patch_norms(maps: torch.Tensor, size: int = 4) -> torch.Tensor:

@@ -131,6 +131,66 @@ def test_map_accuracies_match_a_brute_force_loop():
     assert result.accuracy.dtype == torch.float64
 
 
+def test_per_item_correctness_matches_the_accuracies():
+    train_loader, test_loader = _loaders()
+    fractions = (10, 50, 90)
+    spy = Spy()
+    result = remove_and_retrain(spy, train_loader, test_loader, _pattern_explain,
+                                fractions=fractions, progress=False)
+    n = len(test_loader.dataset)
+    for values, accuracy in ((result.correct, result.accuracy),
+                             (result.random_correct, result.random_accuracy)):
+        assert values is not None
+        assert values.shape == (len(fractions), n)
+        assert values.dtype == torch.bool and values.device.type == "cpu"
+        assert torch.equal(accuracy, values.double().mean(1))
+        for k in range(len(fractions)):
+            assert accuracy[k].item() == values[k].double().mean().item()
+    # one pass over the test set per retrained model, batched as the test loader
+    for model in spy.models:
+        assert [len(x) for x in model.seen] == [5, 5, 5, 1]
+
+
+def test_per_item_correctness_against_a_reference_in_index_order():
+    train_loader, _ = _loaders()
+    test_data = TensorDataset(*_data(16, 2))
+    # a shuffling test loader: the per-item values are still in the data set's order
+    test_loader = DataLoader(test_data, batch_size=5, shuffle=True,
+                             generator=torch.Generator().manual_seed(7))
+    fractions, fill = (20, 50), 0.25
+    spy = Spy()
+    result = remove_and_retrain(spy, train_loader, test_loader, _pattern_explain,
+                                fractions=fractions, fill=fill, progress=False)
+    assert result.correct is not None and result.random_correct is not None
+    train_images, train_labels = train_loader.dataset.tensors
+    test_images, test_labels = test_data.tensors
+    mixed = False
+
+    def removed(images, labels, count):
+        return torch.stack([
+            _remove_one(x, _pattern_explain(x[None], y.view(1))[0], count, fill)
+            for x, y in zip(images, labels)
+        ])
+
+    for j, fraction in enumerate(fractions):
+        # the map's removal, the nearest-class-mean retraining and its verdicts, by hand
+        count = _count(fraction)
+        means = _class_means(removed(train_images, train_labels, count), train_labels)
+        expected = [
+            int(torch.cdist(x.flatten()[None].double(), means).argmin()) == int(y)
+            for x, y in zip(removed(test_images, test_labels, count), test_labels)
+        ]
+        assert result.correct[j].tolist() == expected, fraction
+        mixed = mixed or len(set(expected)) == 2
+        # the random ranking: the retrained model's verdict on each item, in index order
+        model = spy.models[2 * j + 1]
+        seen = torch.cat(model.seen)
+        assert _removed_pixels(seen, fill).sum(dim=1).tolist() == [_count(fraction)] * 16
+        verdict = (model(seen).argmax(1) == test_labels).tolist()
+        assert result.random_correct[j].tolist() == verdict
+    assert mixed  # some items right and some wrong: the comparison is not vacuous
+
+
 def _removed_pixels(images: torch.Tensor, fill: float) -> torch.Tensor:
     """Which pixels (all channels) hold the fill value, ``(N, H*W)``."""
     return (images == fill).all(dim=1).flatten(1)

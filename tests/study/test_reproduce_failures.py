@@ -5,7 +5,9 @@
 - a study that fails half-way leaves no output behind (everything is written into a
   staging folder and moved into ``--out`` at the end); a stopped one keeps what it found;
 - damaged Fashion-MNIST files are a one-line error with exit code 2;
-- ``--no-progress`` prints no progress bars, whatever draws them.
+- ``--no-progress`` prints no progress bars, whatever draws them;
+- ``--no-cache`` keeps no checkpoint, a default run keeps and reuses them;
+- bad arguments are usage errors (exit code 2, one line).
 
 The CLI runs in-process at the ``TINY`` size (patched in for ``QUICK``), on tiny data
 written by the tests, with one section or a stand-in section.
@@ -26,18 +28,13 @@ from torch.utils.data import TensorDataset
 
 from captum_regularized.cli import main
 from captum_regularized.models import train_classifier
-from captum_regularized.study import TINY, runner, settings
+from captum_regularized.study import TINY, model_zoo, runner, settings
 from captum_regularized.study.section import Section, StudyContext
+from captum_regularized.study.verdicts import Claim
 from tests.datasets.test_fashion_mnist import idx_bytes, make_data, write
 
 # tqdm draws its bar after a carriage return; these are in every bar it prints
 BAR_MARKS = ("\r", "it/s", "%|")
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    """Unpacked Fashion-MNIST copies go to a temporary cache, not the user's."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
 def _reproduce(monkeypatch, argv, *, sizes=TINY, sections=None):
@@ -87,26 +84,34 @@ def test_train_classifier_keeps_a_last_batch_of_one_without_batchnorm():
 
 
 def test_image_folder_with_a_last_batch_of_one_runs(tmp_path, monkeypatch, capsys):
-    """11 images: 2 held out, 9 to train in batches of 8 (the resnet18's last block is
-    1 x 1 at 32 px, so a batch of one stopped its BatchNorm after the first figure)."""
+    """11 images: 2 held out, 9 to train in batches of 8 (the ResNet's BatchNorm cannot
+    take a last batch of one in train mode)."""
     folder = _image_folder(tmp_path / "images", (6, 5))
     out = tmp_path / "out"
     sizes = replace(TINY, batch_size=8)
     code = _reproduce(monkeypatch, ["--data", str(folder), "--out", str(out)], sizes=sizes,
-                      sections={"trains": _trains_resnet18})
+                      sections={"trains": _trains_resnet})
     assert code == 0, capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
-    assert results["complete"] is True
-    [model] = results["data_sets"]["folder"]["models"]
-    assert model["recipe"] == "resnet18" and 0.0 <= model["accuracy"] <= 1.0
+    assert results["complete"] is True and list(results["data_sets"]) == ["folder"]
+    [model] = results["models"]
+    assert model["name"] == "resnet" and model["data"] == "folder"
+    assert 0.0 <= model["accuracy"] <= 1.0 and model["scored"] is True  # no floor for folders
+    [claim] = results["claims"]
+    assert claim["verdict"] in ("held", "not held", "inconclusive")
 
 
-def _trains_resnet18(context: StudyContext) -> Section:
-    """A stand-in section that trains the signed-maps section's resnet18 and scores nothing."""
-    trained = context.zoo.get("resnet18", context.seeds[0])
+def _trains_resnet(context: StudyContext) -> Section:
+    """A stand-in section that trains the ResNet and scores its correctness twice."""
+    trained = context.zoo.get("resnet", context.seeds[0])
     assert len(context.data.for_seed(context.seeds[0]).train_set) == 9
-    section = Section("trains", "Trains", "paper", "claim", "protocol")
-    section.record("models", "resnet18", "accuracy", trained.accuracy)
+    section = Section("trains", "Trains", 1, "A paper", "A claim.", "A protocol.")
+    section.uses("models", "resnet", trained)
+    section.uses("models", "again", trained)
+    section.record("models", "resnet", "correct", trained.correct)
+    section.record("models", "again", "correct", trained.correct)
+    section.claims.append(Claim(1, "no worse", "models", "resnet", "again", "correct",
+                                "higher", margin=0.1))
     return section
 
 
@@ -123,7 +128,7 @@ def _writes_then(error: BaseException):
 def _finished(context: StudyContext) -> Section:
     """A stand-in section that finishes at once, with a figure and no claims."""
     (context.out / f"{context.figure_prefix}done.png").write_bytes(b"\x89PNG done")
-    section = Section("done", "Done", "paper", "claim", "protocol")
+    section = Section("done", "Done", 1, "A paper", "A claim.", "A protocol.")
     section.figures.append((f"{context.figure_prefix}done.png", "a figure"))
     return section
 
@@ -153,7 +158,8 @@ def test_a_stopped_study_keeps_the_sections_it_finished(tmp_path, monkeypatch):
     ]
     results = json.loads((out / "results.json").read_text())
     assert results["complete"] is False
-    assert list(results["data_sets"]["synthetic"]["sections"]) == ["done"]
+    assert list(results["sections"]["synthetic"]) == ["done"]
+    assert "The run was stopped before it finished" in (out / "report.md").read_text()
 
 
 def test_a_finished_study_moves_everything_into_out(tmp_path, monkeypatch):
@@ -166,8 +172,12 @@ def test_a_finished_study_moves_everything_into_out(tmp_path, monkeypatch):
     assert sorted(p.name for p in out.iterdir()) == [
         "keep.txt", "report.md", "results.json", "synthetic_done.png",
     ]
-    assert json.loads((out / "results.json").read_text())["complete"] is True
-    assert "](synthetic_done.png)" in (out / "report.md").read_text()
+    results = json.loads((out / "results.json").read_text())
+    assert results["complete"] is True and list(results["sections"]["synthetic"]) == ["done"]
+    assert results["sections"]["synthetic"]["done"]["figures"] == [
+        {"file": "synthetic_done.png", "caption": "a figure"}]
+    report = (out / "report.md").read_text()
+    assert "](synthetic_done.png)" in report and "was stopped" not in report
 
 
 # --- item 14: damaged Fashion-MNIST files
@@ -208,11 +218,10 @@ def test_damaged_fashion_mnist_is_a_one_line_error(damage, data, tmp_path, monke
 
 
 def test_no_progress_prints_no_bars(tmp_path, monkeypatch, capfd):
-    """The guided section runs Score-CAM, whose progress bar the study keeps off (a
-    pytorch-grad-cam Score-CAM drew one per image); the MobileNet pair is left out for
-    speed."""
-    sizes = replace(TINY, mobilenet_data_sets=(), train_samples=32, eval_examples=2,
-                    perturbation_steps=2)
+    """The guided section trains five models and runs Score-CAM, whose progress bar the
+    study keeps off."""
+    sizes = replace(TINY, train_samples=32, synthetic_train_samples=32, test_samples=8,
+                    eval_examples=2, finetune_samples=16, perturbation_steps=2, figure_rows=1)
     out = tmp_path / "out"
     code = _reproduce(monkeypatch, ["--data", "synthetic", "--out", str(out)], sizes=sizes,
                       sections={"guided_gradients": runner.SECTIONS["guided_gradients"]})
@@ -220,4 +229,86 @@ def test_no_progress_prints_no_bars(tmp_path, monkeypatch, capfd):
     assert code == 0
     for mark in BAR_MARKS:
         assert mark not in printed.err and mark not in printed.out, mark
-    assert "guided gradients: scoring the baseline model" in printed.out  # stages still print
+    # stages still print
+    assert "guided gradients: scoring SimpleCNN, before fine-tuning" in printed.out
+    assert "section guided_gradients: start" in printed.out
+
+
+# --- the checkpoint cache of the command line
+
+
+def _trains_simple_cnn(context: StudyContext) -> Section:
+    """A stand-in section that trains the SimpleCNN and records its correctness."""
+    trained = context.zoo.get("simple_cnn", context.seeds[0])
+    section = Section("simple", "Simple", 1, "A paper", "A claim.", "A protocol.")
+    section.record("models", "simple_cnn", "correct", trained.correct)
+    return section
+
+
+def test_no_cache_writes_no_checkpoint(tmp_path, monkeypatch, private_cache):
+    out = tmp_path / "out"
+    code = _reproduce(monkeypatch, ["--data", "synthetic", "--out", str(out), "--no-cache"],
+                      sections={"simple": _trains_simple_cnn})
+    assert code == 0
+    assert not private_cache.exists() or not any(private_cache.iterdir())
+    command = json.loads((out / "results.json").read_text())["environment"]["command"]
+    assert command.endswith("--no-cache")
+
+
+def test_a_default_run_keeps_its_checkpoints_and_the_next_one_loads_them(
+        tmp_path, monkeypatch, private_cache):
+    sections = {"simple": _trains_simple_cnn}
+    argv = ["--data", "synthetic", "--seed", "3"]
+    assert _reproduce(monkeypatch, [*argv, "--out", str(tmp_path / "one")],
+                      sections=sections) == 0
+    [file] = private_cache.iterdir()
+    assert file.name.startswith("simple_cnn-3-") and file.suffix == ".pt"
+    first = json.loads((tmp_path / "one" / "results.json").read_text())["models"]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached model was trained again")
+
+    monkeypatch.setattr(model_zoo, "train_classifier", no_training)
+    assert _reproduce(monkeypatch, [*argv, "--out", str(tmp_path / "two")],
+                      sections=sections) == 0
+    second = json.loads((tmp_path / "two" / "results.json").read_text())["models"]
+    assert [file] == list(private_cache.iterdir())
+    for key in ("name", "seed", "accuracy", "train_seconds", "mean_max_softmax"):
+        assert second[0][key] == first[0][key], key
+
+
+# --- bad arguments
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--seeds", "0"], "--seeds must be >= 1"),
+        (["--seed", "-1"], "argument --seed: must be >= 0, got -1"),
+        (["--data", "/nonexistent/images"], "--data /nonexistent/images: not a folder"),
+        (["--data", "fashion"], "expected one of synthetic, fashion-mnist or an image folder"),
+        (["--data", "fashion-mnist", "--data-root", "/nonexistent/fm"],
+         "--data-root /nonexistent/fm: not a folder"),
+        (["--data", "fashion-mnist", "--data-root", "."], "--data fashion-mnist: Fashion-MNIST"),
+        (["--seeds", "two"], "invalid int value"),
+        (["--device", "tpu"], "invalid choice"),
+        (["--no-cache=yes"], "ignored explicit argument"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(args, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    try:
+        code = main(["reproduce", "--out", str(out), *args])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert "Traceback" not in err and not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_gpu_is_a_usage_error(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["reproduce", "--device", "cuda", "--out", str(out)]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err and not out.exists()

@@ -50,15 +50,6 @@ def _interval_re(v):
 # 1. Calibration: false holds under a null effect, and power under a clear one.
 
 
-@pytest.fixture
-def one_thread():
-    """The thousands of small bootstraps run several times faster on one intra-op thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _held_share(claims, seeds, effect, seed_sd, example_sd, gen_seed, n_range=(64, 256)):
     """Share of ``claims`` simulated claims judged "held".
 
@@ -84,23 +75,23 @@ def _held_share(claims, seeds, effect, seed_sd, example_sd, gen_seed, n_range=(6
     return held / claims
 
 
-def test_null_effect_false_hold_rate_three_seeds_with_seed_variation(one_thread):
+def test_null_effect_false_hold_rate_three_seeds_with_seed_variation():
     share = _held_share(400, 3, 0.0, seed_sd=0.02, example_sd=0.1, gen_seed=11)
     assert share <= 0.05, f"false-hold rate {share:.3f} with 3 seeds"
 
 
-def test_null_effect_false_hold_rate_three_seeds_small_seed_variation(one_thread):
+def test_null_effect_false_hold_rate_three_seeds_small_seed_variation():
     share = _held_share(400, 3, 0.0, seed_sd=0.005, example_sd=0.1, gen_seed=12)
     assert share <= 0.05, f"false-hold rate {share:.3f} with 3 seeds"
 
 
-def test_null_effect_false_hold_rate_five_seeds(one_thread):
+def test_null_effect_false_hold_rate_five_seeds():
     share = _held_share(400, 5, 0.0, seed_sd=0.02, example_sd=0.1, gen_seed=13,
                         n_range=(64, 160))
     assert share <= 0.05, f"false-hold rate {share:.3f} with 5 seeds"
 
 
-def test_clear_effect_is_held_at_least_90_percent(one_thread):
+def test_clear_effect_is_held_at_least_90_percent():
     share = _held_share(100, 3, 0.05, seed_sd=0.005, example_sd=0.1, gen_seed=14,
                         n_range=(256, 256))
     assert share >= 0.9, f"power {share:.3f}"

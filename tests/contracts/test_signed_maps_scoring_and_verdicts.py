@@ -240,13 +240,13 @@ def test_gap_16_signed_channel_reductions_match_the_protocol(reduction):
 
 # ---------------------------------------------------------------- gap 18
 def _section_with_typo() -> Section:
-    section = Section("demo", "Demo", "A paper", "New beats old.", "Protocol.")
-    for old, new in [(0.3, 0.2), (0.31, 0.21)]:
-        section.record("model", "old", "auc", old)
-        section.record("model", "new", "auc", new)
-    section.claims.append(Claim("new < old", "model", "old", "new", "auc", "lower"))
-    section.claims.append(Claim("typo claim", "model", "olde", "new", "auc", "lower"))
-    section.claims.append(Claim("wrong metric", "model", "old", "new", "acc", "higher"))
+    section = Section("demo", "Demo", 1, "A paper", "New beats old.", "Protocol.")
+    for shift in (0.0, 0.01):
+        section.record("model", "old", "auc", torch.full((20,), 0.3 + shift))
+        section.record("model", "new", "auc", torch.full((20,), 0.2 + shift))
+    section.claims.append(Claim(1, "new < old", "model", "old", "new", "auc", "lower"))
+    section.claims.append(Claim(1, "typo claim", "model", "olde", "new", "auc", "lower"))
+    section.claims.append(Claim(1, "wrong metric", "model", "old", "new", "acc", "higher"))
     return section
 
 
@@ -256,14 +256,13 @@ def test_gap_18_missing_rows_are_reported_not_measured(tmp_path):
     assert [v.claim.text for v in verdicts] == ["new < old", "typo claim", "wrong metric"]
     assert [v.verdict for v in verdicts] == ["held", "not measured", "not measured"]
     assert not verdicts[1].held and not verdicts[1].measured
-    assert "olde" in verdicts[1].missing and "acc" in verdicts[2].missing
-    record = section.as_dict()
-    claims = record["claims"]
+    assert "olde" in verdicts[1].reason and "acc" in verdicts[2].reason
+    claims = section.claim_records("synthetic")
     assert [c["verdict"] for c in claims] == ["held", "not measured", "not measured"]
-    json.loads(json.dumps(record))  # still JSON-ready
-    results = {"data": "synthetic", "device": "cpu", "seeds": [0, 1], "quick": False,
-               "total_seconds": 1.0, "rule": "r", "models": [],
-               "sections": {"demo": record},
-               "summary": {"held": 1, "claims": 3}}
+    json.loads(json.dumps(claims))  # still JSON-ready
+    results = {"seeds": [0, 1], "quick": False, "total_seconds": 1.0, "rule": "r",
+               "models": [], "claims": claims,
+               "papers": {"1": {"title": "Demo", "citation": "A paper"}},
+               "sections": {"synthetic": {"demo": section.as_dict()}}}
     report = write_report(tmp_path, results).read_text()
     assert "typo claim" in report and "wrong metric" in report
