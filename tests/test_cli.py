@@ -159,7 +159,7 @@ def test_demo_sizes_are_the_documented_ones():
 def test_demo_data_are_the_plain_synthetic_shapes(seed):
     """The study's data machinery, at the demo's settings, draws what the demo always drew:
     ``SyntheticShapes`` with two distractors, the held-out set ``1_000_003`` seeds away."""
-    small = DemoSettings(replace(DEMO_QUICK.study, train_samples=6, test_samples=4), 1, 6)
+    small = DemoSettings(replace(DEMO_QUICK.study, synthetic_train_samples=6, test_samples=4), 1, 6)
     seed_data = StudyData(small.study).for_seed(seed)
     sizes = dict(image_size=32, num_classes=10, num_distractors=2)
     train = SyntheticShapes(6, seed=seed, **sizes).tensors()

@@ -49,7 +49,6 @@ from captum_regularized._internal.model_outputs import logits_of
 from captum_regularized._internal.model_state import find_module, model_device, preserved_model
 from captum_regularized._internal.pixel_maps import CHANNEL_REDUCTIONS, per_pixel_map
 from captum_regularized.metrics._perturbation import pixel_ranks
-from captum_regularized.models.training import _collate
 
 __all__ = ["ROAR_FRACTIONS", "RemoveAndRetrain", "remove_and_retrain"]
 
@@ -363,7 +362,7 @@ def _retrained_correct(
     batch_size = test_loader.batch_size
     loader = DataLoader(
         test_data, batch_size=256 if batch_size is None else batch_size, shuffle=False,
-        collate_fn=_collate if batch_size is None else test_loader.collate_fn,
+        collate_fn=default_collate if batch_size is None else test_loader.collate_fn,
     )
     where = model_device(model)
     hits: list[torch.Tensor] = []

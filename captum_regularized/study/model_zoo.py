@@ -248,7 +248,7 @@ class TrainedModel:
         """Why claims on this model are not measured ("" when it is scored)."""
         if self.scored:
             return ""
-        return (f"{self.label} (seed {self.seed}) is at {100 * self.accuracy:.1f} % held-out "
+        return (f"{self.label} (seed {self.seed}) is at {100 * self.accuracy:.2f} % held-out "
                 f"accuracy, below the floor of {100 * self.floor:.0f} %: not measured")
 
 

@@ -91,7 +91,7 @@ def _paper_number(claim: dict[str, Any]) -> str:
 
 
 def _percent(fraction: float | None) -> str:  # a 0..1 fraction as a percentage
-    return DASH if fraction is None else _num(100 * fraction, ".1f")
+    return DASH if fraction is None else _num(100 * fraction, ".2f")
 
 
 def _tally(claims: list[dict[str, Any]]) -> dict[str, int]:

@@ -128,9 +128,10 @@ def test_claims_show_intervals_verdicts_and_reasons(report: str) -> None:
 
 
 def test_models_measurements_and_run(report: str) -> None:
-    assert ("| ResNet-18 | SyntheticShapes | 1 | 12.3 | 50.0 | no: below the floor | – | – | 1.0 "
+    assert ("| ResNet-18 | SyntheticShapes | 1 | 12.30 | 50.00 | no: below the floor | – | – | 1.0 "
             "| fine-tuned 1 epoch |") in report
-    assert "| SimpleCNN (width 8) | Fashion-MNIST | 0 | 87.7 | 50.0 | yes | 0.910 | 7×7 |" in report
+    assert ("| SimpleCNN (width 8) | Fashion-MNIST | 0 | 87.66 | 50.00 | yes | 0.910 | 7×7 |"
+            in report)
     assert "### Fashion-MNIST: measurements (paper 1)" in report
     assert "| method | 0.600 ± 0.100 |" in report and "| base | 0.400 |" in report
     assert "![Fashion-MNIST: signed maps](fm_signed.png)" in report

@@ -105,12 +105,12 @@ def test_a_model_below_its_floor_is_not_measured_and_says_its_accuracy():
     low = _trained(accuracy=0.3, floor=0.9, recipe="guided")
     [verdict] = _section(_trained(), low).verdicts()
     assert verdict.verdict == "not measured" and verdict.effect is None
-    assert "30.0 %" in verdict.reason and "below the floor of 90 %" in verdict.reason
+    assert "30.00 %" in verdict.reason and "below the floor of 90 %" in verdict.reason
     assert low.label in verdict.reason and not low.scored
     assert low.unscored_reason() == verdict.reason
     # the baseline's model too
     [verdict] = _section(low, _trained()).verdicts()
-    assert verdict.verdict == "not measured" and "30.0 %" in verdict.reason
+    assert verdict.verdict == "not measured" and "30.00 %" in verdict.reason
 
 
 def test_a_cam_map_coarser_than_4_x_4_is_not_measured():
