@@ -284,8 +284,8 @@ def readme_summary(results: dict[str, Any]) -> str:
     >>> results = {"claims": [], "papers": {}, "seeds": [0, 1], "total_seconds": 600.0,
     ...            "environment": {"date_utc": "2025-01-02T03:04", "cpu_count": 2}}
     >>> print(readme_summary(results))  # doctest: +NORMALIZE_WHITESPACE
-    In the published run (2025-01-02, 2 seeds, 10.0 minutes on 2 CPU cores), 0 of 0 measured
-    claims of the four papers held.
+    In the published run (2025-01-02, 2 seeds; 0 minutes of model training, summed, and 10.0
+    minutes of scoring on 2 CPU cores), 0 of 0 measured claims of the four papers held.
     <BLANKLINE>
     Each cell: our mean of the baseline → the method over all seeds' examples; the effect
     (positive: the claimed direction) with its 95 % interval; the verdict; the sign of the
@@ -301,8 +301,10 @@ def readme_summary(results: dict[str, Any]) -> str:
         if (counts := _tally([c for c in claims if c["data"] == data]))["measured"]
     )
     minutes = (results.get("total_seconds") or 0.0) / 60
+    trained = sum(m.get("train_seconds") or 0.0 for m in results.get("models") or []) / 60
     lines = [f"In the published run ({(env.get('date_utc') or DASH)[:10]}, "
-             f"{len(results.get('seeds') or [])} seeds, {minutes:.1f} minutes on "
+             f"{len(results.get('seeds') or [])} seeds; {trained:.0f} minutes of model "
+             f"training, summed, and {minutes:.1f} minutes of scoring on "
              f"{env.get('cpu_count') or DASH} CPU cores), {overall['held']} of "
              f"{overall['measured']} measured claims of the four papers held"
              + (f" (per data set: {per_data})." if per_data else ".")]

@@ -153,9 +153,9 @@ def test_headings_unique_and_no_missing_value_text(report: str) -> None:
 def test_readme_summary_counts_and_omits_extra_claims() -> None:
     text = readme_summary(_results())
     assert text.startswith(
-        "In the published run (2025-03-04, 3 seeds, 2.5 minutes on 2 CPU cores), 2 of 4 measured "
-        "claims of the four papers held (per data set: Fashion-MNIST 2 of 3, SyntheticShapes 0 "
-        "of 1).")
+        "In the published run (2025-03-04, 3 seeds; 0 minutes of model training, summed, and "
+        "2.5 minutes of scoring on 2 CPU cores), 2 of 4 measured claims of the four papers "
+        "held (per data set: Fashion-MNIST 2 of 3, SyntheticShapes 0 of 1).")
     assert "| claim | paper's number | Fashion-MNIST ours | SyntheticShapes ours |" in text
     assert "+0.034 [+0.012, +0.051] · **held**" in text
     assert "smoothing" not in text and "reason" not in text
