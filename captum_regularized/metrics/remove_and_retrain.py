@@ -49,6 +49,7 @@ from captum_regularized._internal.model_outputs import logits_of
 from captum_regularized._internal.model_state import find_module, model_device, preserved_model
 from captum_regularized._internal.pixel_maps import CHANNEL_REDUCTIONS, per_pixel_map
 from captum_regularized.metrics._perturbation import pixel_ranks
+from captum_regularized.models.training import evaluate_correct
 
 __all__ = ["ROAR_FRACTIONS", "RemoveAndRetrain", "remove_and_retrain"]
 
@@ -354,27 +355,16 @@ def _retrained_correct(
     test_data: _PixelsRemoved,
 ) -> torch.Tensor:
     """Retrain on ``train_data``; ``(N,)`` bool on the CPU: which items of ``test_data``,
-    in index order, the model classifies as their label (one pass, in eval mode, with
-    the modes restored; batched and collated as ``test_loader``)."""
+    in index order, the model classifies as their label (:func:`evaluate_correct`,
+    batched and collated as ``test_loader``)."""
     model = train(_like(train_loader, train_data))
     if not isinstance(model, nn.Module):
         raise TypeError(f"train must return the trained nn.Module, got {type(model).__name__}")
     batch_size = test_loader.batch_size
-    loader = DataLoader(
-        test_data, batch_size=256 if batch_size is None else batch_size, shuffle=False,
-        collate_fn=default_collate if batch_size is None else test_loader.collate_fn,
+    return evaluate_correct(
+        model, test_data, batch_size=256 if batch_size is None else batch_size,
+        collate_fn=None if batch_size is None else test_loader.collate_fn,
     )
-    where = model_device(model)
-    hits: list[torch.Tensor] = []
-    with preserved_model(model, eval_mode=True), torch.no_grad():
-        for index, batch in enumerate(loader):
-            images, labels = _images_labels(batch, index, "test_loader")
-            if where is not None:
-                images = images.to(where)
-            output = logits_of(model(images), "model")
-            logits = check_class_scores(output, batch=len(images), who="model")
-            hits.append((logits.argmax(1) == labels.to(logits.device)).cpu())
-    return torch.cat(hits)
 
 
 def remove_and_retrain(

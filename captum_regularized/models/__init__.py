@@ -5,6 +5,7 @@ from captum_regularized.models.training import (
     LossHook,
     PenaltyHook,
     evaluate_accuracy,
+    evaluate_correct,
     train_classifier,
     with_cross_entropy,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "PenaltyHook",
     "SimpleCNN",
     "evaluate_accuracy",
+    "evaluate_correct",
     "train_classifier",
     "with_cross_entropy",
 ]

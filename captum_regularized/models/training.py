@@ -19,7 +19,14 @@ from captum_regularized._internal.model_outputs import logits_of
 from captum_regularized._internal.model_state import model_device, preserved_model
 from captum_regularized.datasets.image_folder import collate_with_optional_masks
 
-__all__ = ["LossHook", "PenaltyHook", "evaluate_accuracy", "train_classifier", "with_cross_entropy"]
+__all__ = [
+    "LossHook",
+    "PenaltyHook",
+    "evaluate_accuracy",
+    "evaluate_correct",
+    "train_classifier",
+    "with_cross_entropy",
+]
 
 Collate = Callable[[list[Any]], Any]
 
@@ -401,7 +408,8 @@ def evaluate_accuracy(
     Returns
     -------
     float
-        The share of items whose highest score is their label.
+        The share of items whose highest score is their label: the mean of
+        :func:`evaluate_correct`.
 
     Raises
     ------
@@ -421,23 +429,62 @@ def evaluate_accuracy(
     >>> 0.0 <= evaluate_accuracy(SimpleCNN(2, width=4), data) <= 1.0
     True
     """
+    hits = _classified_correctly(model, data, batch_size, device, collate_fn,
+                                 "evaluate_accuracy")
+    return float(hits.sum()) / len(hits)
+
+
+def evaluate_correct(
+    model: nn.Module,
+    data: Dataset,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    collate_fn: Collate | None = None,
+) -> torch.Tensor:
+    """Per item of ``data``, whether ``model`` (in eval mode, modes restored) classifies it
+    as its label: the paired values behind :func:`evaluate_accuracy`.
+
+    Arguments and errors as in :func:`evaluate_accuracy`.
+
+    Returns
+    -------
+    Tensor
+        ``(len(data),)`` bool on the CPU, in the data set's index order.
+
+    Examples
+    --------
+    >>> from torch.utils.data import TensorDataset
+    >>> data = TensorDataset(torch.eye(3), torch.tensor([0, 2, 2]))
+    >>> evaluate_correct(nn.Identity(), data).tolist()
+    [True, False, True]
+    """
+    return _classified_correctly(model, data, batch_size, device, collate_fn,
+                                 "evaluate_correct")
+
+
+def _classified_correctly(
+    model: nn.Module,
+    data: Dataset,
+    batch_size: int,
+    device: str | torch.device | None,
+    collate_fn: Collate | None,
+    who: str,
+) -> torch.Tensor:
     target_device = model_device(model) if device is None else torch.device(device)
     loader = DataLoader(
         data, batch_size=batch_size, collate_fn=_collate if collate_fn is None else collate_fn
     )
-    correct: torch.Tensor | None = None
-    seen = 0
-    with preserved_model(model, eval_mode=True):
+    hits: list[torch.Tensor] = []
+    with preserved_model(model, eval_mode=True), torch.no_grad():
         for index, batch in enumerate(loader):
             images, labels = _images_and_labels(batch)
             if target_device is not None:
                 images = images.to(target_device)
-            check_data_batch(images, index, "evaluate_accuracy", floating=False)
+            check_data_batch(images, index, who, floating=False)
             output = logits_of(model(images), "model")
             logits = check_class_scores(output, batch=len(images), who="model")
-            hits = (logits.argmax(1) == labels.to(logits.device)).sum()
-            correct = hits if correct is None else correct + hits
-            seen += len(labels)
-    if correct is None or seen == 0:
-        raise ValueError("data is empty; evaluate_accuracy needs at least one item")
-    return float(correct) / seen
+            hits.append((logits.argmax(1) == labels.to(logits.device)).cpu())
+    if not hits:
+        raise ValueError(f"data is empty; {who} needs at least one item")
+    return torch.cat(hits)

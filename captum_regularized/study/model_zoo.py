@@ -28,7 +28,12 @@ from torchvision.models.resnet import BasicBlock, ResNet
 
 from captum_regularized import __version__
 from captum_regularized.datasets.fashion_mnist import default_cache_dir
-from captum_regularized.models import SimpleCNN, train_classifier, with_cross_entropy
+from captum_regularized.models import (
+    SimpleCNN,
+    evaluate_correct,
+    train_classifier,
+    with_cross_entropy,
+)
 from captum_regularized.study.settings import StudySettings
 from captum_regularized.study.study_data import SeedData, StudyData
 
@@ -398,13 +403,10 @@ class ModelZoo:
     ) -> TrainedModel:
         s = self.settings
         images, labels = seed_data.test_images, seed_data.test_labels
+        correct = evaluate_correct(model, TensorDataset(images, labels), batch_size=1024,
+                                   device=self.device)
         with torch.no_grad():
-            predictions = torch.cat([
-                model(images[i:i + 1024].to(self.device)).argmax(1).cpu()
-                for i in range(0, len(images), 1024)
-            ])
             scored = model(images[: s.eval_examples].to(self.device)).softmax(1)
-        correct = predictions == labels
         trained = TrainedModel(
             recipe=name, seed=seed, model=model, accuracy=float(correct.float().mean()),
             floor=s.floor(self.data.key), mean_max_softmax=float(scored.amax(1).mean()),

@@ -350,6 +350,12 @@ def _evaluate_accuracy(model: nn.Module, batch: Batch, target: Any) -> Any:
     )
 
 
+def _evaluate_correct(model: nn.Module, batch: Batch, target: Any) -> Any:
+    return models.evaluate_correct(
+        model, TensorDataset(batch.inputs, batch.labels), batch_size=2
+    ).double()
+
+
 def _guided(mode: str, **kwargs: Any) -> Call:
     def call(model: nn.Module, batch: Batch, target: Any) -> Any:
         reg = regularizers.GuidedGradientRegularizer(model, weight=1.0, mode=mode, **kwargs)
@@ -526,6 +532,8 @@ ENTRIES: list[Entry] = [
           refuses_compiled=True),
     Entry("evaluate_dataset", "metric", _evaluate_dataset, empty_batch="error", autocast=False),
     Entry("evaluate_accuracy", "metric", _evaluate_accuracy, differentiates=False,
+          empty_batch="error", autocast=False, float_inputs_only=False, compiles=True),
+    Entry("evaluate_correct", "metric", _evaluate_correct, differentiates=False,
           empty_batch="error", autocast=False, float_inputs_only=False, compiles=True),
     Entry("gini_sparseness", "map", _map_only(metrics.gini_sparseness), differentiates=False),
     Entry("pointing_game", "map", _map_only(metrics.pointing_game, with_masks=True),

@@ -15,6 +15,7 @@ from captum_regularized.models import (
     LossHook,
     SimpleCNN,
     evaluate_accuracy,
+    evaluate_correct,
     train_classifier,
     with_cross_entropy,
 )
@@ -154,3 +155,20 @@ def test_bad_loss_hooks_are_clear_errors():
     with pytest.raises(TypeError, match=r"\(logits, penalty\) pair of tensors, got Tensor"):
         train_classifier(model, data, epochs=1, batch_size=4, loss=not_a_pair, progress=False)
     assert "with_cross_entropy" in repr(with_cross_entropy(_pair_hook(model)))
+
+
+def test_evaluate_correct_is_the_per_item_verdict_behind_the_accuracy():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).train()
+    images = torch.rand(11, 3, 2, 2)
+    labels = torch.randint(0, 3, (11,))
+    data = TensorDataset(images, labels)
+    hits = evaluate_correct(model, data, batch_size=4)
+    with torch.no_grad():  # the reference: one forward pass in eval mode
+        expected = model.eval()(images).argmax(1) == labels
+    model.train()
+    assert hits.dtype == torch.bool and hits.device.type == "cpu"
+    assert torch.equal(hits, expected) and model.training  # modes restored
+    assert evaluate_accuracy(model, data, batch_size=4) == hits.double().mean().item()
+    with pytest.raises(ValueError, match="data is empty; evaluate_correct"):
+        evaluate_correct(model, TensorDataset(images[:0], labels[:0]))
