@@ -331,14 +331,17 @@ class ModelZoo:
             self._trained[key] = self._make(recipe, seed)
         return self._trained[key]
 
-    def fresh(self, recipe: str) -> nn.Module:
-        """A new untrained network of a from-scratch recipe (``simple_cnn``, ``resnet``)."""
+    def fresh(self, recipe: str, seed: int) -> nn.Module:
+        """A new untrained network of a from-scratch recipe (``simple_cnn``, ``resnet``),
+        initialised from ``seed`` (the global random state is left as it was)."""
         s, classes = self.settings, self.data.num_classes
-        if recipe == "resnet":
-            return CifarResNet18(classes, width=s.resnet_width)
-        if recipe == "simple_cnn":
+        if recipe not in ("simple_cnn", "resnet"):
+            raise ValueError(f"fresh networks are 'simple_cnn' or 'resnet', got {recipe!r}")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if recipe == "resnet":
+                return CifarResNet18(classes, width=s.resnet_width)
             return SimpleCNN(classes, width=s.width)
-        raise ValueError(f"fresh networks are 'simple_cnn' or 'resnet', got {recipe!r}")
 
     def _cache_file(self, recipe: str, seed: int) -> Path | None:
         if self.cache is None:
@@ -358,7 +361,7 @@ class ModelZoo:
             return self._saturated(seed, seed_data)
         file = self._cache_file(name, seed)
         if recipe.parent is None:
-            model = self.fresh(name)
+            model = self.fresh(name, seed)
         else:
             model = copy.deepcopy(self.get(recipe.parent, seed).model)
         model.to(self.device)

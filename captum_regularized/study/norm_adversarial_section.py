@@ -126,7 +126,7 @@ class _Retrainer:
         key = (count, float(probe.double().sum()))
         if key not in self.seen:
             s = self.context.settings
-            fresh = self.context.zoo.fresh("simple_cnn")
+            fresh = self.context.zoo.fresh("simple_cnn", self.seed)
             torch.manual_seed(self.seed)
             train_classifier(fresh, data, epochs=s.roar_epochs, batch_size=s.batch_size,
                              lr=s.lr, device=self.context.device, progress=False,
