@@ -11,9 +11,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from captum_regularized.study.verdicts import VERDICTS, count_verdicts
+
 __all__ = ["format_interval", "format_value", "readme_summary", "write_report"]
 
-VERDICTS = ("held", "not held", "inconclusive", "not measured")
 DASH = "–"
 
 
@@ -94,12 +95,6 @@ def _percent(fraction: float | None) -> str:  # a 0..1 fraction as a percentage
     return DASH if fraction is None else _num(100 * fraction, ".2f")
 
 
-def _tally(claims: list[dict[str, Any]]) -> dict[str, int]:
-    counts = {v: sum(c.get("verdict") == v for c in claims) for v in VERDICTS}
-    counts["measured"] = counts["held"] + counts["not held"] + counts["inconclusive"]
-    return counts
-
-
 def _labels(results: dict[str, Any]) -> dict[str, str]:
     data_sets = results.get("data_sets") or {}
     labels = {key: record.get("label") or key for key, record in data_sets.items()}
@@ -130,14 +125,14 @@ def _claim_table(claims: list[dict[str, Any]], labels: dict[str, str]) -> list[s
 def _summary_lines(results: dict[str, Any], labels: dict[str, str]) -> list[str]:
     everything, summary = results.get("claims") or [], results.get("summary") or {}
     claims = [c for c in everything if not c.get("extra")]
-    overall = summary.get("overall") or _tally(claims)
-    extra = summary.get("extra") or _tally([c for c in everything if c.get("extra")])
+    overall = summary.get("overall") or count_verdicts(claims)
+    extra = summary.get("extra") or count_verdicts(everything, extra=True)
     lines = ["## Summary", "",
              f"**{overall['held']} of {overall['measured']} measured paper claims held** "
              f"({overall['not held']} not held, {overall['inconclusive']} inconclusive; "
              f"{overall['not measured']} not measured).", ""]
     for data, label in labels.items():
-        counts = (summary.get("per_data_set") or {}).get(data) or _tally(
+        counts = (summary.get("per_data_set") or {}).get(data) or count_verdicts(
             [c for c in claims if c["data"] == data])
         lines.append(f"- {label}: {counts['held']} of {counts['measured']} held.")
     lines += ["", "| paper | data set | held | not held | inconclusive | not measured |",
@@ -146,7 +141,7 @@ def _summary_lines(results: dict[str, Any], labels: dict[str, str]) -> list[str]
         for data, label in labels.items():
             subset = [c for c in claims if c["paper"] == paper and c["data"] == data]
             if subset:
-                counts = _tally(subset)
+                counts = count_verdicts(subset)
                 lines.append(f"| {paper} | {label} | "
                              + " | ".join(str(counts[v]) for v in VERDICTS) + " |")
     return [*lines, "",
@@ -294,11 +289,11 @@ def readme_summary(results: dict[str, Any]) -> str:
     labels = _labels(results)
     claims = [c for c in results.get("claims") or [] if not c.get("extra")]
     env = results.get("environment") or {}
-    overall = (results.get("summary") or {}).get("overall") or _tally(claims)
+    overall = (results.get("summary") or {}).get("overall") or count_verdicts(claims)
     per_data = ", ".join(
         f"{label} {counts['held']} of {counts['measured']}"
         for data, label in labels.items()
-        if (counts := _tally([c for c in claims if c["data"] == data]))["measured"]
+        if (counts := count_verdicts([c for c in claims if c["data"] == data]))["measured"]
     )
     minutes = (results.get("total_seconds") or 0.0) / 60
     trained = sum(m.get("train_seconds") or 0.0 for m in results.get("models") or []) / 60

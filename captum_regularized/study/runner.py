@@ -97,7 +97,7 @@ def _summary(claims: list[dict[str, Any]]) -> dict[str, Any]:
         "per_paper": {str(paper): count_verdicts([c for c in paper_claims
                                                   if c["paper"] == paper])
                       for paper in sorted({c["paper"] for c in claims})},
-        "extra": count_verdicts([{**c, "extra": False} for c in claims if c["extra"]]),
+        "extra": count_verdicts(claims, extra=True),
     }
 
 

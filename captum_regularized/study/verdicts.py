@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-__all__ = ["RULE_TEXT", "Claim", "ClaimVerdict", "count_verdicts", "judge", "not_measured",
-           "spread", "summarize"]
+__all__ = ["RULE_TEXT", "VERDICTS", "Claim", "ClaimVerdict", "count_verdicts", "judge",
+           "not_measured", "spread", "summarize"]
 
 RULE_TEXT = (
     "For each claim, `d` is the per-example difference between the method and the "
@@ -49,7 +49,8 @@ RULE_TEXT = (
     "interval lies below `-m`; otherwise it is **inconclusive** (also when any value is "
     "not finite)."
 )
-_VERDICTS = ("held", "not held", "inconclusive", "not measured")
+VERDICTS = ("held", "not held", "inconclusive", "not measured")
+"""The four verdicts, in report order."""
 
 
 def _num(x: float) -> str:
@@ -316,19 +317,23 @@ def judge(claim: Claim, baseline: Sequence[torch.Tensor | Sequence[float]],
                         total, size)
 
 
-def count_verdicts(verdicts: Iterable[ClaimVerdict | dict]) -> dict[str, int]:
-    """How many (non-extra) claims got each verdict, plus ``"measured"``.
+def count_verdicts(verdicts: Iterable[ClaimVerdict | dict], *,
+                   extra: bool = False) -> dict[str, int]:
+    """How many paper claims (or, with ``extra=True``, extra observations) got each
+    verdict, plus ``"measured"``; the others are skipped.
 
     Examples
     --------
     >>> claim = Claim(1, "t", "tab", "a", "b", "auc", "lower")
     >>> count_verdicts([not_measured(claim, "x").as_dict()])["not measured"]
     1
+    >>> count_verdicts([not_measured(claim, "x")], extra=True)["not measured"]
+    0
     """
-    counts = dict.fromkeys(_VERDICTS, 0)
+    counts = dict.fromkeys(VERDICTS, 0)
     for v in verdicts:
         record = v.as_dict() if isinstance(v, ClaimVerdict) else v
-        if record.get("extra"):
+        if bool(record.get("extra")) != extra:
             continue
         if record["verdict"] not in counts:
             raise ValueError(f"unknown verdict {record['verdict']!r}")
