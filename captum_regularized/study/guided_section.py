@@ -20,7 +20,7 @@ from captum_regularized.metrics import gradient_alignment
 from captum_regularized.study.map_scores import cam_quality_scores, mask_scores, upsampled
 from captum_regularized.study.model_zoo import TrainedModel
 from captum_regularized.study.section import Section, StudyContext
-from captum_regularized.study.verdicts import Claim
+from captum_regularized.study.verdicts import Claim, summarize
 
 __all__ = ["ACCURACY_MARGIN", "PAIRS", "cam_methods", "run_guided_section"]
 
@@ -132,8 +132,7 @@ def _new_section() -> Section:
 def _alignment_note(section: Section, table: str) -> None:
     """Say, from the numbers, whether the loss moved the alignment."""
     rows = section.tables[table]
-    means = {row: sum(sum(v) for v in rows[row]["gradient_alignment"])
-             / sum(len(v) for v in rows[row]["gradient_alignment"])
+    means = {row: float(summarize(rows[row]["gradient_alignment"])["mean"])  # type: ignore[arg-type]
              for row in (BEFORE, PLAIN, GUIDED)}
     moved = means[GUIDED] - means[PLAIN]
     section.notes.append(

@@ -100,9 +100,10 @@ def run_signed_maps_section(context: StudyContext) -> Section:
             context.log(f"signed maps: scoring {table} (seed {batch.seed})")
             maps = signed_saliency_maps(trained.model, batch.images)
             maps["original"] = maps["gradient"].abs()
+            for method in ("original", *(m for methods in FILL_MAPS.values() for m in methods)):
+                section.uses(table, method, trained)
             for fill, methods in FILL_MAPS.items():
                 for method in ("original", *methods):
-                    section.uses(table, method, trained)
                     result = allegiance_deletion_auc(
                         trained.model, batch.images, maps[method], fill=fill
                     )
