@@ -110,16 +110,40 @@ def _gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> t
     return Saliency(model).attribute(images, target=labels, abs=True).detach()
 
 
-class _Retrainer:
-    """``train(loader)`` for :func:`remove_and_retrain`: a fresh SimpleCNN per call, except
-    that a training set seen before (the random removal, the same for every model of a
-    seed: same ranking seed, same images, same fill) returns the model trained on it."""
+class _DiffRoar:
+    """Per-image DiffROAR of one seed's models, from :func:`remove_and_retrain`.
 
-    def __init__(self, context: StudyContext, seed: int) -> None:
-        self.context, self.seed = context, seed
+    The seed's training subset and held-out images are set up once. Each retraining
+    trains a fresh SimpleCNN, except that a training set seen before (the random
+    removal, the same for every model of a seed: same ranking seed, same images, same
+    fill) returns the model trained on it.
+    """
+
+    def __init__(self, context: StudyContext, batch: EvalBatch) -> None:
+        s = context.settings
+        self.context, self.seed = context, batch.seed
+        train_set = context.data.for_seed(batch.seed).train_set
+        images, labels = train_set.tensors[:2]  # type: ignore[attr-defined]
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(batch.seed))
+        chosen = order[: s.roar_train_samples]
+        self.train_loader = DataLoader(TensorDataset(images[chosen], labels[chosen]),
+                                       batch_size=s.batch_size)
+        self.test_loader = DataLoader(TensorDataset(batch.images.cpu(), batch.labels.cpu()),
+                                      batch_size=s.batch_size)
         self.seen: dict[tuple[int, float], nn.Module] = {}
 
-    def __call__(self, loader: DataLoader) -> nn.Module:
+    def __call__(self, trained: TrainedModel) -> torch.Tensor:
+        """Per held-out image: correct after random removal - correct after the map's."""
+        s = self.context.settings
+        result = remove_and_retrain(
+            self._retrained, self.train_loader, self.test_loader, Saliency(trained.model),
+            (100 * s.roar_fraction,), model=trained.model, seed=self.seed,
+            device=self.context.device, progress=False, attribute_kwargs={"abs": True},
+        )
+        assert result.correct is not None and result.random_correct is not None
+        return result.random_correct[0].double() - result.correct[0].double()
+
+    def _retrained(self, loader: DataLoader) -> nn.Module:
         data = loader.dataset
         count = len(data)  # type: ignore[arg-type]
         probe = torch.stack([data[i][0] for i in range(0, count, max(1, count // 64))])
@@ -133,27 +157,6 @@ class _Retrainer:
                              seed=self.seed)
             self.seen[key] = fresh.eval()
         return self.seen[key]
-
-
-def _diff_roar(context: StudyContext, trained: TrainedModel, batch: EvalBatch,
-               retrain: _Retrainer) -> torch.Tensor:
-    """Per held-out image: correct after random removal - correct after the map's."""
-    s = context.settings
-    seed_data = context.data.for_seed(batch.seed)
-    images, labels = seed_data.train_set.tensors[:2]  # type: ignore[attr-defined]
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(batch.seed))
-    chosen = order[: s.roar_train_samples]
-    train_loader = DataLoader(TensorDataset(images[chosen], labels[chosen]),
-                              batch_size=s.batch_size)
-    test_loader = DataLoader(TensorDataset(batch.images.cpu(), batch.labels.cpu()),
-                             batch_size=s.batch_size)
-    result = remove_and_retrain(
-        retrain, train_loader, test_loader, Saliency(trained.model),
-        (100 * s.roar_fraction,), model=trained.model, seed=batch.seed,
-        device=context.device, progress=False, attribute_kwargs={"abs": True},
-    )
-    assert result.correct is not None and result.random_correct is not None
-    return result.random_correct[0].double() - result.correct[0].double()
 
 
 def _topk_kept(context: StudyContext, trained: TrainedModel, batch: EvalBatch) -> torch.Tensor:
@@ -184,7 +187,7 @@ def run_norm_adversarial_section(context: StudyContext) -> Section:
     figure_maps: dict[str, torch.Tensor] = {}
     for batch in context.eval_batches():
         images, labels = batch.images, batch.labels
-        retrain = _Retrainer(context, batch.seed)
+        diff_roar = _DiffRoar(context, batch)
         for recipe, row in ROWS.items():
             if row == "gaze" and not context.data.has_masks:
                 continue  # the gaze loss trains on the masks
@@ -200,7 +203,7 @@ def run_norm_adversarial_section(context: StudyContext) -> Section:
             if batch.masks is not None:
                 scores["energy_in_mask"] = mask_scores(gradient, batch.masks)["energy_in_mask"]
             if row != "gaze":
-                scores["diff_roar"] = _diff_roar(context, trained, batch, retrain)
+                scores["diff_roar"] = diff_roar(trained)
                 scores["topk_kept"] = _topk_kept(context, trained, batch)
             for metric, values in scores.items():
                 section.record(TABLE, row, metric, values)
