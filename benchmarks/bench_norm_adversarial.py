@@ -81,28 +81,27 @@ def _steps(device: torch.device) -> dict[str, tuple[Callable[[], None], float | 
             adv = NormRegularizedAdversarialLoss(model, **settings, steps=steps,
                                                  input_range=(0.0, 1.0))
             configs[f"adversarial {name} steps={steps}"] = (
-                train_on(lambda adv=adv, extra=extra: adv(images, labels, **extra)),
+                train_on(lambda adv=adv, extra=extra: adv(images, labels, **extra).loss),
                 2.2 if steps == 1 else steps + 1.2,
             )
     best = NormRegularizedAdversarialLoss(model, **NORM_SETTINGS["l1"], steps=STEPS,
                                           input_range=(0.0, 1.0), select_iterate="best")
     configs[f"adversarial l1 steps={STEPS} best"] = (
-        train_on(lambda: best(images, labels)), STEPS + 1.2
+        train_on(lambda: best(images, labels).loss), STEPS + 1.2
     )
     authors = NormRegularizedAdversarialLoss(
         model, **NORM_SETTINGS["l1"], steps=STEPS, step_size=0.3 * EPSILON, start="zero",
         update_batchnorm=True, input_range=(0.0, 1.0),
     )
     configs[f"adversarial l1 steps={STEPS} authors"] = (
-        train_on(lambda: authors(images, labels)), STEPS + 1.2
+        train_on(lambda: authors(images, labels).loss), STEPS + 1.2
     )
     for name, settings in NORM_SETTINGS.items():
         pen = GradientNormPenalty(model, **settings)
         extra = {"mask": mask} if name == "gaze" else {}
 
         def penalised(pen: GradientNormPenalty = pen, extra: dict = extra) -> torch.Tensor:
-            logits, penalty = pen(images, labels, **extra)
-            return F.cross_entropy(logits, labels) + penalty
+            return pen(images, labels, **extra).loss
 
         configs[f"penalty {name}"] = (train_on(penalised), None)
     fgsm = FGSM(model, lower_bound=0.0, upper_bound=1.0)

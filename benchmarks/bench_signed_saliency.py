@@ -9,7 +9,7 @@ Peers, all on the same inputs and device:
   the plain gradient map, a floor no all-class method can reach).
 
 Rows ``ActiveSaliency[vmap]`` / ``ActiveSaliency[loop]`` force one back-propagation
-strategy of the class-gradient engine (the public ``backward_strategy`` attribute);
+strategy of the class-gradient engine (the ``backward_strategy`` constructor keyword);
 ``ActiveSaliency`` uses ``"auto"`` (vmap on CUDA, loop on CPU).
 
 Time: median wall-clock time per call (synchronised on CUDA) after one warm-up, the
@@ -83,9 +83,7 @@ def main() -> None:
         x = torch.rand(batch, 3, size, size, device=device)
         saliency = Saliency(model)
         active = ActiveSaliency(model)
-        forced = {strategy: ActiveSaliency(model) for strategy in ("vmap", "loop")}
-        for strategy, method in forced.items():
-            method.backward_strategy = strategy
+        forced = {s: ActiveSaliency(model, backward_strategy=s) for s in ("vmap", "loop")}
         methods: dict[str, Callable[[], Any]] = {
             "loop": lambda model=model, x=x: author_loop(model, x),
             "saliency": lambda saliency=saliency, x=x: saliency.attribute(x, target=0, abs=False),

@@ -42,7 +42,6 @@ from captum_regularized.models import (
     SimpleCNN,
     evaluate_accuracy,
     train_classifier,
-    with_cross_entropy,
 )
 from captum_regularized.regularizers import (
     GuidedGradientRegularizer,
@@ -184,7 +183,7 @@ def attribution_methods(model: SimpleCNN) -> dict[str, Explainer]:
 CONTROL_TRAINING = "plain cross-entropy"
 REGULARIZED_TRAINING: dict[str, Callable[[nn.Module], LossHook | None]] = {
     CONTROL_TRAINING: lambda m: None,
-    "guided alignment": lambda m: with_cross_entropy(GuidedGradientRegularizer(m, weight=0.15)),
+    "guided alignment": lambda m: GuidedGradientRegularizer(m, weight=0.15),
     "l1 adversarial": lambda m: NormRegularizedAdversarialLoss(m, norm="l1", epsilon=0.005),
 }
 """Losses the demo fine-tunes the trained model with; plain cross-entropy is the control."""
@@ -198,17 +197,16 @@ def _loss_name(loss: LossHook | None) -> str:
     >>> _loss_name(None)
     'cross-entropy'
     >>> model = SimpleCNN(3, width=2)
-    >>> _loss_name(with_cross_entropy(GuidedGradientRegularizer(model)))
+    >>> _loss_name(GuidedGradientRegularizer(model))
     'cross-entropy + GuidedGradientRegularizer'
     >>> _loss_name(NormRegularizedAdversarialLoss(model))
     'NormRegularizedAdversarialLoss'
     """
     if loss is None:
         return "cross-entropy"
-    penalty = getattr(loss, "penalty", None)  # with_cross_entropy(regularizer)
-    if penalty is not None:
-        return f"cross-entropy + {type(penalty).__name__}"
-    return type(loss).__name__
+    if isinstance(loss, NormRegularizedAdversarialLoss):  # trains on x + delta only
+        return type(loss).__name__
+    return f"cross-entropy + {type(loss).__name__}"
 
 
 def _fine_tuned(

@@ -1,21 +1,13 @@
 """Matplotlib figures for attribution maps and evaluation curves.
 
-Both helpers take what the rest of the package produces -- torch tensors in the
-model's layout (``CHW`` or ``BCHW``), on any device -- and return a matplotlib
-``(Figure, Axes)`` pair. They never call ``plt.show()``: in a script save the figure
-(``fig.savefig(...)``), in a notebook it is displayed as the cell's value, and they
-work headless with the ``Agg`` backend. Close figures you no longer need with
-``plt.close(fig)``.
-
-Captum's own :func:`captum.attr.visualization.visualize_image_attr` wants one
-``HWC`` numpy array at a time; :func:`plot_attributions` takes the tensors your
-attribution methods return, for a whole batch and several methods at once.
+Both helpers take torch tensors in the model's layout, on any device, and return
+matplotlib objects without calling ``plt.show()``; close figures with ``plt.close(fig)``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import matplotlib.pyplot as plt
@@ -32,10 +24,8 @@ __all__ = ["plot_attributions", "plot_curves"]
 ArrayLike = torch.Tensor | np.ndarray
 TensorOrTuple = ArrayLike | Sequence[ArrayLike]
 
-#: ``gid`` of the heat-map image in every method panel (handy to find it in tests).
-ATTRIBUTION_GID = "attribution"
-#: ``gid`` of the contour set drawn for the ground-truth mask.
-MASK_OUTLINE_GID = "mask-outline"
+ATTRIBUTION_GID = "attribution"  # gid of the heat map of every method panel
+MASK_OUTLINE_GID = "mask-outline"  # gid of the contour of the ground-truth mask
 
 
 def _as_tensor(value: Any, name: str) -> torch.Tensor:
@@ -57,15 +47,12 @@ def _as_tensor(value: Any, name: str) -> torch.Tensor:
 def _image_batch(image: TensorOrTuple) -> tuple[torch.Tensor, bool]:
     """``(B, C, H, W)`` float images on the CPU and whether a single image was given."""
     tensor = _as_tensor(image, "image")
+    single = tensor.dim() in (2, 3)
     if tensor.dim() == 2:
         tensor = tensor[None, None]
-        single = True
     elif tensor.dim() == 3:
         tensor = tensor[None]
-        single = True
-    elif tensor.dim() == 4:
-        single = False
-    else:
+    elif tensor.dim() != 4:
         raise ValueError(
             f"image must be HW, CHW or BCHW, got a {tensor.dim()}-d tensor of shape "
             f"{tuple(tensor.shape)}"
@@ -87,9 +74,7 @@ def _displayable(images: torch.Tensor) -> np.ndarray:
     return scaled.permute(0, 2, 3, 1).clamp(0, 1).numpy()
 
 
-def _raw_attribution(
-    value: TensorOrTuple, name: str, batch: int, single: bool
-) -> torch.Tensor:
+def _raw_attribution(value: TensorOrTuple, name: str, batch: int, single: bool) -> torch.Tensor:
     """``(B, C, h, w)`` attribution on its own device, checked against the image batch."""
     tensor = _as_tensor(value, f"attributions[{name!r}]")
     expected = "HW, CHW or 1CHW" if single else "BHW or BCHW"
@@ -188,61 +173,45 @@ def plot_attributions(
 ) -> tuple[Figure, np.ndarray]:
     """Show images and their attribution maps, one row per image, one column per method.
 
-    The first panel of every row is the input (with the ground-truth ``mask``
-    outlined when given); then one panel per entry of ``attributions``, in order.
+    The first panel of a row is the input, with the ``mask`` outlined; then one panel
+    per entry of ``attributions``. Channels are summed and coarse maps upsampled.
 
     Parameters
     ----------
     image : Tensor or tuple of Tensor
-        One image ``(C, H, W)`` (or ``(H, W)``) or a batch ``(B, C, H, W)``, on any
-        device, in any float range: images outside ``[0, 1]`` (normalised inputs) are
-        min-max scaled per image for display. One or three channels are shown as
-        they are, any other count as the channel mean. For Captum's tuple inputs
-        the first tensor is shown.
+        ``(C, H, W)``, ``(H, W)`` or a batch ``(B, C, H, W)``; images outside ``[0, 1]``
+        are min-max scaled for display (tuples: the first tensor).
     attributions : dict of str to Tensor (or tuple of Tensor)
-        Method name to map. For a batch: ``(B, C, H, W)``, a coarse layer map
-        ``(B, 1, h, w)`` or ``(B, h, w)``; for a single image the same without the
-        batch dimension. Channels are summed (see ``signed``) and coarse maps
-        upsampled bilinearly to the image size. Tuples use their first tensor.
+        Method name to map: ``(B, C, H, W)``, ``(B, 1, h, w)`` or ``(B, h, w)`` (without
+        ``B`` for a single image).
     signed : None, bool or dict of str to bool
-        ``True`` shows the channel-summed map with a diverging colormap centred at
-        zero; ``False`` shows magnitudes (channels summed after ``abs``) with a
-        sequential colormap starting at zero. ``None`` decides per method: any
-        negative value makes the map signed. A dict chooses per method (missing
-        names are decided from the values).
+        Signed maps use a diverging colormap centred at 0; unsigned ones show
+        magnitudes. ``None`` (per method, also for names a dict leaves out): signed
+        when any value is negative.
     mask : Tensor, optional
-        Ground-truth mask ``(B, H, W)`` or ``(B, 1, H, W)`` (``(H, W)`` for a single
-        image); its 0.5 level is drawn as an outline on the input panel.
+        Ground-truth mask ``(B, H, W)`` or ``(B, 1, H, W)`` (``(H, W)`` for one image).
     overlay : bool
-        Draw each map over a grey copy of the image, with transparency growing
-        with the map's magnitude; ``False`` draws the map alone.
+        Draw each map over a grey copy of the image, more opaque where it is larger.
     ncols : int, optional
-        Panels per grid row. By default every image's panels fit one row; a smaller
-        value wraps them, each image then taking ``ceil((1 + methods) / ncols)`` rows.
+        Panels per grid row (default: one row per image).
     colorbar : bool or {"each", "shared"}
-        ``True`` or ``"each"``: a colour bar per map, each with its own limits.
-        ``"shared"``: all signed maps share one symmetric range and colour bar, all
-        unsigned maps another, so panels compare directly. ``False``: none
-        (limits are still per map).
+        A colour bar per map, or one per kind (signed, unsigned) with shared limits.
     percentile : float
-        Colour limits are this percentile of the maps' absolute values (``100``:
-        the maximum), so a few extreme pixels do not wash out the rest. Values
-        beyond the limit saturate.
+        Colour limits are this percentile of ``|map|`` (100: the maximum).
     cmap_signed, cmap_unsigned : str
-        Matplotlib colormap names for signed and unsigned maps.
+        Matplotlib colormaps.
     alpha : float
         Opacity of the strongest values in overlay mode.
     row_labels : sequence of str, optional
-        One label per image, written next to its input panel (e.g. the class).
+        One label per image, beside its input panel.
     panel_size : float
-        Width and height of one panel in inches.
+        Side of one panel in inches.
 
     Returns
     -------
     (Figure, numpy.ndarray of Axes)
-        The figure and its 2-D array of axes ``(grid rows, ncols)``; unused grid
-        cells are switched off. Each map panel's heat map is the ``AxesImage`` with
-        ``gid == "attribution"``; the mask outline has ``gid == "mask-outline"``.
+        The figure and its ``(grid rows, ncols)`` axes; heat maps have
+        ``gid == "attribution"``, mask outlines ``gid == "mask-outline"``.
 
     Examples
     --------
@@ -257,52 +226,15 @@ def plot_attributions(
     ['input', 'saliency', 'grad-cam']
     >>> plt.close(fig)
     """
-    if not isinstance(attributions, Mapping):
-        raise TypeError(
-            "attributions must be a dict of method name -> tensor, "
-            f"got {type(attributions).__name__}"
-        )
-    if colorbar not in (True, False, "each", "shared"):
-        raise ValueError(f"colorbar must be True, False, 'each' or 'shared', got {colorbar!r}")
-    if not 0 < percentile <= 100:
-        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    _check_plot_options(attributions, colorbar, percentile, alpha)
     images, single = _image_batch(image)
     batch, size = images.shape[0], (images.shape[-2], images.shape[-1])
-    names = [str(name) for name in attributions]
-    choices = _signed_choices(signed, names)
-
-    maps: dict[str, np.ndarray] = {}
-    is_signed: dict[str, bool] = {}
-    for key, name in zip(attributions, names):
-        raw = _raw_attribution(attributions[key], name, batch, single)
-        choice = choices[name]
-        is_signed[name] = bool((raw < 0).any()) if choice is None else bool(choice)
-        maps[name] = _reduced_map(raw, is_signed[name], size)
+    maps, is_signed = _reduced_maps(attributions, signed, batch, single, size)
     masks = _mask_batch(mask, batch, single, size)
     if row_labels is not None and len(row_labels) != batch:
         raise ValueError(f"row_labels needs {batch} labels (one per image), got {len(row_labels)}")
-
-    panels = 1 + len(names)
-    ncols = panels if ncols is None else ncols
-    if ncols < 1:
-        raise ValueError(f"ncols must be >= 1, got {ncols}")
-    rows_per_image = math.ceil(panels / ncols)
-    fig, axes = plt.subplots(
-        batch * rows_per_image,
-        ncols,
-        figsize=(panel_size * ncols, panel_size * batch * rows_per_image),
-        squeeze=False,
-        layout="constrained",
-    )
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    for index in range(panels, rows_per_image * ncols):
-        for b in range(batch):
-            axes[b * rows_per_image + index // ncols, index % ncols].set_axis_off()
-
+    names = list(maps)
+    fig, axes, panel = _panel_grid(batch, 1 + len(names), ncols, panel_size)
     shared_limits = {
         kind: _colour_limit(
             np.concatenate([maps[n].ravel() for n in names if is_signed[n] == kind]), percentile
@@ -314,40 +246,14 @@ def plot_attributions(
     grey = rgb.mean(axis=-1)
     first_image_of_kind: dict[bool, AxesImage] = {}
     for b in range(batch):
-        def panel(index: int, b: int = b) -> Axes:
-            return axes[b * rows_per_image + index // ncols, index % ncols]
-
-        ax = panel(0)
-        ax.imshow(rgb[b], interpolation="nearest")
-        if masks is not None and masks[b].min() != masks[b].max():
-            outline = ax.contour(masks[b], levels=[0.5], colors="lime", linewidths=1.2)
-            outline.set_gid(MASK_OUTLINE_GID)
-        if b == 0:
-            ax.set_title("input", fontsize="medium")
-        if row_labels is not None:
-            ax.set_ylabel(str(row_labels[b]))
+        _draw_input(panel(b, 0), rgb[b], None if masks is None else masks[b], b,
+                    None if row_labels is None else str(row_labels[b]))
         for index, name in enumerate(names, start=1):
-            ax = panel(index)
-            values = maps[name][b]
-            kind = is_signed[name]
-            if colorbar == "shared":
-                limit = shared_limits[kind]
-            else:
-                limit = _colour_limit(values, percentile)
-            vmin = -limit if kind else 0.0
-            weight = None
-            if overlay:
-                ax.imshow(grey[b], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-                weight = alpha * np.sqrt(np.clip(np.abs(values) / limit, 0, 1))
-            heat = ax.imshow(
-                values,
-                cmap=cmap_signed if kind else cmap_unsigned,
-                vmin=vmin,
-                vmax=limit,
-                alpha=weight,
-                interpolation="nearest",
-            )
-            heat.set_gid(ATTRIBUTION_GID)
+            ax, values, kind = panel(b, index), maps[name][b], is_signed[name]
+            limit = shared_limits[kind] if colorbar == "shared" else _colour_limit(
+                values, percentile)
+            heat = _draw_map(ax, values, limit, cmap_signed if kind else cmap_unsigned,
+                             kind, grey[b] if overlay else None, alpha)
             first_image_of_kind.setdefault(kind, heat)
             if b == 0:
                 ax.set_title(name, fontsize="medium")
@@ -362,7 +268,92 @@ def plot_attributions(
     return fig, axes
 
 
-#: Attribute names holding a curve's values, tried in order, on result records.
+def _draw_map(
+    ax: Axes, values: np.ndarray, limit: float, cmap: str, signed: bool,
+    grey: np.ndarray | None, alpha: float,
+) -> AxesImage:
+    """The heat map of ``values`` (over ``grey`` when given, more opaque where larger)."""
+    weight = None
+    if grey is not None:
+        ax.imshow(grey, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        weight = alpha * np.sqrt(np.clip(np.abs(values) / limit, 0, 1))
+    heat = ax.imshow(values, cmap=cmap, vmin=-limit if signed else 0.0, vmax=limit,
+                     alpha=weight, interpolation="nearest")
+    heat.set_gid(ATTRIBUTION_GID)
+    return heat
+
+
+def _check_plot_options(
+    attributions: object, colorbar: object, percentile: float, alpha: float
+) -> None:
+    if not isinstance(attributions, Mapping):
+        raise TypeError(
+            "attributions must be a dict of method name -> tensor, "
+            f"got {type(attributions).__name__}"
+        )
+    if colorbar not in (True, False, "each", "shared"):
+        raise ValueError(f"colorbar must be True, False, 'each' or 'shared', got {colorbar!r}")
+    if not 0 < percentile <= 100:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+
+
+def _reduced_maps(
+    attributions: Mapping[str, TensorOrTuple], signed: bool | Mapping[str, bool] | None,
+    batch: int, single: bool, size: tuple[int, int],
+) -> tuple[dict[str, np.ndarray], dict[str, bool]]:
+    """Per method name, its ``(B, H, W)`` display map and whether it is shown signed."""
+    names = [str(name) for name in attributions]
+    choices = _signed_choices(signed, names)
+    maps: dict[str, np.ndarray] = {}
+    is_signed: dict[str, bool] = {}
+    for key, name in zip(attributions, names):
+        raw = _raw_attribution(attributions[key], name, batch, single)
+        choice = choices[name]
+        is_signed[name] = bool((raw < 0).any()) if choice is None else bool(choice)
+        maps[name] = _reduced_map(raw, is_signed[name], size)
+    return maps, is_signed
+
+
+def _panel_grid(
+    batch: int, panels: int, ncols: int | None, panel_size: float
+) -> tuple[Figure, np.ndarray, Callable[[int, int], Axes]]:
+    """The figure, its axes and ``panel(b, index)``: image ``b``'s panel ``index``."""
+    ncols = panels if ncols is None else ncols
+    if ncols < 1:
+        raise ValueError(f"ncols must be >= 1, got {ncols}")
+    rows_per_image = math.ceil(panels / ncols)
+    fig, axes = plt.subplots(
+        batch * rows_per_image, ncols, squeeze=False, layout="constrained",
+        figsize=(panel_size * ncols, panel_size * batch * rows_per_image),
+    )
+
+    def panel(b: int, index: int) -> Axes:
+        return axes[b * rows_per_image + index // ncols, index % ncols]
+
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for index in range(panels, rows_per_image * ncols):
+        for b in range(batch):
+            panel(b, index).set_axis_off()
+    return fig, axes, panel
+
+
+def _draw_input(
+    ax: Axes, rgb: np.ndarray, mask: np.ndarray | None, b: int, row_label: str | None
+) -> None:
+    ax.imshow(rgb, interpolation="nearest")
+    if mask is not None and mask.min() != mask.max():
+        outline = ax.contour(mask, levels=[0.5], colors="lime", linewidths=1.2)
+        outline.set_gid(MASK_OUTLINE_GID)
+    if b == 0:
+        ax.set_title("input", fontsize="medium")
+    if row_label is not None:
+        ax.set_ylabel(row_label)
+
+
 _CURVE_VALUE_FIELDS = ("values", "scores", "allegiance")
 
 
@@ -375,7 +366,6 @@ def _curve_arrays(name: str, value: Any) -> tuple[np.ndarray, np.ndarray]:
             )
         fractions, values = value["fractions"], value["values"]
     elif hasattr(value, "fractions") and any(hasattr(value, f) for f in _CURVE_VALUE_FIELDS):
-        # metric records (named tuples): PerturbationCurve.scores, AllegianceCurve.allegiance
         field = next(f for f in _CURVE_VALUE_FIELDS if hasattr(value, f))
         fractions, values = value.fractions, getattr(value, field)
     elif isinstance(value, (tuple, list)) and len(value) == 2:
@@ -422,26 +412,15 @@ def plot_curves(
     Parameters
     ----------
     results : dict of str to curve
-        Method name to its curve, in any of these forms:
-
-        * a pair ``(fractions, values)``;
-        * a dict with keys ``"fractions"`` and ``"values"`` (other keys ignored);
-        * a record with attributes ``fractions`` and ``values``, ``scores`` or
-          ``allegiance``: the results of
-          :func:`~captum_regularized.metrics.deletion_curve`,
-          :func:`~captum_regularized.metrics.insertion_curve` and
-          :func:`~captum_regularized.metrics.allegiance_deletion_auc` plot as they are.
-
-        ``fractions`` is 1-D ``(steps,)``; ``values`` is ``(steps,)`` or one curve
-        per image ``(batch, steps)``, whose mean is drawn with a band of one standard
-        deviation. Tensors (any device), numpy arrays and lists are accepted.
+        Method name to a pair ``(fractions, values)``, a dict with those keys, or a
+        metric record with ``fractions`` and ``values``, ``scores`` or ``allegiance``.
+        ``values`` is ``(steps,)`` or ``(batch, steps)`` (the mean is drawn).
     ax : Axes, optional
-        Draw into these axes; by default a new figure is made.
+        Draw into these axes (default: a new figure).
     title, xlabel, ylabel : str
         Axis text.
     show_auc : bool
-        Append the area under each (mean) curve, by the trapezoid rule, to its
-        legend entry.
+        Add the trapezoid area under each (mean) curve to its legend entry.
     band : bool
         Shade one standard deviation around batched curves.
 
@@ -467,9 +446,7 @@ def plot_curves(
     if ax is None:
         fig, ax = plt.subplots(figsize=(5, 3.6), layout="constrained")
     else:
-        # Typed ``Figure | SubFigure``: axes of a subfigure hand back that subfigure, as
-        # they always have; the annotation promises the common case, a ``Figure``.
-        fig = cast(Figure, ax.figure)
+        fig = cast(Figure, ax.figure)  # a SubFigure for axes of a subfigure
     for name, value in results.items():
         x, y = _curve_arrays(str(name), value)
         mean = y.mean(axis=0) if y.ndim == 2 else y

@@ -1,17 +1,10 @@
-"""The one place that touches Captum's private helpers.
+"""The one place that touches Captum's private helpers (``captum>=0.8,<0.10``).
 
-Captum's ``_utils`` are not public API and move between releases. Everything this
-package needs from them is wrapped here, so a Captum upgrade is fixed in one file.
-Supported: ``captum>=0.8,<0.10``. Here too: the type aliases of Captum's calling
-convention (``TensorOrTuple``, ``TargetType``, ``BaselineType``; ``TargetType`` adds
-pytorch-grad-cam's score callables to Captum's forms), Captum's ``log_usage`` decorator
-and :func:`run_forward` (which reads the logits of a ``ModelOutput`` or a dict), and
-:func:`attribution_call`, the start every gradient method's ``attribute`` shares (autograd
-available, Captum's input forms to tuples, the output given back in the input's form).
-
-Users: every class of :mod:`captum_regularized.attr` (input and output forms,
-additional forward arguments; baselines and repeated targets for RSI-Grad-CAM), the
-metrics, the guided rule and the training losses.
+Captum's ``_utils`` move between releases, so everything taken from them is wrapped
+here, next to the type aliases of Captum's calling convention (``TargetType`` adds
+pytorch-grad-cam's score callables), ``log_usage``, :func:`run_forward` (which reads the
+logits of a ``ModelOutput`` or dict) and :func:`attribution_call`, the start every
+gradient method's ``attribute`` shares.
 """
 
 from __future__ import annotations
@@ -21,7 +14,6 @@ from typing import Any, NamedTuple
 
 import torch
 from captum._utils.common import (
-    _expand_additional_forward_args,
     _expand_target,
     _format_additional_forward_args,
     _format_output,
@@ -38,34 +30,15 @@ TensorOrTuple = torch.Tensor | tuple[torch.Tensor, ...]
 ScoreTarget = Callable[[torch.Tensor], torch.Tensor]
 """A target that scores the output: ``score(output) -> (B,)`` (pytorch-grad-cam's form)."""
 TargetType = (
-    None
-    | int
-    | tuple[int, ...]
-    | torch.Tensor
-    | list[int]
-    | list[tuple[int, ...]]
-    | ScoreTarget
-    | list[ScoreTarget]
-    | tuple[ScoreTarget, ...]
+    None | int | tuple[int, ...] | torch.Tensor | list[int] | list[tuple[int, ...]]
+    | ScoreTarget | list[ScoreTarget] | tuple[ScoreTarget, ...]
 )
 BaselineType = None | torch.Tensor | int | float | tuple[torch.Tensor | int | float, ...]
 
 __all__ = [
-    "AttributionCall",
-    "BaselineType",
-    "ScoreTarget",
-    "TargetType",
-    "TensorOrTuple",
-    "WithoutFutures",
-    "attribution_call",
-    "expand_additional_args",
-    "expand_target",
-    "format_additional_args",
-    "format_baselines",
-    "format_inputs",
-    "format_output",
-    "log_usage",
-    "run_forward",
+    "AttributionCall", "BaselineType", "ScoreTarget", "TargetType", "TensorOrTuple",
+    "WithoutFutures", "attribution_call", "expand_target", "format_additional_args",
+    "format_baselines", "format_inputs", "log_usage", "run_forward",
 ]
 
 
@@ -74,9 +47,8 @@ def format_inputs(inputs: TensorOrTuple) -> tuple[tuple[torch.Tensor, ...], bool
 
     Examples
     --------
-    >>> t, was_tuple = format_inputs(torch.zeros(2, 3))
-    >>> len(t), was_tuple
-    (1, False)
+    >>> format_inputs(torch.zeros(2))
+    ((tensor([0., 0.]),), False)
     """
     if isinstance(inputs, torch.Tensor):
         return (inputs,), False
@@ -88,32 +60,19 @@ def format_inputs(inputs: TensorOrTuple) -> tuple[tuple[torch.Tensor, ...], bool
     )
 
 
-def format_output(was_tuple: bool, output: tuple[torch.Tensor, ...]) -> TensorOrTuple:
-    """Mirror the input form: a tuple in gives a tuple out, a tensor gives a tensor."""
-    return _format_output(was_tuple, output)
-
-
 def format_additional_args(additional_forward_args: Any) -> tuple[Any, ...] | None:
     """Captum's normalisation of ``additional_forward_args`` into a tuple (or ``None``)."""
     return _format_additional_forward_args(additional_forward_args)
 
 
 class WithoutFutures:
-    """Captum's ``attribute_future``, refused as Captum's ``Saliency`` refuses it.
-
-    Captum's ``Attribution`` declares ``attribute_future`` (an asynchronous
-    ``attribute`` returning a future) without defining it; its gradient methods raise
-    ``NotImplementedError``. Every attribution class of the package mixes this in, so
-    a caller gets that error rather than an ``AttributeError``.
+    """Captum's ``attribute_future``, refused with ``NotImplementedError`` as ``Saliency`` does.
 
     Examples
     --------
-    >>> class Method(WithoutFutures):
-    ...     pass
-    >>> Method().attribute_future()
+    >>> WithoutFutures().attribute_future()
     Traceback (most recent call last):
-    ...
-    NotImplementedError: attribute_future is not implemented for Method
+    NotImplementedError: attribute_future is not implemented for WithoutFutures
     """
 
     def attribute_future(self) -> None:
@@ -122,17 +81,7 @@ class WithoutFutures:
 
 
 class AttributionCall(NamedTuple):
-    """The arguments of one ``attribute`` call in the forms the engines take.
-
-    Attributes
-    ----------
-    inputs : tuple of Tensor
-        The inputs as a tuple (one tensor becomes a 1-tuple).
-    additional_forward_args : tuple or None
-        Captum's normalisation of the extra forward arguments.
-    was_tuple : bool
-        Whether the caller passed a tuple, so that :meth:`output` mirrors it.
-    """
+    """One ``attribute`` call's inputs (as a tuple) and extra arguments, Captum-normalised."""
 
     inputs: tuple[torch.Tensor, ...]
     additional_forward_args: tuple[Any, ...] | None
@@ -140,24 +89,20 @@ class AttributionCall(NamedTuple):
 
     def output(self, maps: tuple[torch.Tensor, ...]) -> TensorOrTuple:
         """``maps`` (one per input) in the form of the caller's ``inputs``."""
-        return format_output(self.was_tuple, maps)
+        return _format_output(self.was_tuple, maps)
 
 
 def attribution_call(
     who: str, inputs: TensorOrTuple, additional_forward_args: Any = None
 ) -> AttributionCall:
-    """Start a gradient method's ``attribute``: autograd must be available, forms formatted.
-
-    Raises ``RuntimeError`` inside ``torch.inference_mode()`` (naming ``who``) and
-    ``TypeError`` for inputs that are neither a tensor nor a tuple of tensors.
+    """Start a gradient method's ``attribute``: autograd available (else ``RuntimeError``
+    naming ``who``), inputs a tensor or a tuple of tensors (else ``TypeError``).
 
     Examples
     --------
     >>> call = attribution_call("Method", torch.zeros(2, 3), 5)
     >>> len(call.inputs), call.additional_forward_args, call.output(call.inputs).shape
     (1, (5,), torch.Size([2, 3]))
-    >>> type(attribution_call("Method", (torch.zeros(2, 3),)).output((torch.ones(2),)))
-    <class 'tuple'>
     """
     check_autograd_available(who)
     formatted, was_tuple = format_inputs(inputs)
@@ -169,25 +114,13 @@ def expand_target(target: TargetType, n: int) -> TargetType:
     return _expand_target(target, n)
 
 
-def expand_additional_args(args: tuple[Any, ...] | None, n: int) -> tuple[Any, ...] | None:
-    """Repeat per-example additional forward args ``n`` times along the batch."""
-    return _expand_additional_forward_args(args, n)
-
-
 def format_baselines(
     inputs: tuple[torch.Tensor, ...], baselines: BaselineType
 ) -> tuple[torch.Tensor, ...]:
-    """Turn Captum's baseline forms into one tensor per input, broadcastable to it.
+    """Captum's baseline forms as one tensor per input: the input's shape or a batch of one.
 
-    ``None`` means zeros; a number means a constant; a tensor must either match the
-    input's shape or have a batch of one with the per-example shape.
-
-    Raises
-    ------
-    TypeError
-        For a bool, which is no baseline (it is an argument passed in the wrong slot).
-    ValueError
-        When a baseline's shape fits neither form.
+    ``None`` means zeros, a number a constant. A bool (an argument in the wrong slot) is
+    a ``TypeError``, a shape of neither form a ``ValueError``.
     """
     if isinstance(baselines, bool) or (
         isinstance(baselines, tuple) and any(isinstance(b, bool) for b in baselines)
@@ -221,11 +154,7 @@ def run_forward(
     inputs: tuple[torch.Tensor, ...],
     additional_forward_args: tuple[Any, ...] | None = None,
 ) -> torch.Tensor:
-    """Call ``forward_func(*inputs, *additional_forward_args)`` and return its scores tensor.
-
-    A Hugging Face ``ModelOutput`` or a dict gives its ``logits`` tensor
-    (:func:`~captum_regularized._internal.model_outputs.logits_of`); any other
-    non-tensor output is a ``TypeError`` naming ``forward_func``.
+    """``forward_func(*inputs, *additional_forward_args)`` as a scores tensor (:func:`logits_of`).
 
     Examples
     --------

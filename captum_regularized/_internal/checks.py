@@ -1,12 +1,9 @@
 """Input checks shared by every public entry point: clear errors, never silent garbage.
 
-Besides types, batch sizes, devices and finiteness, :func:`check_inputs_fit_model`
-catches the mistakes that PyTorch would otherwise report from deep inside the model's
-first convolution (or not at all): inputs of another dtype than the model's weights,
-a ``(B, H, W, C)`` image batch, and a single ``(C, H, W)`` image without its batch
-dimension. Those checks read only dtypes and shapes: they cost no host
-synchronisation. :func:`warn_if_every_map_zero` is the metrics' warning for a batch of
-all-zero maps.
+Types, batch sizes, devices, finiteness, and (:func:`check_inputs_fit_model`) the
+mistakes PyTorch would report from inside the first convolution: another dtype than
+the model's, a ``(B, H, W, C)`` batch, one ``(C, H, W)`` image without its batch
+dimension. Only the finiteness checks synchronise with the host.
 """
 
 from __future__ import annotations
@@ -26,19 +23,12 @@ from captum_regularized._internal.model_state import model_device
 def check_autograd_available(who: str) -> None:
     """Raise ``RuntimeError`` naming inference mode when gradients cannot be taken.
 
-    Every entry point that differentiates the model calls this first, so that a caller
-    inside ``torch.inference_mode()`` (Lightning's validation loop, for instance) reads
-    what is wrong instead of autograd's "does not require grad".
-
     Examples
     --------
-    >>> check_autograd_available("PositiveSaliency")
     >>> with torch.inference_mode():
-    ...     check_autograd_available("PositiveSaliency")
+    ...     check_autograd_available("PositiveSaliency")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    ...
-    RuntimeError: PositiveSaliency needs autograd and cannot run inside torch.inference_mode(); \
-call it outside the block or under torch.inference_mode(False)
+    RuntimeError: PositiveSaliency needs autograd and cannot run inside torch.inference_mode()...
     """
     if torch.is_inference_mode_enabled():
         raise RuntimeError(
@@ -52,10 +42,8 @@ def check_floating(inputs: Sequence[torch.Tensor], name: str = "inputs") -> None
 
     Examples
     --------
-    >>> check_floating((torch.zeros(1),))
     >>> check_floating((torch.zeros(1, dtype=torch.long),))
     Traceback (most recent call last):
-    ...
     TypeError: inputs[0] must be a floating-point tensor (gradients need one), got torch.int64
     """
     for index, tensor in enumerate(inputs):
@@ -96,30 +84,15 @@ def check_same_device(
             )
 
 
-_MODEL_CASTS = {
-    torch.float32: "model.float()",
-    torch.float64: "model.double()",
-    torch.float16: "model.half()",
-    torch.bfloat16: "model.bfloat16()",
-}
-
-
 def model_floating_dtype(model: nn.Module | None) -> torch.dtype | None:
     """The dtype the model's input layer computes in; ``None`` when it has none.
 
-    The weight dtype of the first ``nn.Conv2d`` (:func:`first_conv2d`), the layer the
-    inputs meet first in an image model; without one, the dtype of the first floating
-    parameter. A model without parameters (or a plain function, ``model=None``) has
-    no dtype to match. Only the first such parameter is read, so that the check stays
-    cheap on large models (a full walk over ResNet-50's parameters costs about as much
-    as a small forward pass on a CPU).
+    The weight dtype of :func:`first_conv2d`, else of the first floating parameter.
 
     Examples
     --------
-    >>> model_floating_dtype(nn.Linear(2, 2).double())
-    torch.float64
-    >>> model_floating_dtype(nn.ReLU()) is None
-    True
+    >>> model_floating_dtype(nn.Linear(2, 2).double()), model_floating_dtype(nn.ReLU())
+    (torch.float64, None)
     """
     if model is None:
         return None
@@ -134,21 +107,13 @@ def model_floating_dtype(model: nn.Module | None) -> torch.dtype | None:
 
 
 def first_conv2d(model: nn.Module | None) -> nn.Conv2d | None:
-    """The model's input convolution: its first convolution, if that is an ``nn.Conv2d``.
-
-    The first convolution in ``model.modules()`` order (registration order, which is
-    the input layer in torchvision, timm and Hugging Face image models: a ResNet's
-    ``conv1``, a ViT's patch projection). ``None`` when the model has no convolution,
-    when its first one is not two-dimensional (``Conv1d``, ``Conv3d``, a transposed
-    convolution) or is still lazy.
+    """The model's first convolution (in ``modules()`` order), if it is a non-lazy ``nn.Conv2d``.
 
     Examples
     --------
     >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
-    >>> first_conv2d(net) is net[0]
-    True
-    >>> first_conv2d(nn.Linear(2, 2)) is None
-    True
+    >>> first_conv2d(net) is net[0], first_conv2d(nn.Linear(2, 2))
+    (True, None)
     """
     if model is None:
         return None
@@ -163,68 +128,33 @@ def first_conv2d(model: nn.Module | None) -> nn.Conv2d | None:
 def check_inputs_fit_model(
     inputs: Sequence[torch.Tensor], model: nn.Module | None, name: str = "inputs"
 ) -> None:
-    """Refuse inputs that the model's weights cannot take, before the model runs.
+    """Refuse a single input tensor that the model's input layer cannot take.
 
-    Three newcomer's mistakes that PyTorch reports from inside the first layer (or
-    that make a training loss complain about its labels):
+    Checked: a floating dtype other than the model's (:func:`model_floating_dtype`;
+    not under ``torch.autocast``), a 4-D batch whose last dim, not dim 1, holds the
+    first ``nn.Conv2d``'s channels, and a 3-D ``(C, H, W)`` image with ``C > 1``.
+    Nothing is checked for several inputs or without a model.
 
-    * **dtype.** Inputs of another floating dtype than the model's parameters
-      (float32 images to a ``model.double()``, float64 numpy images to a float32
-      model, float32 images to a ``model.half()``), read from its input layer
-      (:func:`model_floating_dtype`). Not checked under ``torch.autocast``, which
-      casts for the model, nor for a model without parameters.
-    * **channels last as data.** A 4-D batch whose dim 1 is not the number of
-      channels the first ``nn.Conv2d`` takes while its last dim is: a numpy-style
-      ``(B, H, W, C)`` batch. A ``torch.channels_last`` *memory format* keeps the
-      logical ``(B, C, H, W)`` shape and is not concerned.
-    * **no batch dimension.** A 3-D tensor whose dim 0 is the first convolution's
-      number of input channels (above one, where a ``(1, H, W)`` batch of a model that
-      adds the channel itself is as likely): one ``(C, H, W)`` image.
-
-    Only a single input tensor is checked (with several, which one reaches the
-    convolution is unknown), and only when ``model`` is an ``nn.Module``. Only dtypes
-    and shapes are read: no host synchronisation.
-
-    Parameters
-    ----------
-    inputs : sequence of Tensor
-        The inputs, in tuple form.
-    model : nn.Module or None
-        The module behind the forward function (``None`` for a plain function).
-    name : str
-        The argument's name in the messages.
-
-    Raises
-    ------
-    TypeError
-        For a dtype mismatch, naming both dtypes and the two ways to fix it.
-    ValueError
-        For a ``(B, H, W, C)`` batch or a missing batch dimension, naming the fix.
+    A dtype mismatch is a ``TypeError``, a wrong layout a ``ValueError``; both name the fix.
 
     Examples
     --------
     >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))
-    >>> check_inputs_fit_model((torch.rand(2, 3, 8, 8),), net)
-    >>> check_inputs_fit_model((torch.rand(2, 8, 8, 3),), net)
+    >>> check_inputs_fit_model((torch.rand(2, 8, 8, 3),), net)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    ...
-    ValueError: inputs look like (B, H, W, C) images, shape (2, 8, 8, 3): the model's \
-first convolution takes 3 channels in dim 1, not 8; use inputs.permute(0, 3, 1, 2) \
-(a torch.channels_last memory format is fine: it keeps the (B, C, H, W) shape)
-    >>> check_inputs_fit_model((torch.rand(3, 8, 8),), net)
-    Traceback (most recent call last):
-    ...
-    ValueError: inputs look like one image (C, H, W) without a batch dimension, shape \
-(3, 8, 8): the model's first convolution expects (B, 3, H, W); use inputs.unsqueeze(0)
+    ValueError: inputs look like (B, H, W, C) images, shape (2, 8, 8, 3): ...
     """
     if model is None or len(inputs) != 1:
         return
     (tensor,) = inputs
     _check_dtype_fits(tensor, model, name)
     conv = first_conv2d(model)
-    if conv is None:
-        return
-    channels = conv.in_channels
+    if conv is not None:
+        _check_layout_fits(tensor, conv.in_channels, name)
+
+
+def _check_layout_fits(tensor: torch.Tensor, channels: int, name: str) -> None:
+    """The ``(B, H, W, C)`` and missing-batch checks against the first conv's channels."""
     shape = tuple(tensor.shape)
     if tensor.dim() == 4 and shape[1] != channels and shape[3] == channels:
         raise ValueError(
@@ -241,8 +171,13 @@ first convolution takes 3 channels in dim 1, not 8; use inputs.permute(0, 3, 1, 
         )
 
 
+_MODEL_CASTS = {
+    torch.float32: "model.float()", torch.float64: "model.double()",
+    torch.float16: "model.half()", torch.bfloat16: "model.bfloat16()",
+}
+
+
 def _check_dtype_fits(tensor: torch.Tensor, model: nn.Module, name: str) -> None:
-    """The dtype part of :func:`check_inputs_fit_model`."""
     if not tensor.is_floating_point() or torch.is_autocast_enabled(tensor.device.type):
         return
     expected = model_floating_dtype(model)
@@ -264,11 +199,7 @@ def _check_dtype_fits(tensor: torch.Tensor, model: nn.Module, name: str) -> None
 def check_attribution_inputs(
     inputs: Sequence[torch.Tensor], model: nn.Module | None, name: str = "inputs"
 ) -> int:
-    """All the checks above, in order; returns the batch size.
-
-    Types, batch sizes, device and :func:`check_inputs_fit_model` read metadata only;
-    the finiteness check, last, is the one host synchronisation.
-    """
+    """All the checks above, the one host synchronisation (finiteness) last; returns the batch."""
     check_floating(inputs, name)
     batch = check_batch_sizes(inputs, name)
     check_same_device(inputs, model, name)
@@ -285,31 +216,20 @@ ALL_ZERO_MAPS_MESSAGE = (
     "untrained classifier head initialised to zero (torchvision's ViT heads are): "
     "explain a trained model, or check the target and the layer"
 )
-"""The text of :func:`warn_if_every_map_zero`'s warning (``{who}``: the metric)."""
 
 
 def every_map_zero_warning(who: str) -> None:
-    """Issue the all-zero-maps ``UserWarning`` for ``who``, pointing at the user's line.
-
-    The warning is attributed to the first frame outside ``captum_regularized``, so
-    Python's default filter shows it once per call site.
-    """
+    """Issue the all-zero-maps ``UserWarning`` for ``who``, pointing at the user's line."""
     frame = sys._getframe(1)
     level = 2
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(
-        _PACKAGE_DIR
-    ):
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
         frame = frame.f_back  # type: ignore[assignment]
         level += 1
     warnings.warn(ALL_ZERO_MAPS_MESSAGE.format(who=who), UserWarning, stacklevel=level)
 
 
 def warn_if_every_map_zero(maps: torch.Tensor, who: str) -> None:
-    """Warn (``UserWarning``) when every value of ``maps`` is zero.
-
-    One reduction and one host synchronisation; callers that already synchronise
-    (:func:`~captum_regularized.metrics._perturbation.prepare_batch`) fuse the
-    reduction with theirs and call :func:`every_map_zero_warning` instead.
+    """Warn (``UserWarning``) when every value of ``maps`` is zero (one host synchronisation).
 
     Examples
     --------
@@ -324,49 +244,27 @@ def warn_if_every_map_zero(maps: torch.Tensor, who: str) -> None:
         every_map_zero_warning(who)
 
 
-def not_a_class_score_tensor(output: Any, who: str) -> TypeError:
-    """The ``TypeError`` for a model that returned something else than one tensor."""
-    kind = type(output).__name__
-    hint = ""
-    if isinstance(output, (tuple, list, dict)):
-        hint = "; wrap the model so that it returns the logits alone (e.g. lambda x: model(x)[0])"
-    return TypeError(f"{who} must return one (batch, classes) tensor of class scores, got a "
-                     f"{kind}{hint}")
-
-
 def check_class_scores(
     output: Any, *, batch: int | None = None, who: str = "the model"
 ) -> torch.Tensor:
     """Return ``output`` if it is a ``(batch, classes)`` tensor, else a clear error.
 
-    Parameters
-    ----------
-    output : Any
-        What the model returned.
-    batch : int, optional
-        The number of inputs, checked against ``output.shape[0]``.
-    who : str
-        Named in the message (``"the model"``, ``"model"``, ...).
-
-    Raises
-    ------
-    TypeError
-        When ``output`` is not a tensor (a tuple or dict of outputs, say).
-    ValueError
-        When it is not two-dimensional, or has another batch size than the inputs.
+    ``TypeError`` for a non-tensor (naming ``who``), ``ValueError`` for another rank or
+    another batch size than ``batch``.
 
     Examples
     --------
-    >>> check_class_scores(torch.zeros(2, 3), batch=2).shape
-    torch.Size([2, 3])
-    >>> try:
-    ...     check_class_scores({"logits": torch.zeros(2, 3)})
-    ... except TypeError as error:
-    ...     print(str(error).split(";")[0])
-    the model must return one (batch, classes) tensor of class scores, got a dict
+    >>> check_class_scores({"logits": torch.zeros(2, 3)})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    TypeError: the model must return one (batch, classes) tensor of class scores, got a dict; ...
     """
     if not isinstance(output, torch.Tensor):
-        raise not_a_class_score_tensor(output, who)
+        hint = ""
+        if isinstance(output, (tuple, list, dict)):
+            hint = ("; wrap the model so that it returns the logits alone "
+                    "(e.g. lambda x: model(x)[0])")
+        raise TypeError(f"{who} must return one (batch, classes) tensor of class scores, got a "
+                        f"{type(output).__name__}{hint}")
     if output.dim() != 2 or (batch is not None and output.shape[0] != batch):
         rows = "" if batch is None else f" with batch = {batch} rows"
         raise ValueError(
@@ -379,15 +277,10 @@ def check_class_scores(
 def check_data_batch(images: torch.Tensor, index: int, who: str, *, floating: bool = True) -> None:
     """Refuse a data-loader batch of images that holds NaN or inf (or is not floating).
 
-    One check per batch, before the model sees it: a non-finite image would otherwise
-    turn BatchNorm statistics, scores or weights into NaN without a word.
-
     Examples
     --------
-    >>> check_data_batch(torch.zeros(2, 3), 0, "evaluate_accuracy")
     >>> check_data_batch(torch.tensor([[float("nan")]]), 4, "evaluate_accuracy")
     Traceback (most recent call last):
-    ...
     ValueError: evaluate_accuracy: the images of data batch 4 contain NaN or infinite values
     """
     if not isinstance(images, torch.Tensor):

@@ -1,10 +1,4 @@
-"""The one way an adapter module imports the optional package it is built on.
-
-The adapters to torchmetrics and Lightning need an optional extra that
-``import captum_regularized`` never imports. Each imports it inside
-:func:`optional_extra`, so that a missing package is an ``ImportError`` naming the
-module, the package and the ``pip install`` line that brings it.
-"""
+"""The one way an adapter module imports the optional package it is built on."""
 
 from __future__ import annotations
 
@@ -16,25 +10,15 @@ __all__ = ["optional_extra"]
 
 @contextlib.contextmanager
 def optional_extra(module: str, package: str, extra: str = "lightning") -> Iterator[None]:
-    """Re-raise an ``ImportError`` of the block as one that says what to install.
-
-    Parameters
-    ----------
-    module : str
-        The adapter module that needs the package (its ``__name__``).
-    package : str
-        The package's name as users know it (``"Lightning"``, ``"torchmetrics"``).
-    extra : str
-        The extra of ``captum-regularized`` that installs it.
+    """Re-raise an ``ImportError`` of the block as one naming ``module``, ``package`` and
+    the ``pip install`` line of the ``extra`` that brings it.
 
     Examples
     --------
     >>> with optional_extra("captum_regularized.metrics.torchmetrics", "torchmetrics"):
-    ...     import captum_regularized_absent_package
+    ...     import captum_regularized_absent_package  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    ...
-    ImportError: captum_regularized.metrics.torchmetrics needs torchmetrics; install it with \
-pip install "captum-regularized[lightning]"
+    ImportError: captum_regularized.metrics.torchmetrics needs torchmetrics; install it with ...
     """
     try:
         yield

@@ -1,24 +1,9 @@
-"""Per-example loss gradients with respect to the inputs.
+"""Per-example loss gradients with respect to the inputs, and the training-batch checks.
 
-``g_i = grad_{x_i} l(f(x_i), y_i)`` is obtained from one backward pass of the *sum*
-of the per-example losses, so it is not divided by the batch size and (when the model
-treats examples independently, e.g. eval-mode BatchNorm) an example's gradient does
-not depend on the rest of the batch. Only the input gradient is requested from
-autograd: no parameter ``.grad`` is touched and no weight gradient is computed
-(unless ``create_graph=True`` asks to differentiate through it later).
-
-With ``create_graph=True`` the caller's autograd graph is kept: when ``inputs`` come
-out of trainable modules (``reg(pre(x), y)``), the gradient is taken with respect to a
-copy that still hangs on that graph, so the logits *and* the penalty on the gradient
-back-propagate into ``pre`` as they would through the composed model.
-
-Users: the guided rule (:mod:`~captum_regularized._internal.guided_relu`: the
-gradient leaf and the in-place check) and the three training losses (everything; the
-checks of a training batch, :func:`check_training_batch` and
-:func:`check_class_logits`, are theirs).
-
-The two penalties' modes (double back-propagation, finite differences) live with them,
-in :mod:`captum_regularized.regularizers._penalty_modes`.
+``g_i = grad_{x_i} l(f(x_i), y_i)`` comes from one backward pass of the *sum* of the
+per-example losses: not divided by the batch size, and no parameter ``.grad`` touched.
+With ``create_graph=True`` the caller's graph is kept (:func:`gradient_leaf`), so a
+penalty on ``g`` back-propagates into the modules that produced the inputs too.
 """
 
 from __future__ import annotations
@@ -35,16 +20,9 @@ from captum_regularized._internal.checks import check_inputs_fit_model
 from captum_regularized._internal.model_outputs import logits_of
 
 __all__ = [
-    "InputGradient",
-    "PerExampleLoss",
-    "check_class_logits",
-    "check_not_modified_in_place",
-    "check_training_batch",
-    "cross_entropy_per_example",
-    "fresh_leaf",
-    "gradient_leaf",
-    "input_gradient",
-    "leaf_in_place_error_explained",
+    "InputGradient", "PerExampleLoss", "check_class_logits", "check_floating_tensor",
+    "check_not_modified_in_place", "check_training_batch", "cross_entropy_per_example",
+    "fresh_leaf", "gradient_leaf", "input_gradient", "leaf_in_place_error_explained",
     "per_example_losses",
 ]
 
@@ -53,11 +31,7 @@ PerExampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def cross_entropy_per_example(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Unreduced cross-entropy, shape ``(B,)`` (the default loss).
-
-    The logits must be ``(B, C)`` and the labels class indices in ``[0, C - 1]``
-    (:func:`check_class_logits`); ``ignore_index`` (``-100``) is refused rather than
-    silently counted as a zero loss.
+    """Unreduced cross-entropy ``(B,)`` after :func:`check_class_logits` (the default loss).
 
     Examples
     --------
@@ -69,17 +43,7 @@ def cross_entropy_per_example(logits: torch.Tensor, labels: torch.Tensor) -> tor
 
 
 class InputGradient(NamedTuple):
-    """Result of :func:`input_gradient`.
-
-    Attributes
-    ----------
-    losses : Tensor
-        Per-example losses ``(B,)`` (with a graph when ``create_graph=True``).
-    logits : Tensor
-        The model's class scores (the logits of a ``ModelOutput`` or dict).
-    gradient : Tensor
-        ``grad_{x_i} losses_i``, shape of the inputs.
-    """
+    """Per-example losses ``(B,)``, the logits, and ``grad_{x_i} losses_i``."""
 
     losses: torch.Tensor
     logits: torch.Tensor
@@ -95,7 +59,6 @@ def per_example_losses(
     --------
     >>> per_example_losses(lambda o, y: o.sum(), torch.zeros(2, 3), torch.zeros(2).long())
     Traceback (most recent call last):
-    ...
     ValueError: loss_fn must return one loss per example, shape (2,) (reduction='none'), got ()
     """
     losses = loss_fn(logits, labels)
@@ -109,22 +72,16 @@ def per_example_losses(
 
 
 def gradient_leaf(inputs: torch.Tensor, keep_graph: bool) -> torch.Tensor:
-    """The tensor to differentiate with respect to in place of ``inputs``.
+    """The tensor to differentiate in place of ``inputs``, which stay untouched.
 
-    ``keep_graph`` with ``inputs`` on an autograd graph (they require grad): a copy
-    still connected to that graph, so that whatever is computed from it (logits, a
-    penalty on a ``create_graph=True`` gradient) back-propagates into the modules that
-    produced ``inputs``. Otherwise a detached leaf sharing ``inputs``' storage (no copy,
-    and the caller's graph is not touched). ``inputs`` themselves are never modified.
+    With ``keep_graph`` and inputs that require grad, a copy still on their graph;
+    otherwise :func:`fresh_leaf`.
 
     Examples
     --------
-    >>> pre = torch.nn.Linear(2, 2)
-    >>> z = pre(torch.rand(3, 2))
-    >>> gradient_leaf(z, keep_graph=True).grad_fn is not None
-    True
-    >>> gradient_leaf(z, keep_graph=False).is_leaf
-    True
+    >>> z = torch.nn.Linear(2, 2)(torch.rand(3, 2))
+    >>> gradient_leaf(z, keep_graph=True).is_leaf, gradient_leaf(z, keep_graph=False).is_leaf
+    (False, True)
     """
     if keep_graph and inputs.requires_grad:
         return inputs.clone()
@@ -132,11 +89,7 @@ def gradient_leaf(inputs: torch.Tensor, keep_graph: bool) -> torch.Tensor:
 
 
 def fresh_leaf(inputs: torch.Tensor) -> torch.Tensor:
-    """A leaf that requires grad, with the values of ``inputs`` (which stay untouched).
-
-    Shares ``inputs``' storage where it can (``detach``). A tensor created under
-    ``torch.inference_mode()`` (a common way to load data) can never require grad, so
-    it is copied once instead; call this outside inference mode.
+    """A leaf that requires grad, sharing ``inputs``' storage (copied if an inference tensor).
 
     Examples
     --------
@@ -144,10 +97,6 @@ def fresh_leaf(inputs: torch.Tensor) -> torch.Tensor:
     >>> leaf = fresh_leaf(x)
     >>> leaf.requires_grad, leaf.data_ptr() == x.data_ptr(), x.requires_grad
     (True, True, False)
-    >>> with torch.inference_mode():
-    ...     loaded = torch.rand(2, 3)
-    >>> fresh_leaf(loaded).requires_grad
-    True
     """
     leaf = inputs.clone() if inputs.is_inference() else inputs.detach()
     return leaf.requires_grad_(True)
@@ -156,19 +105,12 @@ def fresh_leaf(inputs: torch.Tensor) -> torch.Tensor:
 def check_not_modified_in_place(leaf: torch.Tensor, version: int, who: str = "model") -> None:
     """Raise ``RuntimeError`` when the forward pass wrote into the tensor it was given.
 
-    The gradient would then be that of the modified tensor, not of the input.
-
     Examples
     --------
     >>> x = torch.zeros(2)
-    >>> version = x._version
-    >>> _ = x.add_(1)
-    >>> check_not_modified_in_place(x, version)
+    >>> check_not_modified_in_place(x.add_(1), 0)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    ...
-    RuntimeError: model modified its input in place (e.g. x.sub_(...) or an in-place \
-activation on the input); the input gradient would be that of the modified tensor. \
-Make the first operation out of place
+    RuntimeError: model modified its input in place (e.g. x.sub_(...) or an in-place ...
     """
     if leaf._version != version:
         raise RuntimeError(_in_place_message(who))
@@ -183,36 +125,13 @@ def _in_place_message(who: str) -> str:
 
 
 def input_gradient(
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    inputs: torch.Tensor,
-    labels: torch.Tensor,
-    loss_fn: PerExampleLoss = cross_entropy_per_example,
-    *,
-    create_graph: bool = False,
+    forward: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor,
+    loss_fn: PerExampleLoss = cross_entropy_per_example, *, create_graph: bool = False,
 ) -> InputGradient:
-    """Per-example losses, logits and the per-example input gradient ``g``.
+    """Per-example losses ``loss_fn(forward(x), labels)``, logits and input gradient ``g``.
 
-    Parameters
-    ----------
-    forward : callable
-        The model (or any ``x -> logits``); a ``ModelOutput`` or dict gives its
-        ``"logits"`` (see :func:`~captum_regularized._internal.model_outputs.logits_of`).
-    inputs : Tensor
-        Batch of inputs; not modified. With ``create_graph=True`` and inputs that
-        require grad, the caller's graph is kept (see :func:`gradient_leaf`);
-        otherwise a detached leaf is differentiated.
-    labels : Tensor
-        Passed to ``loss_fn``.
-    loss_fn : callable
-        ``loss_fn(logits, labels) -> (B,)``.
-    create_graph : bool
-        Keep the graph of ``g`` so a penalty on it can be back-propagated into the
-        parameters (double back-propagation), and the graph of ``inputs``.
-
-    Raises
-    ------
-    RuntimeError
-        When ``forward`` modifies its input in place.
+    ``create_graph=True`` keeps the graph of ``g`` (double back-propagation) and of
+    ``inputs``. Raises ``RuntimeError`` when ``forward`` modifies its input in place.
 
     Examples
     --------
@@ -232,88 +151,68 @@ def input_gradient(
 
 
 def check_training_batch(
-    inputs: object,
-    labels: object,
-    *,
-    class_indices: bool = False,
-    model: nn.Module | None = None,
+    inputs: object, labels: object, *, class_indices: bool = False, model: nn.Module | None = None
 ) -> None:
     """Raise a clear ``TypeError``/``ValueError`` for a malformed ``(inputs, labels)`` batch.
 
-    Call it before any forward pass. Types, dtypes and shapes are checked first (with
-    ``model``, also whether the inputs fit it:
-    :func:`~captum_regularized._internal.checks.check_inputs_fit_model`); then,
-    with one host synchronisation for the batch, the values: ``inputs`` must be finite
-    (a NaN would poison the BatchNorm running statistics and the weights) and, with
-    ``class_indices`` on a GPU, the labels non-negative. The class range needs the
-    number of classes, known from the logits: :func:`check_class_logits` checks it
-    (CPU labels, both ends) before any loss is computed.
-
-    Parameters
-    ----------
-    inputs : Tensor
-        The batch ``(B, ...)``, floating point.
-    labels : Tensor
-        One entry per example in dim 0.
-    class_indices : bool
-        The labels are class indices for cross-entropy: a 1-D integer tensor ``(B,)``
-        of non-negative values (``ignore_index=-100`` is refused, not skipped). Leave
-        ``False`` when a custom ``loss_fn`` decides what labels are.
-    model : nn.Module, optional
-        The trained model: inputs of another dtype than its parameters, a
-        ``(B, H, W, C)`` batch or a single ``(C, H, W)`` image are refused with the fix.
-
-    Raises
-    ------
-    TypeError
-        ``inputs`` not a floating tensor or (with ``model``) not of the model's dtype;
-        ``labels`` not a tensor, or (class indices) not of an integer dtype.
-    ValueError
-        Empty batch, (with ``model``) inputs laid out as ``(B, H, W, C)`` or without a
-        batch dimension, labels of the wrong length or (class indices) shape,
-        non-finite inputs, negative class indices on a GPU.
+    ``inputs`` a floating batch ``(B, ...)`` that fits ``model``
+    (:func:`~captum_regularized._internal.checks.check_inputs_fit_model`), ``labels`` one
+    entry per example; with ``class_indices``, a 1-D integer tensor of cross-entropy
+    classes (``ignore_index=-100`` is refused). Then, in one host synchronisation, finite
+    inputs and (on a GPU) no negative class; CPU labels are range-checked by
+    :func:`check_class_logits`.
 
     Examples
     --------
-    >>> check_training_batch(torch.zeros(2, 3), torch.zeros(3).long())
+    >>> check_training_batch(torch.zeros(2, 3), torch.zeros(3).long())  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    ...
-    ValueError: labels must have one entry per example in dim 0: inputs have 2 examples \
-(shape (2, 3)), labels have 3 (shape (3,))
-    >>> check_training_batch(torch.tensor([[0.0], [float("nan")]]), torch.zeros(2).long())
-    Traceback (most recent call last):
-    ...
-    ValueError: inputs contains NaN or infinite values
+    ValueError: labels must have one entry per example in dim 0: inputs have 2 examples ...
     """
-    if not isinstance(inputs, torch.Tensor):
-        raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
-    if not inputs.is_floating_point():
-        raise TypeError(f"inputs must be a floating-point tensor, got {inputs.dtype}")
-    if inputs.dim() < 1 or inputs.shape[0] == 0:
-        raise ValueError(
-            f"inputs must have a non-empty batch dim, got shape {tuple(inputs.shape)}"
-        )
+    inputs = _checked_inputs(inputs)
     check_inputs_fit_model((inputs,), model)
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
     if labels.dim() < 1 or labels.shape[0] != inputs.shape[0]:
         raise ValueError(_label_count_message(inputs, labels))
     if class_indices:
-        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-            raise TypeError(
-                f"labels must be an integer tensor of class indices, got {labels.dtype} "
-                "(pass a loss_fn for soft or other targets where one is accepted)"
-            )
-        if labels.dim() != 1:
-            raise ValueError(
-                f"labels must be a 1-D tensor of class indices, shape ({inputs.shape[0]},), "
-                f"got shape {tuple(labels.shape)}"
-            )
+        _check_class_index_labels(labels, inputs.shape[0])
+    _check_values(inputs, labels, class_indices)
+
+
+def check_floating_tensor(inputs: object) -> torch.Tensor:
+    """``inputs`` if it is a floating-point tensor, else a ``TypeError``."""
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
+    if not inputs.is_floating_point():
+        raise TypeError(f"inputs must be a floating-point tensor, got {inputs.dtype}")
+    return inputs
+
+
+def _checked_inputs(inputs: object) -> torch.Tensor:
+    inputs = check_floating_tensor(inputs)
+    if inputs.dim() < 1 or inputs.shape[0] == 0:
+        raise ValueError(f"inputs must have a non-empty batch dim, got shape {tuple(inputs.shape)}")
+    return inputs
+
+
+def _check_class_index_labels(labels: torch.Tensor, batch: int) -> None:
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(
+            f"labels must be an integer tensor of class indices, got {labels.dtype} "
+            "(pass a loss_fn for soft or other targets where one is accepted)"
+        )
+    if labels.dim() != 1:
+        raise ValueError(
+            f"labels must be a 1-D tensor of class indices, shape ({batch},), "
+            f"got shape {tuple(labels.shape)}"
+        )
+
+
+def _check_values(inputs: torch.Tensor, labels: torch.Tensor, class_indices: bool) -> None:
+    """Finite inputs and (GPU class indices) non-negative labels, in one synchronisation."""
     finite = torch.isfinite(inputs).all()
     ok = finite
     if class_indices and labels.device.type != "cpu":
-        # One synchronisation for both value checks. CPU labels are range-checked
-        # against the number of classes by check_class_logits, at no such cost.
         ok = finite & (labels >= 0).all().to(finite.device)
     if not bool(ok):
         if not bool(finite):
@@ -354,16 +253,10 @@ def _raise_label_range(labels: torch.Tensor, num_classes: int | None) -> None:
 def check_class_logits(logits: object, labels: torch.Tensor) -> None:
     """Logits must be ``(B, C)``; CPU labels are range-checked against ``C``.
 
-    On a GPU the upper end of the range is not checked here (it would cost a second
-    host synchronisation per step; CUDA's cross-entropy fails loudly on it), and
-    negative labels, which cross-entropy would silently ignore (``-100``), are caught
-    by :func:`check_training_batch` before the forward pass.
-
     Examples
     --------
     >>> check_class_logits(torch.zeros(2, 3), torch.tensor([0, 3]))
     Traceback (most recent call last):
-    ...
     ValueError: labels must be class indices in [0, 2] (the model has 3 logits), got 3
     """
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
@@ -379,19 +272,12 @@ def check_class_logits(logits: object, labels: torch.Tensor) -> None:
 def leaf_in_place_error_explained(who: str = "model") -> Iterator[None]:
     """Turn autograd's "leaf Variable ... in-place" error into the in-place input message.
 
-    A first-order pass differentiates a detached leaf; a model whose first operation
-    writes into its input then fails in autograd (before anything is written) rather
-    than in :func:`check_not_modified_in_place`.
-
     Examples
     --------
     >>> with leaf_in_place_error_explained():
-    ...     torch.zeros(2, requires_grad=True).sub_(1)
+    ...     torch.zeros(2, requires_grad=True).sub_(1)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    ...
-    RuntimeError: model modified its input in place (e.g. x.sub_(...) or an in-place \
-activation on the input); the input gradient would be that of the modified tensor. \
-Make the first operation out of place
+    RuntimeError: model modified its input in place ...
     """
     try:
         yield

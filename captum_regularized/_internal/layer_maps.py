@@ -1,12 +1,8 @@
-"""What the channel-weighting layer methods share: the layer check and the layer's maps.
+"""What the channel-weighting layer methods (Grad-CAM++, Score-CAM) share.
 
-A class activation map weights the channels of one layer's activation ``A``
-``(B, K, h, w)``. :class:`~captum_regularized.attr.LayerGradCamPlusPlus` and
-:class:`~captum_regularized.attr.LayerScoreCam` differ only in how they find the
-weights; both check the layer they are given (:func:`checked_layer_method`), lay the
-layer's values out as float maps (:func:`layer_maps`, with a ``reshape_transform``
-for transformer tokens) and combine weights and maps alike (:func:`weighted_maps`).
-:class:`LayerCam` is their base: Captum's layer-method constructor and properties.
+:class:`LayerCam` (Captum's layer-method constructor and properties), the layer check
+(:func:`checked_layer_method`), the layer's values as float maps (:func:`layer_maps`)
+and the weighted sum of the maps (:func:`weighted_maps`).
 """
 
 from __future__ import annotations
@@ -22,13 +18,8 @@ from captum_regularized._internal.captum_compat import WithoutFutures
 from captum_regularized._internal.model_state import find_module, unwrap_data_parallel
 
 __all__ = [
-    "LayerCam",
-    "check_grad_kwargs",
-    "check_output_batch",
-    "check_reshape_transform",
-    "checked_layer_method",
-    "layer_maps",
-    "weighted_maps",
+    "LayerCam", "check_grad_kwargs", "check_output_batch", "check_reshape_transform",
+    "checked_layer_method", "layer_maps", "weighted_maps",
 ]
 
 ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
@@ -37,10 +28,7 @@ ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
 class LayerCam(WithoutFutures, LayerAttribution, GradientAttribution):
     """A class activation map of one layer, called like Captum's ``LayerGradCam``.
 
-    The constructor checks the layer against the model (:func:`checked_layer_method`);
-    Captum's properties say what a CAM is: a weighted sum of the layer's channels, with
-    no completeness property and no multiplication by the inputs. Subclasses write
-    ``attribute``.
+    The constructor checks the layer; subclasses write ``attribute``.
 
     Examples
     --------
@@ -51,9 +39,7 @@ class LayerCam(WithoutFutures, LayerAttribution, GradientAttribution):
     """
 
     def __init__(
-        self,
-        forward_func: Callable[..., Any],
-        layer: nn.Module,
+        self, forward_func: Callable[..., Any], layer: nn.Module,
         device_ids: list[int] | None = None,
     ) -> None:
         forward_func = checked_layer_method(forward_func, layer)
@@ -71,18 +57,10 @@ class LayerCam(WithoutFutures, LayerAttribution, GradientAttribution):
 
 
 def checked_layer_method(forward_func: Callable[..., Any], layer: object) -> Callable[..., Any]:
-    """The ``forward_func`` a layer method runs, after checking ``layer`` against it.
+    """The ``forward_func`` a layer method runs (``nn.DataParallel`` unwrapped), ``layer`` checked.
 
-    An ``nn.DataParallel`` model is replaced by its wrapped module (the layer hook
-    cannot follow the replicas).
-
-    Raises
-    ------
-    TypeError
-        When ``layer`` is not an ``nn.Module``.
-    ValueError
-        When ``forward_func`` is a module (or a bound method of one) that does not
-        contain ``layer``.
+    ``TypeError`` when ``layer`` is not a module, ``ValueError`` when the model does not
+    contain it.
 
     Examples
     --------
@@ -91,7 +69,6 @@ def checked_layer_method(forward_func: Callable[..., Any], layer: object) -> Cal
     True
     >>> checked_layer_method(model, nn.Linear(2, 2))
     Traceback (most recent call last):
-    ...
     ValueError: layer (Linear) is not a submodule of the model passed as forward_func
     """
     if not isinstance(layer, nn.Module):
@@ -111,10 +88,8 @@ def check_grad_kwargs(grad_kwargs: object) -> None:
 
     Examples
     --------
-    >>> check_grad_kwargs({"retain_graph": True})
     >>> check_grad_kwargs([1])
     Traceback (most recent call last):
-    ...
     TypeError: grad_kwargs must be a dict or None, got list
     """
     if grad_kwargs is not None and not isinstance(grad_kwargs, dict):
@@ -134,12 +109,9 @@ def check_output_batch(output: torch.Tensor, rows: int) -> None:
 
     Examples
     --------
-    >>> check_output_batch(torch.zeros(3, 2), 3)
-    >>> check_output_batch(torch.zeros(1, 2), 3)
+    >>> check_output_batch(torch.zeros(1, 2), 3)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    ...
-    ValueError: forward_func returned shape (1, 2) for 3 input rows; its output must keep \
-the batch in dim 0
+    ValueError: forward_func returned shape (1, 2) for 3 input rows; ...
     """
     if output.dim() == 0 or output.shape[0] != rows:
         raise ValueError(
@@ -149,25 +121,17 @@ the batch in dim 0
 
 
 def layer_maps(values: torch.Tensor, reshape_transform: ReshapeTransform | None) -> torch.Tensor:
-    """A layer's values (activation or gradient) as float maps ``(B, K, h, w)``.
+    """A layer's values after ``reshape_transform`` as at least float32 maps ``(B, K, h, w)``.
 
-    ``reshape_transform`` is applied first (identically to activations and gradients);
-    the result is cast to at least float32, where the weights are computed.
-
-    Raises
-    ------
-    ValueError
-        When the values are not 4-D after ``reshape_transform``.
+    ``ValueError`` when they are not 4-D.
 
     Examples
     --------
     >>> layer_maps(torch.zeros(2, 3, 4, 4, dtype=torch.bfloat16), None).dtype
     torch.float32
-    >>> layer_maps(torch.zeros(2, 5), None)
+    >>> layer_maps(torch.zeros(2, 5), None)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    ...
-    ValueError: the layer's activation must have shape (batch, channels, height, width), \
-got shape (2, 5); pass a reshape_transform
+    ValueError: the layer's activation must have shape (batch, channels, height, width), ...
     """
     if reshape_transform is not None:
         values = reshape_transform(values)
@@ -182,15 +146,10 @@ got shape (2, 5); pass a reshape_transform
 
 
 def weighted_maps(
-    weights: torch.Tensor,
-    activations: torch.Tensor,
-    relu_attributions: bool,
+    weights: torch.Tensor, activations: torch.Tensor, relu_attributions: bool,
     attr_dim_summation: bool,
 ) -> torch.Tensor:
-    """``relu(sum_k w_k A_k)`` ``(B, 1, h, w)``, or ``w_k A_k`` per channel ``(B, K, h, w)``.
-
-    ``weights`` are ``(B, K)``; the ReLU is applied when ``relu_attributions`` is set, as
-    in Captum's ``LayerGradCam``.
+    """``sum_k w_k A_k`` ``(B, 1, h, w)`` or ``w_k A_k`` ``(B, K, h, w)``, ReLU'd on request.
 
     Examples
     --------

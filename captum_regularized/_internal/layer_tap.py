@@ -1,19 +1,9 @@
 """One layer's activation out of a forward pass, and the gradient of a score with respect to it.
 
-Layer methods explain what a layer computes: they need the tensor a layer outputs (or
-receives) during one forward pass, on the autograd graph, and ``dS/dA`` for a score
-``S``. :class:`LayerTap` gets both with a forward hook that acts only while a pass runs
-inside :meth:`LayerTap.tapping` (or :meth:`LayerTap.run`), so a backward pass that runs
-the layer again (non-reentrant activation checkpointing recomputes its block) is left
-alone, and the hook is registered through a
+:class:`LayerTap` keeps the activation with a forward hook that acts only while a pass
+runs inside :meth:`LayerTap.tapping`, so a recomputation during backward (activation
+checkpointing) is left alone; the hook lives in a
 :class:`~captum_regularized._internal.model_state.HookBag`, whose owner removes it.
-
-Users: :class:`~captum_regularized.attr.LayerRSIGradCam` (many path points per pass;
-the gradient stops at the layer), :class:`~captum_regularized.attr.LayerGradCamPlusPlus`
-(one pass; the gradient stops at the layer), :class:`~captum_regularized.attr.GuidedGradCam`
-(the same pass also serves the guided gradient with respect to the inputs) and
-:class:`~captum_regularized.attr.LayerScoreCam` (:meth:`LayerTap.run_forward_only`: the
-activation alone, without autograd).
 """
 
 from __future__ import annotations
@@ -35,44 +25,17 @@ __all__ = ["LayerTap"]
 class LayerTap:
     """Hand back one layer's activation of a forward pass, differentiable.
 
-    The kept tensor is the one on the graph; the layer (for its input) or the rest of
-    the model (for its output) gets a copy, so an in-place operation after the tap (an
-    in-place ReLU right after the layer) cannot change the kept values or their
-    gradient. A tensor that is not on the graph (it does not depend on the inputs) is
-    replaced by a leaf that requires grad.
-
-    With ``stop_at_layer=True`` (the default) a layer's *output* is kept as a detached
-    leaf, and :meth:`run` runs the pass without autograd up to the layer; the hook turns
-    autograd on for the rest. Gradients with respect to the leaf are then exactly
-    ``dS/dA`` and cost only the backward pass through the part *after* the layer;
-    nothing before the layer keeps saved tensors. A layer's *input* may have other uses
-    besides the layer (a skip connection adds it back after the block), and the gradient
-    must flow through all of them, so for an input the whole pass runs with autograd and
-    the input tensor itself is kept, as Captum's layer methods do. With
-    ``stop_at_layer=False`` the output is kept on the graph too (for methods that also
-    back-propagate through the layer to the inputs).
-
-    A layer that runs with autograd switched off *inside* the forward pass (reentrant
-    checkpointing, ``use_reentrant=True``, runs its block that way; so does a
-    ``torch.no_grad()`` block) has no graph to the output, and :meth:`activation` says
-    so.
-
-    Parameters
-    ----------
-    layer : nn.Module
-        The layer to tap. It must run exactly once per forward pass.
-    hooks : HookBag
-        Where the hook handle is kept for removal.
-    use_input : bool
-        Tap the layer's (first positional) input instead of its output.
-    stop_at_layer : bool
-        For an output: keep it as a detached leaf (gradients stop at the layer).
+    The kept tensor is the one on the graph; the model goes on with a copy, so an
+    in-place operation after the tap cannot change it. With ``stop_at_layer`` a layer's
+    output is kept as a leaf and :meth:`run` builds no graph before the layer, so
+    gradients are exactly ``dS/dA`` and cost only the part after it; a layer's input
+    stays on the full graph (a skip connection may reuse it), as in Captum. ``layer``
+    must run exactly once per pass; ``use_input`` taps its first positional input; the
+    hook's handle goes to ``hooks``.
 
     Examples
     --------
-    >>> from captum_regularized._internal.model_state import HookBag
-    >>> model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
-    >>> bag = HookBag()
+    >>> model, bag = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1)), HookBag()
     >>> tap = LayerTap(model[0], bag)
     >>> out, act = tap.run(model, (torch.ones(3, 2),), None)
     >>> torch.allclose(tap.gradient(out), model[1].weight.expand(3, 2))
@@ -80,14 +43,8 @@ class LayerTap:
     >>> bag.remove_all()
     """
 
-    def __init__(
-        self,
-        layer: nn.Module,
-        hooks: HookBag,
-        use_input: bool = False,
-        *,
-        stop_at_layer: bool = True,
-    ) -> None:
+    def __init__(self, layer: nn.Module, hooks: HookBag, use_input: bool = False, *,
+                 stop_at_layer: bool = True) -> None:
         self._captured: list[torch.Tensor] = []
         self._calls = 0
         self._active = False  # True only while a pass runs inside tapping()
@@ -151,15 +108,8 @@ class LayerTap:
             self._active = False
 
     def activation(self) -> torch.Tensor:
-        """The kept activation of the last pass.
-
-        Raises
-        ------
-        ValueError
-            When the layer did not run during the pass, or ran with autograd switched
-            off inside it (reentrant activation checkpointing around the layer, or a
-            ``torch.no_grad()`` block).
-        """
+        """The kept activation of the last pass (``ValueError`` if the layer did not run, or
+        ran without autograd)."""
         if not self._captured:
             raise ValueError(
                 "layer did not run during the forward pass (forward_func never ran it); "
@@ -177,18 +127,10 @@ class LayerTap:
         return self._captured[0]
 
     def run(
-        self,
-        forward_func: Callable[..., Any],
-        inputs: tuple[torch.Tensor, ...],
+        self, forward_func: Callable[..., Any], inputs: tuple[torch.Tensor, ...],
         additional_args: tuple[Any, ...] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward pass; returns ``(output, activation)``.
-
-        Raises
-        ------
-        ValueError
-            As :meth:`activation`, and when the layer runs more than once.
-        """
+        """One forward pass; returns ``(output, activation)``."""
         with self.tapping(), torch.enable_grad():
             if not self._cut:
                 # fresh leaves: the layer's input is on the graph even for a frozen model
@@ -205,22 +147,14 @@ class LayerTap:
         return output, self.activation()
 
     def run_forward_only(
-        self,
-        forward_func: Callable[..., Any],
-        inputs: tuple[torch.Tensor, ...],
+        self, forward_func: Callable[..., Any], inputs: tuple[torch.Tensor, ...],
         additional_args: tuple[Any, ...] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward pass without autograd; returns ``(output, activation)``, both detached.
-
-        For gradient-free layer methods: nothing builds a graph, so it also runs inside
-        ``torch.inference_mode()``. The layer is checked as in :meth:`run` (it must run
-        exactly once and give one tensor); :meth:`gradient` is not available afterwards.
+        """One forward pass without autograd (inference mode allowed); ``(output, activation)``.
 
         Examples
         --------
-        >>> from captum_regularized._internal.model_state import HookBag
-        >>> model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
-        >>> bag = HookBag()
+        >>> model, bag = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)), HookBag()
         >>> out, act = LayerTap(model[0], bag).run_forward_only(model, (torch.ones(4, 2),), None)
         >>> act.shape, act.requires_grad, out.requires_grad
         (torch.Size([4, 3]), False, False)
@@ -237,16 +171,7 @@ class LayerTap:
     def gradient(
         self, scores: torch.Tensor, grad_kwargs: dict[str, Any] | None = None
     ) -> torch.Tensor:
-        """``d(sum of scores)/d(activation)`` of the last pass.
-
-        ``grad_kwargs`` are passed on to ``torch.autograd.grad`` (as Captum's layer
-        methods pass theirs).
-
-        Raises
-        ------
-        ValueError
-            When the scores do not depend on the layer.
-        """
+        """``d(sum of scores)/d(activation)``; ``ValueError`` if the scores do not depend on it."""
         activation = self.activation()
         gradient = None
         if scores.requires_grad:

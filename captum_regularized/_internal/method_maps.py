@@ -1,11 +1,5 @@
-"""An attribution method's maps of a batch, whatever form the method takes.
-
-:func:`~captum_regularized.metrics.evaluate_dataset` and Lightning's
-:class:`~captum_regularized.integrations.lightning.ExplanationCallback` both explain
-batches with a method their user names: a Captum attribution object (anything with an
-``attribute`` method), a plain callable ``method(inputs, targets, **kwargs)``, or
-``None`` when no metric needs maps. :func:`method_maps` is the one place that calls it.
-"""
+"""An attribution method's maps of a batch, whatever form the user's method takes
+(for :func:`~captum_regularized.metrics.evaluate_dataset` and the Lightning callback)."""
 
 from __future__ import annotations
 
@@ -25,25 +19,17 @@ Method = Any | Callable[..., torch.Tensor] | None
 def method_maps(
     method: Method, inputs: torch.Tensor, targets: torch.Tensor, kwargs: dict[str, Any]
 ) -> torch.Tensor | None:
-    """The method's detached maps of ``inputs`` for ``targets`` (``None`` for no method).
+    """The method's detached maps of ``inputs`` (as a fresh leaf) for ``targets``.
 
-    ``method.attribute(inputs, target=targets, **kwargs)`` when the method has an
-    ``attribute`` method, else ``method(inputs, targets, **kwargs)``; ``inputs`` is
-    detached and requires grad first, as gradient methods expect.
-
-    Raises
-    ------
-    TypeError
-        For a method of neither form, or one that does not return one tensor.
+    ``method.attribute(inputs, target=targets, **kwargs)``, or ``method(inputs, targets,
+    **kwargs)`` for a plain callable; ``None`` for no method. ``TypeError`` for a method
+    of neither form, or one that does not return one tensor.
 
     Examples
     --------
     >>> from captum.attr import Saliency
-    >>> model = torch.nn.Linear(4, 2)
-    >>> method_maps(Saliency(model), torch.rand(3, 4), torch.tensor([0, 1, 0]), {}).shape
+    >>> method_maps(Saliency(torch.nn.Linear(4, 2)), torch.rand(3, 4), torch.tensor(0), {}).shape
     torch.Size([3, 4])
-    >>> method_maps(lambda x, t: x * 0, torch.rand(3, 4), torch.tensor([0, 1, 0]), {}).sum()
-    tensor(0.)
     """
     if method is None:
         return None

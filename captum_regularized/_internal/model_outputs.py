@@ -1,25 +1,8 @@
 """What a model returns, as the ``(batch, classes)`` tensor every method works on.
 
-Models from model hubs do not always return a tensor. Hugging Face ``transformers``
-classifiers return a ``ModelOutput`` (``ImageClassifierOutput`` and friends), an
-``OrderedDict`` subclass whose ``.logits`` attribute holds the scores; other code
-returns a plain ``dict``. :func:`logits_of` accepts, everywhere a model's output is used
-as class scores:
-
-* a ``torch.Tensor``, as it is;
-* a ``Mapping`` with a ``.logits`` tensor attribute (a Hugging Face ``ModelOutput``:
-  recognised by duck typing, ``transformers`` is never imported);
-* a ``Mapping`` holding the tensor under the key :data:`LOGITS_KEY` (``"logits"``).
-
-Anything else is a ``TypeError`` that names the type, the keys found and what is
-accepted; a tuple (``return_dict=False``, or a model returning several heads) gets the
-hint to select the logits with a function.
-:func:`~captum_regularized._internal.captum_compat.run_forward`, the one way the
-attribution methods and the metrics call a model, applies it; the training losses and
-the training helpers apply it to their own forward passes. The model itself is never
-wrapped, so its identity (layers for Grad-CAM, modes, hooks, ``nn.DataParallel``
-unwrapping) is untouched. :class:`LogitsOnly` is the module form, for code that needs
-a module returning a tensor (Captum's own methods in the Quantus adapter).
+:func:`logits_of` accepts a tensor, a Hugging Face ``ModelOutput`` (duck-typed by its
+``.logits``; ``transformers`` is never imported) or a dict with key ``"logits"``; the
+model itself is never wrapped. :class:`LogitsOnly` is the module form.
 """
 
 from __future__ import annotations
@@ -44,38 +27,16 @@ def _describe(output: object) -> str:
 
 
 def logits_of(output: Any, who: str = "the model") -> torch.Tensor:
-    """The class-score tensor of a model output (tensor, ``ModelOutput`` or dict).
-
-    Parameters
-    ----------
-    output : Any
-        What the model returned.
-    who : str
-        Named in the error message (``"forward_func"``, ``"the model"``, ...).
-
-    Returns
-    -------
-    Tensor
-        ``output`` itself when it is a tensor; else its ``.logits`` tensor (a Hugging
-        Face ``ModelOutput``) or its ``"logits"`` entry (a dict).
-
-    Raises
-    ------
-    TypeError
-        For any other output: a tuple or list, a dict without a ``"logits"`` tensor, a
-        string, ``None``.
+    """The class-score tensor of a model output; ``TypeError`` naming ``who`` for other outputs.
 
     Examples
     --------
     >>> scores = torch.zeros(2, 3)
     >>> logits_of(scores) is scores, logits_of({"logits": scores}) is scores
     (True, True)
-    >>> try:
-    ...     logits_of({"scores": scores})
-    ... except TypeError as error:
-    ...     print(error)
-    the model must return one (batch, classes) tensor of class scores, a Hugging Face \
-ModelOutput with .logits or a dict with key 'logits'; got a dict with keys ['scores']
+    >>> logits_of({"scores": scores})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    TypeError: the model must return ... got a dict with keys ['scores']
     """
     if isinstance(output, torch.Tensor):
         return output
@@ -97,28 +58,12 @@ ModelOutput with .logits or a dict with key 'logits'; got a dict with keys ['sco
 
 
 class LogitsOnly(nn.Module):
-    """A module returning ``logits_of(model(...))``: the model as a submodule, unchanged.
-
-    Its modules, parameters, modes and devices are the model's (``.to()``, ``.eval()``
-    and hooks on ``model``'s layers act as on the model), so a layer of ``model`` is a
-    layer of the wrapper too.
-
-    Parameters
-    ----------
-    model : nn.Module
-        The model, returning a tensor, a ``ModelOutput`` or a dict with ``"logits"``.
+    """A module returning ``logits_of(model(...))``, with ``model`` (unchanged) as its submodule.
 
     Examples
     --------
-    >>> class Net(nn.Module):
-    ...     def __init__(self):
-    ...         super().__init__()
-    ...         self.fc = nn.Linear(2, 3)
-    ...     def forward(self, x):
-    ...         return {"logits": self.fc(x)}
-    >>> net = Net()
-    >>> wrapped = LogitsOnly(net)
-    >>> wrapped(torch.zeros(4, 2)).shape, any(m is net.fc for m in wrapped.modules())
+    >>> net = nn.Linear(2, 3)
+    >>> LogitsOnly(net)(torch.zeros(4, 2)).shape, LogitsOnly(net).model is net
     (torch.Size([4, 3]), True)
     """
 

@@ -1,23 +1,26 @@
 """Leave the model as found: train/eval mode, ``requires_grad`` flags, hooks, BatchNorm.
 
 Every public class that touches a model runs its work inside :func:`preserved_model`
-and registers its hooks through the :class:`HookBag` it yields. Whatever happens
-inside, including an exception, the model's modes and flags are restored and every
-hook that was registered through the bag is removed. Forward passes that must not
-move BatchNorm running statistics run inside :func:`kept_batchnorm_statistics`;
-a training step whose own passes move them runs inside
+and registers its hooks through the :class:`HookBag` it yields: whatever happens inside,
+an exception included, modes and flags are restored and the hooks removed. Forward
+passes that must not move BatchNorm running statistics run inside
+:func:`kept_batchnorm_statistics` (or :func:`kept_reached_batchnorm_statistics` when
+the model is unknown); a training step whose own passes move them runs inside
 :func:`batchnorm_statistics_restored_on_error`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.module import register_module_forward_pre_hook
+from torch.nn.parameter import is_lazy
 from torch.utils.hooks import RemovableHandle
 
 
@@ -43,12 +46,9 @@ def find_module(forward_func: Callable[..., Any]) -> nn.Module | None:
 def unwrap_data_parallel(forward_func: Callable[..., Any]) -> Callable[..., Any]:
     """The callable to run in place of an ``nn.DataParallel`` model: the wrapped module.
 
-    ``nn.DataParallel`` runs a replica of the module on each device, in its own thread.
-    The guided rule (a torch function mode of the calling thread) and the layer hooks of
-    the layer methods cannot follow the replicas, so those methods run the wrapped
-    module itself, on its own device; the results are the ones the unwrapped model
-    gives. Anything else (a module, a bound method of another module, a function) is
-    returned as it is.
+    The guided rule (a torch function mode of the calling thread) and the layer hooks
+    cannot follow the replicas ``nn.DataParallel`` runs in their own threads, so those
+    methods run the wrapped module on its own device. Anything else is returned as is.
 
     Examples
     --------
@@ -62,10 +62,7 @@ def unwrap_data_parallel(forward_func: Callable[..., Any]) -> Callable[..., Any]
 
 
 def is_compiled(model: nn.Module | None) -> bool:
-    """Whether ``model`` or one of its submodules was ``torch.compile``'d.
-
-    Both forms count: a wrapper from ``torch.compile(module)`` (it has ``_orig_mod``) and
-    a module compiled in place with ``module.compile()``.
+    """Whether ``model`` or a submodule was ``torch.compile``'d (wrapped or in place).
 
     Examples
     --------
@@ -112,18 +109,9 @@ class HookBag:
 def preserved_model(model: nn.Module | None, *, eval_mode: bool = False) -> Iterator[HookBag]:
     """Run a block and restore ``model``'s modes, ``requires_grad`` flags and hooks afterwards.
 
-    Parameters
-    ----------
-    model : nn.Module or None
-        The model to protect. ``None`` (a plain function) protects nothing but still
-        yields a :class:`HookBag`.
-    eval_mode : bool
-        Switch every submodule to eval mode for the duration of the block.
-
-    Yields
-    ------
-    HookBag
-        Register hooks through it; they are removed when the block ends.
+    Yields a :class:`HookBag` whose hooks are removed when the block ends (also for
+    ``model=None``, a plain function). ``eval_mode`` switches the model to eval mode
+    for the block.
 
     Examples
     --------
@@ -171,14 +159,11 @@ def _moving_batchnorms(model: nn.Module | None) -> list[_BatchNorm]:
 def kept_batchnorm_statistics(model: nn.Module | None) -> Iterator[None]:
     """Run a block whose forward passes leave BatchNorm running statistics alone.
 
-    The one way every method of the package runs its extra forward passes (attribution,
-    the adversary's inner passes, the penalties' extra passes). BatchNorm layers keep
-    their mode: training ones normalise with the batch's own statistics, exactly as in
-    a training pass, but ``track_running_stats`` is switched off for the block (and back
-    on after it, even when it raises), so their running mean, variance and batch
-    counter are neither moved nor written. Graphs that saved the statistics (an
-    eval-mode layer's backward, an earlier forward pass not yet back-propagated) stay
-    valid. ``None`` (a plain function) keeps nothing.
+    The one way every method of the package runs its extra forward passes. BatchNorm
+    layers keep their mode (training ones normalise with the batch's own statistics),
+    but ``track_running_stats`` is off for the block, even when it raises, so their
+    running mean, variance and batch counter are neither moved nor written. Graphs that
+    saved the statistics stay valid. ``None`` (a plain function) keeps nothing.
 
     Examples
     --------
@@ -201,14 +186,60 @@ def kept_batchnorm_statistics(model: nn.Module | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def kept_reached_batchnorm_statistics() -> Iterator[None]:
+    """Keep the running statistics of every BatchNorm module the block's passes reach.
+
+    For a ``forward_func`` that is not an ``nn.Module`` (``lambda t: model(t)``), whose
+    BatchNorm modules are unknown up front. A global forward pre-hook, acting in this
+    thread only, saves a module's running mean, variance and batch counter the first
+    time it runs; they are written back when the block ends, even when it raises.
+    Modules keep their mode. Compiled code that skips module hooks is not seen.
+
+    Examples
+    --------
+    >>> bn = nn.BatchNorm1d(2).train()
+    >>> with kept_reached_batchnorm_statistics():
+    ...     _ = (lambda t: bn(t))(torch.randn(8, 2) + 5)
+    >>> bn.running_mean.tolist(), bn.num_batches_tracked.item()
+    ([0.0, 0.0], 0)
+    """
+    thread = threading.get_ident()
+    saved: dict[int, tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]] = {}
+
+    def save(module: nn.Module, args: Any) -> None:
+        if (
+            isinstance(module, _BatchNorm)
+            and id(module) not in saved
+            and threading.get_ident() == thread
+        ):
+            buffers = (module.running_mean, module.running_var, module.num_batches_tracked)
+            saved[id(module)] = (  # the module is kept so that its id stays unique
+                module,
+                [
+                    (buffer, buffer.detach().clone())
+                    for buffer in buffers
+                    if buffer is not None and not is_lazy(buffer)
+                ],
+            )
+
+    handle = register_module_forward_pre_hook(save)
+    try:
+        yield
+    finally:
+        handle.remove()
+        with torch.no_grad():
+            for _, buffers in saved.values():
+                for buffer, value in buffers:
+                    buffer.copy_(value)
+
+
+@contextlib.contextmanager
 def batchnorm_statistics_restored_on_error(model: nn.Module) -> Iterator[None]:
     """Write BatchNorm running statistics back when the block raises.
 
-    A training step that fails half-way (bad labels found from the logits, a BatchNorm
-    layer refusing a batch) must leave the model as found, although its own forward
+    A training step that fails half-way must leave the model as found, although its own
     passes moved the statistics. Only train-mode layers that track running statistics
-    can move, so only theirs are saved (a device copy, no host synchronisation); on
-    success nothing is written back.
+    are saved (a device copy, no host synchronisation); on success nothing is written back.
 
     Examples
     --------
@@ -238,10 +269,8 @@ def batchnorm_statistics_restored_on_error(model: nn.Module) -> Iterator[None]:
 
 
 def unwrap_parallel(model: nn.Module) -> nn.Module:
-    """The module inside ``DistributedDataParallel`` / ``DataParallel`` (else the model).
-
-    The losses' extra passes run on it, so that only the caller's own forward and
-    backward pass take part in DDP's gradient synchronisation.
+    """The module inside ``DistributedDataParallel`` / ``DataParallel`` (else the model),
+    on which the losses' extra passes run, outside DDP's gradient synchronisation.
 
     Examples
     --------

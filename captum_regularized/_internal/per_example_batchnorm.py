@@ -1,25 +1,9 @@
 """Train-mode BatchNorm computed from its parts, for per-example input gradients.
 
-In train mode BatchNorm normalises with the batch's mean and variance, so the gradient
-of the *sum* of the target scores with respect to example ``i`` also carries
-``dS_j/dx_i`` for every other example ``j`` (through the statistics), a term as large
-as the example's own gradient for small batches. Input-gradient methods that mean "the
-gradient of example ``i``'s score" want that path cut; the training loss wants it kept.
-
-:class:`TrainBatchNormCalls` is the one torch function mode that intercepts the
-train-mode ``F.batch_norm`` calls of a forward pass (``nn.BatchNorm*``; eval-mode
-calls and everything else run as they are); its users decide what such a call does:
-
-* the guided rule (:mod:`~captum_regularized._internal.guided_relu`) computes it with
-  :func:`batch_norm_with_switchable_statistics`, whose mean and variance carry a
-  switchable "hold constant" hook;
-* the guided regularizer's finite-difference mode records, holds or replaces the
-  statistics (:func:`batch_moments`, :func:`normalised`).
-
-Running statistics are not this module's business except where a call stands in for
-``F.batch_norm`` (:func:`batch_norm_with_switchable_statistics` updates them exactly
-once, as ``F.batch_norm`` does); keeping them is
-:func:`~captum_regularized._internal.model_state.kept_batchnorm_statistics`.
+In train mode the gradient of the summed scores with respect to example ``i`` also
+carries ``dS_j/dx_i`` through the batch statistics. :class:`TrainBatchNormCalls` is the
+one torch function mode that intercepts train-mode ``F.batch_norm`` calls; its users
+(the guided rule, the guided regularizer's finite differences) decide what they compute.
 """
 
 from __future__ import annotations
@@ -34,10 +18,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 __all__ = [
-    "Moments",
-    "TrainBatchNormCalls",
-    "batch_moments",
-    "batch_norm_with_switchable_statistics",
+    "Moments", "TrainBatchNormCalls", "batch_moments", "batch_norm_with_switchable_statistics",
     "normalised",
 ]
 
@@ -57,9 +38,8 @@ def batch_moments(x: torch.Tensor) -> Moments:
 
     Examples
     --------
-    >>> mean, var = batch_moments(torch.tensor([[1.0, 0.0], [3.0, 0.0]]))
-    >>> mean.tolist(), var.tolist()
-    ([2.0, 0.0], [1.0, 0.0])
+    >>> batch_moments(torch.tensor([[1.0, 0.0], [3.0, 0.0]]))
+    (tensor([2., 0.]), tensor([1., 0.]))
     """
     x = _wide(x)
     dims = [0, *range(2, x.dim())]
@@ -67,17 +47,12 @@ def batch_moments(x: torch.Tensor) -> Moments:
 
 
 def normalised(
-    x: torch.Tensor,
-    moments: Moments,
-    eps: float,
-    weight: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
+    x: torch.Tensor, moments: Moments, eps: float,
+    weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``F.batch_norm`` with the given statistics, differentiable in them; no running update.
 
-    One per-channel affine map: autograd keeps only ``x`` (as the fused kernel does)
-    instead of the centred and the normalised activations as well. The result has
-    ``x``'s dtype.
+    One per-channel affine map, so autograd keeps only ``x``; the result has ``x``'s dtype.
 
     Examples
     --------
@@ -98,35 +73,26 @@ def normalised(
 
 
 class TrainBatchNormCalls(TorchFunctionMode):
-    """Hands every train-mode ``F.batch_norm`` call to :meth:`train_batch_norm`.
+    """Hands every train-mode ``F.batch_norm`` call (its bound arguments) to
+    :meth:`train_batch_norm`, every other call to :meth:`other_call`.
 
-    ``call`` is the bound argument dict of ``F.batch_norm`` (``input``,
-    ``running_mean``, ``running_var``, ``weight``, ``bias``, ``training``,
-    ``momentum``, ``eps``). Other functions go to :meth:`other_call` (by default run
-    as they are). Subclasses override one or both; ``intercept_batch_norm = False``
-    lets train-mode calls through too.
+    ``intercept_batch_norm = False`` lets train-mode calls through too.
 
     Examples
     --------
     >>> class Count(TrainBatchNormCalls):
-    ...     calls = 0
     ...     def train_batch_norm(self, call):
-    ...         self.calls += 1
-    ...         return super().train_batch_norm(call)
-    >>> with Count() as count:
+    ...         print("train-mode call")
+    >>> with Count():
     ...     _ = torch.nn.BatchNorm1d(2).train()(torch.randn(4, 2))
     ...     _ = torch.nn.BatchNorm1d(2).eval()(torch.randn(4, 2))
-    >>> count.calls
-    1
+    train-mode call
     """
 
     intercept_batch_norm = True
 
     def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Any,
-        args: tuple[Any, ...] = (),
+        self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
@@ -153,27 +119,15 @@ def batch_norm_with_switchable_statistics(
 ) -> torch.Tensor:
     """Train-mode ``F.batch_norm`` from its parts; ``on_statistics`` sees mean and variance.
 
-    ``call`` holds ``F.batch_norm``'s arguments (see :class:`TrainBatchNormCalls`). The
-    running statistics are updated exactly once, as ``F.batch_norm`` does.
-    Half-precision inputs (autocast) are normalised in float32 and returned in their
-    dtype.
-
-    Raises
-    ------
-    ValueError
-        With one value per channel (a batch of one through ``BatchNorm1d``), as
-        ``F.batch_norm`` does in training: the batch variance would be 0 and the running
-        variance dragged towards it. Raised before the running statistics move.
+    The running statistics move once, as in ``F.batch_norm``; half precision is
+    normalised in float32. One value per channel is a ``ValueError``, as in PyTorch.
 
     Examples
     --------
-    >>> x = torch.randn(8, 3, 4, 4)
-    >>> call = {"input": x, "running_mean": torch.zeros(3), "running_var": torch.ones(3),
-    ...         "weight": None, "bias": None, "momentum": 0.1, "eps": 1e-5}
-    >>> seen = []
+    >>> x, seen = torch.randn(8, 3, 4, 4), []
+    >>> call = dict(input=x, running_mean=None, running_var=None, weight=None, bias=None, eps=1e-5)
     >>> y = batch_norm_with_switchable_statistics(call, seen.append)
-    >>> reference = F.batch_norm(x, None, None, training=True)
-    >>> len(seen), torch.allclose(y, reference, atol=1e-5)
+    >>> len(seen), torch.allclose(y, F.batch_norm(x, None, None, training=True), atol=1e-5)
     (2, True)
     """
     x, running_mean, running_var = call["input"], call["running_mean"], call["running_var"]

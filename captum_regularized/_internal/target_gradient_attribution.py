@@ -2,15 +2,9 @@
 
 :class:`~captum_regularized.attr.GuidedBackprop`,
 :class:`~captum_regularized.attr.PositiveSaliency` and
-:class:`~captum_regularized.attr.NegativeSaliency` are called with Captum's three
-arguments, ``attribute(inputs, target=None, additional_forward_args=None)``, run one
-forward and one backward pass of the target's score, and differ only in how that
-backward pass runs (the guided rule or the plain gradient) and what they make of the
-gradient (as it is, its positive or its negative part). The call itself, written here
-once, is the same for all of them: it checks that autograd is available, brings the
-inputs into tuple form, asks the subclass for one map per input (:meth:`_maps`), and
-gives them back in the form the caller used. A model with train-mode BatchNorm or
-Dropout gets a warning first (:func:`~captum_regularized._internal.user_feedback.warn_if_training`).
+:class:`~captum_regularized.attr.NegativeSaliency` take Captum's three arguments, run
+one forward and one backward pass of the target's score, and differ only in how that
+backward pass runs and what they make of the gradient: each writes :meth:`_maps`.
 """
 
 from __future__ import annotations
@@ -37,8 +31,7 @@ class TargetGradientAttribution(WithoutFutures, GradientAttribution):
     """A Captum gradient method whose map is computed from the target's input gradient.
 
     Subclasses implement :meth:`_maps`. Captum's defaults hold: ``multiplies_by_inputs``
-    and ``has_convergence_delta`` are ``False`` (the maps are gradients, with no
-    completeness property).
+    and ``has_convergence_delta`` are ``False``.
 
     Examples
     --------
@@ -71,35 +64,24 @@ class TargetGradientAttribution(WithoutFutures, GradientAttribution):
             Floating-point inputs, batch in dim 0; not modified.
         target : any Captum target form or target callable, optional
             ``None`` means the predicted class on a ``(B, C > 1)`` output and the output
-            itself on a per-example scalar output. A callable ``score(output) -> (B,)``
-            (pytorch-grad-cam's ``ClassifierOutputTarget(k)``), or a list of
-            callables each given its example's output row, is differentiated as it is.
+            itself on a per-example scalar output; a callable ``score(output) -> (B,)``
+            (``ClassifierOutputTarget(k)``) is differentiated as it is.
         additional_forward_args : optional
             Extra arguments passed to the model after the inputs.
 
         Returns
         -------
         Tensor or tuple of Tensor
-            The class's maps, with the form, shapes and dtypes of ``inputs``.
+            The maps, with the form, shapes and dtypes of ``inputs``.
 
         Raises
         ------
+        ValueError, TypeError
+            For non-floating or non-finite inputs, inputs without a shared batch size or
+            on another device; a target out of range; for ``GuidedBackprop``, a model
+            with no activation the guided rule knows.
         RuntimeError
-            Inside ``torch.inference_mode()``, where no gradient can be taken; when the
-            model modifies its input in place.
-        TypeError
-            For inputs that are not floating-point tensors.
-        ValueError
-            For inputs with NaN/infinite values, without a shared batch size or on
-            another device than the model; for a target out of range; and where the
-            class says so (``GuidedBackprop``: a model with no activation the guided
-            rule knows, the message lists them).
-
-        Warns
-        -----
-        UserWarning
-            When the model has BatchNorm or Dropout modules in train mode (call
-            ``model.eval()`` first); once per call site under Python's default filter.
+            Inside ``torch.inference_mode()``; when the model modifies its input in place.
         """
         call = attribution_call(type(self).__name__, inputs, additional_forward_args)
         warn_if_training(self.forward_func, type(self).__name__)

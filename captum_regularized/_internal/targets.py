@@ -1,29 +1,11 @@
-"""Target selection and the input gradient of the selected scores.
+"""Target selection: one score (or class index) per example, in every form Captum takes.
 
-Every attribution method of this package picks one score per example from the model
-output (:func:`target_scores`, :func:`class_indices`), in every form Captum accepts,
-validated, on the output's device. Captum's meaning is kept: ``target=None`` on a
-per-example scalar output attributes that scalar. Two additions, used by every method
-of this package: ``target=None`` on a 2-D output with more than one column means the
-predicted class (argmax), as in the papers this package implements; and
-pytorch-grad-cam's target callables:
-
-* one callable ``score(output) -> (B,)``, given the whole ``(B, classes)`` output
-  (pytorch-grad-cam's ``ClassifierOutputTarget(k)`` returns ``output[:, k]`` there);
-* a list (or tuple) of callables, one per example, each given its example's 1-D
-  output row and returning one score (pytorch-grad-cam's
-  ``targets=[ClassifierOutputTarget(3), ...]``).
-
-Any callable that is not a class counts (``pytorch_grad_cam`` is never imported).
-:func:`target_scores` differentiates what they return. Where a class *index* is
-needed (:func:`class_indices`: the class-comparison maps, the metrics' target-class
-probability) a callable stands for its integer ``category`` attribute, as
-``ClassifierOutputTarget`` has; a callable without one is a ``TypeError`` there.
-
-:func:`target_gradients` is the one-forward, one-backward input gradient of those
-scores, with the model left as found; positive/negative saliency take it plainly and
-guided backpropagation through its guided rule. Users: every class of
-:mod:`captum_regularized.attr`, the metrics that score a target class, the guided rule.
+Captum's forms keep their meaning (``target=None`` on a ``(B,)`` output attributes that
+scalar). Two additions: ``target=None`` on a ``(B, C > 1)`` output is the predicted
+class, and pytorch-grad-cam's callables: one ``score(output) -> (B,)``, or a list of
+``score(row) -> scalar``, one per example. Where a class *index* is needed
+(:func:`class_indices`) a callable stands for its integer ``category`` attribute.
+:func:`target_gradients` is the one-forward, one-backward input gradient of the scores.
 """
 
 from __future__ import annotations
@@ -45,10 +27,7 @@ from captum_regularized._internal.model_state import (
 )
 
 __all__ = [
-    "class_indices",
-    "is_score_target",
-    "per_example_score_targets",
-    "target_gradients",
+    "class_indices", "is_score_target", "per_example_score_targets", "target_gradients",
     "target_scores",
 ]
 
@@ -77,8 +56,6 @@ def is_score_target(target: object) -> bool:
     --------
     >>> is_score_target(lambda out: out[:, 0]), is_score_target([1, 2])
     (True, False)
-    >>> is_score_target([lambda row: row[0], lambda row: row[1]])
-    True
     """
     if isinstance(target, (list, tuple)):
         return bool(target) and any(_is_score_callable(item) for item in target)
@@ -88,15 +65,11 @@ def is_score_target(target: object) -> bool:
 def per_example_score_targets(target: TargetType) -> TargetType:
     """A tuple of per-example target callables as a list (Captum slices and repeats lists).
 
-    Everything else is returned as it is.
-
     Examples
     --------
     >>> first = lambda row: row[0]
-    >>> per_example_score_targets((first, first)) == [first, first]
-    True
-    >>> per_example_score_targets((1,))
-    (1,)
+    >>> per_example_score_targets((first, first)) == [first, first], per_example_score_targets((1,))
+    (True, (1,))
     """
     if isinstance(target, tuple) and is_score_target(target):
         return cast("list[ScoreTarget]", list(target))  # a mix is refused when scored
@@ -176,31 +149,15 @@ def _callable_scores(output: torch.Tensor, target: object) -> torch.Tensor:
 def class_indices(output: torch.Tensor, target: TargetType) -> torch.Tensor:
     """Per-example class indices ``(B,)`` (long, on ``output.device``) for a 2-D output.
 
-    Parameters
-    ----------
-    output : Tensor
-        Model output of shape ``(B, C)``.
-    target : int, tuple, list, Tensor, callable or None
-        Any of Captum's target forms. ``None`` means ``output.argmax(1)``. A target
-        callable (or a list of them, one per example) stands for its integer
-        ``category`` attribute (pytorch-grad-cam's ``ClassifierOutputTarget(k)`` for
-        class ``k``).
-
-    Raises
-    ------
-    ValueError
-        When the output is not 2-D, an index is outside ``[0, C-1]`` or a per-example
-        target does not have ``B`` entries.
-    TypeError
-        For a target of another type, or a callable without an integer ``category``.
+    ``target`` takes Captum's forms; ``None`` means ``output.argmax(1)``, a target
+    callable (or a list of them) its integer ``category`` attribute. A target that does
+    not fit the output is a ``ValueError``, one of another type a ``TypeError``.
 
     Examples
     --------
     >>> out = torch.tensor([[0.1, 2.0, 0.3], [1.0, 0.0, 0.0]])
     >>> class_indices(out, None).tolist(), class_indices(out, 2).tolist()
     ([1, 0], [2, 2])
-    >>> class_indices(out, [0, 1]).tolist()
-    [0, 1]
     """
     if output.dim() != 2:
         raise ValueError(
@@ -208,7 +165,6 @@ def class_indices(output: torch.Tensor, target: TargetType) -> torch.Tensor:
             f"got shape {tuple(output.shape)}"
         )
     batch, num_classes = output.shape
-    device = output.device
     if target is None:
         return output.detach().argmax(dim=1)
     if is_score_target(target) or isinstance(target, type):
@@ -225,78 +181,75 @@ def class_indices(output: torch.Tensor, target: TargetType) -> torch.Tensor:
     if isinstance(target, int):
         if not 0 <= target < num_classes:
             raise _range_error(target, num_classes)
-        return torch.full((batch,), target, dtype=torch.long, device=device)
+        return torch.full((batch,), target, dtype=torch.long, device=output.device)
     if isinstance(target, list):
-        if len(target) != batch:
-            raise ValueError(
-                f"a list target needs one entry per example ({batch}), got {len(target)}"
-            )
-        flat = []
-        for item in target:
-            if isinstance(item, tuple):
-                if len(item) != 1:
-                    raise ValueError(f"target tuples for a 2-D output hold one index, got {item}")
-                item = item[0]
-            if isinstance(item, torch.Tensor):
-                item = int(item)
-            if not isinstance(item, int) or isinstance(item, bool):
-                raise TypeError(f"target list entries must be ints, got {type(item).__name__}")
-            flat.append(item)
-        bad = [t for t in flat if not 0 <= t < num_classes]
-        if bad:
-            raise _range_error(bad[0], num_classes)
-        return torch.tensor(flat, dtype=torch.long, device=device)
+        return _list_classes(target, batch, num_classes, output.device)
     if isinstance(target, torch.Tensor):
-        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-            raise TypeError(f"a tensor target must hold integer class indices, got {target.dtype}")
-        flat_target = target.reshape(-1).to(device=device, dtype=torch.long)
-        if flat_target.numel() == 1:
-            flat_target = flat_target.expand(batch)
-        elif target.dim() != 1 or flat_target.numel() != batch:
-            raise ValueError(
-                f"a tensor target must be a scalar or 1-D with one entry per example ({batch}), "
-                f"got shape {tuple(target.shape)}"
-            )
-        if flat_target.numel() == 0:  # an empty batch's empty target
-            return flat_target.clone()
-        low, high = int(flat_target.min()), int(flat_target.max())
-        if low < 0 or high >= num_classes:
-            raise _range_error(low if low < 0 else high, num_classes)
-        return flat_target.clone()
+        return _tensor_classes(target, batch, num_classes, output.device)
     raise TypeError(
         f"target must be None, an int, a tuple, a list or a tensor, got {type(target).__name__}"
     )
 
 
+def _list_classes(
+    target: list[Any], batch: int, num_classes: int, device: torch.device
+) -> torch.Tensor:
+    """A list of ints (or 1-tuples, or 0-d tensors), one per example."""
+    if len(target) != batch:
+        raise ValueError(f"a list target needs one entry per example ({batch}), got {len(target)}")
+    flat = []
+    for item in target:
+        if isinstance(item, tuple):
+            if len(item) != 1:
+                raise ValueError(f"target tuples for a 2-D output hold one index, got {item}")
+            item = item[0]
+        if isinstance(item, torch.Tensor):
+            item = int(item)
+        if not isinstance(item, int) or isinstance(item, bool):
+            raise TypeError(f"target list entries must be ints, got {type(item).__name__}")
+        flat.append(item)
+    bad = [t for t in flat if not 0 <= t < num_classes]
+    if bad:
+        raise _range_error(bad[0], num_classes)
+    return torch.tensor(flat, dtype=torch.long, device=device)
+
+
+def _tensor_classes(
+    target: torch.Tensor, batch: int, num_classes: int, device: torch.device
+) -> torch.Tensor:
+    """An integer tensor: one index for all, or one per example."""
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(f"a tensor target must hold integer class indices, got {target.dtype}")
+    flat_target = target.reshape(-1).to(device=device, dtype=torch.long)
+    if flat_target.numel() == 1:
+        flat_target = flat_target.expand(batch)
+    elif target.dim() != 1 or flat_target.numel() != batch:
+        raise ValueError(
+            f"a tensor target must be a scalar or 1-D with one entry per example ({batch}), "
+            f"got shape {tuple(target.shape)}"
+        )
+    if flat_target.numel() == 0:  # an empty batch's empty target
+        return flat_target.clone()
+    low, high = int(flat_target.min()), int(flat_target.max())
+    if low < 0 or high >= num_classes:
+        raise _range_error(low if low < 0 else high, num_classes)
+    return flat_target.clone()
+
+
 def target_scores(output: torch.Tensor, target: TargetType) -> torch.Tensor:
     """Select one score per example, shape ``(B,)``, keeping the graph.
 
-    A 2-D output goes through :func:`class_indices` (``None`` = predicted class when it
-    has more than one column, the single column otherwise). Outputs of shape ``(B,)``
-    take ``target=None``. Higher-rank outputs take a tuple (same for every example) or a
-    list of tuples (one per example) that index the trailing dims, as in Captum. A
-    target callable gets the whole output and returns ``(B,)`` scores; a list (or tuple)
-    of callables, one per example, each gets its example's output row and returns one
-    score (pytorch-grad-cam's conventions).
-
-    Raises
-    ------
-    ValueError
-        For a target that does not fit the output (see :func:`class_indices`), and for
-        a target callable that does not return one score per example.
-    TypeError
-        For a target of another type, a list mixing callables and indices, or a class
-        given where an instance is expected.
+    A ``(B,)`` output takes ``target=None``; a 2-D output goes through
+    :func:`class_indices` (``None`` on one column is that column); a higher-rank output
+    takes a tuple (for every example) or a list of tuples indexing its trailing dims. A
+    target callable gets the whole output, a list of them one row each. Errors as in
+    :func:`class_indices`.
 
     Examples
     --------
     >>> out = torch.tensor([[0.1, 2.0], [1.0, 0.0]])
-    >>> target_scores(out, None).tolist()
-    [2.0, 1.0]
-    >>> target_scores(torch.tensor([3.0, 4.0]), None).tolist()
-    [3.0, 4.0]
-    >>> target_scores(out, lambda output: output[:, 1]).tolist()
-    [2.0, 0.0]
+    >>> target_scores(out, None).tolist(), target_scores(out, lambda o: o[:, 1]).tolist()
+    ([2.0, 1.0], [2.0, 0.0])
     >>> target_scores(out, [lambda row: row[1], lambda row: row[0]]).tolist()
     [2.0, 1.0]
     """
@@ -304,7 +257,6 @@ def target_scores(output: torch.Tensor, target: TargetType) -> torch.Tensor:
         raise ValueError("the model output must have a batch dimension, got a 0-d tensor")
     if is_score_target(target) or isinstance(target, type):
         return _callable_scores(output, target)
-    batch = output.shape[0]
     if output.dim() == 1:
         if target is not None:
             raise ValueError(
@@ -316,6 +268,12 @@ def target_scores(output: torch.Tensor, target: TargetType) -> torch.Tensor:
             return output[:, 0]
         index = class_indices(output, target)
         return output.gather(1, index[:, None])[:, 0]
+    return _trailing_scores(output, target)
+
+
+def _trailing_scores(output: torch.Tensor, target: TargetType) -> torch.Tensor:
+    """Scores of a higher-rank output, indexed by a tuple or a list of tuples."""
+    batch = output.shape[0]
     trailing = tuple(output.shape[1:])
     per_example: list[tuple[int, ...]]
     if isinstance(target, tuple):
@@ -333,9 +291,7 @@ def target_scores(output: torch.Tensor, target: TargetType) -> torch.Tensor:
         )
     for item in per_example:
         if len(item) != len(trailing) or not all(0 <= i < n for i, n in zip(item, trailing)):
-            raise ValueError(
-                f"target {item} does not index an output of trailing shape {trailing}"
-            )
+            raise ValueError(f"target {item} does not index an output of trailing shape {trailing}")
     rows = torch.arange(batch, device=output.device)
     columns = [
         torch.tensor([t[d] for t in per_example], device=output.device)
@@ -346,39 +302,16 @@ def target_scores(output: torch.Tensor, target: TargetType) -> torch.Tensor:
 
 
 def target_gradients(
-    forward_func: Callable[..., Any],
-    inputs: tuple[torch.Tensor, ...],
-    target: TargetType = None,
-    additional_forward_args: tuple[Any, ...] | None = None,
-    *,
-    forward: Forward = run_forward,
+    forward_func: Callable[..., Any], inputs: tuple[torch.Tensor, ...], target: TargetType = None,
+    additional_forward_args: tuple[Any, ...] | None = None, *, forward: Forward = run_forward,
     backward: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> tuple[torch.Tensor, ...]:
     """Gradient of the sum of the target scores w.r.t. every input: one forward, one backward.
 
-    ``target`` takes every form :func:`target_scores` takes. The inputs are checked
-    (floating, finite, one batch size, on the model's device) and never modified: the
-    forward pass runs on fresh leaves sharing their storage. It runs in the model's own
-    train/eval mode; modes, ``requires_grad`` flags and BatchNorm running statistics are
-    as before the call, also when it raises. An input the scores do not depend on gets
-    zeros.
-
-    Parameters
-    ----------
-    forward_func : callable
-        The model, or any function of the inputs returning scores.
-    inputs : tuple of Tensor
-        Floating-point inputs sharing the batch dim 0.
-    target : any Captum target form, optional
-        The score of each example (see :func:`target_scores`).
-    additional_forward_args : tuple, optional
-        Extra arguments of ``forward_func`` after the inputs.
-    forward : callable, optional
-        Runs the model; the default calls it plainly. Guided backpropagation passes its
-        recording forward pass.
-    backward : callable, optional
-        A context manager factory entered around the backward pass only (the guided
-        rule's switch); the default changes nothing.
+    The inputs are checked and never modified; the model is left as found, also when
+    this raises. An input the scores do not depend on gets zeros. ``forward`` runs the
+    model (guided backpropagation passes its recording pass) and ``backward()`` is
+    entered around the backward pass only (the guided rule's switch).
 
     Examples
     --------

@@ -1,9 +1,7 @@
 """Grad-CAM++ (Chattopadhay, Sarkar, Howlader and Balasubramanian, WACV 2018).
 
-:class:`LayerGradCamPlusPlus`'s docstring gives the maths. One forward pass keeps the
-layer's activation (:class:`~captum_regularized._internal.layer_tap.LayerTap`, the
-backward pass stops at the layer), one backward pass gives its gradient, and the
-channel weights follow in closed form from that gradient alone.
+One forward pass keeps the layer's activation, one backward pass (stopping at the layer)
+gives its gradient, and the channel weights follow in closed form from that gradient.
 """
 
 from __future__ import annotations
@@ -69,54 +67,27 @@ def grad_cam_plus_plus_weights(
 class LayerGradCamPlusPlus(LayerCam):
     r"""Grad-CAM++: channel weights from positive gradients, each pixel weighted by ``alpha``.
 
-    Grad-CAM (``captum.attr.LayerGradCam``) weights channel ``k`` of a layer's activation
-    ``A`` ``(B, K, h, w)`` by the spatial mean of the gradient ``g = dS/dA`` of the target
-    score ``S``. Grad-CAM++ (Chattopadhay et al., "Grad-CAM++: Improved visual
-    explanations for deep convolutional networks", WACV 2018) takes only the positive
-    gradients and gives every position its own coefficient ``alpha``, so that several
-    separate objects of the class (each with a few strong positions) count alike:
-
-    .. math::
-
-        w_k = \sum_{ij} \alpha_{kij}\, \mathrm{relu}(g_{kij}), \qquad
-        L = \mathrm{relu}\Big(\sum_k w_k A_k\Big).
-
-    The paper derives ``alpha`` from the second and third derivatives of the class
-    score; for the score ``Y = exp(S)`` of a logit ``S`` these are powers of the first
-    derivative, which gives the closed form of its eq. 19 (the one pytorch-grad-cam
-    implements):
+    Grad-CAM weights channel ``k`` of a layer's activation ``A`` ``(B, K, h, w)`` by the
+    spatial mean of ``g = dS/dA``. Grad-CAM++ takes only the positive gradients and gives
+    every position its own coefficient, so that several separate objects of the class
+    count alike (the closed form of the paper's eq. 19, for a logit ``S``):
 
     .. math::
 
         \alpha_{kij} = \frac{g_{kij}^2}
-                            {2 g_{kij}^2 + \big(\sum_{ab} A_{kab}\big)\, g_{kij}^3}.
+                            {2 g_{kij}^2 + \big(\sum_{ab} A_{kab}\big)\, g_{kij}^3 + \epsilon},
+        \qquad
+        w_k = \sum_{ij} \alpha_{kij}\, \mathrm{relu}(g_{kij}), \qquad
+        L = \mathrm{relu}\Big(\sum_k w_k A_k\Big),
 
-    Positions where the denominator is 0 (``g = 0``) get ``alpha = 0``. ``eps`` is added
-    to the denominator: 0 (the default) is the paper's formula, ``eps=1e-6`` gives
-    pytorch-grad-cam's ``GradCAMPlusPlus`` numbers (the same maps before its min-max
-    scaling and resizing). That stabiliser is not scale-free: where the gradients are
-    of order ``sqrt(eps)`` or smaller it, not the formula, decides ``alpha``.
-
-    The closed form holds when ``S`` is a logit (the model returns scores before any
-    softmax), as in the paper. One forward and one backward pass (stopping at the
-    layer) serve the whole batch; the model is left as found (its mode, flags, hooks and
-    BatchNorm running statistics). The weights are computed in at least float32 (the
-    cube of small bfloat16 gradients would underflow); maps come back in the inputs'
-    floating dtype, also under ``torch.autocast``.
+    with ``alpha = 0`` where the denominator is 0. ``eps=0`` is the paper's formula,
+    ``eps=1e-6`` pytorch-grad-cam's (:doc:`/design_notes/attribution_maps`).
 
     Parameters
     ----------
-    forward_func : callable
-        The model (or any function of the inputs) returning a tensor, a Hugging Face
-        ``ModelOutput`` (its ``.logits`` are used) or a dict with key ``"logits"``. An
-        ``nn.DataParallel`` model runs its wrapped module, on that module's device.
-    layer : nn.Module
-        The layer whose activation is explained, usually the last convolutional block.
-        It must run exactly once per forward pass and give one tensor. For vision
-        transformers see :class:`~captum_regularized.attr.LayerRSIGradCam` for the
-        layer to pick and pass the matching ``reshape_transform``.
-    device_ids : list of int, optional
-        Kept for Captum's signature.
+    forward_func, layer, device_ids
+        As in ``captum.attr.LayerGradCam``: the model, the layer explained (it runs once
+        per forward pass and gives one tensor), unused device ids.
 
     Examples
     --------
@@ -145,75 +116,34 @@ class LayerGradCamPlusPlus(LayerCam):
         reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         eps: float = 0.0,
     ) -> torch.Tensor:
-        """Grad-CAM++ maps of shape ``(B, 1, h, w)`` in the layer's resolution.
+        """Grad-CAM++ maps ``(B, 1, h, w)`` in the layer's resolution, in the inputs' dtype.
 
-        The positional arguments are those of ``captum.attr.LayerGradCam.attribute``.
+        The positional arguments are those of ``captum.attr.LayerGradCam.attribute``
+        (``attr_dim_summation=False`` gives the ``(B, K, h, w)`` maps ``w_k A_k``);
+        ``target`` also takes pytorch-grad-cam's target callables.
 
         Parameters
         ----------
-        inputs : Tensor or tuple of Tensor
-            Floating-point inputs, batch in dim 0 (a tuple for multi-input models); not
-            modified.
-        target : int, tuple, list, Tensor, callable or None
-            Captum's target forms; ``None`` on a ``(B, classes > 1)`` output is the
-            predicted class. pytorch-grad-cam's target callables are accepted too
-            (``ClassifierOutputTarget(k)``, any ``score(output) -> (B,)``, or a list of
-            callables, one per example, each given its example's output row).
-        additional_forward_args : any, optional
-            Extra arguments passed to ``forward_func`` after the inputs.
-        attribute_to_layer_input : bool
-            Use the layer's (first) input instead of its output.
-        relu_attributions : bool
-            Apply the final ReLU (Grad-CAM++ has it; default True).
-        attr_dim_summation : bool
-            Sum the weighted channels into one map (default); ``False`` returns the
-            per-channel maps ``w_k A_k``, ``(B, K, h, w)`` (ReLU applied to each).
-        grad_kwargs : dict, optional
-            Passed on to ``torch.autograd.grad``, as in Captum's ``LayerGradCam``.
         reshape_transform : callable, optional
-            Turns the layer's activation (and, identically, its gradient) into
-            ``(B, K, h, w)``, e.g. :func:`~captum_regularized.attr.vit_tokens_to_map`.
+            Turns the layer's activation (and its gradient) into ``(B, K, h, w)``, e.g.
+            :func:`~captum_regularized.attr.vit_tokens_to_map`.
         eps : float
-            Added to the denominator of ``alpha`` (finite, >= 0): 0 is the paper's
-            formula, 1e-6 pytorch-grad-cam's.
-
-        Returns
-        -------
-        Tensor
-            ``(B, 1, h, w)`` (``(B, K, h, w)`` without ``attr_dim_summation``) in the
-            inputs' floating dtype; upsample with ``LayerAttribution.interpolate``.
+            Added to the denominator of ``alpha`` (finite, >= 0).
 
         Raises
         ------
-        ValueError
-            Non-finite inputs, inputs without a shared batch size or on another device
-            than the model; a bad ``target`` (out of range, wrong length); ``eps``
-            negative or not finite; an output that does not keep the batch in dim 0; a
-            layer that does not run, runs twice, runs with
-            autograd off inside ``forward_func`` or does not reach the score; an
-            activation that is not 4-D after ``reshape_transform``.
-        TypeError
-            Non-tensor or non-floating inputs, a target of the wrong type, a
-            ``reshape_transform`` that is not callable, ``grad_kwargs`` that is not a
-            dict, ``eps`` that is not a number.
+        ValueError, TypeError
+            For bad inputs, target, options (each named) or layer (one that does not run,
+            runs twice or does not reach the score; a non-4-D activation).
         RuntimeError
             Inside ``torch.inference_mode()``.
-
-        Warns
-        -----
-        UserWarning
-            When the model has BatchNorm or Dropout modules in train mode (call
-            ``model.eval()`` first); once per call site under Python's default filter.
         """
         call = attribution_call(type(self).__name__, inputs, additional_forward_args)
         model = find_module(self.forward_func)
         batch = check_attribution_inputs(call.inputs, model)
         check_reshape_transform(reshape_transform)
         check_grad_kwargs(grad_kwargs)
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)):
-            raise TypeError(f"eps must be a float, got {type(eps).__name__}")
-        if not math.isfinite(eps) or eps < 0:
-            raise ValueError(f"eps must be a finite number >= 0, got {eps}")
+        _check_eps(eps)
         target = per_example_score_targets(target)
         warn_if_training(self.forward_func, type(self).__name__)
         with preserved_model(model) as hooks, kept_batchnorm_statistics(model):
@@ -232,3 +162,10 @@ class LayerGradCamPlusPlus(LayerCam):
         maps = weighted_maps(weights, activations, relu_attributions, attr_dim_summation)
         out_dtype = functools.reduce(torch.promote_types, (x.dtype for x in call.inputs))
         return maps.to(out_dtype)
+
+
+def _check_eps(eps: object) -> None:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"eps must be a float, got {type(eps).__name__}")
+    if not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite number >= 0, got {eps}")

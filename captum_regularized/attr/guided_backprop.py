@@ -1,13 +1,7 @@
 """Guided backpropagation (Springenberg et al.) on every rectifying activation.
 
-``GuidedBackprop(model).attribute(inputs, target)`` is called exactly like
-``captum.attr.GuidedBackprop`` and gives the same maps on models built from
-``nn.ReLU`` modules. It differs where Captum's silently falls back to the plain
-gradient: functional ReLUs (``F.relu``, ``torch.relu_``, ``x.relu()``) and the other
-activations of modern image classifiers (ReLU6, LeakyReLU, PReLU, RReLU, ELU, CELU,
-SELU, SiLU, Hardswish, GELU, Mish, Softplus) get the guided rule too. The rule and its
-two variants (``rule="gated"``, the default, and ``rule="ungated"``) are documented in
-:mod:`captum_regularized._internal.guided_relu`.
+Called like ``captum.attr.GuidedBackprop``, equal to it on ``nn.ReLU`` models; the rule
+and the activations it knows: :mod:`captum_regularized._internal.guided_relu`.
 """
 
 from __future__ import annotations
@@ -42,35 +36,18 @@ class GuidedBackprop(TargetGradientAttribution):
         \text{grad\_in} = \sigma'(z)\, \mathbf{1}[z > 0]\, \max(\text{grad\_out}, 0)
         \quad (\texttt{rule="gated"}),
 
-    which for ReLU is Springenberg et al.'s rule ``relu(grad_out) * 1[z > 0]``.
-    ``rule="ungated"`` drops the ``1[z > 0]`` gate. Every other operation (convolutions,
-    pooling, BatchNorm, LayerNorm, attention softmax, sigmoid gates) keeps its ordinary
-    backward. The map is the guided gradient of the sum of the target scores, one map per
-    input, as in Captum, from Captum's ``attribute(inputs, target=None,
-    additional_forward_args=None)``. Captum's defaults hold: ``multiplies_by_inputs``
-    and ``has_convergence_delta`` are ``False``. ``attribute`` raises a ``ValueError``
-    for a model with no activation the guided rule knows (the message lists them).
-
-    The activations are found while the model runs (modules and functional forms,
-    in-place or not, a module used several times); nothing is registered on the model.
-    The model is left as found: it runs in its own train/eval mode, and a training
-    model's BatchNorm running statistics are written back afterwards (also under
-    ``NoiseTunnel``).
+    Springenberg et al.'s rule on ReLU; ``rule="ungated"`` drops the gate. Other
+    operations keep their backward. Unsupported models: :doc:`/design_notes/attribution_maps`.
 
     Parameters
     ----------
     model : callable
-        The model, or any function of the inputs calling it, returning scores. Not
-        ``torch.compile``'d (pass ``compiled._orig_mod``) and without TorchScript
-        submodules; an ``nn.DataParallel`` model runs its wrapped module, on that
-        module's device.
+        The model, or any function of the inputs calling it, returning scores.
     rule : {"gated", "ungated"}
         The guided rule (keyword only); both are the classic rule on ReLU networks.
 
     Examples
     --------
-    On a network of ``nn.ReLU`` modules it gives Captum's maps:
-
     >>> from captum.attr import GuidedBackprop as CaptumGuidedBackprop
     >>> from captum_regularized.models import SimpleCNN
     >>> model = SimpleCNN(num_classes=4, width=4).eval()
@@ -78,14 +55,9 @@ class GuidedBackprop(TargetGradientAttribution):
     >>> maps = GuidedBackprop(model).attribute(x, target=1)
     >>> torch.allclose(maps, CaptumGuidedBackprop(model).attribute(x, target=1))
     True
-
-    On a GELU network (where ``captum.attr.GuidedBackprop`` returns the plain gradient):
-
     >>> mlp = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.GELU(), torch.nn.Linear(8, 3))
-    >>> gated = GuidedBackprop(mlp).attribute(torch.randn(4, 6), target=0)
-    >>> ungated = GuidedBackprop(mlp, rule="ungated").attribute(torch.randn(4, 6), target=0)
-    >>> gated.shape, ungated.shape
-    (torch.Size([4, 6]), torch.Size([4, 6]))
+    >>> GuidedBackprop(mlp, rule="ungated").attribute(torch.randn(4, 6), target=0).shape
+    torch.Size([4, 6])
     """
 
     def __init__(self, model: Callable[..., Any], *, rule: str = "gated") -> None:
@@ -94,7 +66,6 @@ class GuidedBackprop(TargetGradientAttribution):
         self.rule = check_guided_rule(rule)
 
     def _maps(self, call: AttributionCall, target: TargetType) -> tuple[torch.Tensor, ...]:
-        """The guided gradients of the target scores, one per input."""
         switch = GuidedActivationSwitch(self.rule)
 
         def recorded(

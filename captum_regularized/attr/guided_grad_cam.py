@@ -1,14 +1,7 @@
 """Guided Grad-CAM (Selvaraju et al.): guided backprop weighted by an upsampled Grad-CAM.
 
-``GuidedGradCam(model, layer).attribute(inputs, target)`` is called exactly like
-``captum.attr.GuidedGradCam`` and gives the same maps on models built from ``nn.ReLU``
-modules. Its guided half applies the guided rule to every rectifying activation
-(functional forms, ReLU6, SiLU, GELU, ...; see
-:mod:`captum_regularized._internal.guided_relu`), where Captum's silently uses the
-plain gradient. One forward pass serves both halves: the guided backward pass to the
-inputs and the plain backward pass to the layer run on the same graph (the layer's
-activation is kept by :class:`~captum_regularized._internal.layer_tap.LayerTap`, which
-:class:`~captum_regularized.attr.LayerRSIGradCam` uses too).
+Called like ``captum.attr.GuidedGradCam``, equal to it on ``nn.ReLU`` models; the guided
+rule acts on every rectifying activation (:mod:`captum_regularized._internal.guided_relu`).
 """
 
 from __future__ import annotations
@@ -22,6 +15,7 @@ from captum.attr import GradientAttribution, LayerAttribution
 from torch import nn
 
 from captum_regularized._internal.captum_compat import (
+    AttributionCall,
     TargetType,
     TensorOrTuple,
     WithoutFutures,
@@ -51,61 +45,28 @@ INTERPOLATE_MODES = ("nearest", "nearest-exact", "linear", "bilinear", "bicubic"
                      "area")
 """The ``interpolate_mode`` values (``torch.nn.functional.interpolate``'s modes)."""
 
-
-def _grad_cam(
-    activation: torch.Tensor,
-    gradient: torch.Tensor,
-    reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None,
-) -> torch.Tensor:
-    """Grad-CAM ``relu(sum_k w_k A_k)`` with ``w_k`` the spatial mean of ``dS/dA_k``."""
-    if reshape_transform is not None:
-        activation, gradient = reshape_transform(activation), reshape_transform(gradient)
-    accumulate = torch.promote_types(activation.dtype, torch.float32)
-    activation, gradient = activation.to(accumulate), gradient.to(accumulate)
-    if gradient.dim() > 2:
-        gradient = gradient.mean(dim=tuple(range(2, gradient.dim())), keepdim=True)
-    return F.relu((gradient * activation).sum(dim=1, keepdim=True))
-
-
-def _upsampled(cam: torch.Tensor, inputs: torch.Tensor, index: int, mode: str) -> torch.Tensor:
-    size = tuple(inputs.shape[2:])
-    if not size or cam.dim() - 2 != len(size):
-        raise ValueError(
-            f"the Grad-CAM map has shape {tuple(cam.shape)} and cannot be interpolated to "
-            f"inputs[{index}] of shape {tuple(inputs.shape)}: the layer's activation needs the "
-            "batch, a channel dimension and as many spatial dimensions as the input (pass a "
-            "reshape_transform for token layers, e.g. attr.vit_tokens_to_map)"
-        )
-    return LayerAttribution.interpolate(cam, size, interpolate_mode=mode)
+Gradients = tuple[torch.Tensor | None, ...]
 
 
 class GuidedGradCam(WithoutFutures, GradientAttribution):
     r"""Guided Grad-CAM: the guided-backprop map times the layer's upsampled Grad-CAM.
 
     With ``A`` the layer's activation ``(B, K, h, w)`` and ``S`` the target score,
-    Grad-CAM is ``relu(sum_k w_k A_k)`` with ``w_k`` the spatial mean of ``dS/dA_k``
-    (a plain gradient); it is interpolated to the input's spatial size and multiplies
-    the guided-backprop map of every input channel (Selvaraju et al., "Grad-CAM",
-    ICCV 2017), exactly as ``captum.attr.GuidedGradCam`` combines them.
 
-    The guided half uses the rule of :class:`~captum_regularized.attr.GuidedBackprop`
-    (``rule="gated"``: ``sigma'(z) * 1[z > 0] * max(grad_out, 0)`` through every
-    activation, which is Springenberg's rule on ReLU), on functional and non-ReLU
-    activations too. Both halves come from one forward pass. The model is left as
-    found (its mode, flags, hooks and BatchNorm running statistics).
+    .. math::
+
+        L = \mathrm{relu}\Big(\sum_k w_k A_k\Big), \quad
+        w_k = \operatorname{mean}_{ij} \frac{\partial S}{\partial A_{kij}}, \qquad
+        M = \mathrm{GB}(x) \odot \mathrm{upsample}(L),
+
+    where ``GB`` is the map of :class:`~captum_regularized.attr.GuidedBackprop` and
+    ``L`` is interpolated to each input's spatial size (Selvaraju et al., ICCV 2017).
 
     Parameters
     ----------
-    model : callable
-        The model, or a function of the inputs calling it. Not ``torch.compile``'d and
-        without TorchScript submodules; an ``nn.DataParallel`` model runs its wrapped
-        module, on that module's device.
-    layer : nn.Module
-        The layer whose activation gives the Grad-CAM map, usually the last
-        convolutional block. It must run exactly once per forward pass and output one
-        tensor.
-    device_ids : list of int, optional
-        Kept for Captum's signature (see ``model`` for ``nn.DataParallel``).
+    model, layer, device_ids
+        As in ``captum.attr.GuidedGradCam``: the model, the layer whose activation gives
+        the Grad-CAM map (it runs once per forward pass), unused device ids.
     rule : {"gated", "ungated"}
         The guided rule (keyword only).
 
@@ -152,21 +113,17 @@ class GuidedGradCam(WithoutFutures, GradientAttribution):
 
         Parameters
         ----------
-        inputs : Tensor or tuple of Tensor
-            Floating-point inputs ``(B, C, *spatial)``, batch in dim 0; not modified.
-        target : any Captum target form, optional
-            ``None`` means the predicted class on a ``(B, C > 1)`` output.
-        additional_forward_args : optional
-            Extra arguments passed to the model after the inputs.
+        inputs, target, additional_forward_args
+            As in :meth:`GuidedBackprop.attribute
+            <captum_regularized.attr.GuidedBackprop.attribute>`; inputs are
+            ``(B, C, *spatial)``.
         interpolate_mode : str
-            How the Grad-CAM map is resized to each input's spatial size: a mode of
-            ``torch.nn.functional.interpolate`` (:data:`INTERPOLATE_MODES`).
+            How the Grad-CAM map is resized to each input: one of :data:`INTERPOLATE_MODES`.
         attribute_to_layer_input : bool
             Use the layer's (first) input instead of its output.
         reshape_transform : callable, optional
-            Turns the layer's activation (and, identically, its gradient) into
-            ``(B, K, *spatial)`` first, e.g. :func:`~captum_regularized.attr.vit_tokens_to_map`
-            for vision-transformer tokens (not in Captum's signature).
+            Turns the layer's activation (and its gradient) into ``(B, K, *spatial)``,
+            e.g. :func:`~captum_regularized.attr.vit_tokens_to_map` (not in Captum).
 
         Returns
         -------
@@ -175,53 +132,21 @@ class GuidedGradCam(WithoutFutures, GradientAttribution):
 
         Raises
         ------
+        ValueError, TypeError
+            For bad inputs, target or options (each named); a layer that does not run,
+            runs twice, does not give one tensor or does not reach the output; a map that
+            cannot be interpolated to an input; a model with no activation the guided
+            rule knows.
         RuntimeError
             Inside ``torch.inference_mode()``; when the model modifies its input in place.
-        TypeError
-            Non-floating inputs; a layer whose output (input) is not one tensor; a
-            ``reshape_transform`` that is not callable.
-        ValueError
-            Non-finite inputs, inputs without a shared batch size or on another device;
-            a target out of range; an unknown ``interpolate_mode``; a layer that does not
-            run, runs twice or does not reach the output; a map that cannot be
-            interpolated to an input; a model with no activation the guided rule knows.
-
-        Warns
-        -----
-        UserWarning
-            When the model has BatchNorm or Dropout modules in train mode (call
-            ``model.eval()`` first); once per call site under Python's default filter.
         """
         call = attribution_call(type(self).__name__, inputs, additional_forward_args)
         model = find_module(self.forward_func)
         check_attribution_inputs(call.inputs, model)
-        if interpolate_mode not in INTERPOLATE_MODES:
-            raise ValueError(
-                f"interpolate_mode must be one of {list(INTERPOLATE_MODES)}, "
-                f"got {interpolate_mode!r}"
-            )
-        if reshape_transform is not None and not callable(reshape_transform):
-            raise TypeError(
-                f"reshape_transform must be callable, got {type(reshape_transform).__name__}"
-            )
-        switch = GuidedActivationSwitch(self.rule)
+        _check_options(interpolate_mode, reshape_transform)
         warn_if_training(self.forward_func, type(self).__name__)
-        with (
-            preserved_model(model) as hooks,
-            kept_batchnorm_statistics(model),
-            torch.enable_grad(),
-        ):
-            tap = LayerTap(self.layer, hooks, attribute_to_layer_input, stop_at_layer=False)
-            leaves = tuple(fresh_leaf(x) for x in call.inputs)
-            with tap.tapping():
-                output = guided_forward(
-                    self.forward_func, leaves, call.additional_forward_args, switch
-                )
-            activation = tap.activation()
-            total = target_scores(output, target).sum()
-            with switch.guided():
-                guided = torch.autograd.grad(total, leaves, retain_graph=True, allow_unused=True)
-            gradient = tap.gradient(total)  # the plain gradient, on the same graph
+        guided, activation, gradient = self._gradients(
+            model, call, target, attribute_to_layer_input)
         cam = _grad_cam(activation.detach(), gradient, reshape_transform)
         maps = []
         for index, (grad, x) in enumerate(zip(guided, call.inputs)):
@@ -229,3 +154,60 @@ class GuidedGradCam(WithoutFutures, GradientAttribution):
             guided_map = torch.zeros_like(x) if grad is None else grad
             maps.append((guided_map * upsampled).to(x.dtype))
         return call.output(tuple(maps))
+
+    def _gradients(
+        self, model: nn.Module | None, call: AttributionCall, target: TargetType, use_input: bool
+    ) -> tuple[Gradients, torch.Tensor, torch.Tensor]:
+        """The guided input gradients, the layer's activation and its plain gradient."""
+        switch = GuidedActivationSwitch(self.rule)
+        with preserved_model(model) as hooks, kept_batchnorm_statistics(model), torch.enable_grad():
+            tap = LayerTap(self.layer, hooks, use_input, stop_at_layer=False)
+            leaves = tuple(fresh_leaf(x) for x in call.inputs)
+            with tap.tapping():
+                output = guided_forward(self.forward_func, leaves, call.additional_forward_args,
+                                        switch)
+            activation = tap.activation()
+            total = target_scores(output, target).sum()
+            with switch.guided():
+                guided = torch.autograd.grad(total, leaves, retain_graph=True, allow_unused=True)
+            gradient = tap.gradient(total)  # the plain gradient, on the same graph
+        return guided, activation, gradient
+
+
+def _check_options(interpolate_mode: object, reshape_transform: object) -> None:
+    if interpolate_mode not in INTERPOLATE_MODES:
+        raise ValueError(
+            f"interpolate_mode must be one of {list(INTERPOLATE_MODES)}, "
+            f"got {interpolate_mode!r}"
+        )
+    if reshape_transform is not None and not callable(reshape_transform):
+        raise TypeError(
+            f"reshape_transform must be callable, got {type(reshape_transform).__name__}"
+        )
+
+
+def _grad_cam(
+    activation: torch.Tensor,
+    gradient: torch.Tensor,
+    reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> torch.Tensor:
+    """Grad-CAM ``relu(sum_k w_k A_k)`` with ``w_k`` the spatial mean of ``dS/dA_k``."""
+    if reshape_transform is not None:
+        activation, gradient = reshape_transform(activation), reshape_transform(gradient)
+    accumulate = torch.promote_types(activation.dtype, torch.float32)
+    activation, gradient = activation.to(accumulate), gradient.to(accumulate)
+    if gradient.dim() > 2:
+        gradient = gradient.mean(dim=tuple(range(2, gradient.dim())), keepdim=True)
+    return F.relu((gradient * activation).sum(dim=1, keepdim=True))
+
+
+def _upsampled(cam: torch.Tensor, inputs: torch.Tensor, index: int, mode: str) -> torch.Tensor:
+    size = tuple(inputs.shape[2:])
+    if not size or cam.dim() - 2 != len(size):
+        raise ValueError(
+            f"the Grad-CAM map has shape {tuple(cam.shape)} and cannot be interpolated to "
+            f"inputs[{index}] of shape {tuple(inputs.shape)}: the layer's activation needs the "
+            "batch, a channel dimension and as many spatial dimensions as the input (pass a "
+            "reshape_transform for token layers, e.g. attr.vit_tokens_to_map)"
+        )
+    return LayerAttribution.interpolate(cam, size, interpolate_mode=mode)

@@ -1,9 +1,8 @@
 """Turn input-shaped attributions into per-pixel maps, as saliency papers display them.
 
-The signed-saliency paper (Llorente et al., arXiv 2309.12913) shows
-``M_ij = max_k |X_kij|`` (the maximum over channels of the absolute value) and
-min-max normalises every image. These two steps are kept apart from the attribution
-classes, whose outputs keep the input's shape so Captum's tools take them unchanged.
+The signed-saliency paper shows ``M_ij = max_k |X_kij|`` and min-max normalises every
+image. The attribution classes keep the input's shape (for Captum's tools); these two
+steps are separate.
 """
 
 from __future__ import annotations
@@ -16,26 +15,25 @@ __all__ = ["CHANNEL_REDUCTIONS", "normalize_per_example", "reduce_channels"]
 
 
 def reduce_channels(attributions: torch.Tensor, mode: str = "max") -> torch.Tensor:
-    """Collapse the channel dimension (dim 1): ``(B, C, H, W) -> (B, 1, H, W)``.
+    """Collapse the channel dimension (dim 1): ``(B, C, ...) -> (B, 1, ...)``.
 
     Parameters
     ----------
     attributions : Tensor
-        Shape ``(B, C, ...)``; any number of trailing (spatial) dims.
+        Shape ``(B, C, ...)``.
     mode : {"max", "sum", "mean"}
-        ``"max"``: maximum over channels of the absolute value (the paper's map, always
-        ``>= 0``). ``"sum"`` / ``"mean"``: sum / mean of the signed values, as Captum's
-        visualisation does.
+        ``"max"``: maximum over channels of the absolute value (the paper's map).
+        ``"sum"`` / ``"mean"``: of the signed values, as Captum's visualisation does.
 
     Returns
     -------
     Tensor
-        Shape ``(B, 1, ...)``, same dtype and device. A plain reduction: a NaN or an
-        infinity in a pixel's channels stays visible in that pixel (it is never hidden
-        or spread to other pixels).
+        Shape ``(B, 1, ...)``, same dtype and device; a NaN or infinity stays in its pixel.
 
     Raises
     ------
+    TypeError
+        For a non-tensor.
     ValueError
         For an unknown ``mode`` or a tensor without a channel dimension.
 
@@ -79,9 +77,7 @@ def normalize_per_example(maps: torch.Tensor) -> torch.Tensor:
     TypeError
         Unless ``maps`` is a floating-point tensor.
     ValueError
-        For a tensor without a non-empty batch dimension, or one holding NaN or
-        infinite values (there is no meaningful min-max scaling of those; one check
-        for the whole batch).
+        For an empty batch, or NaN or infinite values (one check for the whole batch).
 
     Examples
     --------

@@ -1,23 +1,10 @@
 """Ready ``reshape_transform`` functions: token activations to ``(B, C, h, w)`` maps.
 
-Layer methods that build class activation maps need a layer output laid out as
-``(batch, channels, height, width)``. Vision transformers produce tokens instead. A
-reshape transform turns the one into the other; it is applied identically to
-activations and to their gradients, so it must only select and rearrange entries
-(never mix them). The layouts:
-
-* :func:`vit_tokens_to_map`: ``(B, P + h*w, C)``, ``P`` prefix tokens first (the class
-  token of torchvision's and timm's ``vit_*`` and of Hugging Face's ViT, ``P = 1``; timm
-  models with register tokens have ``P = model.num_prefix_tokens``), then the patches
-  in row-major order; ``grid=(h, w)`` for a non-square grid, ``prefix_tokens=0`` for
-  token layers without a class token.
-* :func:`deit_tokens_to_map`: distilled DeiT, ``(B, 2 + h*w, C)`` (class and
-  distillation tokens first).
-* :func:`swin_tokens_to_map`: a Swin stage's ``(B, H, W, C)`` output (timm's
-  ``SwinTransformerStage``), moved to ``(B, C, H, W)``.
-
-Pass them as ``reshape_transform=``; ``functools.partial(vit_tokens_to_map,
-prefix_tokens=5)`` fixes the keyword arguments.
+Layer methods need a layer output laid out as ``(batch, channels, height, width)``;
+vision transformers produce tokens instead. A reshape transform is applied identically
+to activations and to their gradients, so it only selects and rearranges entries. Pass
+one as ``reshape_transform=``; the layouts of torchvision, timm and Hugging Face models
+are in :doc:`/design_notes/attribution_maps`.
 """
 
 from __future__ import annotations
@@ -58,23 +45,21 @@ def _grid_of(patches: int, grid: tuple[int, int] | None, who: str, prefix: int) 
 def vit_tokens_to_map(
     tokens: torch.Tensor, *, prefix_tokens: int = 1, grid: tuple[int, int] | None = None
 ) -> torch.Tensor:
-    """Drop the prefix tokens and lay the patch tokens out on their grid.
+    """Drop the ``P`` prefix tokens and lay the patch tokens out on their grid.
 
-    Fits torchvision's ``VisionTransformer`` (``vit_b_16`` and friends), timm's
-    ``vit_*`` and Hugging Face's ``ViTModel`` layers: tokens are ``(B, P + h*w, C)``,
-    the ``P`` prefix tokens (the class token; register tokens after it in timm) first,
-    then the patches in row-major order.
+    For torchvision's, timm's and Hugging Face's ViT layers: ``(B, P + h*w, C)``, the
+    prefix tokens (class token, then any register tokens) first, then the patches in
+    row-major order.
 
     Parameters
     ----------
     tokens : Tensor
         Shape ``(B, N, C)``.
     prefix_tokens : int
-        ``P``, the tokens before the patches (keyword only): 1 for a class token (the
-        default), ``model.num_prefix_tokens`` for timm models, 0 for none.
+        ``P`` (keyword only): 1 for a class token (default), ``model.num_prefix_tokens``
+        for timm models, 0 for none.
     grid : (int, int), optional
-        ``(h, w)`` of the patch grid (keyword only); by default the grid is square,
-        ``h = w = sqrt(N - P)``.
+        ``(h, w)`` of the patch grid (keyword only); square by default.
 
     Returns
     -------
@@ -85,8 +70,7 @@ def vit_tokens_to_map(
     ------
     ValueError
         When ``tokens`` is not 3-D, ``prefix_tokens`` is not an int in ``[0, N)``, or
-        the patch tokens do not fill the grid (``N - P`` not a perfect square without
-        ``grid``, or not ``h * w``).
+        the patch tokens do not fill the grid.
 
     Examples
     --------
@@ -120,28 +104,10 @@ def vit_tokens_to_map(
 def deit_tokens_to_map(
     tokens: torch.Tensor, *, grid: tuple[int, int] | None = None
 ) -> torch.Tensor:
-    """Distilled DeiT tokens ``(B, 2 + h*w, C)`` to ``(B, C, h, w)``.
+    """Distilled DeiT tokens ``(B, 2 + h*w, C)`` (class and distillation token first) to maps.
 
-    timm's ``deit_*_distilled_*`` models put a class token and a distillation token
-    before the patches; both are dropped. The same as
-    ``vit_tokens_to_map(tokens, prefix_tokens=2, grid=grid)``.
-
-    Parameters
-    ----------
-    tokens : Tensor
-        Shape ``(B, 2 + h*w, C)``.
-    grid : (int, int), optional
-        ``(h, w)`` of the patch grid; square by default.
-
-    Returns
-    -------
-    Tensor
-        Shape ``(B, C, h, w)``.
-
-    Raises
-    ------
-    ValueError
-        As :func:`vit_tokens_to_map`.
+    ``vit_tokens_to_map(tokens, prefix_tokens=2, grid=grid)``, for timm's
+    ``deit_*_distilled_*`` models; returns ``(B, C, h, w)`` and raises as it does.
 
     Examples
     --------
@@ -154,27 +120,10 @@ def deit_tokens_to_map(
 
 
 def swin_tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
-    """A Swin stage's channels-last output ``(B, H, W, C)`` to ``(B, C, H, W)``.
+    """A Swin stage's channels-last output ``(B, H, W, C)`` to a ``(B, C, H, W)`` view.
 
-    timm's Swin Transformer (``swin_*``; its ``model.layers[i]`` stages and their
-    blocks) keeps activations channels-last; this only moves the channel dim. For
-    Hugging Face's Swin, whose layers return ``(B, H*W, C)`` tokens without a class
-    token, use ``vit_tokens_to_map(tokens, prefix_tokens=0)``.
-
-    Parameters
-    ----------
-    tokens : Tensor
-        Shape ``(B, H, W, C)``.
-
-    Returns
-    -------
-    Tensor
-        Shape ``(B, C, H, W)``, a view of ``tokens``.
-
-    Raises
-    ------
-    ValueError
-        When ``tokens`` is not 4-D.
+    For timm's Swin Transformer stages; raises ``ValueError`` unless ``tokens`` is 4-D.
+    Hugging Face's Swin layers need ``vit_tokens_to_map(tokens, prefix_tokens=0)``.
 
     Examples
     --------

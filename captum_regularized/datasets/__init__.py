@@ -9,11 +9,5 @@ from captum_regularized.datasets.shape_layout import ShapesLayout
 from captum_regularized.datasets.shapes import SHAPE_NAMES
 from captum_regularized.datasets.synthetic_shapes import SyntheticShapes
 
-__all__ = [
-    "SHAPE_NAMES",
-    "FashionMNISTWithMasks",
-    "ImageFolderWithMasks",
-    "ShapesLayout",
-    "SyntheticShapes",
-    "collate_with_optional_masks",
-]
+__all__ = ["SHAPE_NAMES", "FashionMNISTWithMasks", "ImageFolderWithMasks", "ShapesLayout",
+           "SyntheticShapes", "collate_with_optional_masks"]

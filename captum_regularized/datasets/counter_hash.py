@@ -1,12 +1,8 @@
-"""Counter-based random numbers: every value is an integer hash of (seed, item, stream, counter).
+"""Counter-based random numbers: every value is a 32-bit hash of (seed, item, stream, counter).
 
-The synthetic data sets must give the same bytes on every machine and device, and item
-``i`` must not depend on which other items were generated. A stateful generator gives
-neither, so every random quantity here is a pure function of its "address": a 32-bit
-integer hash computed with ``int64`` tensor ops (xor, shift, and, multiply). Values stay
-below ``2**32`` and multipliers below ``2**31``, so no product overflows ``int64`` and
-the integer results are exact on any CPU or GPU. Floats are made from the top 24 bits
-(exact in ``float32``).
+Values are pure functions of their address, computed with exact ``int64`` tensor ops, so
+the synthetic data are the same bytes on every device (see
+:doc:`/design_notes/data_and_study`).
 """
 
 from __future__ import annotations
@@ -22,8 +18,7 @@ _UNIT_24 = 2.0**-24
 
 
 class Stream(IntEnum):
-    """The random streams of the synthetic data: each draws from its own hash sequence,
-    so adding draws to one never changes the values of another."""
+    """The independent random streams of the synthetic data."""
 
     LABELS = 0
     TARGET = 1
@@ -39,7 +34,7 @@ class Stream(IntEnum):
 
 
 def _mix32_int(x: int) -> int:
-    """:func:`mix32` on a Python int (same arithmetic, used for per-data-set constants)."""
+    """:func:`mix32` on a Python int."""
     x &= MASK32
     x ^= x >> 16
     x = (x * _MULTIPLIER_A) & MASK32
@@ -49,18 +44,7 @@ def _mix32_int(x: int) -> int:
 
 
 def mix32(x: torch.Tensor) -> torch.Tensor:
-    """Bijective 32-bit integer finaliser (xor-shift-multiply), elementwise on ``int64``.
-
-    Parameters
-    ----------
-    x : torch.Tensor
-        ``int64`` values in ``[0, 2**32)``.
-
-    Returns
-    -------
-    torch.Tensor
-        ``int64`` values in ``[0, 2**32)``, well mixed: flipping one input bit flips
-        about half of the output bits.
+    """Bijective 32-bit xor-shift-multiply finaliser, elementwise on ``int64`` in ``[0, 2**32)``.
 
     Examples
     --------
@@ -75,15 +59,7 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
 
 
 def fold_seed(seed: int) -> int:
-    """Reduce a non-negative Python int of any size to a well-mixed 32-bit key.
-
-    Examples
-    --------
-    >>> fold_seed(0) != fold_seed(1)
-    True
-    >>> 0 <= fold_seed(2**70 + 5) < 2**32
-    True
-    """
+    """Reduce a non-negative int of any size to a well-mixed 32-bit key."""
     if seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
     key = _mix32_int(0x9E3779B9)
@@ -95,36 +71,17 @@ def fold_seed(seed: int) -> int:
 
 
 def stream_constant(stream: int, counter: int = 0) -> int:
-    """A 32-bit constant naming one random stream and one position in it.
-
-    Examples
-    --------
-    >>> stream_constant(1, 0) != stream_constant(0, 1)
-    True
-    """
+    """A 32-bit constant naming one random stream and one position in it."""
     return _mix32_int(_mix32_int(stream * 0x632BE5AB + 0x3C6EF372) ^ counter)
 
 
 def item_keys(seed_key: int, indices: torch.Tensor) -> torch.Tensor:
-    """Per-item 32-bit keys from a folded seed and ``int64`` item indices in ``[0, 2**32)``.
-
-    Examples
-    --------
-    >>> keys = item_keys(fold_seed(0), torch.arange(4))
-    >>> keys.dtype, bool((keys >= 0).all()), len(set(keys.tolist()))
-    (torch.int64, True, 4)
-    """
+    """Per-item 32-bit keys from a folded seed and ``int64`` item indices."""
     return mix32(mix32(indices ^ seed_key) ^ _mix32_int(seed_key ^ 0x85EBCA6B))
 
 
 def hashed_bits(keys: torch.Tensor, stream: int, count: int) -> torch.Tensor:
-    """``count`` independent 32-bit hashes per key: shape ``keys.shape + (count,)``.
-
-    Examples
-    --------
-    >>> hashed_bits(torch.tensor([7, 8]), stream=3, count=5).shape
-    torch.Size([2, 5])
-    """
+    """``count`` independent 32-bit hashes per key: shape ``keys.shape + (count,)``."""
     constants = torch.tensor(
         [stream_constant(stream, j) for j in range(count)], dtype=torch.int64, device=keys.device
     )
@@ -132,7 +89,7 @@ def hashed_bits(keys: torch.Tensor, stream: int, count: int) -> torch.Tensor:
 
 
 def bits_to_unit(bits: torch.Tensor) -> torch.Tensor:
-    """Map 32-bit hashes to ``float32`` uniforms in ``[0, 1)`` using the top 24 bits (exact).
+    """32-bit hashes to exact ``float32`` uniforms in ``[0, 1)`` (the top 24 bits).
 
     Examples
     --------
@@ -143,12 +100,5 @@ def bits_to_unit(bits: torch.Tensor) -> torch.Tensor:
 
 
 def hashed_uniforms(keys: torch.Tensor, stream: int, count: int) -> torch.Tensor:
-    """``count`` uniforms in ``[0, 1)`` per key, a pure function of (key, stream, position).
-
-    Examples
-    --------
-    >>> u = hashed_uniforms(item_keys(fold_seed(0), torch.arange(1000)), stream=0, count=2)
-    >>> u.shape, bool(((u >= 0) & (u < 1)).all()), abs(float(u.mean()) - 0.5) < 0.02
-    (torch.Size([1000, 2]), True, True)
-    """
+    """``count`` uniforms in ``[0, 1)`` per key, a pure function of (key, stream, position)."""
     return bits_to_unit(hashed_bits(keys, stream, count))

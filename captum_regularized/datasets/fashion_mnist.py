@@ -1,12 +1,6 @@
 """Fashion-MNIST in the form of ``SyntheticShapes``, with the garment's silhouette as mask.
 
-The files are read by :class:`torchvision.datasets.FashionMNIST`. Besides torchvision's
-own layout (``root/FashionMNIST/raw/train-images-idx3-ubyte`` and friends), ``root`` may
-be a folder that holds the four IDX files directly, gzipped or not, which is how
-Debian's ``dataset-fashion-mnist`` package installs them (``dpkg -L
-dataset-fashion-mnist`` shows where). Such files are unpacked (or linked) once into
-torchvision's layout in a cache folder; nothing is ever written into ``root`` unless
-``download=True`` has to fetch the data there.
+File layouts and the unpacking cache: :doc:`/design_notes/data_and_study`.
 """
 
 from __future__ import annotations
@@ -26,17 +20,11 @@ import torch
 import torch.nn.functional as F
 from torchvision.datasets import FashionMNIST
 
-from captum_regularized.datasets.rendered import (
-    Indices,
-    RenderedItems,
-    as_index_tensor,
-    check_int,
-)
+from captum_regularized.datasets.rendered import Indices, RenderedItems, as_index_tensor, check_int
 
 __all__ = ["FASHION_MNIST_CLASSES", "FASHION_MNIST_FILES", "FashionMNISTWithMasks"]
 
 FASHION_MNIST_CLASSES: tuple[str, ...] = tuple(FashionMNIST.classes)
-"""The ten class names, in label order: ``FASHION_MNIST_CLASSES[label]``."""
 
 FASHION_MNIST_FILES: dict[tuple[str, str], str] = {
     ("train", "images"): "train-images-idx3-ubyte",
@@ -47,7 +35,6 @@ FASHION_MNIST_FILES: dict[tuple[str, str], str] = {
 """The four IDX files (uncompressed names; the distributed ones end in ``.gz``)."""
 
 DEFAULT_MASK_THRESHOLD = 0.02
-"""Default silhouette threshold: a pixel is on the garment when its value exceeds it."""
 
 MAX_IMAGE_SIZE = 512
 _RAW = Path("FashionMNIST", "raw")
@@ -55,20 +42,7 @@ _STAMP = "sources.json"
 
 
 def default_cache_dir() -> Path:
-    """Where unpacked copies of directly-placed IDX files go by default.
-
-    ``$XDG_CACHE_HOME/captum_regularized`` (``~/.cache/captum_regularized`` when the
-    variable is unset); the system's temp folder when that cannot be created.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> from unittest import mock
-    >>> base = tempfile.mkdtemp()
-    >>> with mock.patch.dict(os.environ, {"XDG_CACHE_HOME": base}):
-    ...     default_cache_dir() == Path(base, "captum_regularized")
-    True
-    """
+    """``$XDG_CACHE_HOME/captum_regularized`` (or ``~/.cache/...``, else a temp folder)."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     folder = Path(base) / "captum_regularized"
     try:
@@ -108,16 +82,8 @@ def _check_idx(path: Path, shown: Path, ndim: int) -> tuple[int, ...]:
 
 
 def _locate(root: Path) -> tuple[bool, dict[str, Path]]:
-    """``(True, files)`` for torchvision's layout under ``root``, else ``(False, files)``.
-
-    In the second case, ``files`` maps each uncompressed name to the file that holds it:
-    ``name`` or ``name.gz``, directly in ``root`` or in ``root/FashionMNIST/raw``.
-
-    Raises
-    ------
-    FileNotFoundError
-        When some of the four files are nowhere (the message names them).
-    """
+    """``(is torchvision's layout, {name: file holding it})``; FileNotFoundError naming
+    the missing files."""
     names = list(FASHION_MNIST_FILES.values())
     raw = root / _RAW
     if all((raw / name).is_file() for name in names):
@@ -140,14 +106,6 @@ def _locate(root: Path) -> tuple[bool, dict[str, Path]]:
 
 def fashion_mnist_missing(root: Path) -> str:
     """Why Fashion-MNIST cannot be read from ``root`` ("" when its four files are there).
-
-    A check of the files' presence only (nothing is read), for callers that choose
-    whether to use the data set at all.
-
-    Examples
-    --------
-    >>> "not found" in fashion_mnist_missing(Path("/nonexistent"))
-    True
     """
     if not root.is_dir():
         return f"Fashion-MNIST not found: {root} is not a folder"
@@ -183,15 +141,13 @@ def _place(source: Path, target: Path) -> None:
 
 
 def _fingerprint(files: dict[str, Path]) -> dict[str, list[str | int]]:
-    result: dict[str, list[str | int]] = {}
-    for name, path in files.items():
-        stat = path.stat()
-        result[name] = [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
-    return result
+    stats = {name: path.stat() for name, path in files.items()}
+    return {name: [str(path.resolve()), stats[name].st_size, stats[name].st_mtime_ns]
+            for name, path in files.items()}
 
 
 def _convert(root: Path, files: dict[str, Path], cache_dir: Path) -> Path:
-    """Torchvision's layout for ``files`` in a cache folder of ``root``; that folder."""
+    """Torchvision's layout for ``files`` in ``root``'s cache folder; that folder."""
     key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
     folder = cache_dir / "fashion_mnist" / key
     raw = folder / _RAW
@@ -216,75 +172,49 @@ def _convert(root: Path, files: dict[str, Path], cache_dir: Path) -> Path:
 class FashionMNISTWithMasks(RenderedItems):
     """Fashion-MNIST items ``(image, label, mask)``, in the form of ``SyntheticShapes``.
 
-    ``image`` is float32 ``(channels, S, S)`` in ``[0, 1]`` (the 8-bit pixels divided by
-    255; bright is the garment, the background is black), ``label`` an int64 scalar
-    tensor (``classes[label]`` names it) and ``mask`` bool ``(1, S, S)``: the garment's
-    silhouette, the pixels of ``image`` above ``mask_threshold``.
-
-    The mask is ground truth for "on the object", not for "the evidence": a classifier
-    may rightly decide from a part of the garment (a collar, a heel), so an explanation
-    inside the mask is plausible, not proven faithful, and one partly outside it (the
-    shape of the background around a sandal's straps) is not necessarily wrong. The
-    images were made by inverting product photos, so light-coloured parts of a garment
-    come out dark and can fall below the threshold; the silhouette may have holes there.
-
-    Images are resized to ``S`` with bilinear interpolation (antialiased when shrinking,
-    like ``torchvision.transforms.Resize``) and the mask is recomputed from the resized
-    image, so ``mask == (image[:1] > mask_threshold)`` holds at every size. At the native
-    size (28) the images are the file's bytes exactly.
+    ``image`` is float32 ``(channels, S, S)``: the 8-bit pixels divided by 255, resized
+    bilinearly (antialiased) from 28; ``mask`` is bool ``(1, S, S)``, the garment's
+    silhouette ``image[:1] > mask_threshold``. The mask marks the object, not proven
+    evidence (see :doc:`/design_notes/data_and_study`).
 
     Parameters
     ----------
     root : str or Path
-        A folder with torchvision's layout (``root/FashionMNIST/raw/...``, as
-        ``torchvision.datasets.FashionMNIST(root, download=True)`` leaves it), or one
-        holding the four IDX files directly (``train-images-idx3-ubyte.gz``,
-        ``train-labels-idx1-ubyte.gz``, ``t10k-images-idx3-ubyte.gz``,
-        ``t10k-labels-idx1-ubyte.gz``; gzipped or not). Never written to, except by
-        ``download=True`` when the files are missing.
+        Torchvision's layout (``root/FashionMNIST/raw/...``) or a folder holding the four
+        IDX files directly, gzipped or not. Never written to, except by ``download``.
     train : bool
         The 60 000 training images, or the 10 000 test images.
     image_size : int
-        Side ``S`` of the square images, 1 to 512 (28 keeps the native size).
+        Side ``S``, 1 to 512 (28 keeps the native bytes).
     channels : int
-        1 (grayscale) or 3 (the grayscale channel repeated, for RGB models).
+        1, or 3 (the grey channel repeated).
     download : bool
-        When the files are not in ``root``, let torchvision download them into
-        ``root/FashionMNIST/raw`` (needs the internet).
+        Let torchvision download missing files into ``root/FashionMNIST/raw``.
     mask_threshold : float
-        Silhouette threshold in ``[0, 1)``; the default,
-        :data:`~captum_regularized.datasets.fashion_mnist.DEFAULT_MASK_THRESHOLD` (0.02),
-        puts pixels brighter than 5/255 on the garment.
+        Silhouette threshold in ``[0, 1)`` (default 0.02).
     cache_dir : str or Path, optional
-        Where directly-placed files are unpacked (or linked) into torchvision's layout,
-        in a sub-folder per ``root``; reused while the sources keep their size and time.
-        Default:
-        :func:`~captum_regularized.datasets.fashion_mnist.default_cache_dir`. Unused for
-        torchvision's layout.
+        Where directly-placed files are unpacked into torchvision's layout (default
+        :func:`default_cache_dir`).
 
     Attributes
     ----------
     source : torchvision.datasets.FashionMNIST
-        The torchvision data set underneath (``source.data``: uint8 ``(N, 28, 28)``).
+        The data set underneath (``source.data``: uint8 ``(N, 28, 28)``).
     labels : torch.Tensor
         All labels, int64 ``(N,)``.
 
     Raises
     ------
     FileNotFoundError
-        When ``root`` does not exist, or some of the four files are missing (without
-        ``download``); the message names them.
+        When ``root`` or some of the four files are missing (the message names them).
     ValueError
-        When a file is not what it should be (not gzip, wrong IDX magic number, truncated,
-        labels outside 0..9, image and label counts differ; the message names the file),
-        or an argument is out of range (the message names the argument).
+        When a file is damaged (the message names it) or an argument is out of range.
     TypeError
         When an argument has the wrong type.
 
     Examples
     --------
-    Four tiny stand-in files (the real ones hold 70 000 images) placed directly in a
-    folder, as Debian's package does:
+    Four tiny stand-in IDX files placed directly in a folder:
 
     >>> import gzip, struct, tempfile
     >>> root, cache = Path(tempfile.mkdtemp()), Path(tempfile.mkdtemp())
@@ -299,17 +229,11 @@ class FashionMNISTWithMasks(RenderedItems):
     >>> image, label, mask = data[1]
     >>> image.shape, image.dtype, mask.shape, mask.dtype
     (torch.Size([3, 32, 32]), torch.float32, torch.Size([1, 32, 32]), torch.bool)
-    >>> data.classes[label]
-    'Ankle boot'
-    >>> torch.equal(mask, image[:1] > data.mask_threshold)
-    True
-    >>> images, labels, masks = data.tensors()  # all items; or data.render(indices)
-    >>> images.shape, labels.tolist(), data.render([0, -1])[1].tolist()
-    (torch.Size([4, 3, 32, 32]), [0, 9, 3, 1], [0, 1])
-    >>> len(data.materialize())  # a TensorDataset, the fast path for training
-    4
-    >>> sorted(p.name for p in root.iterdir())[:2]  # root is left as it was
-    ['t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz']
+    >>> data.classes[label], torch.equal(mask, image[:1] > data.mask_threshold)
+    ('Ankle boot', True)
+    >>> images, labels, masks = data.tensors()  # or data.render(indices), data.materialize()
+    >>> images.shape, labels.tolist()
+    (torch.Size([4, 3, 32, 32]), [0, 9, 3, 1])
     """
 
     def __init__(
@@ -393,10 +317,7 @@ class FashionMNISTWithMasks(RenderedItems):
         """The ten class names: ``classes[label]`` names the garment."""
         return FASHION_MNIST_CLASSES
 
-    @property
-    def shape_names(self) -> tuple[str, ...]:
-        """Same as :attr:`classes`, under the name ``SyntheticShapes`` uses."""
-        return FASHION_MNIST_CLASSES
+    shape_names = classes  # the name SyntheticShapes uses
 
     @property
     def num_classes(self) -> int:
@@ -417,11 +338,7 @@ class FashionMNISTWithMasks(RenderedItems):
     def render(
         self, indices: Indices, device: str | torch.device | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Many items at once (the class's example uses it): ``images`` float32
-        ``(B, channels, S, S)``, ``labels`` int64 ``(B,)`` and ``masks`` bool
-        ``(B, 1, S, S)`` of the item ``indices`` (an int, ints or an integer tensor;
-        negative ones count from the end), resized on ``device`` (default: CPU) and
-        returned there."""
+        """``(images, labels, masks)`` of the item ``indices``, resized on ``device``."""
         index_tensor = as_index_tensor(indices, len(self))
         pixels = self.source.data[index_tensor].to(device)
         images = pixels[:, None].to(torch.float32) / 255.0

@@ -1,9 +1,4 @@
-"""Real images from an ``ImageFolder`` layout, in the same form as :class:`SyntheticShapes`.
-
-Point every tool of this package at your own data: items are
-``(image, label, mask-or-None)`` with ``image`` float ``(3, H, W)`` in ``[0, 1]``, ``label``
-an int64 scalar tensor and ``mask`` bool ``(1, H, W)`` when a ground-truth mask exists.
-"""
+"""Real images from an ``ImageFolder`` layout, in the same form as :class:`SyntheticShapes`."""
 
 from __future__ import annotations
 
@@ -18,14 +13,12 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from torchvision.transforms.functional import pil_to_tensor
 
 Item = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
-
-
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 """PIL modes read as 16-bit data (full scale 65535); every other mode is read as 8-bit."""
 
 
 def _checked_image_size(image_size: object) -> tuple[int, int] | None:
-    """``image_size`` as ``(height, width)``; a clear error naming it otherwise."""
+    """``image_size`` as ``(height, width)`` (or None)."""
     if image_size is None:
         return None
     expected = "an int or a pair (height, width) of positive ints"
@@ -47,43 +40,36 @@ def _checked_image_size(image_size: object) -> tuple[int, int] | None:
 
 
 class ImageFolderWithMasks(Dataset):
-    """Images in ``root/<class>/<name>.<ext>``, with optional masks in a parallel folder.
+    """Items ``(image, label, mask-or-None)`` of ``root/<class>/<name>.<ext>`` (torchvision's
+    ``ImageFolder`` layout), with optional masks ``mask_root/<class>/<name>.png``.
 
-    The layout is torchvision's ``ImageFolder``: one sub-folder per class, classes
-    sorted by name. A mask for ``root/cat/001.jpg`` is looked up as
-    ``mask_root/cat/001.png`` (any pixel above half the full scale is inside: above
-    127 for 8-bit masks); images without a mask file get ``None``.
-
-    Images are read as RGB and divided by their full scale: 255 for 8-bit files, and
-    65535 for 16-bit grayscale files (PIL modes in :data:`SIXTEEN_BIT_MODES`, repeated
-    over the three channels), so both land in ``[0, 1]``.
-
-    Items without masks (``None``) go through ``DataLoader`` with
-    :func:`collate_with_optional_masks`; :func:`~captum_regularized.models.train_classifier`
-    and :func:`~captum_regularized.models.evaluate_accuracy` use it by default.
+    ``image`` is float ``(3, H, W)``: RGB divided by its full scale (255, or 65535 for
+    16-bit grey files, see :data:`SIXTEEN_BIT_MODES`); ``mask`` is bool ``(1, H, W)``,
+    the pixels above half the mask's full scale, or ``None`` without a mask file. Batch
+    such items with :func:`collate_with_optional_masks`.
 
     Parameters
     ----------
     root : str or Path
         The image folder.
     mask_root : str or Path, optional
-        Folder of PNG masks with the same relative paths (extension ``.png``).
+        Folder of PNG masks with the same relative paths.
     image_size : int or (int, int), optional
-        Resize images (bilinear) and masks (nearest) to this size, ``(height, width)``;
-        ``None`` keeps them.
+        Resize images (bilinear) and masks (nearest) to ``(height, width)``.
     transform : callable, optional
-        Applied to the image tensor after loading; it must keep the image's size when
-        masks are used (the mask is not transformed).
+        Applied to the image tensor; it must keep the size when masks are used.
     extensions : sequence of str
         Image file extensions to accept.
 
     Raises
     ------
     ValueError
-        When ``root`` or ``mask_root`` is not a folder, ``root`` has no class folder with
-        images, or ``image_size`` is not positive or is a sequence whose length is not 2.
+        When a folder is missing or has no class folder with images, ``image_size`` is
+        not positive, or a mask's size differs from its image's.
     TypeError
         When ``image_size`` is not an int or a pair of ints.
+    OSError
+        When an image or mask file cannot be read (the message names the file).
 
     Examples
     --------
@@ -136,7 +122,7 @@ class ImageFolderWithMasks(Dataset):
     def _load(
         self, path: Path | str, mode: str, resample: Image.Resampling
     ) -> tuple[torch.Tensor, int]:
-        """The file's integer pixels ``(C, H, W)`` (``C`` from ``mode``) and their full scale."""
+        """The file's integer pixels ``(C, H, W)`` and their full scale."""
         try:
             with Image.open(path) as picture:
                 if picture.mode in SIXTEEN_BIT_MODES:
@@ -161,16 +147,6 @@ class ImageFolderWithMasks(Dataset):
         return values, full_scale
 
     def __getitem__(self, index: int) -> Item:
-        """Item ``index`` as ``(image, label, mask-or-None)``.
-
-        Raises
-        ------
-        OSError
-            When the image or mask file cannot be read (truncated, not an image); the
-            message names the file.
-        ValueError
-            When a mask's size differs from its image's.
-        """
         path, label = self.samples[index]
         values, full_scale = self._load(path, "RGB", Image.Resampling.BILINEAR)
         image = values.float() / full_scale
@@ -192,17 +168,8 @@ class ImageFolderWithMasks(Dataset):
 def collate_with_optional_masks(
     batch: Sequence[Item],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """``DataLoader`` collate for ``(image, label, mask-or-None)`` items.
-
-    Images and labels are collated as ``default_collate`` does (so plain ``int``
-    labels work too). Masks are stacked when every item has one and become ``None``
-    when none has; a batch that mixes both is an error (give every image a mask, or
-    none).
-
-    Raises
-    ------
-    ValueError
-        When some items of the batch have a mask and others have ``None``.
+    """``DataLoader`` collate for ``(image, label, mask-or-None)`` items: masks are stacked,
+    or ``None`` when no item has one; a ValueError when only some have one.
 
     Examples
     --------

@@ -10,31 +10,8 @@ _STD_UNITS = 13.057564857200053  # std of a + b - 31 for a, b uniform on {0, ...
 
 
 def triangular_noise(keys: torch.Tensor, num_pixels: int, std: float) -> torch.Tensor:
-    """Zero-mean noise per pixel and channel: the sum of two 5-bit uniforms, rescaled.
-
-    One 32-bit hash per pixel gives all three channels (two 5-bit fields each), so the
-    noise is cheap, bounded by ``2.38 * std`` and identical on every machine.
-
-    Parameters
-    ----------
-    keys : torch.Tensor
-        ``int64`` per-item keys, shape ``(B,)``.
-    num_pixels : int
-        Pixels per image (``height * width``).
-    std : float
-        Standard deviation of the noise.
-
-    Returns
-    -------
-    torch.Tensor
-        ``float32`` ``(B, 3, num_pixels)``.
-
-    Examples
-    --------
-    >>> from captum_regularized.datasets.counter_hash import fold_seed, item_keys
-    >>> noise = triangular_noise(item_keys(fold_seed(0), torch.arange(64)), 1024, std=0.1)
-    >>> noise.shape, round(float(noise.std()), 2), bool(noise.abs().max() <= 0.238)
-    (torch.Size([64, 3, 1024]), 0.1, True)
+    """Zero-mean noise ``(B, 3, num_pixels)`` per item key: two 5-bit uniforms summed,
+    scaled to standard deviation ``std`` (bounded by ``2.38 * std``).
     """
     pixels = torch.arange(num_pixels, device=keys.device, dtype=torch.int64)
     noise_keys = hashed_bits(keys, Stream.NOISE, 1)  # (B, 1)

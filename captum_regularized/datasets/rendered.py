@@ -1,9 +1,4 @@
-"""What every data set rendered in batches shares: items, chunked tensors, a TensorDataset.
-
-A subclass implements ``render(indices, device) -> (images, labels, masks)`` and
-``__len__``; indexing, :meth:`RenderedItems.tensors` and
-:meth:`RenderedItems.materialize` are built on it.
-"""
+"""What every data set rendered in batches shares: items, chunked tensors, a TensorDataset."""
 
 from __future__ import annotations
 
@@ -21,13 +16,7 @@ CHUNK_PIXELS = 64 * 64 * 64
 
 
 def as_index_tensor(indices: Indices, length: int) -> torch.Tensor:
-    """``indices`` as a flat CPU ``int64`` tensor, negative ones counted from ``length``.
-
-    Examples
-    --------
-    >>> as_index_tensor([0, -1], 5).tolist()
-    [0, 4]
-    """
+    """``indices`` as a flat CPU ``int64`` tensor, negative ones counted from ``length``."""
     if isinstance(indices, torch.Tensor):
         if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
             raise TypeError(f"indices must be integers, got a tensor of {indices.dtype}")
@@ -42,13 +31,7 @@ def as_index_tensor(indices: Indices, length: int) -> torch.Tensor:
 
 
 def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    """``value`` when it is an int in ``[low, high]``; a TypeError/ValueError naming it else.
-
-    Examples
-    --------
-    >>> check_int("seed", 3, 0)
-    3
-    """
+    """``value`` when it is an int in ``[low, high]``; a TypeError/ValueError naming it else."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < low or (high is not None and value > high):
@@ -58,7 +41,11 @@ def check_int(name: str, value: object, low: int, high: int | None = None) -> in
 
 
 class RenderedItems(Dataset):
-    """Base of the data sets that render many items at once (``image_size`` is the side)."""
+    """Base of the data sets that render many items at once.
+
+    A subclass implements ``render(indices, device) -> (images, labels, masks)`` and
+    ``__len__``; indexing, :meth:`tensors` and :meth:`materialize` are built on it.
+    """
 
     image_size: int
 
@@ -78,11 +65,8 @@ class RenderedItems(Dataset):
     def tensors(
         self, chunk_size: int | None = None, device: str | torch.device | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """All items as three tensors ``(images, labels, masks)``, rendered in chunks.
-
-        ``chunk_size`` bounds the working memory; ``None`` picks :data:`CHUNK_PIXELS`
-        pixels per chunk (chunks whose working set stays in the CPU caches render several
-        times faster than large ones).
+        """All items as ``(images, labels, masks)``, rendered ``chunk_size`` items at a time
+        (default: :data:`CHUNK_PIXELS` pixels per chunk).
 
         Examples
         --------

@@ -1,10 +1,4 @@
-"""Where the objects of a :class:`SyntheticShapes` image go: kinds, places, sizes, colours.
-
-Everything is drawn from counter-based hashes of the item keys, so the layout of item
-``i`` depends on ``(seed, i)`` only. Slot 0 of every item is the *target* (its shape is
-the label, its colour is always red); slots ``1..D`` are distractors with other shapes of
-the class set and the colours of a palette (:data:`DISTRACTOR_PALETTES`).
-"""
+"""Where the objects of a :class:`SyntheticShapes` image go: kinds, places, sizes, colours."""
 
 from __future__ import annotations
 
@@ -45,25 +39,18 @@ COLOUR_JITTER = 0.08
 
 @dataclass(frozen=True)
 class ShapesLayout:
-    """Everything that decides the objects of a batch of :class:`SyntheticShapes` items.
-
-    Object slot 0 is the target; slots ``1..D`` are distractors. Slot ``D`` is drawn
-    first and the target last, so the target is never occluded (a distractor may be
-    partly hidden behind a lower-numbered distractor or the target).
+    """The objects of a batch of :class:`SyntheticShapes` items; slot 0 is the red target
+    (``kinds[:, 0] == labels``), slots ``1..D`` the distractors.
 
     Attributes
     ----------
     labels : torch.Tensor
-        ``(B,)`` class index, equal to the target's shape index.
-    kinds : torch.Tensor
-        ``(B, 1 + D)`` shape index per object (``kinds[:, 0] == labels``).
+        ``(B,)`` class index.
+    kinds, radii, turns : torch.Tensor
+        ``(B, 1 + D)`` shape index, radius in pixels, rotation as ``tan(angle / 2)``.
     centers : torch.Tensor
-        ``(B, 1 + D, 2)`` centres ``(x, y)`` in pixels (pixel ``(row, col)`` has its centre
-        at ``x = col + 0.5``, ``y = row + 0.5``).
-    radii : torch.Tensor
-        ``(B, 1 + D)`` radii in pixels.
-    turns : torch.Tensor
-        ``(B, 1 + D)`` rotations as ``tan(angle / 2)`` (counter-clockwise on screen).
+        ``(B, 1 + D, 2)`` centres ``(x, y)`` in pixels (pixel ``(row, col)`` is centred at
+        ``(col + 0.5, row + 0.5)``).
     colours : torch.Tensor
         ``(B, 1 + D, 3)`` RGB fill colours in ``[0, 1]``.
 
@@ -84,19 +71,8 @@ class ShapesLayout:
 
 
 def balanced_labels(seed_key: int, indices: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Labels that are a random permutation of ``0..num_classes-1`` in every index block.
-
-    Block ``b`` holds indices ``b * num_classes .. (b + 1) * num_classes - 1``; its
-    permutation is the argsort of hashes of ``(seed, b)``, so any ``n`` consecutive
-    indices starting at a block boundary hold every class ``n // num_classes`` or one
-    more times.
-
-    Examples
-    --------
-    >>> from captum_regularized.datasets.counter_hash import fold_seed
-    >>> labels = balanced_labels(fold_seed(0), torch.arange(6), num_classes=3)
-    >>> sorted(labels[:3].tolist()), sorted(labels[3:].tolist())
-    ([0, 1, 2], [0, 1, 2])
+    """Labels that are a random permutation of ``0..num_classes-1`` in every block of
+    ``num_classes`` consecutive indices.
     """
     block_keys = item_keys(seed_key, indices // num_classes)
     order = torch.argsort(hashed_bits(block_keys, Stream.LABELS, num_classes), dim=1, stable=True)
@@ -143,18 +119,10 @@ def sample_layout(
 ) -> ShapesLayout:
     """Draw the objects of the given items (a pure function of ``(seed_key, index)``).
 
-    Radii are uniform in ``radius_range * image_size`` (default :data:`RADIUS_RANGE`),
-    rotations within 15 degrees, centres uniform among the positions that keep the object
-    inside the image; distractor colours come from ``DISTRACTOR_PALETTES[distractor_palette]``.
-    Distractor ``j`` takes the first of ``PLACEMENT_CANDIDATES`` centres whose disk misses
-    the target and distractors ``1..j-1`` (or, failing that, the least overlapping one).
-
-    Examples
-    --------
-    >>> from captum_regularized.datasets.counter_hash import fold_seed
-    >>> layout = sample_layout(fold_seed(0), torch.arange(3), 32, 10, 2)
-    >>> layout.centers.shape, bool((layout.radii <= 0.24 * 32).all())
-    (torch.Size([3, 3, 2]), True)
+    Radii are uniform in ``radius_range * image_size``, rotations within 15 degrees,
+    centres keep the object inside the image; distractor ``j`` takes the first of
+    :data:`PLACEMENT_CANDIDATES` centres whose disk misses the objects before it (else
+    the least overlapping one).
     """
     keys = item_keys(seed_key, indices)
     count, size = len(indices), float(image_size)

@@ -1,12 +1,8 @@
-"""Rasterising shape objects: inside-tests at pixel centres, evaluated in a window per object.
+"""Rasterising shape objects: inside-tests at pixel centres, in a square window per object.
 
-An object is a shape kind (see :mod:`~captum_regularized.datasets.shapes`), a centre
-``(x, y)`` in pixels, a radius in pixels and a rotation given as ``turn = tan(angle / 2)``
-(so ``cos`` and ``sin`` come from products and one division, never from a library
-``sin``). Pixel ``(row, col)`` has its centre at ``x = col + 0.5``, ``y = row + 0.5``
-and belongs to the object when its centre passes the shape's inside-test. Only a square
-window around each object is evaluated, which makes rendering cost independent of how
-much of the image the object leaves empty.
+An object is a shape kind, a centre ``(x, y)`` and a radius in pixels, and a rotation
+``turn = tan(angle / 2)`` (``cos`` and ``sin`` from products and one division). Pixel
+``(row, col)`` is covered when its centre ``(col + 0.5, row + 0.5)`` is inside the shape.
 """
 
 from __future__ import annotations
@@ -19,15 +15,7 @@ from captum_regularized.datasets.shapes import inside_shape
 
 
 def window_size(max_radius: float, image_size: int) -> int:
-    """Side of a square pixel window that holds every object of radius ``<= max_radius``.
-
-    Examples
-    --------
-    >>> window_size(5.2, 32)
-    14
-    >>> window_size(40.0, 32)
-    32
-    """
+    """Side of a square pixel window that holds every object of radius ``<= max_radius``."""
     return min(image_size, math.ceil(2.0 * max_radius) + 3)
 
 
@@ -39,26 +27,10 @@ def object_windows(
     image_size: int,
     window: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Inside-tests of each object on its own ``window x window`` patch of the image.
+    """Inside-tests of objects ``(N,)`` on their own ``window x window`` patch.
 
-    Parameters
-    ----------
-    kinds : torch.Tensor
-        ``(N,)`` shape indices.
-    centers : torch.Tensor
-        ``(N, 2)`` centres ``(x, y)`` in pixels.
-    radii, turns : torch.Tensor
-        ``(N,)`` radii in pixels and rotations as ``tan(angle / 2)``.
-    image_size : int
-        Side of the square image.
-    window : int
-        Patch side, from :func:`window_size` for the largest radius.
-
-    Returns
-    -------
-    tuple of torch.Tensor
-        ``inside`` bool ``(N, window, window)`` and the patch origins ``rows``, ``cols``
-        (int64 ``(N,)``), so ``inside[n, i, j]`` is pixel ``(rows[n] + i, cols[n] + j)``.
+    Returns ``inside`` bool ``(N, window, window)`` and the patch origins ``rows``,
+    ``cols`` (int64 ``(N,)``): ``inside[n, i, j]`` is pixel ``(rows[n] + i, cols[n] + j)``.
 
     Examples
     --------
@@ -88,13 +60,7 @@ def object_windows(
 def window_pixel_indices(
     rows: torch.Tensor, cols: torch.Tensor, image_size: int, window: int
 ) -> torch.Tensor:
-    """Flat pixel index ``row * image_size + col`` of every window cell: ``(N, W, W)``.
-
-    Examples
-    --------
-    >>> window_pixel_indices(torch.tensor([1]), torch.tensor([2]), 4, 2).tolist()
-    [[[6, 7], [10, 11]]]
-    """
+    """Flat pixel index ``row * image_size + col`` of every window cell: ``(N, W, W)``."""
     offsets = torch.arange(window, device=rows.device)
     row_index = (rows[:, None] + offsets)[:, :, None] * image_size
     return row_index + (cols[:, None] + offsets)[:, None, :]
@@ -107,19 +73,7 @@ def render_object_masks(
     turns: torch.Tensor,
     image_size: int,
 ) -> torch.Tensor:
-    """Full-size masks of the pixels each object covers (pixel centres inside the shape).
-
-    Parameters
-    ----------
-    kinds, centers, radii, turns : torch.Tensor
-        As in :func:`object_windows`.
-    image_size : int
-        Side of the square pixel grid.
-
-    Returns
-    -------
-    torch.Tensor
-        Bool ``(N, image_size, image_size)``.
+    """Bool masks ``(N, image_size, image_size)`` of the pixels each object covers.
 
     Examples
     --------

@@ -42,11 +42,7 @@ CONFIGURATIONS: dict[str, dict[str, Any]] = {
     "harder": {"num_distractors": 4, "noise": 0.1, "radius_range": (0.14, 0.2),
                "clutter": 0.3, "distractor_palette": "warm"},
 }
-"""Named settings of :meth:`SyntheticShapes.configured`. ``"standard"`` is the
-constructor's default; ``"harder"`` has four distractors in reds, oranges and pinks near
-the target's red (the ``"warm"`` palette), smaller objects (14-20 % of the side as
-radius), coloured clutter behind them and more pixel noise, so the object is a smaller
-part of a busier image and colour alone no longer singles it out."""
+"""Named settings of :meth:`SyntheticShapes.configured` (``"standard"`` is the default)."""
 
 
 def _check_float(name: str, value: object, low: float, high: float) -> float:
@@ -70,58 +66,34 @@ def _check_radius_range(radius_range: object) -> tuple[float, float]:
 class SyntheticShapes(RenderedItems):
     """Procedural shape images with a ground-truth mask of the object that decides the label.
 
-    Each image has a textured, noisy, near-grey background, one red *target* object
-    whose shape is the label, and ``num_distractors`` objects in other colours (by default
-    green, blue, yellow, cyan, magenta; see ``distractor_palette``) whose shapes are other
-    classes. The label is decided by
-    the target alone, so a faithful explanation puts its mass inside ``mask``, not on the
-    visible but irrelevant distractors. Objects have random size (by default 16-24 % of
-    the image side as radius), position and rotation (within 15 degrees); distractors avoid
-    overlapping other objects where one of a few candidate places allows it.
-
-    Items are ``(image, label, mask)``: ``image`` float32 ``(3, S, S)`` in ``[0, 1]``
-    (multiples of 1/255, like an 8-bit image), ``label`` an int64 scalar tensor and
-    ``mask`` bool ``(1, S, S)``, exactly the pixels showing the target. The target is drawn
-    last, so it is never occluded and ``mask`` is its whole shape; distractors may be
-    partly hidden behind it.
-
-    Every random quantity of item ``i`` is an integer hash of ``(seed, i)`` (see
-    :mod:`~captum_regularized.datasets.counter_hash`), rendered with elementwise float
-    ops only: the same seed gives the same bytes on every machine and device, item ``i``
-    never depends on which other items were rendered, and a data set with another seed is
-    an independent held-out set. Labels are exactly balanced within every block of
-    ``num_classes`` consecutive indices (a random permutation per block).
+    Each image has a textured, noisy background, one red *target* whose shape is the
+    label, and ``num_distractors`` objects of other shapes and colours, so a faithful
+    explanation puts its mass inside ``mask``, not on the distractors. Items are
+    ``(image, label, mask)``: float32 ``(3, S, S)`` in multiples of 1/255, an int64
+    scalar, and bool ``(1, S, S)`` (the target, drawn last, never occluded). Item ``i``
+    is a pure function of ``(seed, i)``: the same bytes on every device (see
+    :doc:`/design_notes/data_and_study`).
 
     Parameters
     ----------
     num_samples : int
         Number of items.
     image_size : int
-        Side ``S`` of the square images, 32 to 224.
+        Side ``S``, 32 to 224.
     num_classes : int
-        Number of shape classes, 2 to ``len(SHAPE_NAMES)`` (12); the first ones are used.
+        Shape classes, 2 to ``len(SHAPE_NAMES)`` (12); the first ones are used.
     num_distractors : int
-        Distractor objects per image, 0 to 6.
+        Distractors per image, 0 to 6.
     noise : float
-        Standard deviation of the per-pixel, per-channel noise, 0 to 0.5.
+        Standard deviation of the per-pixel noise, 0 to 0.5.
     seed : int
         Any non-negative int.
     radius_range : (float, float)
-        Object radius as fractions of the image side, within 0.08 to 0.3 (default 0.16
-        to 0.24).
+        Object radius as fractions of the side, within 0.08 to 0.3.
     clutter : float
-        Amplitude of coloured clutter in the background, 0 to 1 (see
-        :func:`~captum_regularized.datasets.textures.textured_background`); 0 keeps the
-        near-grey background.
+        Amplitude of coloured background clutter, 0 to 1.
     distractor_palette : {"distinct", "warm"}
-        The distractors' colours (see
-        :data:`~captum_regularized.datasets.shape_layout.DISTRACTOR_PALETTES`):
-        ``"distinct"`` (default) is far from the target's red, ``"warm"`` near it.
-
-    Notes
-    -----
-    The defaults are the ``"standard"`` entry of :data:`CONFIGURATIONS`;
-    :meth:`configured` builds a named configuration such as ``"harder"``.
+        Distractor colours far from (default) or near the target's red.
 
     Examples
     --------
@@ -189,8 +161,7 @@ class SyntheticShapes(RenderedItems):
     def configured(
         cls, name: str, num_samples: int = 10_000, *, seed: int = 0, **options: Any
     ) -> SyntheticShapes:
-        """A data set with the named settings of :data:`CONFIGURATIONS`; ``options``
-        (any constructor argument) override them.
+        """A data set with the named :data:`CONFIGURATIONS`, overridden by ``options``.
 
         Examples
         --------
@@ -205,14 +176,7 @@ class SyntheticShapes(RenderedItems):
         return cls(num_samples, seed=seed, **{**CONFIGURATIONS[name], **options})
 
     def layout(self, indices: Indices, device: str | torch.device | None = None) -> ShapesLayout:
-        """Object kinds, centres, radii, rotations and colours of the given items.
-
-        Examples
-        --------
-        >>> layout = SyntheticShapes(num_samples=10, num_distractors=2).layout([0, 1])
-        >>> layout.kinds.shape, layout.centers.shape
-        (torch.Size([2, 3]), torch.Size([2, 3, 2]))
-        """
+        """Object kinds, centres, radii, rotations and colours of the given items."""
         return self._layout(as_index_tensor(indices, self.num_samples).to(device))
 
     def _layout(self, index_tensor: torch.Tensor) -> ShapesLayout:
@@ -225,20 +189,7 @@ class SyntheticShapes(RenderedItems):
     def render(
         self, indices: Indices, device: str | torch.device | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Render many items at once (vectorised): ``(images, labels, masks)``.
-
-        Parameters
-        ----------
-        indices : int, sequence of int or integer tensor
-            Item indices (negative ones count from the end).
-        device : str or torch.device, optional
-            Where to render (default: CPU); the bytes are the same on every device.
-
-        Returns
-        -------
-        tuple of torch.Tensor
-            ``images`` float32 ``(B, 3, S, S)``, ``labels`` int64 ``(B,)``, ``masks`` bool
-            ``(B, 1, S, S)``.
+        """Render the items ``indices`` at once on ``device``: ``(images, labels, masks)``.
 
         Examples
         --------
@@ -268,11 +219,7 @@ class SyntheticShapes(RenderedItems):
         return images.view(count, 3, size, size), layout.labels, masks
 
     def _topmost_objects(self, layout: ShapesLayout) -> torch.Tensor:
-        """Per pixel, the drawing priority of the topmost object covering it (0: none).
-
-        Slot ``j`` has priority ``slots - j``: the last distractor is drawn first, the
-        target (slot 0) last, on top of everything.
-        """
+        """Per pixel, the priority ``slots - j`` of the topmost slot ``j`` covering it (0: none)."""
         count, slots = layout.kinds.shape
         size = self.image_size
         window = window_size(self.radius_range[1] * size, size)

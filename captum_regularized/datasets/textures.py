@@ -19,33 +19,8 @@ def _lattice_weights(
 
 
 def value_noise(keys: torch.Tensor, size: int, cells: int, stream: int) -> torch.Tensor:
-    """One smooth random field per key: lattice values interpolated with a smoothstep.
-
-    Parameters
-    ----------
-    keys : torch.Tensor
-        ``int64`` per-item keys, shape ``(B,)`` (see :func:`~.counter_hash.item_keys`).
-    size : int
-        Side of the square output in pixels.
-    cells : int
-        Lattice cells per side (the texture's feature size is ``size / cells`` pixels).
-    stream : int
-        Random stream of the lattice values (use different streams for different octaves).
-
-    Returns
-    -------
-    torch.Tensor
-        ``float32`` fields of shape ``(B, size, size)`` with values in ``[-1, 1]``; item
-        ``b`` depends on ``keys[b]`` only. Only elementwise products and sums are used,
-        so the values are bit-identical across machines.
-
-    Examples
-    --------
-    >>> from captum_regularized.datasets.counter_hash import fold_seed, item_keys
-    >>> field = value_noise(item_keys(fold_seed(0), torch.arange(2)), size=16, cells=4,
-    ...                     stream=0)
-    >>> field.shape, bool(field.abs().max() <= 1)
-    (torch.Size([2, 16, 16]), True)
+    """One smooth field ``(B, size, size)`` in ``[-1, 1]`` per key: hashed values on a
+    ``cells x cells`` lattice, interpolated with a smoothstep.
     """
     if cells < 1 or size < 1:
         raise ValueError(f"size and cells must be >= 1, got {size}, {cells}")
@@ -60,31 +35,12 @@ def value_noise(keys: torch.Tensor, size: int, cells: int, stream: int) -> torch
     ) * weight[:, None]
 
 
-CLUTTER_CELLS = 6
-"""Lattice cells per side of the coloured clutter (blobs about the size of an object)."""
+CLUTTER_CELLS = 6  # blobs about the size of an object
 
 
 def textured_background(keys: torch.Tensor, size: int, clutter: float = 0.0) -> torch.Tensor:
-    """Cloudy backgrounds: a random grey and tint plus two octaves of value noise.
-
-    Parameters
-    ----------
-    keys : torch.Tensor
-        ``int64`` per-item keys, shape ``(B,)``.
-    size : int
-        Side of the square images.
-    clutter : float
-        Amplitude of coloured clutter: an independent value-noise field per colour
-        channel (:data:`CLUTTER_CELLS` cells per side), so saturated blobs of every
-        hue, red included, appear behind the objects. 0 (the default) adds nothing and
-        leaves the near-grey background bit-identical.
-
-    Returns
-    -------
-    torch.Tensor
-        ``float32`` ``(B, 3, size, size)``; without clutter roughly in ``[0.05, 0.95]``
-        with low saturation, so the saturated object colours stand out (values outside
-        ``[0, 1]`` are clipped when the image is quantised).
+    """Cloudy backgrounds ``(B, 3, size, size)``: a random grey and tint plus two octaves
+    of value noise, and ``clutter`` times one value-noise field per colour channel.
 
     Examples
     --------

@@ -1,19 +1,13 @@
 """Lightning: explanations at the end of validation, and regularized training steps.
 
 * :class:`ExplanationCallback` explains a fixed set of validation images with the
-  attribution methods you name (ours or Captum's) at the end of a validation epoch,
-  logs the metrics of :data:`~captum_regularized.metrics.BUILTIN_METRICS` through
-  ``self.log`` and, when a logger takes figures (TensorBoard), a figure of the maps.
-  Lightning runs validation under ``torch.inference_mode()``, where no gradient can be
-  taken; the callback explains under ``torch.inference_mode(False)`` and
-  ``torch.enable_grad()``, with the model left as found.
+  attribution methods you name (ours or Captum's) at the end of a validation epoch and
+  logs the metrics of :data:`~captum_regularized.metrics.BUILTIN_METRICS` and, when a
+  logger takes figures (TensorBoard), a figure of the maps.
 * :class:`RegularizedTrainingStep` is a ``LightningModule`` base whose
-  ``training_step`` returns ``cross_entropy + penalty`` for the module's
-  ``regularizer`` (a :class:`~captum_regularized.regularizers.GuidedGradientRegularizer`,
-  a :class:`~captum_regularized.regularizers.GradientNormPenalty`, a
-  :class:`~captum_regularized.regularizers.NormRegularizedAdversarialLoss`, or ``None``
-  for plain cross-entropy) and logs its parts; :class:`RegularizedClassifier` is a
-  ready module built on it around a network.
+  ``training_step`` returns the ``.loss`` of the module's ``regularizer`` (any of
+  :mod:`captum_regularized.regularizers`, or ``None`` for plain cross-entropy) and logs
+  its parts; :class:`RegularizedClassifier` is a ready module around a network.
 
 Batches are read by :func:`split_batch`: ``(images, labels)`` or ``(images, labels,
 masks)``, the layout of this package's data sets; pass your own ``batch_to_images``
@@ -46,6 +40,7 @@ from captum_regularized.metrics.dataset_evaluation import (
     MetricFn,
     resolve_metrics,
 )
+from captum_regularized.regularizers.regularizer_output import RegularizerOutput
 
 with optional_extra(__name__, "Lightning"):
     import lightning.pytorch as pl
@@ -159,28 +154,13 @@ def _explaining(model: nn.Module) -> Iterator[None]:
 class ExplanationCallback(pl.Callback):
     """Explain fixed validation images at the end of validation epochs and log the scores.
 
-    The first ``num_images`` images of the first validation dataloader are kept (on
-    the CPU) during the first validation epoch after the sanity check. At the end of
-    every ``every_n_epochs``-th epoch's validation (``(epoch + 1) % every_n_epochs ==
-    0``, at most once per epoch, never in the sanity check) the callback explains them
-    with every method, scores the maps with every metric and logs each mean as
-    ``explanations/{method}/{metric}``. On a logger whose ``experiment`` has
-    ``add_figure`` (TensorBoard's ``SummaryWriter``) it also logs the figure of
-    :func:`~captum_regularized.visualization.plot_attributions` as ``explanations``
-    (rank 0 only). Other epochs cost nothing: the hooks return at once.
-
-    The work runs under ``torch.inference_mode(False)`` and ``torch.enable_grad()``,
-    in eval mode, with the parameters frozen: modes, ``requires_grad`` flags, ``.grad``
-    tensors, BatchNorm statistics and the random state are as before afterwards, also
-    when a method raises. Under DDP every rank explains its own images and the logged
-    means are over the images of all ranks. The module may return a Hugging Face
-    ``ModelOutput`` or a dict with key ``"logits"`` instead of the logits.
-
-    The callback pickles (``strategy="ddp_spawn"`` sends the callbacks to the new
-    processes) as long as the methods and metrics you pass do: class names, classes,
-    attribution objects and module-level functions do, lambdas and local functions do
-    not. The built-in metrics named by string are held by name, and the attribution
-    objects built on the module are not pickled (they are built again at ``setup``).
+    The first ``num_images`` images of the first validation dataloader are kept; after
+    every ``every_n_epochs``-th epoch's validation the callback explains them with every
+    method, scores the maps with every metric and logs each mean as
+    ``explanations/{method}/{metric}`` (over all ranks under DDP), plus a figure of the
+    maps on loggers that take figures. The model is left as found (modes, flags,
+    ``.grad``, BatchNorm statistics, random state) and the callback pickles for
+    ``ddp_spawn``: :doc:`/design_notes/integrations`.
 
     Parameters
     ----------
@@ -463,10 +443,9 @@ class RegularizedLoss(NamedTuple):
     loss : Tensor
         The 0-d training loss (what ``training_step`` returns).
     logits : Tensor or None
-        ``(B, classes)``, detached; ``None`` for a loss that gives none (the
-        adversarial loss).
+        ``(B, classes)``, detached; ``None`` for a loss hook that gives none.
     cross_entropy : Tensor or None
-        The task loss on ``logits``, detached.
+        The task loss on ``logits`` (``loss - penalty``), detached.
     penalty : Tensor or None
         The regularizer's penalty, detached; ``None`` without one.
     """
@@ -478,7 +457,7 @@ class RegularizedLoss(NamedTuple):
 
 
 class RegularizedTrainingStep(pl.LightningModule):
-    """A ``LightningModule`` whose ``training_step`` is cross-entropy plus a penalty.
+    """A ``LightningModule`` whose ``training_step`` is a regularizer's training loss.
 
     Set ``self.regularizer`` in ``__init__`` (built on the network the module calls)
     and define ``forward`` and ``configure_optimizers``; ``training_step`` then
@@ -486,12 +465,15 @@ class RegularizedTrainingStep(pl.LightningModule):
     backpropagation of the gradient penalties happens there) and steps the optimizer.
     The regularizer is one of
 
-    * a penalty hook returning ``(logits, penalty)``:
+    * one of the library's regularizers, which return a
+      :class:`~captum_regularized.regularizers.RegularizerOutput`:
       :class:`~captum_regularized.regularizers.GuidedGradientRegularizer`,
-      :class:`~captum_regularized.regularizers.GradientNormPenalty` (the ``"gaze"``
-      norm gets the batch's masks); loss ``cross_entropy(logits, labels) + penalty``;
-    * a loss hook returning the 0-d loss:
-      :class:`~captum_regularized.regularizers.NormRegularizedAdversarialLoss`;
+      :class:`~captum_regularized.regularizers.GradientNormPenalty`,
+      :class:`~captum_regularized.regularizers.NormRegularizedAdversarialLoss` (the
+      ``"gaze"`` norm gets the batch's masks); loss: its ``.loss``;
+    * a hook of one's own returning ``(logits, penalty)``; loss
+      ``cross_entropy(logits, labels) + penalty``;
+    * a hook of one's own returning the 0-d loss;
     * ``None``: plain cross-entropy on the logits of ``self(images)`` (a tensor, a
       Hugging Face ``ModelOutput`` or a dict with key ``"logits"``).
 
@@ -556,6 +538,14 @@ class RegularizedTrainingStep(pl.LightningModule):
                 )
             extra["mask"] = masks.to(images.dtype).reshape(len(images), 1, *masks.shape[-2:])
         out = regularizer(images, labels, **extra)
+        if isinstance(out, RegularizerOutput):  # the library's regularizers
+            logits = check_class_scores(
+                out.logits, batch=len(images), who="the regularizer's logits"
+            )
+            loss = out.loss
+            return RegularizedLoss(
+                loss, logits.detach(), (loss - out.penalty).detach(), out.penalty.detach()
+            )
         if isinstance(out, torch.Tensor) and out.dim() == 0:
             return RegularizedLoss(out, None, None, None)
         if not (

@@ -1,12 +1,9 @@
 """Metrics that are one field of a fuller result take that result's arguments.
 
 ``deletion_auc`` is ``deletion_curve(...).auc``, ``average_drop`` is
-``confidence_change(...).drop``, and so on: five public functions whose whole job is
-to pick one field. They are written as ``def name(*args, **kwargs)`` and decorated with
-:func:`takes_arguments_of`, which gives them the full function's signature, so
-``help()``, Sphinx, IDEs and type checkers see every parameter (``steps``,
-``substrate``, ``channel_reduction``, ...) with its type and default, and the
-parameters are declared in one place only.
+``confidence_change(...).drop``, ...: :func:`takes_arguments_of` gives such a
+``def name(*args, **kwargs)`` wrapper the full function's signature, so ``help()``,
+Sphinx and type checkers see every parameter, declared in one place only.
 """
 
 from __future__ import annotations

@@ -1,19 +1,11 @@
 """What every perturbation metric does before its maths: check, prepare, forward in chunks.
 
-Deletion/insertion, allegiance and confidence change all take ``(forward_func, inputs,
-attributions)`` and score the model on perturbed copies of the batch. The preprocessing
-they share is done once, by :func:`prepare_batch`: ``inputs`` must be a floating
-``(B, C, H, W)`` batch on the model's device without NaN or infinity, and the
-attributions become one value per pixel, ``(B, 1, H, W)``
-(:func:`~captum_regularized._internal.pixel_maps.per_pixel_map`). An empty batch is
-let through (each metric returns its own empty result) unless the metric refuses it.
-
-The :class:`PreparedBatch` it returns runs the model the way all of them need: on
-``K x B`` images built from the ``B`` examples, ``internal_batch_size`` of them per
-forward pass, built on the inputs' device, with no gradient and in eval mode (the
-model's modes are restored afterwards), keeping only a small reduction of every output.
-Memory stays bounded and nothing is copied to the host inside the loop, so a metric
-writes only how it perturbs the images and what it makes of the scores.
+:func:`prepare_batch` checks ``(forward_func, inputs, attributions)`` and makes one map
+value per pixel; the :class:`PreparedBatch` it returns runs the model on ``K x B``
+images built from the ``B`` examples, ``internal_batch_size`` per forward pass, on the
+inputs' device, without gradients and in eval mode. A metric writes only how it
+perturbs the images and what it makes of the scores
+(:doc:`/design_notes/metrics`).
 """
 
 from __future__ import annotations
@@ -36,12 +28,13 @@ from captum_regularized._internal.checks import (
     every_map_zero_warning,
 )
 from captum_regularized._internal.model_state import find_module, preserved_model
-from captum_regularized._internal.pixel_maps import per_pixel_map
+from captum_regularized._internal.pixel_maps import CHANNEL_REDUCTIONS, per_pixel_map
 from captum_regularized._internal.targets import class_indices
 
 __all__ = [
     "DEFAULT_INTERNAL_BATCH_SIZE",
     "PreparedBatch",
+    "check_map_settings",
     "class_probability",
     "forward_in_chunks",
     "pixel_ranks",
@@ -66,6 +59,15 @@ def _chunk_size(internal_batch_size: int | None) -> int:
     if internal_batch_size < 1:
         raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
     return internal_batch_size
+
+
+def check_map_settings(channel_reduction: str, internal_batch_size: int | None) -> None:
+    """The settings every perturbation metric shares, checked before any model runs."""
+    if channel_reduction not in CHANNEL_REDUCTIONS:
+        raise ValueError(
+            f"channel_reduction must be one of {CHANNEL_REDUCTIONS}, got {channel_reduction!r}"
+        )
+    _chunk_size(internal_batch_size)
 
 
 def _check_image_batch(inputs: torch.Tensor) -> None:
@@ -99,39 +101,10 @@ def forward_in_chunks(
 ) -> torch.Tensor:
     """Evaluate ``count`` built images, ``internal_batch_size`` per forward pass.
 
-    Parameters
-    ----------
-    forward_func : callable
-        The model (or a function of the images and ``additional_forward_args``).
-    count : int
-        Number of images to evaluate, indexed ``0 .. count - 1``.
-    build : callable
-        ``build(index) -> (images, example_index)``: the images for a 1-D index
-        tensor, and which of the ``batch`` examples each one comes from.
-    reduce : callable
-        ``reduce(output, example_index) -> values`` with ``values.shape[0] == len(index)``.
-    batch : int
-        Number of original examples (selects per-example additional arguments).
-    device : torch.device
-        Where the index tensors live (the inputs' device).
-    internal_batch_size : int, optional
-        Images per forward pass (default :data:`DEFAULT_INTERNAL_BATCH_SIZE`).
-    additional_forward_args : Any
-        Captum's extra forward arguments; tensors with ``batch`` rows are indexed
-        like the images, everything else is passed as is.
-
-    Returns
-    -------
-    Tensor
-        The reductions of all ``count`` images, concatenated along dim 0.
-
-    Raises
-    ------
-    TypeError
-        When the model returns something other than one tensor, a Hugging Face
-        ``ModelOutput`` or a dict with key ``"logits"`` (whose logits are used).
-    ValueError
-        When ``count`` is below 1 or ``internal_batch_size`` is not positive.
+    ``build(index) -> (images, example_index)`` makes the images of a 1-D index tensor
+    (on ``device``) and says which of the ``batch`` examples each comes from (their
+    per-example ``additional_forward_args`` follow); ``reduce(output, example_index)``
+    keeps one value per image. Returns the reductions of all ``count`` images.
 
     Examples
     --------
@@ -158,15 +131,12 @@ def forward_in_chunks(
 
 
 def pixel_ranks(maps: torch.Tensor, *, zeros_last: bool = False) -> torch.Tensor:
-    """Rank of every pixel in decreasing map order, shape ``(B, H*W)``, 0 = highest.
+    """Rank of every pixel in decreasing map order, ``(B, H*W)``, 0 = highest.
 
-    Ties keep raster order (a stable sort). With ``zeros_last`` pixels whose value is
-    exactly 0 rank after every non-zero pixel, negative ones included.
+    Ties keep raster order; with ``zeros_last`` exact zeros rank after every other pixel.
 
     Examples
     --------
-    >>> pixel_ranks(torch.tensor([[[[0.2, 0.9], [0.0, -0.5]]]])).tolist()
-    [[1, 0, 2, 3]]
     >>> pixel_ranks(torch.tensor([[[[0.2, 0.9], [0.0, -0.5]]]]), zeros_last=True).tolist()
     [[1, 0, 3, 2]]
     """
@@ -179,14 +149,7 @@ def pixel_ranks(maps: torch.Tensor, *, zeros_last: bool = False) -> torch.Tensor
 
 
 def class_probability(classes: torch.Tensor, *, apply_softmax: bool = True) -> Reducer:
-    """A reducer giving the probability (softmax of the output) of each example's class.
-
-    Examples
-    --------
-    >>> reduce = class_probability(torch.tensor([1]))
-    >>> reduce(torch.zeros(2, 2), torch.tensor([0, 0])).tolist()
-    [0.5, 0.5]
-    """
+    """A reducer giving the probability (softmax of the output) of each example's class."""
 
     def reduce(output: torch.Tensor, example_index: torch.Tensor) -> torch.Tensor:
         if output.dim() != 2:
@@ -204,31 +167,10 @@ def class_probability(classes: torch.Tensor, *, apply_softmax: bool = True) -> R
 
 @dataclass(frozen=True)
 class PreparedBatch:
-    """A checked batch of a perturbation metric and the way to run its model.
+    """A checked batch of a perturbation metric (:func:`prepare_batch`) and its model.
 
-    Made by :func:`prepare_batch`; the methods evaluate the model as
-    :func:`forward_in_chunks` does, with the metric's ``internal_batch_size`` and
-    ``additional_forward_args``.
-
-    Attributes
-    ----------
-    forward_func : callable
-        The model.
-    inputs : Tensor
-        The images ``(B, C, H, W)``, detached.
-    maps : Tensor
-        One float value per pixel ``(B, 1, H, W)``, on the inputs' device.
-    internal_batch_size : int or None
-        Images per forward pass.
-    additional_forward_args : Any
-        Extra forward arguments.
-
-    Examples
-    --------
-    >>> prepared = prepare_batch(lambda t: t.flatten(1), torch.ones(2, 3, 4, 4),
-    ...                          torch.rand(2, 3, 4, 4))
-    >>> prepared.size, prepared.maps.shape, prepared.clean_outputs().shape
-    (2, torch.Size([2, 1, 4, 4]), torch.Size([2, 48]))
+    ``inputs`` are the detached images ``(B, C, H, W)``, ``maps`` one float value per
+    pixel ``(B, 1, H, W)``; the methods run the model as :func:`forward_in_chunks`.
     """
 
     forward_func: Callable[..., Any]
@@ -245,13 +187,8 @@ class PreparedBatch:
     def evaluate(self, count: int, build: Builder, reduce: Reducer) -> torch.Tensor:
         """:func:`forward_in_chunks` of ``count`` images built from this batch."""
         return forward_in_chunks(
-            self.forward_func,
-            count,
-            build,
-            reduce,
-            batch=self.size,
-            device=self.inputs.device,
-            internal_batch_size=self.internal_batch_size,
+            self.forward_func, count, build, reduce, batch=self.size,
+            device=self.inputs.device, internal_batch_size=self.internal_batch_size,
             additional_forward_args=self.additional_forward_args,
         )
 
@@ -264,13 +201,8 @@ class PreparedBatch:
     def target_probability(
         self, target: TargetType, *, apply_softmax: bool = True
     ) -> tuple[Reducer, torch.Tensor]:
-        """The reducer scoring each example's target class, and the clean scores ``(B,)``.
-
-        ``target`` takes every Captum form; ``None`` means the class predicted on the
-        clean image. A target callable stands for its integer ``category`` attribute
-        (pytorch-grad-cam's ``ClassifierOutputTarget(k)`` for class ``k``); one without
-        it is a ``TypeError``.
-        """
+        """The reducer scoring each example's target class (Captum forms; ``None``: the
+        predicted class), and the clean scores ``(B,)``."""
         outputs = self.clean_outputs()
         reduce = class_probability(class_indices(outputs, target), apply_softmax=apply_softmax)
         return reduce, reduce(outputs, torch.arange(self.size, device=self.inputs.device))
@@ -284,39 +216,10 @@ class PreparedBatch:
         *,
         zeros_last: bool = False,
     ) -> torch.Tensor:
-        """Scores of the images "top-ranked pixels from ``top``, the others from ``rest``".
-
-        Pixels are ranked by :func:`pixel_ranks` of :attr:`maps`. For step ``k`` and
-        example ``b`` the image takes its ``counts[k, b]`` highest-ranked pixels (all
-        channels) from ``top[b]`` and every other pixel from ``rest[b]``: deletion puts
-        the substrate in ``top``, insertion puts the image there.
-
-        Parameters
-        ----------
-        counts : Tensor
-            ``(K, B)`` integers, pixels taken from ``top`` at every step.
-        top, rest : Tensor
-            ``(B, C, H, W)``.
-        reduce : callable
-            ``reduce(output, example_index)`` as in :func:`forward_in_chunks`.
-        zeros_last : bool
-            Rank pixels whose value is exactly 0 after all the others.
-
-        Returns
-        -------
-        Tensor
-            ``(K, B, ...)``: the reduction of every image.
-
-        Examples
-        --------
-        >>> x = torch.ones(1, 1, 2, 2)
-        >>> prepared = prepare_batch(lambda t: t.flatten(1).sum(1, keepdim=True), x,
-        ...                          torch.tensor([[4.0, 3.0], [2.0, 1.0]]))
-        >>> scores = prepared.ranked_scores(torch.tensor([[0], [1], [4]]), torch.zeros_like(x),
-        ...                                 x, lambda out, i: out[:, 0])
-        >>> scores[:, 0].tolist()
-        [4.0, 3.0, 0.0]
-        """
+        """Scores ``(K, B, ...)`` of the images "top-ranked pixels from ``top``, the rest
+        from ``rest``": at step ``k`` example ``b`` takes its ``counts[k, b]`` pixels
+        ranked highest by :func:`pixel_ranks` of :attr:`maps` (all channels) from
+        ``top[b]``. Deletion puts the substrate in ``top``, insertion the image."""
         ranks = pixel_ranks(self.maps, zeros_last=zeros_last)
         steps, batch = counts.shape
         height, width = top.shape[2:]
@@ -343,44 +246,11 @@ def prepare_batch(
 ) -> PreparedBatch:
     """The preamble of every perturbation metric: check the batch, make per-pixel maps.
 
-    Parameters
-    ----------
-    forward_func : callable
-        The model; its device is the one ``inputs`` must be on.
-    inputs : Tensor
-        Images ``(B, C, H, W)``, floating point and finite.
-    attributions : Tensor
-        Any form :func:`~captum_regularized._internal.pixel_maps.per_pixel_map` takes.
-    channel_reduction : {"max", "sum", "mean"}
-        How channels of an input-shaped map are collapsed.
-    internal_batch_size : int, optional
-        Images per forward pass (checked when the model first runs).
-    additional_forward_args : Any
-        Extra forward arguments.
-    refuse_empty : str, optional
-        The metric's name when it has no value for an empty batch: ``B == 0`` is then
-        a ``ValueError`` naming it. By default an empty batch is let through.
-
-    Returns
-    -------
-    PreparedBatch
-
-    Raises
-    ------
-    TypeError
-        When ``inputs`` is not a floating-point tensor, or not of the dtype of the
-        model's parameters.
-    ValueError
-        When ``inputs`` is not ``(B, C, H, W)`` (a ``(B, H, W, C)`` batch is named as
-        such), is empty and ``refuse_empty`` is given, lives on another device than the
-        model or holds NaN or infinity; or for maps
-        :func:`~captum_regularized._internal.pixel_maps.per_pixel_map` refuses.
-
-    Warns
-    -----
-    UserWarning
-        When every map of the batch is zero (nothing to rank). The check shares the
-        host synchronisation of the inputs' finiteness check: it costs no extra one.
+    ``inputs`` must be a finite floating ``(B, C, H, W)`` batch on the model's device and
+    of its dtype; ``attributions`` any form
+    :func:`~captum_regularized._internal.pixel_maps.per_pixel_map` takes. With
+    ``refuse_empty`` (the metric's name) an empty batch is a ``ValueError``. A batch
+    whose maps are all zero gets a ``UserWarning``.
 
     Examples
     --------
@@ -396,10 +266,7 @@ def prepare_batch(
     check_inputs_fit_model((inputs,), module)
     finite = torch.isfinite(inputs).all()  # read below, with the maps' check
     maps = per_pixel_map(
-        attributions,
-        batch,
-        (height, width),
-        channel_reduction=channel_reduction,
+        attributions, batch, (height, width), channel_reduction=channel_reduction,
         device=inputs.device,
     )
     inputs_finite, any_nonzero = torch.stack((finite, maps.ne(0).any())).tolist()

@@ -1,17 +1,12 @@
-"""Allegiance under deletion: the signed-saliency paper's faithfulness protocol.
+r"""Allegiance under deletion: the signed-saliency paper's faithfulness protocol.
 
 Llorente et al. (arXiv 2309.12913) delete, for every fraction ``p`` in
-``{0, .03, .05, .07, .1, .2, ..., .9}``, the ``round(p * H * W)`` pixels with the
-highest map value (all channels of a pixel), fill them with black (0) or white (1),
-and measure the *allegiance*: the fraction of examples whose predicted class is still
-the class predicted on the clean image. Pixels whose map value is exactly 0 are never
-deleted (a sparse map deletes fewer pixels). On a signed map (or after a signed channel
-reduction) pixels are ranked by their value, so negative pixels rank *below* the zeros:
-of the ``round(p * H * W)`` highest-valued pixels, every non-zero one is deleted and the
-zeros are skipped; negative pixels go only once ``p`` reaches past the positive and zero
-ones. The score is the trapezoid area under
-allegiance over ``p``; it lies in ``[0, 0.9]`` and lower is better (the map found the
-pixels the decision depends on).
+``{0, .03, .05, .07, .1, .2, ..., .9}``, the non-zero pixels among the
+``round(p * H * W)`` with the highest map value (all channels; filled black or white),
+and measure the *allegiance* :math:`A(p)`, the fraction of examples still predicting
+the class predicted on the clean image. The score is :math:`\int A(p)\,dp` by the
+trapezoid rule, in ``[0, 0.9]``; lower is better. Zeros and negative values:
+:doc:`/design_notes/metrics`.
 """
 
 from __future__ import annotations
@@ -22,7 +17,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from captum_regularized.metrics._perturbation import prepare_batch
+from captum_regularized.metrics._perturbation import check_map_settings, prepare_batch
 
 __all__ = ["ALLEGIANCE_FRACTIONS", "AllegianceCurve", "allegiance_deletion_auc"]
 
@@ -37,25 +32,16 @@ Fill = str | float
 class AllegianceCurve(NamedTuple):
     """The allegiance protocol's result.
 
-    Attributes
-    ----------
-    fractions : Tensor
-        ``(P,)`` deletion fractions ``p``.
-    kept : Tensor
-        ``(B, P)`` bool: the example still predicts its original class at ``p``.
-    allegiance : Tensor
-        ``(P,)`` fraction of examples kept at every ``p`` (the paper's curve).
-    auc : Tensor
-        Scalar: trapezoid area under ``allegiance`` over ``fractions`` (lower is better).
-    per_example_auc : Tensor
-        ``(B,)`` area under each example's 0/1 curve; its mean equals ``auc``.
+    ``fractions`` ``(P,)``; ``kept`` ``(B, P)``, whether each example still predicts its
+    class; ``allegiance`` ``(P,)``, the share kept (the paper's curve); ``auc``, its
+    area (lower is better); ``per_example_auc`` ``(B,)``, whose mean is ``auc``.
 
     Examples
     --------
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 2))
     >>> curve = allegiance_deletion_auc(model, torch.rand(5, 3, 4, 4), torch.rand(5, 4, 4))
-    >>> curve.kept.shape, bool(torch.isclose(curve.per_example_auc.mean(), curve.auc))
-    (torch.Size([5, 13]), True)
+    >>> bool(torch.isclose(curve.per_example_auc.mean(), curve.auc))
+    True
     """
 
     fractions: torch.Tensor
@@ -77,7 +63,13 @@ def _fill_value(fill: Fill) -> float:
     return float(fill)
 
 
-def _check_fractions(fractions: Sequence[float]) -> list[float]:
+def check_allegiance_settings(
+    fill: Fill,
+    fractions: Sequence[float],
+    channel_reduction: str,
+    internal_batch_size: int | None,
+) -> tuple[float, list[float]]:
+    """The settings of :func:`allegiance_deletion_auc`, checked: ``(fill value, fractions)``."""
     values = [float(p) for p in fractions]
     if not values:
         raise ValueError("fractions must hold at least one deletion fraction")
@@ -85,7 +77,9 @@ def _check_fractions(fractions: Sequence[float]) -> list[float]:
         raise ValueError(f"fractions must lie in [0, 1], got {values}")
     if any(b <= a for a, b in itertools.pairwise(values)):
         raise ValueError(f"fractions must be strictly increasing, got {values}")
-    return values
+    fill_value = _fill_value(fill)
+    check_map_settings(channel_reduction, internal_batch_size)
+    return fill_value, values
 
 
 def allegiance_deletion_auc(
@@ -109,17 +103,15 @@ def allegiance_deletion_auc(
     inputs : Tensor
         Images ``(B, C, H, W)`` with ``B >= 1``.
     attributions : Tensor
-        Per-pixel maps (any form :func:`~captum_regularized.attr.reduce_channels`
-        and resizing bring to ``(B, 1, H, W)``). Pixels are ranked by value (negative
-        values below zero), ties in raster order; at fraction ``p`` the non-zero
-        pixels among the ``round(p * H * W)`` highest-ranked ones are deleted: pixels
-        with value 0 are never deleted, and do not make lower-valued pixels go sooner.
+        Maps brought to ``(B, 1, H, W)`` as in
+        :func:`~captum_regularized.metrics.deletion_curve`; ranked by value, ties in
+        raster order.
     fill : {"black", "white"} or float
         Value written into every channel of a deleted pixel (0, 1 or the number).
     fractions : sequence of float
         Increasing deletion fractions in ``[0, 1]``; default the paper's.
     channel_reduction : {"max", "sum", "mean"}
-        How channels of an input-shaped map are collapsed (the paper: max of ``|.|``).
+        How channels are collapsed (the paper: max of ``|.|``).
     internal_batch_size : int, optional
         Images per forward pass (default 128).
     additional_forward_args : Any
@@ -133,7 +125,7 @@ def allegiance_deletion_auc(
     ------
     ValueError
         For an empty batch (allegiance is a fraction of examples), bad fractions or
-        fill.
+        fill, and what :func:`~captum_regularized.metrics.deletion_curve` refuses.
 
     Examples
     --------
@@ -143,8 +135,9 @@ def allegiance_deletion_auc(
     >>> result.kept.shape, bool(result.kept[:, 0].all()), 0.0 <= float(result.auc) <= 0.9
     (torch.Size([2, 13]), True, True)
     """
-    values = _check_fractions(fractions)
-    fill_value = _fill_value(fill)
+    fill_value, values = check_allegiance_settings(
+        fill, fractions, channel_reduction, internal_batch_size
+    )
     prepared = prepare_batch(
         forward_func, inputs, attributions, channel_reduction=channel_reduction,
         internal_batch_size=internal_batch_size, additional_forward_args=additional_forward_args,

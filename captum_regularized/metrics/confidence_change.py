@@ -1,16 +1,17 @@
-"""Average drop, average gain and increase in confidence (Grad-CAM++, Opti-CAM).
+r"""Average drop, average gain and increase in confidence (Grad-CAM++, Opti-CAM).
 
 With ``p`` the target-class probability on the clean image and ``o`` the probability
 on the image multiplied by its min-max normalised map (resized to the image):
 
-* average drop (lower is better): ``AD = 100 * mean((p - o)+ / p)``
-* average gain (higher is better): ``AG = 100 * mean((o - p)+ / (1 - p))``
-* increase in confidence (higher is better): ``IC = 100 * mean(1[o > p])``
+.. math::
 
-The functions return the per-example terms (already multiplied by 100), so
-``values.mean()`` is the paper's number. Degenerate cases are defined, never NaN:
-``p = 0`` gives a drop of 0 and ``p = 1`` a gain of 0 (the numerators vanish there);
-a constant map normalises to 0, so the masked image is black.
+    \mathrm{AD} = 100\,\mathrm{mean}\frac{(p - o)^+}{p}, \qquad
+    \mathrm{AG} = 100\,\mathrm{mean}\frac{(o - p)^+}{1 - p}, \qquad
+    \mathrm{IC} = 100\,\mathrm{mean}\,\mathbb{1}[o > p].
+
+Lower AD, higher AG and IC are better. The functions return the per-example terms, so
+``values.mean()`` is the paper's number; ``p = 0`` gives a drop of 0 and ``p = 1`` a
+gain of 0, never NaN.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from captum_regularized._internal.captum_compat import TargetType
 from captum_regularized.attr.map_postprocessing import normalize_per_example
 from captum_regularized.metrics._field_wrappers import takes_arguments_of
-from captum_regularized.metrics._perturbation import prepare_batch
+from captum_regularized.metrics._perturbation import check_map_settings, prepare_batch
 from captum_regularized.metrics._ratio import ratio_or_zero
 
 __all__ = [
@@ -36,15 +37,7 @@ __all__ = [
 
 
 class ConfidenceChange(NamedTuple):
-    """Per-example terms of AD, AG and IC, and the two probabilities behind them.
-
-    Attributes
-    ----------
-    drop, gain, increase : Tensor
-        ``(B,)`` terms of average drop, average gain and increase in confidence
-        (percent; their means are the metrics).
-    clean_probability, masked_probability : Tensor
-        ``(B,)`` ``p`` and ``o``.
+    """Per-example terms ``(B,)`` of AD, AG and IC (percent), and ``p`` and ``o``.
 
     Examples
     --------
@@ -75,18 +68,12 @@ def confidence_change(
 ) -> ConfidenceChange:
     """AD, AG and IC terms of every example from one pass over clean and masked images.
 
-    The three metrics share their two forward passes (clean and masked images), so
-    asking for all of them costs what one of them costs.
-
     Parameters
     ----------
     forward_func, inputs, target, apply_softmax, internal_batch_size, additional_forward_args
-        As in :func:`~captum_regularized.metrics.deletion_curve`: the model runs in
-        eval mode (restored afterwards) without gradients, ``target=None`` is the
-        predicted class, ``internal_batch_size`` bounds the images per forward pass.
+        As in :func:`~captum_regularized.metrics.deletion_curve`.
     attributions : Tensor
-        Maps that :func:`~captum_regularized.attr.reduce_channels` and bilinear
-        resizing bring to ``(B, 1, H, W)``; min-max normalised per example.
+        Maps brought to ``(B, 1, H, W)`` as there, then min-max normalised per example.
     channel_reduction : {"max", "sum", "mean"}
         How channels are collapsed before normalising.
 
@@ -101,6 +88,7 @@ def confidence_change(
     >>> result.drop.shape, bool(((result.drop >= 0) & (result.drop <= 100)).all())
     (torch.Size([2]), True)
     """
+    check_map_settings(channel_reduction, internal_batch_size)
     prepared = prepare_batch(
         forward_func, inputs, attributions, channel_reduction=channel_reduction,
         internal_batch_size=internal_batch_size, additional_forward_args=additional_forward_args,
@@ -119,10 +107,7 @@ def confidence_change(
 
 @takes_arguments_of(confidence_change)
 def average_drop(*args: Any, **kwargs: Any) -> torch.Tensor:
-    """Per-example average-drop terms ``100 * (p - o)+ / p``, shape ``(B,)``; lower is better.
-
-    Takes the arguments of :func:`confidence_change` and returns its ``drop``; an
-    example whose clean probability ``p`` is 0 has a drop of 0.
+    """Per-example average-drop terms ``100 * (p - o)+ / p``, ``(B,)``; lower is better.
 
     Examples
     --------
@@ -135,17 +120,13 @@ def average_drop(*args: Any, **kwargs: Any) -> torch.Tensor:
 
 @takes_arguments_of(confidence_change)
 def average_gain(*args: Any, **kwargs: Any) -> torch.Tensor:
-    """Per-example average-gain terms ``100 * (o - p)+ / (1 - p)``, shape ``(B,)``.
-
-    Higher is better. Takes the arguments of :func:`confidence_change` and returns its
-    ``gain``; the mean of the terms is the paper's number.
+    """Per-example average-gain terms ``100 * (o - p)+ / (1 - p)``, ``(B,)``; higher is better.
 
     Examples
     --------
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     >>> x, maps = torch.rand(5, 1, 2, 2), torch.rand(5, 2, 2)
-    >>> gain = average_gain(model, x, maps, target=0).mean()
-    >>> 0.0 <= float(gain) <= 100.0
+    >>> 0.0 <= float(average_gain(model, x, maps, target=0).mean()) <= 100.0
     True
     """
     return confidence_change(*args, **kwargs).gain
@@ -153,10 +134,7 @@ def average_gain(*args: Any, **kwargs: Any) -> torch.Tensor:
 
 @takes_arguments_of(confidence_change)
 def increase_in_confidence(*args: Any, **kwargs: Any) -> torch.Tensor:
-    """Per-example increase-in-confidence terms ``100 * 1[o > p]``, shape ``(B,)``.
-
-    Takes the arguments of :func:`confidence_change` and returns its ``increase``; a
-    tie (``o == p``) is no increase.
+    """Per-example increase-in-confidence terms ``100 * 1[o > p]``, ``(B,)`` (a tie is none).
 
     Examples
     --------

@@ -1,13 +1,8 @@
 """Score an attribution method over a whole data set, on one process or many.
 
-:func:`evaluate_dataset` walks a ``DataLoader`` (with a tqdm bar), explains every
-batch with the method (a Captum attribution object or a plain callable), applies the
-chosen metrics and returns their means together with every per-example value.
-
-Under ``torch.distributed`` each rank takes its shard of the data set through a
-``DistributedSampler`` (in data-set order, without shuffling), the per-example values
-are all-gathered, put back in data-set order (the padding the sampler adds is
-dropped) and every rank returns the same result as a single process would.
+:func:`evaluate_dataset` explains every batch of a ``DataLoader`` with the method and
+returns the metrics' means and per-example values; under ``torch.distributed`` every
+rank returns what one process would (:doc:`/design_notes/metrics`).
 """
 
 from __future__ import annotations
@@ -41,25 +36,12 @@ __all__ = ["BUILTIN_METRICS", "DatasetEvaluation", "MetricBatch", "evaluate_data
 class MetricBatch:
     """Everything a metric may need about one batch (all on the model's device).
 
-    Attributes
-    ----------
-    model : nn.Module
-        The evaluated model (in eval mode during the evaluation).
-    inputs : Tensor
-        Images ``(B, C, H, W)``.
-    targets : Tensor
-        ``(B,)`` explained classes.
-    labels : Tensor
-        ``(B,)`` data-set labels.
-    attributions : Tensor or None
-        The method's maps for ``targets`` (``None`` when ``method=None``).
-    masks : Tensor or None
-        Ground-truth masks when the data set yields ``(image, label, mask)``.
+    ``model`` (in eval mode), ``inputs`` ``(B, C, H, W)``, the explained ``targets`` and
+    the data set's ``labels`` ``(B,)``, the method's ``attributions`` (``None`` without
+    a method) and the ground-truth ``masks`` (``None`` without them).
 
     Examples
     --------
-    A custom metric reads what it needs from the batch:
-
     >>> from captum_regularized.models import SimpleCNN
     >>> batch = MetricBatch(SimpleCNN(2, width=2), torch.rand(3, 3, 8, 8),
     ...                     torch.tensor([0, 1, 0]), torch.tensor([0, 1, 1]),
@@ -134,14 +116,8 @@ BUILTIN_METRICS: dict[str, MetricFn] = {
 
 @dataclass
 class DatasetEvaluation:
-    """Means and per-example values of every metric.
-
-    Attributes
-    ----------
-    means : dict of str to float
-        Mean over the data set of every metric.
-    per_example : dict of str to Tensor
-        ``(N,)`` CPU tensors, in loader order (data-set order when distributed).
+    """Means (``{name: float}``) and per-example values (``{name: (N,) CPU tensor}``,
+    in data-set order) of every metric.
 
     Examples
     --------
@@ -158,27 +134,15 @@ class DatasetEvaluation:
 def resolve_metrics(metrics: Sequence[str] | Mapping[str, MetricFn | str]) -> dict[str, MetricFn]:
     """The metrics to compute, by name, from names or a ``{name: metric}`` mapping.
 
-    This is how :func:`evaluate_dataset` and Lightning's
+    How :func:`evaluate_dataset` and Lightning's
     :class:`~captum_regularized.integrations.lightning.ExplanationCallback` read their
-    ``metrics`` argument: a name of :data:`BUILTIN_METRICS` stands for that metric, a
-    callable ``metric(MetricBatch) -> (B,)`` for itself.
-
-    Parameters
-    ----------
-    metrics : sequence of names or mapping
-        Names from :data:`BUILTIN_METRICS`, or ``{name: metric}`` where a metric is a
-        built-in name or a callable.
-
-    Returns
-    -------
-    dict of str to callable
-        One ``metric(MetricBatch) -> (B,)`` per name, in the given order.
+    ``metrics``: a name of :data:`BUILTIN_METRICS` stands for that metric, a callable
+    ``metric(MetricBatch) -> (B,)`` for itself.
 
     Raises
     ------
     TypeError
-        For one string (not a sequence of names) or a metric that is neither a name nor
-        a callable.
+        For one string, or a metric that is neither a name nor a callable.
     ValueError
         For an unknown name, or no metric at all.
 
@@ -255,6 +219,33 @@ def _gather_in_dataset_order(values: torch.Tensor, total: int, world_size: int) 
     return torch.stack(shards, dim=1).reshape(-1, *values.shape[1:])[:total]
 
 
+def _explained_batch(
+    model: nn.Module,
+    batch: Any,
+    index: int,
+    device: torch.device | None,
+    target: str,
+    method: Method,
+    kwargs: dict[str, Any],
+) -> MetricBatch:
+    """One batch of the loader, checked, on ``device``, with its targets and maps."""
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        raise TypeError("data must yield (images, labels) or (images, labels, masks) batches")
+    images, labels = batch[0].to(device), batch[1].to(device)
+    check_data_batch(images, index, "evaluate_dataset")
+    has_masks = len(batch) > 2 and isinstance(batch[2], torch.Tensor)
+    masks = batch[2].to(device) if has_masks else None
+    if target == "predicted":
+        with torch.no_grad():
+            output = logits_of(model(images), "model")
+            scores = check_class_scores(output, batch=len(images), who="model")
+            targets = scores.argmax(dim=1)
+    else:
+        targets = labels.long()
+    maps = method_maps(method, images, targets, kwargs)
+    return MetricBatch(model, images, targets, labels, maps, masks)
+
+
 def evaluate_dataset(
     model: nn.Module,
     data: DataLoader,
@@ -274,29 +265,26 @@ def evaluate_dataset(
     model : nn.Module
         The classifier; evaluated in eval mode (its modes are restored afterwards).
     data : DataLoader
-        Yields ``(images, labels)`` or ``(images, labels, masks)`` batches (a third
-        item that is not a tensor, e.g. ``None``, means no masks).
+        Yields ``(images, labels)`` or ``(images, labels, masks)`` batches.
     method : Captum attribution object, callable or None
-        ``method.attribute(images, target=targets, **attribute_kwargs)`` when it has an
-        ``attribute`` method, else ``method(images, targets, **attribute_kwargs)``;
-        ``None`` when no metric needs maps (e.g. ``gradient_alignment``).
+        ``method.attribute(images, target=targets, **attribute_kwargs)`` or
+        ``method(images, targets, **attribute_kwargs)``; ``None`` when no metric needs
+        maps.
     metrics : sequence of names or mapping
-        Names from :data:`BUILTIN_METRICS`, or ``{name: metric}`` where a metric is a
-        name or a callable ``metric(MetricBatch) -> (B,)`` (use one to change a
-        metric's settings, e.g. ``lambda b: deletion_auc(b.model, b.inputs,
-        b.attributions, b.targets, steps=20)``).
+        As :func:`resolve_metrics` reads it (a callable changes a metric's settings,
+        e.g. ``lambda b: deletion_auc(b.model, b.inputs, b.attributions, b.targets,
+        steps=20)``).
     target : {"predicted", "label"}
         Explain (and score) the predicted class or the data set's label.
     attribute_kwargs : dict, optional
         Extra keyword arguments for the method.
     device : str or torch.device, optional
-        Where batches go; default the model's device (for a model without parameters
-        or buffers, wherever the loader puts them).
+        Where batches go; default the model's device.
     progress : bool
         Show a tqdm bar (on rank 0 only).
     distributed : bool, optional
-        ``None``: shard across ranks when a process group with more than one rank is
-        initialised; ``True``: require one; ``False``: never shard.
+        ``None``: shard when a process group of several ranks is initialised;
+        ``True``: require one; ``False``: never shard.
 
     Returns
     -------
@@ -305,14 +293,8 @@ def evaluate_dataset(
 
     Raises
     ------
-    ValueError
-        For an empty data set, an unknown metric name, a metric that needs what the
-        batch lacks (maps, masks), a batch of images holding NaN or inf (checked before
-        the model sees it), or a model output that is not ``(batch, classes)``.
-    TypeError
-        When ``data`` is not a ``DataLoader``, its batches are not
-        ``(images, labels, ...)``, its images are not floating point, or the model
-        returns something other than one tensor (a tuple or dict of outputs).
+    TypeError, ValueError
+        For a loader, batch, metric or model output that does not fit, or no data.
 
     Examples
     --------
@@ -341,25 +323,9 @@ def evaluate_dataset(
         show = progress and (world is None or world[0] == 0)
         bar = tqdm(loader, desc="evaluating", disable=not show, leave=False)
         for index, batch in enumerate(bar):
-            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-                raise TypeError(
-                    "data must yield (images, labels) or (images, labels, masks) batches"
-                )
-            images, labels = batch[0].to(device), batch[1].to(device)
-            check_data_batch(images, index, "evaluate_dataset")
-            has_masks = len(batch) > 2 and isinstance(batch[2], torch.Tensor)
-            masks = batch[2].to(device) if has_masks else None
-            if target == "predicted":
-                with torch.no_grad():
-                    output = logits_of(model(images), "model")
-                    scores = check_class_scores(output, batch=len(images), who="model")
-                    targets = scores.argmax(dim=1)
-            else:
-                targets = labels.long()
-            maps = method_maps(method, images, targets, kwargs)
-            context = MetricBatch(model, images, targets, labels, maps, masks)
+            context = _explained_batch(model, batch, index, device, target, method, kwargs)
             for name, metric in chosen.items():
-                pieces[name].append(metric(context).detach().reshape(len(images)))
+                pieces[name].append(metric(context).detach().reshape(len(context.inputs)))
     per_example: dict[str, torch.Tensor] = {}
     for name, values in pieces.items():
         joined = torch.cat(values) if values else torch.zeros(0, device=device)

@@ -1,16 +1,17 @@
 """Deletion and insertion curves (RISE, Petsiuk et al., BMVC 2018).
 
-Deletion removes the pixels of an image in order of decreasing attribution, in
-``steps`` equal chunks, and records the probability of the target class after every
-chunk; a faithful map makes it fall fast, so a *lower* area under the curve is
-better. Insertion starts from a substrate (by default a blurred copy of the image)
-and puts the pixels back in the same order; a *higher* area is better. The area is
-the trapezoid rule over the fraction of pixels removed (inserted), so it lies in
-``[0, 1]`` for probabilities.
+Deletion replaces the pixels of an image by a substrate in order of decreasing
+attribution, in ``steps`` equal chunks, and records the target-class probability after
+every chunk; insertion starts from the substrate (by default a blurred copy) and puts
+the pixels back in the same order. With :math:`s_k` the score after
+:math:`n_k = \\lfloor k H W / \\text{steps} \\rfloor` pixels,
 
-All ``B x steps`` perturbed images are built on the inputs' device and evaluated
-``internal_batch_size`` at a time, several steps of several examples per forward
-pass.
+.. math::
+
+    \\mathrm{AUC} = \\sum_{k=1}^{\\text{steps}} \\frac{s_{k-1} + s_k}{2}
+    \\left(\\frac{n_k - n_{k-1}}{H W}\\right),
+
+in ``[0, 1]`` for probabilities: lower is better for deletion, higher for insertion.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 
 from captum_regularized._internal.captum_compat import TargetType
 from captum_regularized.metrics._field_wrappers import takes_arguments_of
-from captum_regularized.metrics._perturbation import prepare_batch
+from captum_regularized.metrics._perturbation import check_map_settings, prepare_batch
 
 __all__ = [
     "PerturbationCurve",
@@ -40,23 +41,15 @@ Substrate = str | float | torch.Tensor
 class PerturbationCurve(NamedTuple):
     """A deletion or insertion curve for every example.
 
-    Attributes
-    ----------
-    fractions : Tensor
-        ``(steps + 1,)``: fraction of pixels removed (deletion) or inserted
-        (insertion) at each point, from 0 to 1.
-    scores : Tensor
-        ``(B, steps + 1)``: target-class probability at each point.
-    auc : Tensor
-        ``(B,)``: trapezoid area under ``scores`` over ``fractions``.
+    ``fractions`` ``(steps + 1,)`` of pixels removed (inserted), ``scores``
+    ``(B, steps + 1)`` of the target class, and ``auc`` ``(B,)``, their trapezoid area.
 
     Examples
     --------
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
     >>> curve = deletion_curve(model, torch.rand(3, 1, 4, 4), torch.rand(3, 4, 4), steps=8)
-    >>> curve.scores.shape, torch.allclose(
-    ...     curve.auc, torch.trapezoid(curve.scores, curve.fractions, dim=1))
-    (torch.Size([3, 9]), True)
+    >>> torch.allclose(curve.auc, torch.trapezoid(curve.scores, curve.fractions, dim=1))
+    True
     """
 
     fractions: torch.Tensor
@@ -64,13 +57,18 @@ class PerturbationCurve(NamedTuple):
     auc: torch.Tensor
 
 
+def _check_blur(kernel_size: int, sigma: float) -> None:
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 \
+            or kernel_size % 2 == 0:
+        raise ValueError(f"blur_kernel_size must be a positive odd int, got {kernel_size!r}")
+    if not sigma > 0:
+        raise ValueError(f"blur_sigma must be > 0, got {sigma!r}")
+
+
 def gaussian_blur(
     images: torch.Tensor, *, kernel_size: int = 11, sigma: float = 5.0
 ) -> torch.Tensor:
-    """Blur every channel with a separable Gaussian; edges are replicated.
-
-    The defaults are RISE's insertion substrate (an 11-pixel kernel, sigma 5). Works
-    for images smaller than the kernel.
+    """Blur every channel with a separable Gaussian (RISE's 11 and 5); edges replicated.
 
     Examples
     --------
@@ -78,11 +76,7 @@ def gaussian_blur(
     >>> torch.allclose(blurred, torch.ones(1, 3, 4, 4))
     True
     """
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 \
-            or kernel_size % 2 == 0:
-        raise ValueError(f"blur_kernel_size must be a positive odd int, got {kernel_size!r}")
-    if not sigma > 0:
-        raise ValueError(f"blur_sigma must be > 0, got {sigma!r}")
+    _check_blur(kernel_size, sigma)
     batch, channels, height, width = images.shape
     offsets = torch.arange(kernel_size, device=images.device, dtype=torch.float32)
     offsets = offsets - (kernel_size - 1) / 2
@@ -96,38 +90,59 @@ def gaussian_blur(
     return flat.reshape(batch, channels, height, width)
 
 
+def check_curve_settings(
+    steps: int,
+    substrate: Substrate,
+    channel_reduction: str,
+    internal_batch_size: int | None,
+    blur_kernel_size: int,
+    blur_sigma: float,
+) -> None:
+    """The settings of :func:`deletion_curve` and :func:`insertion_curve`, checked.
+
+    A substrate tensor is checked against the images when they come.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    check_map_settings(channel_reduction, internal_batch_size)
+    if isinstance(substrate, str):
+        if substrate not in ("zeros", "blur"):
+            raise ValueError(
+                f"substrate must be 'zeros', 'blur', a number or a tensor, got {substrate!r}"
+            )
+        if substrate == "blur":
+            _check_blur(blur_kernel_size, blur_sigma)
+    elif isinstance(substrate, bool):
+        raise TypeError("substrate must be 'zeros', 'blur', a number or a tensor, not a bool")
+    elif not isinstance(substrate, (int, float, torch.Tensor)):
+        raise TypeError(
+            "substrate must be 'zeros', 'blur', a number or a tensor, got "
+            f"{type(substrate).__name__}"
+        )
+
+
 def _substrate_images(
     inputs: torch.Tensor, substrate: Substrate, blur_kernel_size: int, blur_sigma: float
 ) -> torch.Tensor:
-    """The replacement image of every example, shape and device of ``inputs``."""
+    """The replacement image of every example (checked settings), like ``inputs``."""
     if isinstance(substrate, str):
         if substrate == "zeros":
             return torch.zeros_like(inputs)
-        if substrate == "blur":
-            return gaussian_blur(inputs, kernel_size=blur_kernel_size, sigma=blur_sigma)
-        raise ValueError(
-            f"substrate must be 'zeros', 'blur', a number or a tensor, got {substrate!r}"
-        )
-    if isinstance(substrate, bool):
-        raise TypeError("substrate must be 'zeros', 'blur', a number or a tensor, not a bool")
-    if isinstance(substrate, (int, float)):
+        return gaussian_blur(inputs, kernel_size=blur_kernel_size, sigma=blur_sigma)
+    if not isinstance(substrate, torch.Tensor):
         return torch.full_like(inputs, float(substrate))
-    if isinstance(substrate, torch.Tensor):
-        try:
-            expanded = torch.broadcast_to(substrate, inputs.shape)
-        except RuntimeError as error:
-            raise ValueError(
-                f"a substrate tensor must broadcast to the inputs' shape {tuple(inputs.shape)}, "
-                f"got shape {tuple(substrate.shape)}"
-            ) from error
-        if substrate.device != inputs.device:
-            raise ValueError(
-                f"the substrate is on {substrate.device} but the inputs are on {inputs.device}"
-            )
-        return expanded.to(inputs.dtype)
-    raise TypeError(
-        f"substrate must be 'zeros', 'blur', a number or a tensor, got {type(substrate).__name__}"
-    )
+    try:
+        expanded = torch.broadcast_to(substrate, inputs.shape)
+    except RuntimeError as error:
+        raise ValueError(
+            f"a substrate tensor must broadcast to the inputs' shape {tuple(inputs.shape)}, "
+            f"got shape {tuple(substrate.shape)}"
+        ) from error
+    if substrate.device != inputs.device:
+        raise ValueError(
+            f"the substrate is on {substrate.device} but the inputs are on {inputs.device}"
+        )
+    return expanded.to(inputs.dtype)
 
 
 def _curve(
@@ -147,8 +162,9 @@ def _curve(
     blur_sigma: float,
 ) -> PerturbationCurve:
     """The engine of both curves: ``insert`` says which image the ranked pixels come from."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    check_curve_settings(
+        steps, substrate, channel_reduction, internal_batch_size, blur_kernel_size, blur_sigma
+    )
     prepared = prepare_batch(
         forward_func, inputs, attributions, channel_reduction=channel_reduction,
         internal_batch_size=internal_batch_size, additional_forward_args=additional_forward_args,
@@ -191,37 +207,27 @@ def deletion_curve(
 ) -> PerturbationCurve:
     """Target-class probability while the most-attributed pixels are removed.
 
-    At step ``k`` the ``floor(k * H * W / steps)`` highest-ranked pixels (all
-    channels) are replaced by the substrate. Lower area = more faithful map.
+    At step ``k`` the ``floor(k * H * W / steps)`` highest-ranked pixels (all channels;
+    ties in raster order) are replaced by the substrate. Lower area = more faithful map.
 
     Parameters
     ----------
     forward_func : callable
-        The model, or any function of ``(inputs, *additional_forward_args)`` giving
-        ``(B, classes)`` outputs. A module behind it runs in eval mode (restored
-        afterwards) without gradients.
+        The model ``(B, C, H, W) -> (B, classes)``; run in eval mode without gradients.
     inputs : Tensor
         Images ``(B, C, H, W)``; never modified.
     attributions : Tensor
-        Maps ``(B, C, H, W)``, ``(B, 1, h, w)``, ``(B, h, w)`` or ``(h, w)``; channels
-        are collapsed with ``channel_reduction`` and other resolutions resized
-        bilinearly. Pixels are removed in decreasing map order; ties keep raster
-        order.
+        Maps ``(B, C, H, W)``, ``(B, 1, h, w)``, ``(B, h, w)`` or ``(h, w)``.
     target : int, list, Tensor, tuple, callable or None
-        Any Captum target form; ``None`` means the class predicted on ``inputs``. A
-        target callable (or a list of them, one per example) stands for its integer
-        ``category`` attribute, as pytorch-grad-cam's ``ClassifierOutputTarget(k)``
-        has (class ``k``); a callable without one is a ``TypeError``.
+        Any Captum target form; ``None`` means the predicted class.
     steps : int
         Number of equal chunks of pixels; the curve has ``steps + 1`` points.
     substrate : {"zeros", "blur"}, float or Tensor
-        What replaces removed pixels: black, a Gaussian blur of the image, a constant,
-        or a tensor that broadcasts to ``inputs`` (on their device).
+        Black, a Gaussian blur of the image, a constant, or a tensor like ``inputs``.
     channel_reduction : {"max", "sum", "mean"}
         See :func:`~captum_regularized.attr.reduce_channels`.
     apply_softmax : bool
-        Score the softmax of the output (``False`` when the model already returns
-        probabilities).
+        Score the softmax of the output.
     internal_batch_size : int, optional
         Images per forward pass (default 128); bounds memory.
     additional_forward_args : Any
@@ -232,8 +238,12 @@ def deletion_curve(
     Returns
     -------
     PerturbationCurve
-        ``fractions`` removed, per-example ``scores`` (the clean image first) and
-        ``auc``.
+        ``fractions`` removed, per-example ``scores`` (the clean image first), ``auc``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For bad settings (:func:`check_curve_settings`), inputs, maps or targets.
 
     Examples
     --------
@@ -247,8 +257,7 @@ def deletion_curve(
     return _curve(
         forward_func, inputs, attributions, target, insert=False, steps=steps,
         substrate=substrate, channel_reduction=channel_reduction, apply_softmax=apply_softmax,
-        internal_batch_size=internal_batch_size,
-        additional_forward_args=additional_forward_args,
+        internal_batch_size=internal_batch_size, additional_forward_args=additional_forward_args,
         blur_kernel_size=blur_kernel_size, blur_sigma=blur_sigma,
     )
 
@@ -272,23 +281,7 @@ def insertion_curve(
 
     Starts from the substrate (RISE: a blurred copy) and at step ``k`` restores the
     ``floor(k * H * W / steps)`` highest-ranked pixels. Higher area = better map.
-
-    Parameters
-    ----------
-    substrate : {"zeros", "blur"}, float or Tensor
-        The start image: a Gaussian blur of the image (RISE's choice), black, a
-        constant, or a tensor that broadcasts to ``inputs`` (on their device).
-    forward_func, inputs, attributions, target, steps, channel_reduction, apply_softmax
-        As in :func:`deletion_curve`; the pixels are put back in decreasing map order
-        (ties in raster order).
-    internal_batch_size, additional_forward_args, blur_kernel_size, blur_sigma
-        As in :func:`deletion_curve`.
-
-    Returns
-    -------
-    PerturbationCurve
-        ``fractions`` inserted, per-example ``scores`` (the clean image last) and
-        ``auc``.
+    Arguments as in :func:`deletion_curve`; ``scores`` end with the clean image.
 
     Examples
     --------
@@ -301,17 +294,14 @@ def insertion_curve(
     return _curve(
         forward_func, inputs, attributions, target, insert=True, steps=steps,
         substrate=substrate, channel_reduction=channel_reduction, apply_softmax=apply_softmax,
-        internal_batch_size=internal_batch_size,
-        additional_forward_args=additional_forward_args,
+        internal_batch_size=internal_batch_size, additional_forward_args=additional_forward_args,
         blur_kernel_size=blur_kernel_size, blur_sigma=blur_sigma,
     )
 
 
 @takes_arguments_of(deletion_curve)
 def deletion_auc(*args: Any, **kwargs: Any) -> torch.Tensor:
-    """Per-example area under the deletion curve, shape ``(B,)`` (lower is better).
-
-    Takes the arguments of :func:`deletion_curve` and returns its ``auc``.
+    """Per-example area under :func:`deletion_curve`, ``(B,)``; lower is better.
 
     Examples
     --------
@@ -324,10 +314,7 @@ def deletion_auc(*args: Any, **kwargs: Any) -> torch.Tensor:
 
 @takes_arguments_of(insertion_curve)
 def insertion_auc(*args: Any, **kwargs: Any) -> torch.Tensor:
-    """Per-example area under the insertion curve, shape ``(B,)`` (higher is better).
-
-    Takes the arguments of :func:`insertion_curve` (the blurred image is the default
-    start) and returns its ``auc``; with ``apply_softmax=True`` it lies in ``[0, 1]``.
+    """Per-example area under :func:`insertion_curve`, ``(B,)``; higher is better.
 
     Examples
     --------

@@ -1,14 +1,15 @@
-"""Alignment of the plain input gradient with the guided-backprop gradient.
+r"""Alignment of the plain input gradient with the guided-backprop gradient.
 
 Torres Figueroa et al. (arXiv 2404.15024) train models whose plain gradient looks like
-the guided-backprop gradient; this metric measures how far that worked: the cosine
-similarity, per example, between ``dS_c/dx`` and guided backprop's ``dS_c/dx``
-(both flattened over all input dims). 1 means the plain gradient already is the
-guided one. Both gradients come from one forward pass
-(:func:`~captum_regularized._internal.guided_relu.guided_and_plain_gradients`), and
-the guided one follows the rule of :class:`~captum_regularized.attr.GuidedBackprop`
-on every rectifying activation (ReLU, ReLU6, LeakyReLU, PReLU, RReLU, ELU, CELU, SELU,
-SiLU, Hardswish, GELU, Mish, Softplus; modules and functional forms).
+the guided one; this metric measures it, per example:
+
+.. math::
+
+    \cos\Big(\frac{\partial S_c}{\partial x},\;
+    \frac{\partial^{\text{guided}} S_c}{\partial x}\Big) \in [-1, 1],
+
+both flattened, from one forward pass, the guided rule that of
+:class:`~captum_regularized.attr.GuidedBackprop` (:doc:`/design_notes/metrics`).
 """
 
 from __future__ import annotations
@@ -47,18 +48,11 @@ def gradient_alignment(
     Parameters
     ----------
     forward_func : callable
-        A network with activations the guided rule knows (modules or functional
-        forms, see :data:`~captum_regularized._internal.guided_relu.GUIDED_ACTIVATIONS`);
-        a module behind it runs in eval mode (restored afterwards). Not
-        ``torch.compile``'d and without TorchScript submodules; an
-        ``nn.DataParallel`` model runs its wrapped module, on that module's device.
+        A network with activations the guided rule knows; run in eval mode (restored).
     inputs : Tensor
         A batch ``(B, ...)``; not modified.
     target : int, list, Tensor, tuple, callable or None
-        Any Captum target form; ``None`` means the predicted class. A target callable
-        ``score(output) -> (B,)`` (pytorch-grad-cam's ``ClassifierOutputTarget(k)``), or
-        a list of callables each given its example's output row, picks the score whose
-        gradients are compared.
+        Any Captum target form (or score callables); ``None`` means the predicted class.
     additional_forward_args : Any
         Extra forward arguments.
     rule : {"gated", "ungated"}
@@ -67,20 +61,15 @@ def gradient_alignment(
     Returns
     -------
     Tensor
-        ``(B,)`` in ``[-1, 1]``; 0 for an example whose plain or guided gradient is
-        exactly zero (no direction to compare).
+        ``(B,)`` in ``[-1, 1]``; 0 where either gradient is exactly zero.
 
     Raises
     ------
+    TypeError, ValueError
+        For inputs, a ``rule`` or a model without guided activations (the message
+        lists them).
     RuntimeError
-        Inside ``torch.inference_mode()`` (gradients cannot be taken there).
-    TypeError
-        When ``inputs`` is not a floating-point tensor.
-    ValueError
-        When the model has no ReLU nor other activation the guided rule knows (the
-        guided gradient would equal the plain one; the message lists them), for an
-        unknown ``rule``, or when ``inputs`` hold NaN or infinite values or live on
-        another device than the model.
+        Inside ``torch.inference_mode()``.
 
     Examples
     --------
@@ -88,11 +77,6 @@ def gradient_alignment(
     >>> values = gradient_alignment(SimpleCNN(3, width=4), torch.rand(2, 3, 8, 8))
     >>> values.shape, bool((values.abs() <= 1 + 1e-6).all())
     (torch.Size([2]), True)
-    >>> gelu_mlp = torch.nn.Sequential(
-    ...     torch.nn.Flatten(), torch.nn.Linear(12, 8), torch.nn.GELU(), torch.nn.Linear(8, 3)
-    ... )
-    >>> gradient_alignment(gelu_mlp, torch.rand(2, 3, 2, 2), rule="ungated").shape
-    torch.Size([2])
     """
     check_autograd_available("gradient_alignment")
     check_guided_rule(rule)

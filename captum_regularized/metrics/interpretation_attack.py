@@ -1,47 +1,21 @@
-"""Robustness of a saliency map to the top-k interpretation attack (Ghorbani et al., 2019).
+r"""Robustness of a saliency map to the top-k interpretation attack (Ghorbani et al., 2019).
 
 Ghorbani, Abid and Zou ("Interpretation of neural networks is fragile", AAAI 2019)
-perturb an image inside a small :math:`L_\\infty` ball, without changing the model's
-prediction, so that its saliency map moves away from the pixels it first pointed at.
-How much of the original top-k region survives, the *top-k intersection*, measures how
-fragile the map is (1: untouched; the paper compares it with the intersection after
-random sign noise of the same size).
-
-The attack, for an image :math:`x_0` whose map explains class :math:`c` (the target, by
-default the predicted class :math:`\\hat y`) and a map :math:`S(x)` with one value per
-pixel:
+move an image inside a small :math:`L_\infty` ball, keeping the model's prediction
+:math:`\hat y`, so that its saliency map leaves the :math:`k` pixels :math:`B` it first
+pointed at; the share of :math:`B` still in the top-k, the *top-k intersection*,
+measures how fragile the map is. With :math:`S(x)_p` the summed
+:math:`|\partial f_c / \partial x|` of pixel :math:`p`, projected sign-gradient ascent
+on :math:`D(x) = -\sum_{p \in B} S(x)_p / \sum_q S(x)_q`,
 
 .. math::
 
-    I(x)_p = \\frac{S(x)_p}{\\sum_q S(x)_q},\\qquad
-    S(x)_p = \\sum_{\\text{channels}} \\left|\\frac{\\partial f_c(x)}{\\partial x}\\right|_p,
-    \\qquad D(x) = -\\sum_{p \\in B} I(x)_p,
+    x^{t+1} = \Pi_{\|x - x_0\|_\infty \le \epsilon}
+    \big(x^t + \alpha \, \mathrm{sign}(\nabla_x D(x^t))\big),
 
-where :math:`B` holds the :math:`k` largest pixels of :math:`S(x_0)`. Projected gradient
-ascent on the dissimilarity :math:`D`:
-
-.. math::
-
-    x^{t+1} = \\Pi\\big(x^t + \\alpha \\, \\mathrm{sign}(\\nabla_x D(x^t))\\big),
-
-with :math:`\\Pi` the projection onto :math:`\\|x - x_0\\|_\\infty \\le \\epsilon` (and the
-valid pixel range). :math:`\\nabla_x D` differentiates the saliency map itself, a second
-derivative of the model (double backpropagation). For ReLU networks that second
-derivative is zero almost everywhere, so, as in the paper, the direction is computed on
-a surrogate in which every ReLU is replaced by :math:`\\mathrm{softplus}_\\beta(z) =
-\\log(1 + e^{\\beta z}) / \\beta`; the iterates themselves are scored on the real model.
-The iterates go on from every step; among :math:`x^0, x^1, \\dots, x^T` only those whose
-predicted class is still :math:`\\hat y` are accepted, and the attack returns, per
-example, the accepted one with the smallest top-k intersection (the paper keeps the one
-with the largest :math:`D`; ties here go to the smaller share of the map on :math:`B`,
-then to the earlier iterate).
-
-The surrogate is applied with a :class:`~torch.overrides.TorchFunctionMode` during the
-surrogate's forward passes only: ``nn.ReLU`` modules and the functional forms
-(``F.relu``, ``torch.relu``, ``Tensor.relu`` and their in-place variants) are seen alike,
-and the model itself is never modified. Other piecewise-linear activations (ReLU6,
-LeakyReLU, Hardtanh) keep their own backward; smooth ones (GELU, SiLU, ...) need no
-surrogate.
+with every ReLU replaced by :math:`\mathrm{softplus}_\beta` in the direction (a ReLU
+network's second derivative vanishes); the accepted iterate with the smallest
+intersection is kept. Surrogate and acceptance: :doc:`/design_notes/metrics`.
 """
 
 from __future__ import annotations
@@ -84,21 +58,11 @@ _IN_PLACE = frozenset({torch.relu_, torch.Tensor.relu_})
 class InterpretationAttack:
     """Result of :func:`interpretation_attack`, one row per example.
 
-    Attributes
-    ----------
-    intersection_before : Tensor
-        ``(B,)``: top-k intersection of a second evaluation of the map on the clean
-        images with the first one; 1 for a deterministic map (below 1 shows the map's
-        own randomness, e.g. SmoothGrad).
-    intersection : Tensor
-        ``(B,)``: share of the original top-k pixels still in the top-k after the attack.
-    label_kept : Tensor
-        ``(B,)`` bool: the model predicts the clean image's class on
-        :attr:`adversarial_inputs` (checked with a final forward pass).
-    perturbation : Tensor
-        ``(B, C, H, W)``: ``adversarial_inputs - inputs``, within ``epsilon`` per entry.
-    adversarial_inputs : Tensor
-        ``(B, C, H, W)``: the accepted iterate with the smallest intersection.
+    ``intersection_before`` ``(B,)``: top-k intersection of a second map of the clean
+    images with the first (1 for a deterministic map); ``intersection`` ``(B,)``: after
+    the attack; ``label_kept`` ``(B,)``: the clean class is still predicted on
+    ``adversarial_inputs`` ``(B, C, H, W)``, the accepted iterate, and ``perturbation``
+    is its difference to the inputs.
 
     Examples
     --------
@@ -309,64 +273,46 @@ def interpretation_attack(
     explain: Method = None,
     internal_batch_size: int | None = None,
 ) -> InterpretationAttack:
-    """Top-k intersection of a saliency map before and after the top-k attack.
-
-    See the module notes for the maths. Each example is attacked on its own (the
-    model runs in eval mode, so examples do not interact); the batch is processed
-    ``internal_batch_size`` examples at a time, on the inputs' device.
+    r"""Top-k intersection of a saliency map before and after the top-k attack.
 
     Parameters
     ----------
     model : callable
-        The classifier, ``(B, C, H, W) -> (B, classes)`` (a module or a function calling
-        one). It runs in eval mode, its parameters frozen, and is left as found: modes,
-        ``requires_grad`` flags, BatchNorm statistics; no parameter ``.grad`` is written.
+        The classifier ``(B, C, H, W) -> (B, classes)``; run in eval mode with frozen
+        parameters and left as found.
     inputs : Tensor
-        Images ``(B, C, H, W)``, floating point, finite, on the model's device; never
-        modified.
+        Images ``(B, C, H, W)``, floating point, finite, on the model's device.
     target : int, list, Tensor, tuple or None
-        The class whose saliency map is attacked (any Captum form; a target callable
-        stands for its integer ``category``); ``None``: the predicted class. The attack
-        always keeps the *predicted* class.
+        The class whose map is attacked (any Captum form); ``None``: the predicted
+        class. The attack always keeps the *predicted* class.
     epsilon : float
-        Radius of the :math:`L_\\infty` ball around each image (inputs' scale).
+        Radius of the :math:`L_\infty` ball (inputs' scale).
     steps : int
-        Iterations :math:`T` (each: a double-backpropagation pass on the surrogate and
-        a map of the iterate on the real model).
+        Iterations :math:`T`.
     step_size : float, optional
-        :math:`\\alpha`; default ``2.5 * epsilon / steps``.
+        :math:`\alpha`; default ``2.5 * epsilon / steps``.
     k : int, optional
-        Size of the top-k region in pixels, ``1 <= k <= H * W``; default
+        Size of the top-k region, ``1 <= k <= H * W``; default
         :data:`DEFAULT_TOP_K_SHARE` of the pixels (at least 1).
     beta : float
-        Sharpness of the softplus that stands for ReLU in the surrogate (larger: closer
-        to ReLU, weaker curvature).
+        Sharpness of the softplus standing for ReLU in the direction.
     input_range : (float, float), optional
-        Valid pixel range; iterates are clipped to it (the inputs must lie inside).
+        Valid pixel range; iterates are clipped to it.
     explain : Captum attribution object or callable, optional
-        The map whose top-k intersection is scored:
-        ``explain.attribute(x, target=classes)`` or ``explain(x, classes)``, reduced to
-        one value per pixel by summing ``|map|`` over channels (lower resolutions are
-        resized bilinearly). Default: the plain saliency of the real model. The attack
-        direction is always that of the plain saliency (its transfer to ``explain`` is
-        what is measured).
+        The map scored (``explain.attribute(x, target=classes)`` or ``explain(x,
+        classes)``, ``|map|`` summed over channels); default the plain saliency. The
+        direction is always the plain saliency's.
     internal_batch_size : int, optional
-        Examples attacked together; bounds memory. Default: the whole batch.
+        Examples attacked together; default the whole batch.
 
     Returns
     -------
     InterpretationAttack
-        ``intersection_before``, ``intersection`` (in ``inputs``' dtype),
-        ``label_kept``, ``perturbation`` and ``adversarial_inputs``.
 
     Raises
     ------
-    TypeError
-        Non-tensor or non-floating inputs, non-numeric settings, a compiled model.
-    ValueError
-        Inputs that are not ``(B, C, H, W)``, hold NaN or inf, lie on another device than
-        the model or outside ``input_range``; ``epsilon``, ``step_size`` or ``beta`` not
-        finite and positive; ``steps < 1``; ``k`` outside ``[1, H * W]``; a bad target.
+    TypeError, ValueError
+        For inputs, settings, ``explain`` or a model that do not fit.
     RuntimeError
         Inside ``torch.inference_mode()`` (the attack needs autograd).
 

@@ -1,18 +1,10 @@
 """Sanity checks for saliency maps: model-parameter and data randomisation (Adebayo et al., 2018).
 
 A map that explains a model must change when the model's learned parameters are
-destroyed. The *model-parameter randomisation test*
-(:func:`model_parameter_randomisation`) re-initialises the layers of a trained model one
-after the other and compares the map of every randomised model with the map of the
-original one; the *data randomisation test* (:func:`data_randomisation`) compares it
-with the map of a model trained on shuffled labels. High similarity means the method is
-blind to what the model learned (an edge detector, which never looks at the model,
-fails both). The similarities (:func:`map_similarity`) are Spearman's rank correlation
-of the absolute and of the signed maps, SSIM and the cosine, per example, for the whole
-batch at once on the inputs' device.
-
-Only a copy of the model is randomised; the caller's model, its modes, its parameters
-and the global random number generators are left as they were.
+destroyed (:func:`model_parameter_randomisation`) or when it was trained on shuffled
+labels (:func:`data_randomisation`). Maps are compared per example by
+:func:`map_similarity`; high similarity means the method is blind to what the model
+learned. Only a copy of the model is randomised (:doc:`/design_notes/metrics`).
 """
 
 from __future__ import annotations
@@ -63,18 +55,7 @@ SSIM_C2 = 0.03**2
 
 
 class MapSimilarity(NamedTuple):
-    """Per-example similarities of two batches of maps, each of shape ``(B,)``.
-
-    Attributes
-    ----------
-    spearman_abs : Tensor
-        Spearman rank correlation of the absolute maps, in ``[-1, 1]``.
-    spearman : Tensor
-        Spearman rank correlation of the signed maps, in ``[-1, 1]``.
-    ssim : Tensor
-        Structural similarity of the absolute maps normalised to ``[0, 1]``.
-    cosine : Tensor
-        Cosine of the signed maps, in ``[-1, 1]``.
+    """Per-example similarities ``(B,)`` of two batches of maps (see :func:`map_similarity`).
 
     Examples
     --------
@@ -94,19 +75,9 @@ class MapSimilarity(NamedTuple):
 class ParameterRandomisation:
     """Result of :func:`model_parameter_randomisation`.
 
-    Attributes
-    ----------
-    layers : tuple of str
-        The randomised layers (names from ``model.named_modules()``), in the order of
-        randomisation: the first is re-initialised first.
-    scores : dict of str to MapSimilarity
-        For every layer name, the similarities ``(B,)`` between the original map and
-        the map after that layer's step (cascading: it and every layer before it in
-        ``layers`` randomised; independent: it alone).
-    seeds : tuple of int
-        The seed each layer was re-initialised with (same order as ``layers``).
-    mode : str
-        ``"cascading"`` or ``"independent"``.
+    ``layers``: the randomised layers' names, first one first; ``scores``: for each
+    layer, the :class:`MapSimilarity` of the original map and the map after its step;
+    ``seeds``: each layer's seed; ``mode``: ``"cascading"`` or ``"independent"``.
 
     Examples
     --------
@@ -122,21 +93,12 @@ class ParameterRandomisation:
     mode: str
 
     def curve(self, similarity: str = "spearman_abs") -> torch.Tensor:
-        """One similarity at every step, shape ``(L, B)``, rows in the order of :attr:`layers`.
-
-        Parameters
-        ----------
-        similarity : {"spearman_abs", "spearman", "ssim", "cosine"}
-            Which field of :class:`MapSimilarity`.
-        """
+        """One similarity (a field of :class:`MapSimilarity`) at every step, ``(L, B)``."""
         if similarity not in MapSimilarity._fields:
             raise ValueError(
                 f"similarity must be one of {MapSimilarity._fields}, got {similarity!r}"
             )
         return torch.stack([getattr(self.scores[name], similarity) for name in self.layers])
-
-
-# ---------------------------------------------------------------- similarities
 
 
 def _average_ranks(values: torch.Tensor) -> torch.Tensor:
@@ -281,45 +243,35 @@ def map_similarity(
 ) -> MapSimilarity:
     """Per-example Spearman (absolute and signed), SSIM and cosine similarity of two map batches.
 
-    The similarities of the randomisation tests, for any two batches of maps ``a`` and
-    ``b``, example by example:
+    For maps ``a`` and ``b`` of one example: ``spearman_abs`` / ``spearman`` are
+    :math:`\\rho = \\operatorname{cov}(R_a, R_b) / (\\sigma_{R_a} \\sigma_{R_b})` of the
+    ranks :math:`R` of the flattened absolute / signed maps (ties share their average
+    rank); ``cosine`` is :math:`\\langle a, b \\rangle / (\\lVert a \\rVert \\lVert b \\rVert)`;
+    ``ssim`` (Wang et al., 2004) compares the absolute maps min-max scaled to ``[0, 1]``,
 
-    * ``spearman_abs`` / ``spearman``: Spearman's rank correlation of the flattened
-      absolute / signed maps,
-      :math:`\\rho = \\operatorname{cov}(R_a, R_b) / (\\sigma_{R_a} \\sigma_{R_b})` with
-      :math:`R` the ranks (ties share their average rank, as in ``scipy.stats.spearmanr``);
-    * ``ssim``: the structural similarity (Wang et al., 2004) of the absolute maps, each
-      min-max normalised to ``[0, 1]`` (a constant map becomes 0),
+    .. math::
 
-      .. math::
+       \\operatorname{SSIM}(a, b) = \\operatorname{mean}_{w}
+       \\frac{(2\\mu_a\\mu_b + C_1)(2\\sigma_{ab} + C_2)}
+            {(\\mu_a^2 + \\mu_b^2 + C_1)(\\sigma_a^2 + \\sigma_b^2 + C_2)},
 
-         \\operatorname{SSIM}(a, b) = \\operatorname{mean}_{w}
-         \\frac{(2\\mu_a\\mu_b + C_1)(2\\sigma_{ab} + C_2)}
-              {(\\mu_a^2 + \\mu_b^2 + C_1)(\\sigma_a^2 + \\sigma_b^2 + C_2)},
-
-      with the local means, variances and covariance weighted by a Gaussian window,
-      :math:`C_1 = 0.01^2`, :math:`C_2 = 0.03^2`, and the mean taken over every window
-      position ``w`` inside the map (no padding) and over the channels;
-    * ``cosine``: :math:`\\langle a, b \\rangle / (\\lVert a \\rVert \\lVert b \\rVert)` of
-      the flattened signed maps.
-
-    A constant map has no ranking and a zero map no direction: their correlations and
-    cosine are 0, never NaN.
+    with Gaussian-weighted local moments, :math:`C_1 = 0.01^2`, :math:`C_2 = 0.03^2`,
+    the mean over the valid window positions ``w`` and the channels. A constant or
+    zero map gives 0, never NaN.
 
     Parameters
     ----------
     maps, other : Tensor
         Maps of one shape, ``(B, H, W)`` or ``(B, C, H, W)``, finite, on one device.
     ssim_window : int
-        Side of the Gaussian SSIM window (odd; maps smaller than it use the largest odd
-        window that fits).
+        Side of the Gaussian SSIM window (odd; shrunk to fit small maps).
     ssim_sigma : float
         Standard deviation of the Gaussian SSIM window.
 
     Returns
     -------
     MapSimilarity
-        Four ``(B,)`` tensors (float32, float64 for float64 maps) on the maps' device.
+        Four ``(B,)`` tensors (float32, float64 for float64 maps).
 
     Examples
     --------
@@ -328,8 +280,6 @@ def map_similarity(
     >>> result = map_similarity(a, b)
     >>> round(float(result.spearman), 4), round(float(result.cosine), 4)
     (0.8, 0.9667)
-    >>> round(float(map_similarity(a, -a).spearman), 4), round(float(map_similarity(a, -a).ssim), 4)
-    (-1.0, 1.0)
     """
     _check_ssim_settings(ssim_window, ssim_sigma)
     _check_map_tensor(maps, "maps")
@@ -349,9 +299,6 @@ def map_similarity(
         )
 
 
-# ---------------------------------------------------------------- explanations
-
-
 ExplainCall = Callable[[nn.Module, torch.Tensor, torch.Tensor], Any]
 
 
@@ -366,18 +313,12 @@ def _explainer(explain: object, explain_kwargs: Mapping[str, Any] | None) -> Exp
         )
     if isinstance(explain, type):
         method: Any = explain
-
-        def by_class(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> Any:
-            return method(model).attribute(inputs, target=target, **kwargs)
-
-        return by_class
+        return lambda model, inputs, target: method(model).attribute(
+            inputs, target=target, **kwargs
+        )
     if callable(explain):
         function = explain
-
-        def by_function(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> Any:
-            return function(model, inputs, target, **kwargs)
-
-        return by_function
+        return lambda model, inputs, target: function(model, inputs, target, **kwargs)
     raise TypeError(
         "explain must be an attribution class (e.g. captum.attr.Saliency) or a function "
         f"explain(model, inputs, target), got {type(explain).__name__}"
@@ -430,9 +371,6 @@ def _target_classes(model: nn.Module, inputs: torch.Tensor, target: TargetType) 
     with torch.no_grad():
         output = logits_of(model(inputs), "model")
     return class_indices(output, target)
-
-
-# ---------------------------------------------------------------- randomisation
 
 
 def _parameter_layers(model: nn.Module) -> list[str]:
@@ -490,9 +428,7 @@ def _layer_names(model: nn.Module, layers: Sequence[str | nn.Module] | None) -> 
 def _layer_seeds(seed: SeedType, count: int) -> list[int]:
     """One seed per layer: drawn from an int seed or a generator, or given one by one."""
     if isinstance(seed, torch.Generator):
-        return torch.randint(
-            0, 2**62, (count,), generator=seed, device=seed.device
-        ).tolist()
+        return torch.randint(0, 2**62, (count,), generator=seed, device=seed.device).tolist()
     if isinstance(seed, int) and not isinstance(seed, bool):
         generator = torch.Generator().manual_seed(seed)
         return torch.randint(0, 2**62, (count,), generator=generator).tolist()
@@ -518,15 +454,8 @@ def _fan_in_std(parameter: torch.Tensor) -> float:
 
 
 def _reinitialise(module: nn.Module, seed: int) -> None:
-    """Re-initialise ``module`` from ``seed``, leaving the global generators as they were.
-
-    The module's own ``reset_parameters()`` where it has one (the initialisation of its
-    type: Kaiming-uniform convolutions, identity BatchNorm, ...), else a normal
-    ``N(0, 1 / fan_in)`` draw for each of its own parameters. The CPU generator and the
-    CUDA generators of the module's devices are seeded with ``seed`` inside a fork, so
-    the same seed gives the same parameters as ``torch.manual_seed(seed)`` followed by
-    the same initialisation.
-    """
+    """Re-initialise ``module`` from ``seed`` (its ``reset_parameters()``, else
+    ``N(0, 1 / fan_in)``) inside a fork of the CPU and CUDA generators."""
     tensors = itertools.chain(module.parameters(), module.buffers())
     cuda = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
     with torch.random.fork_rng(devices=cuda, device_type="cuda"), torch.no_grad():
@@ -585,61 +514,38 @@ def model_parameter_randomisation(
 ) -> ParameterRandomisation:
     """Similarity of a method's maps before and after re-initialising the model's layers.
 
-    The model-parameter randomisation test of Adebayo et al., "Sanity checks for
-    saliency maps" (NeurIPS 2018). With :math:`\\ell_1, \\dots, \\ell_L` the layers to
-    randomise, from the output back (:math:`\\ell_1` the classifier), an eval-mode copy
-    of the model :math:`f_\\theta` explains the inputs once as trained, then once per
-    step :math:`k = 1, \\dots, L` with re-initialised parameters:
-
-    * cascading: :math:`\\theta^{(k)}` has :math:`\\ell_1, \\dots, \\ell_k` re-initialised
-      (they stay random, top to bottom, as in the paper's Figure 2);
-    * independent: :math:`\\theta_{(k)}` has :math:`\\ell_k` alone re-initialised.
-
-    The score of example :math:`x` explained for class :math:`y` at step :math:`k` is
+    The model-parameter randomisation test of Adebayo et al. (NeurIPS 2018). With
+    :math:`\\ell_1, \\dots, \\ell_L` the layers, from the output back, an eval-mode
+    copy :math:`f_\\theta` of the model explains the inputs as trained and once per step
+    :math:`k`: cascading re-initialises :math:`\\ell_1, \\dots, \\ell_k`
+    (:math:`\\theta^{(k)}`), independent :math:`\\ell_k` alone. The score is
 
     .. math::
 
        s_k(x) = \\operatorname{sim}\\big(E(f_\\theta, x, y),\\; E(f_{\\theta^{(k)}}, x, y)\\big)
 
-    (:math:`\\theta_{(k)}` in independent mode) for each similarity of
-    :func:`map_similarity` (Spearman of absolute and of signed
-    maps, SSIM, cosine), with :math:`E` the method. A method whose maps depend on what
-    the model learned gives similarities that fall towards 0 as more layers are
-    randomised; one blind to the model stays at 1.
+    for each similarity of :func:`map_similarity`; a method that depends on what the
+    model learned falls towards 0 as layers are randomised.
 
     Parameters
     ----------
     model : nn.Module
-        The trained classifier; only a deep copy of it is run and randomised, so the
-        model, its modes, parameters, buffers and hooks and the global random number
-        generators are left as they were.
+        The trained classifier; left as found (only a deep copy is randomised).
     inputs : Tensor
         A floating, finite batch ``(B, ...)`` on the model's device.
     target : int, list, Tensor, tuple, callable or None
-        The class explained, in any Captum form (or pytorch-grad-cam target callables);
-        ``None`` means the class the trained model predicts. Every model explains the
-        same classes: ``explain`` receives them as a ``(B,)`` long tensor.
+        The class every model explains; ``None``: the trained model's prediction.
     explain : type or callable
-        An attribution class (``captum.attr.Saliency``, ``attr.PositiveSaliency``, ...)
-        called as ``explain(model).attribute(inputs, target=target, **explain_kwargs)``,
-        or a function ``explain(model, inputs, target, **explain_kwargs)``; it gets the
-        inputs as a leaf that requires grad (sharing their storage) and must return maps
-        ``(B, H, W)`` or ``(B, C, H, W)`` of one shape for every model.
+        An attribution class, called as ``explain(model).attribute(inputs,
+        target=target, **explain_kwargs)``, or ``explain(model, inputs, target,
+        **explain_kwargs)``; maps ``(B, H, W)`` or ``(B, C, H, W)``.
     mode : {"cascading", "independent"}
-        Cascading (top to bottom, cumulative) or independent (one layer at a time)
-        randomisation.
+        Cumulative (top to bottom) or one layer at a time.
     layers : sequence of str or nn.Module, optional
-        The layers to randomise, by name (as in ``model.named_modules()``) or as modules
-        of ``model``, in the order of randomisation. Each must hold parameters of its
-        own. Default: every module with parameters of its own, in reverse registration
-        order (from the output back, for models that register layers in forward order);
-        reversing that list gives Quantus's ``"bottom_up"`` order.
+        The layers, by name or as modules, in the order of randomisation, each with
+        parameters of its own. Default: every such module in reverse registration order.
     seed : int, torch.Generator or sequence of int
-        Makes the randomisation reproducible: an int or a generator draws one seed per
-        layer (a layer gets the same parameters in both modes); a sequence gives the
-        seeds of ``layers`` one by one. A layer is re-initialised with its type's
-        ``reset_parameters()`` where it has one, else from ``N(0, 1 / fan_in)``, with
-        the CPU (and its CUDA) generator seeded by its seed inside a fork.
+        An int or a generator draws one seed per layer; a sequence gives them.
     explain_kwargs : mapping, optional
         Extra keyword arguments of ``explain`` / ``attribute``.
     ssim_window, ssim_sigma : int, float
@@ -648,40 +554,22 @@ def model_parameter_randomisation(
     Returns
     -------
     ParameterRandomisation
-        ``layers`` in the order of randomisation, and for every layer a
-        :class:`MapSimilarity` of ``(B,)`` tensors on the inputs' device.
 
     Raises
     ------
-    TypeError
-        For inputs that are not a floating tensor, an ``explain`` that is neither an
-        attribution class nor a function (an attribution object bound to a model, say),
-        or maps that are not a floating tensor.
-    ValueError
-        For NaN / infinite inputs or inputs on another device than the model, a bad
-        ``target``, a ``layers`` entry that is not a module of the model or has no
-        parameters of its own, a wrong number of per-layer seeds, or maps of the wrong
-        shape or with NaN / infinite values (named with the model that gave them).
+    TypeError, ValueError
+        For inputs, targets, ``explain``, ``layers``, seeds or maps that do not fit.
     RuntimeError
         Inside ``torch.inference_mode()``, where the maps cannot be computed.
-
-    Notes
-    -----
-    The cost is ``L + 1`` calls of ``explain`` on the batch and one forward pass; memory
-    is one copy of the model, the explanation of one batch and two batches of maps.
-    Split large batches (the similarities are per example).
 
     Examples
     --------
     >>> from captum.attr import Saliency
     >>> from captum_regularized.models import SimpleCNN
     >>> model = SimpleCNN(num_classes=3, width=4).eval()
-    >>> x = torch.rand(2, 3, 8, 8)
-    >>> result = model_parameter_randomisation(model, x, [0, 2], Saliency)
-    >>> result.layers[:2]
-    ('classifier', 'block3.1')
-    >>> result.scores["classifier"].spearman_abs.shape, result.curve("ssim").shape
-    (torch.Size([2]), torch.Size([9, 2]))
+    >>> result = model_parameter_randomisation(model, torch.rand(2, 3, 8, 8), [0, 2], Saliency)
+    >>> result.layers[:2], result.curve("ssim").shape
+    (('classifier', 'block3.1'), torch.Size([9, 2]))
     """
     who = "model_parameter_randomisation"
     if mode not in MODES:
@@ -730,35 +618,12 @@ def data_randomisation(
 ) -> MapSimilarity:
     """Similarity of a method's maps on a model and on one trained on shuffled labels.
 
-    The data randomisation test of Adebayo et al. (2018): ``randomised_model``, the
-    same architecture trained on the same images with permuted labels, can only have
-    memorised; a method that explains what the model learned gives it different maps.
-    Both models explain ``inputs`` for the same classes, and the maps are compared per
-    example by :func:`map_similarity` (low similarity passes the test).
-
-    Parameters
-    ----------
-    model, randomised_model : nn.Module
-        The model trained on true labels and the one trained on shuffled labels, on the
-        inputs' device. They run in eval mode and are left as found (modes, flags,
-        hooks).
-    inputs : Tensor
-        A floating, finite batch ``(B, ...)``.
-    target : int, list, Tensor, tuple, callable or None
-        The classes explained, in any Captum form; ``None`` means the classes ``model``
-        predicts (both models explain those).
-    explain, explain_kwargs, ssim_window, ssim_sigma
-        As in :func:`model_parameter_randomisation`.
-
-    Returns
-    -------
-    MapSimilarity
-        Four ``(B,)`` tensors on the inputs' device.
-
-    Raises
-    ------
-    TypeError, ValueError, RuntimeError
-        As in :func:`model_parameter_randomisation`.
+    The data randomisation test of Adebayo et al. (2018): both models explain
+    ``inputs`` for the same classes and the maps are compared by
+    :func:`map_similarity` (low similarity passes). ``model`` and
+    ``randomised_model`` run in eval mode and are left as found; ``target=None`` means
+    the classes ``model`` predicts; the other arguments and the errors are those of
+    :func:`model_parameter_randomisation`.
 
     Examples
     --------

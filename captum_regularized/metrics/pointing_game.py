@@ -1,16 +1,12 @@
-"""Localisation against ground-truth masks: the pointing game and its energy version.
+r"""Localisation against ground-truth masks: the pointing game and its energy version.
 
 * Pointing game (Zhang et al., ECCV 2016): a hit when the map's maximum lies inside
-  the object's mask (with ties, when any maximal pixel does, as Quantus counts it).
-  A constant map, all-zero included, points nowhere and is a miss.
-* Energy-based pointing game (Score-CAM, Wang et al., 2020): the share of the map's
-  positive mass inside the mask, ``sum(relu(m) * mask) / sum(relu(m))``; 0 when the
-  map has no positive value.
+  the mask; a constant map points nowhere.
+* Energy-based pointing game (Score-CAM, Wang et al., 2020):
+  :math:`\sum_p m_p^+ M_p / \sum_p m_p^+`, 0 without positive values.
 
-Maps are brought to the mask's resolution (channels collapsed with
-:func:`~captum_regularized.attr.reduce_channels`, bilinear resizing). A batch whose
-maps are all zero gets a ``UserWarning`` (one reduction, read on the host next to the
-maps' own finiteness check).
+Maps are brought to the mask's resolution; ties and conventions:
+:doc:`/design_notes/metrics`.
 """
 
 from __future__ import annotations
@@ -67,11 +63,6 @@ def pointing_game(
     Tensor
         ``(B,)`` float hits; its mean is the pointing-game accuracy.
 
-    Warns
-    -----
-    UserWarning
-        When every map of the batch is zero (every example is then a miss).
-
     Examples
     --------
     >>> maps = torch.tensor([[[0.1, 0.9], [0.2, 0.3]], [[1.0, 1.0], [1.0, 1.0]]])
@@ -96,18 +87,12 @@ def energy_pointing_game(
     attributions, masks
         As in :func:`pointing_game`.
     channel_reduction : {"max", "sum", "mean"}
-        How channels are collapsed. Use ``"sum"`` to keep the sign of input-shaped
-        maps (``"max"`` takes absolute values).
+        How channels are collapsed (``"sum"`` keeps the sign).
 
     Returns
     -------
     Tensor
         ``(B,)``; 0 for a map without positive values.
-
-    Warns
-    -----
-    UserWarning
-        When every map of the batch is zero.
 
     Examples
     --------

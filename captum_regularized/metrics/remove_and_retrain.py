@@ -1,33 +1,17 @@
 """ROAR and DiffROAR: remove the most important pixels, retrain, measure the accuracy.
 
-ROAR (Hooker, Erhan, Kindermans, Kim, "A benchmark for interpretability methods in deep
-neural networks", NeurIPS 2019) asks whether the pixels a map ranks highest carry the
-information the task needs. For every fraction :math:`k` the top :math:`k\\,\\%` pixels of
-each image, by that image's map, are replaced by an uninformative value in the training
-*and* the test set; a fresh model is trained on the modified training set with the same
-recipe and its test accuracy :math:`a_{\\text{map}}(k)` recorded. Retraining is what
-separates "the information is gone" from "the model has never seen such images". The
-same is done with a random ranking of the pixels, :math:`a_{\\text{rand}}(k)`.
-
-DiffROAR (Gong, Dou, Farnia, "Structured gradient-based interpretations via
-norm-regularized adversarial training", 2024) is the gap
+ROAR (Hooker et al., NeurIPS 2019) replaces the top :math:`k\\,\\%` pixels of every
+training and test image, ranked by that image's map, by an uninformative value,
+retrains a fresh model with the same recipe and records its test accuracy
+:math:`a_{\\text{map}}(k)`; the same with a random ranking gives
+:math:`a_{\\text{rand}}(k)`. DiffROAR (Gong, Dou, Farnia, 2024) is the gap
 
 .. math::
 
     \\mathrm{DiffROAR}(k) = a_{\\text{rand}}(k) - a_{\\text{map}}(k),
-    \\qquad \\overline{\\mathrm{DiffROAR}} = \\frac{1}{|K|}\\sum_{k \\in K}
-    \\mathrm{DiffROAR}(k):
 
-higher means the map finds the informative pixels better than chance.
-
-The maps are computed once per image, with the caller's attribution method, for the
-original model; the ranking of every pixel is kept (one byte per pixel), and the
-modified images are made on the fly by a wrapper of the caller's data sets, which are
-never modified. Training is the caller's: ``train(loader) -> model`` receives a
-``DataLoader`` that is the caller's training loader (same sampler, batch size, workers,
-collate function) over the modified images, so it runs on any device and with any
-recipe. The retrained models' verdict on every test item is kept too (``correct``,
-``random_correct``), for paired per-example comparisons between maps.
+higher when the map finds the informative pixels better than chance. How the data
+sets are wrapped and ranked: :doc:`/design_notes/metrics`.
 """
 
 from __future__ import annotations
@@ -64,32 +48,11 @@ Fill = str | float | Sequence[float] | torch.Tensor
 class RemoveAndRetrain:
     """Test accuracy of models retrained without the top-ranked pixels, by fraction.
 
-    Attributes
-    ----------
-    fractions : Tensor
-        ``(K,)`` percentages of pixels removed, in the order given.
-    accuracy : Tensor
-        ``(K,)`` test accuracy when pixels are removed in the map's order.
-    random_accuracy : Tensor
-        ``(K,)`` test accuracy when they are removed in a random (seeded) order.
-    diff_roar : Tensor
-        ``(K,)``: ``random_accuracy - accuracy`` (higher: a more informative map).
-    diff_roar_mean : float
-        Mean of ``diff_roar`` over the fractions.
-    fill : Tensor
-        ``(C,)``: the value that replaced removed pixels, per channel.
-    correct : Tensor or None
-        ``(K, N)`` bool, ``N`` the length of the test data set: ``correct[k, i]`` is True
-        when the model retrained with the map's removal at ``fractions[k]`` classifies
-        test item ``i`` (the data set's index order, with that item's pixels removed) as
-        its label, so ``accuracy[k] == correct[k].double().mean()``. Paired per-example
-        values, for comparing maps item by item. None when not given (it is last and
-        optional, so older positional constructions still work).
-    random_correct : Tensor or None
-        ``(K, N)`` bool: the same for the random ranking (``random_accuracy``).
-
-    All tensors are on the CPU; ``correct`` and ``random_correct`` are bool, the others
-    float64.
+    ``accuracy`` and ``random_accuracy`` ``(K,)`` come from the map's and a random
+    ranking at the ``fractions``; ``diff_roar = random_accuracy - accuracy`` and its
+    mean; ``fill`` ``(C,)`` replaced the removed pixels; ``correct`` and
+    ``random_correct`` ``(K, N)`` say whether each retrained model classifies test item
+    ``i`` (index order, pixels removed) as its label. CPU tensors.
 
     Examples
     --------
@@ -110,22 +73,19 @@ class RemoveAndRetrain:
     random_correct: torch.Tensor | None = None
 
 
+@dataclass(eq=False)
 class _PixelsRemoved(Dataset):
-    """The items of ``dataset`` with the pixels ranked before step ``step`` replaced.
+    """The items of ``dataset`` with the pixels removed before step ``step`` replaced.
 
-    ``levels[i, p]`` is the first step at which pixel ``p`` of item ``i`` is removed
-    (the number of steps when never); the image is the first element of the item.
+    ``levels[i, p]`` is the step at which pixel ``p`` of item ``i`` goes (see
+    :func:`_removal_steps`); the image is the first element of the item.
     """
 
-    def __init__(
-        self, dataset: Dataset, levels: torch.Tensor, step: int, fill: torch.Tensor,
-        size: tuple[int, int],
-    ) -> None:
-        self.dataset = dataset
-        self.levels = levels
-        self.step = step
-        self.fill = fill
-        self.size = size
+    dataset: Dataset
+    levels: torch.Tensor
+    step: int
+    fill: torch.Tensor
+    size: tuple[int, int]
 
     def __len__(self) -> int:
         return len(self.levels)
@@ -149,7 +109,7 @@ class _Rankings:
     pixel_count: int
 
 
-def _check_loader(loader: object, name: str) -> DataLoader:
+def _check_loader(loader: object, name: str) -> None:
     if not isinstance(loader, DataLoader):
         raise TypeError(
             f"{name} must be a torch.utils.data.DataLoader, got {type(loader).__name__}"
@@ -165,7 +125,6 @@ def _check_loader(loader: object, name: str) -> DataLoader:
         raise ValueError(f"{name}.dataset must have a length") from None
     if size == 0:
         raise ValueError(f"{name} is empty; remove_and_retrain needs at least one item")
-    return loader
 
 
 def _check_fractions(fractions: object) -> tuple[float, ...]:
@@ -234,9 +193,7 @@ def _like(loader: DataLoader, dataset: Dataset) -> DataLoader:
 
 
 def _removal_steps(ranks: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """First step at which each ranked pixel is removed (``len(counts)`` for never), uint8.
-
-    A pixel of rank ``r`` (0 = highest) is removed at step ``j`` when ``r < counts[j]``.
+    """First step ``j`` with ``rank < counts[j]`` (``len(counts)`` for never), uint8.
 
     Examples
     --------
@@ -367,6 +324,42 @@ def _retrained_correct(
     )
 
 
+def _check_arguments(
+    train: object,
+    train_loader: object,
+    test_loader: object,
+    explain: Method,
+    fractions: object,
+    target: str,
+    model: nn.Module | None,
+    channel_reduction: str,
+    seed: object,
+) -> tuple[float, ...]:
+    """The checks of :func:`remove_and_retrain`'s arguments; returns the fractions."""
+    if not callable(train):
+        raise TypeError(f"train must be a callable train(loader) -> model, got {train!r}")
+    _check_loader(train_loader, "train_loader")
+    _check_loader(test_loader, "test_loader")
+    values = _check_fractions(fractions)
+    if explain is None or not (hasattr(explain, "attribute") or callable(explain)):
+        raise TypeError(
+            "explain must be a Captum attribution object or a callable explain(inputs, "
+            f"targets), got {type(explain).__name__}"
+        )
+    if target not in ("label", "predicted"):
+        raise ValueError(f"target must be 'label' or 'predicted', got {target!r}")
+    if target == "predicted" and model is None:
+        raise ValueError("target='predicted' needs the original model: pass model=")
+    if channel_reduction not in CHANNEL_REDUCTIONS:
+        raise ValueError(
+            f"channel_reduction must be one of {list(CHANNEL_REDUCTIONS)}, "
+            f"got {channel_reduction!r}"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    return values
+
+
 def remove_and_retrain(
     train: Callable[[DataLoader], nn.Module],
     train_loader: DataLoader,
@@ -385,77 +378,47 @@ def remove_and_retrain(
 ) -> RemoveAndRetrain:
     """ROAR accuracies for a map and for a random ranking, and DiffROAR, by fraction.
 
-    For each ``k`` in ``fractions`` the ``k / 100 * H * W`` pixels (rounded, halves up) of every
-    training and test image that rank highest in its map (all channels of a pixel
-    together; ties in raster order) are replaced by ``fill``; ``train`` retrains a fresh
-    model on the modified training set and its accuracy on the modified test set is
-    recorded. The same with a random ranking (one seeded permutation per image) gives
-    the baseline. That is ``2 * len(fractions)`` calls of ``train``.
+    For each ``k`` the ``round(k / 100 * H * W)`` pixels of every training and test
+    image that rank highest in its map (all channels; ties in raster order) become
+    ``fill``; ``train`` retrains a fresh model on the modified training set and its
+    accuracy on the modified test set is recorded, and the same with one seeded random
+    ranking per image: ``2 * len(fractions)`` calls of ``train``.
 
     Parameters
     ----------
     train : callable
-        ``train(loader) -> model``: trains a *fresh* model, with the recipe of the model
-        being explained, on the batches of ``loader`` and returns it (an ``nn.Module``
-        returning ``(batch, classes)`` scores, on any device). Seed it inside for
-        reproducible numbers. ``loader`` is ``train_loader`` (same sampler, batch size,
-        workers, collate function) over the modified images.
+        ``train(loader) -> model``: trains a *fresh* model on ``loader`` (the caller's
+        ``train_loader`` over the modified images) and returns it.
     train_loader, test_loader : DataLoader
-        Map-style data sets of ``(image, label, ...)`` items with floating images of one
-        shape ``(C, H, W)`` and class labels; deterministic (augmentations that change
-        every read would not match the stored removal, so the first item is read twice
-        and a difference refused). Never modified.
+        Deterministic map-style data sets of ``(image, label, ...)`` items with
+        floating images of one shape ``(C, H, W)``.
     explain : Captum attribution object or callable
-        The map of the original model: ``explain.attribute(images, target=targets,
-        **attribute_kwargs)`` or ``explain(images, targets, **attribute_kwargs)``, run
-        once per image. Maps of shape ``(B, C, H, W)``, ``(B, 1, h, w)`` or
-        ``(B, h, w)`` (lower resolutions are resized bilinearly).
+        The original model's map, ``explain.attribute(images, target=targets,
+        **attribute_kwargs)`` or ``explain(images, targets, **attribute_kwargs)``.
     fractions : sequence of float
-        Percentages of pixels removed, strictly increasing, each in ``(0, 100)``.
-        Default :data:`ROAR_FRACTIONS` (10, 30, 50, 70, 90), Hooker et al.'s.
+        Strictly increasing percentages in ``(0, 100)``.
     fill : "mean", float or sequence of float
-        What removed pixels become: ``"mean"`` (default, as in Hooker et al.) is the
-        per-channel mean of the training images, used for train and test images alike;
-        or one number, or one number per channel.
+        ``"mean"`` (the training images' per-channel mean), one number or one per channel.
     target : {"label", "predicted"}
-        The class each map explains: the data set's label, or the class ``model``
-        predicts (then ``model`` is required).
+        The class each map explains: the label, or ``model``'s prediction.
     model : nn.Module, optional
-        The original model; run in eval mode while the maps are computed (its modes are
-        restored). Needed for ``target="predicted"``.
+        The original model, needed for ``target="predicted"``.
     channel_reduction : {"max", "sum", "mean"}
-        How an input-shaped map becomes one value per pixel
-        (:func:`~captum_regularized.attr.reduce_channels`).
+        How an input-shaped map becomes one value per pixel.
     seed : int
-        Seeds the random rankings (a CPU generator, so every device gets the same).
-    device : str or torch.device, optional
-        Where images are explained; default the device of ``model``, else of the
-        explainer's model (``explain.forward_func``), else the CPU.
-    attribute_kwargs : dict, optional
-        Extra keyword arguments of ``explain``.
-    progress : bool
-        Show tqdm bars for the ranking passes and the retrainings.
+        Seeds the random rankings (a CPU generator).
+    device, attribute_kwargs, progress
+        Where images are explained (default the model's device), extra keyword
+        arguments of ``explain``, tqdm bars.
 
     Returns
     -------
     RemoveAndRetrain
-        ``fractions``, ``accuracy``, ``random_accuracy``, ``diff_roar``,
-        ``diff_roar_mean``, the ``fill`` used, and the per-item ``correct`` and
-        ``random_correct``: ``(len(fractions), len(test_loader.dataset))`` bool, whether
-        each retrained model classifies each test item (index order, pixels removed) as
-        its label; ``accuracy[k] == correct[k].double().mean()``. They come from the same
-        single pass over the test set that gives the accuracies.
 
     Raises
     ------
-    TypeError
-        ``train`` not callable or not returning an ``nn.Module``; loaders that are not
-        ``DataLoader`` s or batches that are not ``(images, labels, ...)`` with floating
-        images; a bad ``fill`` type.
-    ValueError
-        Fractions outside ``(0, 100)``, not increasing or empty; an iterable-style, empty
-        or non-deterministic data set; images with NaN or inf or of varying shapes;
-        ``target="predicted"`` without ``model``; an unknown ``channel_reduction``.
+    TypeError, ValueError
+        For arguments, loaders, batches or a ``train`` result that do not fit.
 
     Examples
     --------
@@ -484,32 +447,13 @@ def remove_and_retrain(
     ...                             progress=False)
     >>> result.fractions.tolist(), bool(result.diff_roar_mean > 0)
     ([10.0, 50.0], True)
-    >>> result.correct.shape, result.correct.dtype
-    (torch.Size([2, 40]), torch.bool)
     >>> bool((result.correct.double().mean(1) == result.accuracy).all())
     True
     """
-    if not callable(train):
-        raise TypeError(f"train must be a callable train(loader) -> model, got {train!r}")
-    train_loader = _check_loader(train_loader, "train_loader")
-    test_loader = _check_loader(test_loader, "test_loader")
-    values = _check_fractions(fractions)
-    if explain is None or not (hasattr(explain, "attribute") or callable(explain)):
-        raise TypeError(
-            "explain must be a Captum attribution object or a callable explain(inputs, "
-            f"targets), got {type(explain).__name__}"
-        )
-    if target not in ("label", "predicted"):
-        raise ValueError(f"target must be 'label' or 'predicted', got {target!r}")
-    if target == "predicted" and model is None:
-        raise ValueError("target='predicted' needs the original model: pass model=")
-    if channel_reduction not in CHANNEL_REDUCTIONS:
-        raise ValueError(
-            f"channel_reduction must be one of {list(CHANNEL_REDUCTIONS)}, "
-            f"got {channel_reduction!r}"
-        )
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    values = _check_arguments(
+        train, train_loader, test_loader, explain, fractions, target, model, channel_reduction,
+        seed,
+    )
     first = _first_image(train_loader, "train_loader")
     test_first = _first_image(test_loader, "test_loader")
     if test_first.shape != first.shape:

@@ -1,36 +1,19 @@
 r"""ROAD: remove and debias (Rong et al., "A consistent and efficient evaluation strategy
 for attribution methods", ICML 2022).
 
-Deletion metrics replace removed pixels by a constant or a blur, and the *shape* of
-the hole then tells the model where the important pixels were: the score drops for the
-wrong reason (class information leaks through the mask). ROAD replaces every removed
-pixel by the *noisy linear imputation* of its neighbours, which hides the mask's shape,
-and needs no retraining.
-
-Noisy linear imputation. For the removed pixels ``U`` of an image ``x``, the imputed
-values ``z`` solve, pixel by pixel and channel by channel,
+At removal percentage ``q`` MoRF removes the most relevant and LeRF the least relevant
+pixels, replaces them by the *noisy linear imputation* of their neighbours (which hides
+the shape of the hole, so no class information leaks through it) and scores the
+target class. With ``s_q`` that score and ``s_0`` the clean one, per example,
 
 .. math::
 
-    z_i \sum_{j \in N(i)} w_{ij} \;=\; \sum_{j \in N(i)} w_{ij} \,
-    \begin{cases} z_j & j \in U \\ x_j & j \notin U \end{cases}
-    \qquad (i \in U),
+    \text{morf\_mean} = \tfrac{1}{K} \textstyle\sum_q (s^{MoRF}_q - s_0), \quad
+    \text{lerf\_mean} = \tfrac{1}{K} \textstyle\sum_q (s^{LeRF}_q - s_0), \quad
+    \text{combined} = (\text{lerf\_mean} - \text{morf\_mean}) / 2,
 
-where ``N(i)`` are the (up to 8) neighbours of ``i`` inside the image, ``w = 1/6`` for
-the 4 direct and ``1/12`` for the 4 diagonal ones: every removed pixel is the weighted
-average of its neighbours. Gaussian noise ``noise * ε`` (``ε ~ N(0, 1)``) is then added
-to each imputed value. The system is symmetric positive definite (a graph Laplacian
-with Dirichlet values on the kept pixels), so it is solved by conjugate gradients,
-matrix-free: one multiplication is a 3x3 stencil over the image, batched over every
-image, percentile and channel at once on the inputs' device (see
-:func:`noisy_linear_imputation`).
-
-The metric. At removal percentage ``q`` (the paper's 10, 20, ..., 90) MoRF removes the
-most relevant pixels and LeRF the least relevant ones, imputes them and scores the
-target class. A faithful map makes the MoRF score fall fast (low) and the LeRF score
-stay (high). pytorch-grad-cam reports, per example, the mean over the percentiles of
-the change ``score(imputed) - score(clean)``: ``morf_mean`` and ``lerf_mean`` here, and
-``combined = (lerf_mean - morf_mean) / 2`` (higher is better).
+pytorch-grad-cam's averages; higher ``combined`` is better. The imputation and its
+solver: :func:`noisy_linear_imputation` and :doc:`/design_notes/metrics`.
 """
 
 from __future__ import annotations
@@ -45,7 +28,11 @@ import torch
 import torch.nn.functional as F
 
 from captum_regularized._internal.captum_compat import TargetType
-from captum_regularized.metrics._perturbation import pixel_ranks, prepare_batch
+from captum_regularized.metrics._perturbation import (
+    check_map_settings,
+    pixel_ranks,
+    prepare_batch,
+)
 
 __all__ = [
     "ROAD_PERCENTILES",
@@ -67,29 +54,16 @@ _DIRECT, _DIAGONAL = 1 / 6, 1 / 12
 class ROADResult(NamedTuple):
     """ROAD scores of every example; the order not asked for is ``None``.
 
-    Attributes
-    ----------
-    percentiles : Tensor
-        ``(K,)``: percent of pixels removed at each point.
-    clean : Tensor
-        ``(B,)``: target score on the unperturbed images.
-    morf, lerf : Tensor or None
-        ``(B, K)``: target score after imputing the most (least) relevant ``q`` percent.
-    morf_mean, lerf_mean : Tensor or None
-        ``(B,)``: mean over the percentiles of ``score - clean`` (pytorch-grad-cam's
-        ``ROADMostRelevantFirstAverage`` / ``ROADLeastRelevantFirstAverage``); lower is
-        better for MoRF, higher for LeRF.
-    combined : Tensor or None
-        ``(B,)``: ``(lerf_mean - morf_mean) / 2`` (``ROADCombined``), with both orders;
-        higher is better.
+    ``percentiles`` ``(K,)``; ``clean`` ``(B,)``, the clean target score; ``morf`` and
+    ``lerf`` ``(B, K)``, the imputed scores; ``morf_mean``, ``lerf_mean`` and
+    ``combined`` ``(B,)``, the module's averages.
 
     Examples
     --------
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
     >>> result = road(model, torch.rand(3, 1, 4, 4), torch.rand(3, 4, 4), noise=0.0)
-    >>> result.morf.shape, torch.allclose(
-    ...     result.morf_mean, (result.morf - result.clean[:, None]).mean(1))
-    (torch.Size([3, 9]), True)
+    >>> torch.allclose(result.morf_mean, (result.morf - result.clean[:, None]).mean(1))
+    True
     """
 
     percentiles: torch.Tensor
@@ -102,13 +76,7 @@ class ROADResult(NamedTuple):
 
 
 def road_removal_counts(pixels: int, percentiles: Sequence[float]) -> list[int]:
-    """Pixels removed at each percentage: those at or past the map's percentile.
-
-    pytorch-grad-cam keeps the pixels strictly below ``numpy.percentile(map, 100 - q)``
-    (linear interpolation). For distinct map values that keeps
-    ``ceil((pixels - 1) * (100 - q) / 100)`` pixels, computed here exactly (numpy's
-    rounding can keep one more when that product is a whole number), so the count is
-    within one pixel of ``q`` percent.
+    """Pixels removed at each percentage: pytorch-grad-cam's count, within one of ``q`` %.
 
     Examples
     --------
@@ -121,7 +89,14 @@ def road_removal_counts(pixels: int, percentiles: Sequence[float]) -> list[int]:
     ]
 
 
-def _check_percentiles(percentiles: Sequence[float]) -> list[float]:
+def check_road_settings(
+    percentiles: Sequence[float],
+    order: str,
+    noise: float,
+    channel_reduction: str,
+    internal_batch_size: int | None,
+) -> list[float]:
+    """The settings of :func:`road`, checked; returns the percentages as floats."""
     if isinstance(percentiles, torch.Tensor):
         percentiles = percentiles.tolist()
     if isinstance(percentiles, (str, bytes)) or not isinstance(percentiles, Sequence):
@@ -138,16 +113,20 @@ def _check_percentiles(percentiles: Sequence[float]) -> list[float]:
             raise ValueError(
                 f"percentiles must lie strictly between 0 and 100 (percent removed), got {value!r}"
             )
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) \
+            or not math.isfinite(noise) or noise < 0:
+        raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
+    check_map_settings(channel_reduction, internal_batch_size)
     return [float(value) for value in values]
 
 
 def _binomial_blur(padded: torch.Tensor) -> torch.Tensor:
-    """``[1 2 1]^T [1 2 1]`` filter of a ``(..., H+2, W+2)`` zero-bordered ``u``, ``(..., H, W)``.
+    """``[1 2 1]^T [1 2 1]`` filter of a zero-bordered ``(..., H+2, W+2)``, ``(..., H, W)``.
 
-    The neighbour weights are ``W u = (blur(u) - 4 u) / 12``: direct neighbours get
-    2/12, diagonal ones 1/12. Two separable passes of shifted slices rather than a
-    convolution: a one-channel 3x3 ``conv2d`` is far slower on CPUs, and this is what
-    every solver iteration spends its time on.
+    The neighbour sum is ``W u = (blur(u) - 4 u) / 12``; shifted slices, not a
+    ``conv2d`` (far slower on CPUs for one channel).
     """
     rows = padded[..., :, :-2] + padded[..., :, 2:]
     rows.add_(padded[..., :, 1:-1], alpha=2)
@@ -168,15 +147,11 @@ def _squared_norm(a: torch.Tensor) -> torch.Tensor:
 def _linear_imputation(
     images: torch.Tensor, removed: torch.Tensor, *, tolerance: float | None = None
 ) -> torch.Tensor:
-    """The noise-free imputation: ``images`` with the removed pixels solved for.
+    """The noise-free imputation: conjugate gradients on every (image, channel) at once.
 
-    Conjugate gradients on the systems ``A z = b`` of every (image, channel) at once,
-    with ``A z = U (d z - W z)``: ``U`` the removed pixels, ``d`` the sum of a pixel's
-    in-image neighbour weights, ``W`` the weighted neighbour sum. The search direction
-    carries a zero border so the stencil needs no padding per iteration. A system stops
-    (its step sizes become 0) once its residual is below ``tolerance * |b|``, so its
-    answer does not depend on the other images in the batch; the loop ends when all
-    have, which is checked on the host every 8 iterations only.
+    ``A z = U (d z - W z)``: ``U`` the removed pixels, ``d`` the sum of a pixel's
+    in-image neighbour weights, ``W`` the weighted neighbour sum. A system stops once
+    its residual is below ``tolerance * |b|``, so it does not depend on the others.
     """
     dtype = torch.promote_types(images.dtype, torch.float32)
     if tolerance is None:
@@ -231,37 +206,34 @@ def noisy_linear_imputation(
 ) -> torch.Tensor:
     """Replace the removed pixels by the noisy linear imputation of their neighbours.
 
-    Every removed pixel becomes the weighted average of its in-image neighbours (weight
-    1/6 direct, 1/12 diagonal; removed neighbours count with their own imputed value),
-    the solution of one sparse symmetric positive definite system per image and
-    channel, plus ``noise * N(0, 1)``. Kept pixels are returned unchanged.
+    The imputed values ``z`` solve, for every removed pixel ``i`` and channel,
 
-    The systems are solved by conjugate gradients with a matrix-free 3x3 stencil,
-    all images and channels in one batch on the images' device, in float32 (float64 for
-    float64 images) to a relative residual of 1e-6 (1e-12). A dense solve would need
-    ``(H W)^2`` memory per image and a per-image sparse direct solver a host loop; the
-    stencil costs ``O(H W)`` per iteration and the iterations grow like ``H + W``. The
-    values agree with an exact solve to about 1e-6 on small images and 1e-4 on 224x224
-    images with large holes in float32, far below the default noise.
+    .. math::
+
+        z_i \\sum_{j \\in N(i)} w_{ij} = \\sum_{j \\in N(i)} w_{ij} \\, v_j,
+        \\qquad v_j = z_j \\text{ if } j \\text{ is removed, else } x_j,
+
+    with ``N(i)`` the up to 8 in-image neighbours, ``w = 1/6`` direct and ``1/12``
+    diagonal; then ``noise * N(0, 1)`` is added to each imputed value. Solved by
+    matrix-free conjugate gradients, all images and channels at once on the images'
+    device, in float32 (float64 for float64 images).
 
     Parameters
     ----------
     images : Tensor
         ``(M, C, H, W)`` floating point; never modified.
     removed : Tensor
-        ``(M, 1, H, W)``, ``(M, H, W)`` or ``(H, W)`` booleans, True where a pixel (all
-        its channels) is removed.
+        ``(M, 1, H, W)``, ``(M, H, W)`` or ``(H, W)`` booleans, True where a pixel is
+        removed.
     noise : float
-        Standard deviation of the Gaussian noise added to imputed pixels (the paper's
-        0.01); 0 for the plain linear imputation.
+        Standard deviation of the noise (the paper's 0.01).
     generator : torch.Generator, optional
         Source of the noise (on the images' device).
 
     Returns
     -------
     Tensor
-        ``images`` with the removed pixels imputed, same dtype. An image with every
-        pixel removed has nothing to average: its pixels become 0 plus noise.
+        ``images`` with the removed pixels imputed, same dtype.
 
     Examples
     --------
@@ -306,6 +278,17 @@ def noisy_linear_imputation(
     return filled.to(images.dtype)
 
 
+def _empty_result(fractions: torch.Tensor, orders: list[str]) -> ROADResult:
+    """The result of an empty batch: ``(0, K)`` curves and ``(0,)`` means."""
+    empty = torch.zeros(0, len(fractions), device=fractions.device)
+    curves = {name: empty if name in orders else None for name in ("morf", "lerf")}
+    means = {name: empty[:, 0] if name in orders else None for name in ("morf", "lerf")}
+    return ROADResult(
+        fractions, empty[:, 0], curves["morf"], curves["lerf"], means["morf"],
+        means["lerf"], empty[:, 0] if len(orders) == 2 else None,
+    )
+
+
 def road(
     forward_func: Callable[..., Any],
     inputs: torch.Tensor,
@@ -321,63 +304,26 @@ def road(
     additional_forward_args: Any = None,
     generator: torch.Generator | None = None,
 ) -> ROADResult:
-    r"""ROAD curves of every example: imputed MoRF / LeRF scores at each percentage.
+    """ROAD curves of every example: imputed MoRF / LeRF scores at each percentage.
 
-    For each percentage ``q`` and each example, the ``n(q)`` most relevant pixels (MoRF)
-    or least relevant pixels (LeRF) are removed, ``n(q)`` as in
-    :func:`road_removal_counts` (pytorch-grad-cam's count, within one pixel of ``q``
-    percent), and replaced by :func:`noisy_linear_imputation`; the model then scores
-    the target class. With ``s_q`` that score and ``s_0`` the clean one,
-
-    .. math::
-
-        \text{morf\_mean} = \frac{1}{K} \sum_q (s^{MoRF}_q - s_0), \quad
-        \text{lerf\_mean} = \frac{1}{K} \sum_q (s^{LeRF}_q - s_0), \quad
-        \text{combined} = \frac{\text{lerf\_mean} - \text{morf\_mean}}{2}.
-
-    All ``orders x K x B`` images are imputed and scored ``internal_batch_size`` at a
-    time on the inputs' device.
-
-    pytorch-grad-cam's ``ROADMostRelevantFirst(p)`` removes ``100 - p`` percent (it
-    keeps the pixels below the ``p``-th percentile), so its percentile ``p`` is our
-    ``q = 100 - p``; for the symmetric default percentages the means are the same. Its
-    targets score what they return: ``ClassifierOutputTarget`` the logit
-    (``apply_softmax=False`` here), ``ClassifierOutputSoftmaxTarget`` the probability
-    (the default here).
+    For each percentage ``q`` the :func:`road_removal_counts` most (MoRF) or least
+    (LeRF) relevant pixels of each example are replaced by
+    :func:`noisy_linear_imputation` and the target class scored.
 
     Parameters
     ----------
-    forward_func : callable
-        The model, or any function of ``(inputs, *additional_forward_args)`` giving
-        ``(B, classes)`` outputs; a module runs in eval mode (restored afterwards)
-        without gradients.
-    inputs : Tensor
-        Images ``(B, C, H, W)``; never modified.
-    attributions : Tensor
-        Maps ``(B, C, H, W)``, ``(B, 1, h, w)``, ``(B, h, w)`` or ``(h, w)``; channels
-        are collapsed with ``channel_reduction`` and other resolutions resized
-        bilinearly. Tied pixels rank in raster order (MoRF removes the earlier ones
-        first, LeRF the later ones).
-    target : int, list, Tensor, tuple, callable or None
-        Any Captum target form; ``None`` means the class predicted on ``inputs``; a
-        target callable stands for its integer ``category`` (pytorch-grad-cam's
-        ``ClassifierOutputTarget(k)``).
+    forward_func, inputs, attributions, target, channel_reduction, apply_softmax
+        As in :func:`~captum_regularized.metrics.deletion_curve`.
+    internal_batch_size, additional_forward_args
+        The same (images imputed and scored at once; extra forward arguments).
     percentiles : sequence of float
         Percent of pixels removed, each strictly between 0 and 100.
     order : {"both", "morf", "lerf"}
         Which orders to compute.
     noise : float
         Standard deviation of the imputation noise (the paper's 0.01).
-    channel_reduction : {"max", "sum", "mean"}
-        See :func:`~captum_regularized.attr.reduce_channels`.
-    apply_softmax : bool
-        Score the softmax probability (``False``: the raw output).
-    internal_batch_size : int, optional
-        Images imputed and scored at once (default 128); bounds memory.
-    additional_forward_args : Any
-        Extra forward arguments (per-example tensors follow their example).
     generator : torch.Generator, optional
-        Source of the imputation noise, for reproducible scores.
+        Source of the imputation noise.
 
     Returns
     -------
@@ -385,10 +331,8 @@ def road(
 
     Raises
     ------
-    ValueError
-        For percentages outside (0, 100), an unknown ``order``, a negative ``noise``,
-        and the inputs, maps or targets
-        :func:`~captum_regularized.metrics.deletion_curve` refuses.
+    TypeError, ValueError
+        For bad settings (:func:`check_road_settings`), inputs, maps or targets.
 
     Examples
     --------
@@ -398,15 +342,8 @@ def road(
     >>> result = road(model, x, maps, target=1, percentiles=(20, 50, 80))
     >>> result.morf.shape, result.lerf.shape, result.combined.shape
     (torch.Size([2, 3]), torch.Size([2, 3]), torch.Size([2]))
-    >>> road(model, x, maps, order="morf").lerf is None
-    True
     """
-    levels = _check_percentiles(percentiles)
-    if order not in ORDERS:
-        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
-    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) \
-            or not math.isfinite(noise) or noise < 0:
-        raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
+    levels = check_road_settings(percentiles, order, noise, channel_reduction, internal_batch_size)
     prepared = prepare_batch(
         forward_func, inputs, attributions, channel_reduction=channel_reduction,
         internal_batch_size=internal_batch_size, additional_forward_args=additional_forward_args,
@@ -418,13 +355,7 @@ def road(
     steps = len(levels)
     fractions = torch.tensor(levels, device=device, dtype=torch.float32)
     if batch == 0:
-        empty = torch.zeros(0, steps, device=device)
-        curves = {name: empty if name in orders else None for name in ("morf", "lerf")}
-        means = {name: empty[:, 0] if name in orders else None for name in ("morf", "lerf")}
-        return ROADResult(
-            fractions, empty[:, 0], curves["morf"], curves["lerf"], means["morf"],
-            means["lerf"], empty[:, 0] if order == "both" else None,
-        )
+        return _empty_result(fractions, orders)
     reduce, clean = prepared.target_probability(target, apply_softmax=apply_softmax)
     ranks = pixel_ranks(prepared.maps)  # (B, H*W), 0 = most relevant
     counts = torch.tensor(road_removal_counts(pixels, levels), device=device)

@@ -1,24 +1,16 @@
 r"""Max-sensitivity of an explanation (Yeh et al., "On the (in)fidelity and sensitivity
 of explanations", NeurIPS 2019), as Captum's ``captum.metrics.sensitivity_max``.
 
-A map that changes a lot when the image changes imperceptibly is fragile. For an
-explanation :math:`\Phi` and an example :math:`x`, the metric draws ``n_samples``
-perturbations :math:`\delta_s` uniformly from the :math:`L_\infty` ball of radius
-``radius`` and reports the largest relative change of the map,
+For an explanation :math:`\Phi`, an example :math:`x` and ``n_samples`` perturbations
+:math:`\delta_s` drawn uniformly from the :math:`L_\infty` ball of radius ``radius``,
 
 .. math::
 
     \mathrm{SENS}_{\max}(\Phi, x) = \max_{s = 1..n}
     \frac{\lVert \Phi(x + \delta_s) - \Phi(x) \rVert}{\lVert \Phi(x) \rVert},
-    \qquad \delta_s \sim \mathcal{U}([-r, r]^d),
 
-with the Frobenius norm of the map (all input tensors flattened and concatenated) and
-:math:`\lVert \Phi(x) \rVert = 0` replaced by 1, as Captum does. Lower is better.
-
-All ``B x n_samples`` perturbed copies are explained ``internal_batch_size`` at a
-time, each example's target (and per-example arguments) following its copies, with
-the noise drawn on the inputs' device. With Captum's layout (copies of an example
-next to each other) and generator, a seeded call gives Captum's value.
+with the norm of the flattened maps and :math:`\lVert \Phi(x) \rVert = 0` replaced by
+1, as Captum does. Lower is better. Parity with Captum: :doc:`/design_notes/metrics`.
 """
 
 from __future__ import annotations
@@ -180,46 +172,30 @@ def max_sensitivity(
     attribute_kwargs: dict[str, Any] | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    r"""Largest relative change of each example's map under ``n_samples`` small perturbations.
-
-    :math:`\max_s \lVert \Phi(x + \delta_s) - \Phi(x) \rVert / \lVert \Phi(x) \rVert`
-    with :math:`\delta_s` uniform in :math:`[-r, r]^d` (see the module docs); Captum's
-    ``sensitivity_max`` with its default ``perturb_func``.
+    """Largest relative change of each example's map under ``n_samples`` small perturbations.
 
     Parameters
     ----------
     explain : attribution object or callable
-        An object with Captum's ``attribute`` method (``PositiveSaliency(model)``,
-        Captum's ``Saliency(model)``, ...), or a callable
-        ``explain(inputs, target=..., **attribute_kwargs)`` returning maps with the
-        batch in dim 0.
+        An object with Captum's ``attribute`` method, or
+        ``explain(inputs, target=..., **attribute_kwargs)``.
     inputs : Tensor or tuple of Tensor
         The examples (batch in dim 0); never modified.
     target : int, list, Tensor, tuple, callable or None
-        Any Captum target form, given to ``explain`` for every perturbed copy of its
-        example. ``None``: the class the model (``explain.forward_func``) predicts on
-        the clean inputs, so every copy explains the same class; for a plain callable,
-        or a model without class scores, ``None`` is passed on.
+        Any Captum target form; ``None``: the class ``explain.forward_func`` predicts.
     radius : float
-        Half-width of the uniform noise, :math:`r` (Captum's ``perturb_radius``).
+        Half-width of the uniform noise (Captum's ``perturb_radius``).
     n_samples : int
         Perturbations per example (Captum's ``n_perturb_samples``).
     norm_ord : "fro" or float
-        The norm of the flattened maps: ``"fro"`` (= 2, Captum's default), or any
-        order of :func:`torch.linalg.vector_norm` (``float("inf")``, 1, ...).
+        The norm of the flattened maps: ``"fro"`` (= 2) or an order of
+        :func:`torch.linalg.vector_norm`.
     perturb_func : callable, optional
-        Replaces the uniform noise, with Captum's convention:
-        ``perturb_func(inputs, radius)`` (or ``perturb_func(inputs)`` when it takes one
-        argument) on a chunk of repeated examples, returning the perturbed inputs in the
-        same form.
+        Replaces the noise: ``perturb_func(inputs, radius)`` or ``perturb_func(inputs)``.
     internal_batch_size : int, optional
-        Perturbed copies explained per call of ``explain`` (default 128); bounds memory.
-    additional_forward_args : Any
-        Passed to ``explain`` as ``additional_forward_args`` (per-example tensors follow
-        their copies).
-    attribute_kwargs : dict, optional
-        Further keyword arguments of ``explain`` (``baselines``, ``n_steps``, ...);
-        per-example tensors follow their copies.
+        Perturbed copies explained per call (default 128); bounds memory.
+    additional_forward_args, attribute_kwargs
+        Passed to ``explain``; per-example tensors follow their copies.
     generator : torch.Generator, optional
         Source of the noise (on the inputs' device).
 
@@ -230,13 +206,8 @@ def max_sensitivity(
 
     Raises
     ------
-    TypeError
-        For an ``explain`` that is neither, non-tensor or integer inputs, and maps that
-        are not tensors.
-    ValueError
-        For non-finite inputs, inputs on another device than the model, a negative
-        ``radius``, ``n_samples < 1``, per-example targets of the wrong length and maps
-        without the batch in dim 0.
+    TypeError, ValueError
+        For an ``explain``, inputs, settings, targets or maps that do not fit.
 
     Examples
     --------

@@ -1,10 +1,13 @@
-"""Sparseness of a map: the Gini index of its absolute values (Chalasani et al., 2020).
+r"""Sparseness of a map: the Gini index of its absolute values (Chalasani et al., 2020).
 
-The Gini index of the flattened ``|map|`` of every example, sorted ascending as
-``a_1 <= ... <= a_n``, is ``sum_i (2i - n - 1) a_i / (n * sum_i a_i)``: 0 when all
-values are equal, ``1 - 1/n`` when a single value carries everything. Higher means
-sparser. This is the definition of Quantus' ``Sparseness`` (which adds ``1e-7`` to
-every value to dodge a zero denominator; here an all-zero map is defined as 0).
+With the flattened ``|map|`` of an example sorted ascending, :math:`a_1 \le \dots \le a_n`,
+
+.. math::
+
+    G = \frac{\sum_i (2i - n - 1)\, a_i}{n \sum_i a_i},
+
+0 when all values are equal, ``1 - 1/n`` when one carries everything; higher is
+sparser. Difference from Quantus: :doc:`/design_notes/metrics`.
 """
 
 from __future__ import annotations

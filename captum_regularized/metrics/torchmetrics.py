@@ -1,46 +1,20 @@
 """The package's metrics as ``torchmetrics.Metric`` objects, ready for DDP and Lightning.
 
-Every class wraps one batched function of :mod:`captum_regularized.metrics`: ``update``
-calls the function on a batch and adds its per-example values to two states, their
-sum and their number (both reduced with ``dist_reduce_fx="sum"``), and ``compute``
-returns the mean over every example seen, on every process. So a metric updated on
-several batches equals the function's ``.mean()`` on the concatenated batches, and
-under ``torch.distributed`` torchmetrics' own synchronisation gives the value a single
-process would find on all the data; nothing is gathered by hand.
+Every class wraps one batched function of :mod:`captum_regularized.metrics`:
+``update`` adds the function's per-example values of a batch to two states, their sum
+and their number (``dist_reduce_fx="sum"``), and ``compute`` returns
 
-* :class:`DeletionAUC` (lower is better), :class:`InsertionAUC` (higher),
-  :class:`AverageDrop` (lower), :class:`AverageGain` (higher) and
-  :class:`IncreaseInConfidence` (higher) run the model on perturbed images:
-  ``update(inputs, attributions, target=None, additional_forward_args=None)``;
-* :class:`AllegianceDeletionAUC` (lower) the same without ``target`` (allegiance
-  follows the predicted class);
-* :class:`GradientAlignment` (higher) needs no maps: ``update(inputs, target=None,
-  additional_forward_args=None)``;
-* :class:`PointingGame` and :class:`EnergyPointingGame` (higher) need no model:
-  ``update(attributions, masks)``; :class:`GiniSparseness` (higher):
-  ``update(attributions)``.
+.. math::
 
-The metrics that run the model take it (``forward_func``) and the function's settings
-(``steps``, ``substrate``, ...) at construction, where the settings are checked with
-the function's own errors. The model is *not* registered as a submodule: the metric's
-``state_dict`` holds only its states, ``metric.to(device)`` moves only them, and a
-``clone()`` shares the model. Keep the metric on the model's device (a Lightning
-module does so for metrics that are its attributes); values computed elsewhere are
-moved to the states' device.
+    \\bar v = \\frac{\\sum_{\\text{batches}} \\sum_b v_b}{\\sum_{\\text{batches}} B},
 
-The metrics go into a ``torchmetrics.MetricCollection`` as they are, with its default
-``compute_groups=True`` too: every metric object keeps its two states under names of
-its own (``total_<key>`` and ``count_<key>``, ``<key>`` drawn at construction and kept
-by ``clone()``), so the collection never mistakes two different metrics whose states
-happen to be equal after the first update for one metric updated twice (a compute
-group); only a metric and its clones can share their updates. The states read, save,
-load and merge under the plain names ``total`` and ``count`` (:attr:`metric_state`,
-``state_dict`` after ``persistent(True)``, ``load_state_dict``, ``merge_state``).
-
-``compute`` refuses a metric that has seen no example (a ``ValueError``) rather than
-returning ``nan``. This module needs torchmetrics (the ``lightning`` extra,
-``pip install "captum-regularized[lightning]"``); ``import captum_regularized`` never
-imports it.
+the function's ``.mean()`` over all the examples seen, on every process. The metrics
+that run the model take it (``forward_func``, held but not registered as a submodule)
+and the function's settings at construction, where the settings are checked by the
+function's own checks: a bad setting raises the function's ``TypeError`` or
+``ValueError`` there, and the model is not run. ``compute`` before any example is a
+``ValueError``. Needs torchmetrics (the ``lightning`` extra). State names, compute
+groups and devices: :doc:`/design_notes/metrics`.
 
 Examples
 --------
@@ -56,16 +30,6 @@ Examples
 >>> reference = deletion_auc(model, torch.cat(batches), torch.cat(maps), 0, steps=8).mean()
 >>> bool(torch.isclose(metric.compute(), reference))
 True
-
-In a collection, each metric gives the value it gives alone:
-
->>> from torchmetrics import MetricCollection
->>> scores = MetricCollection({"pointing": PointingGame(), "energy": EnergyPointingGame()})
->>> scores.update(attributions=torch.ones(2, 4, 4), masks=torch.zeros(2, 4, 4))
->>> scores.update(attributions=torch.tensor([[[3.0, 1.0], [-2.0, 0.0]]]),
-...               masks=torch.tensor([[[1, 0], [1, 0]]]))
->>> {name: round(float(value), 4) for name, value in scores.compute().items()}
-{'energy': 0.25, 'pointing': 0.3333}
 """
 
 from __future__ import annotations
@@ -79,16 +43,26 @@ import torch
 from captum_regularized._internal.captum_compat import TargetType
 from captum_regularized._internal.extras import optional_extra
 from captum_regularized._internal.guided_relu import check_guided_model, check_guided_rule
-from captum_regularized.metrics.allegiance import ALLEGIANCE_FRACTIONS, allegiance_deletion_auc
+from captum_regularized.metrics._perturbation import check_map_settings
+from captum_regularized.metrics.allegiance import (
+    ALLEGIANCE_FRACTIONS,
+    allegiance_deletion_auc,
+    check_allegiance_settings,
+)
 from captum_regularized.metrics.confidence_change import (
     average_drop,
     average_gain,
     increase_in_confidence,
 )
-from captum_regularized.metrics.deletion_insertion import Substrate, deletion_auc, insertion_auc
+from captum_regularized.metrics.deletion_insertion import (
+    Substrate,
+    check_curve_settings,
+    deletion_auc,
+    insertion_auc,
+)
 from captum_regularized.metrics.gradient_alignment import gradient_alignment
 from captum_regularized.metrics.pointing_game import energy_pointing_game, pointing_game
-from captum_regularized.metrics.road import ROAD_PERCENTILES, road
+from captum_regularized.metrics.road import ROAD_PERCENTILES, check_road_settings, road
 from captum_regularized.metrics.sparseness import gini_sparseness
 
 with optional_extra(__name__, "torchmetrics"):
@@ -119,43 +93,15 @@ class _SharedReference:
         return self
 
 
-def _probe_model(images: torch.Tensor, *args: Any) -> torch.Tensor:
-    """A stand-in model for checking settings at construction: two constant scores."""
-    return images.new_zeros(images.shape[0], 2)
-
-
-def _probe(function: Callable[..., Any], settings: dict[str, Any]) -> None:
-    """Run ``function`` on a tiny batch with the stand-in model, so that bad settings
-    raise the function's own errors when the metric is built, not at its first update."""
-    image = torch.zeros(1, 1, 4, 4)
-    function(_probe_model, image, image, **settings)
-
-
-def _check_forward_func(forward_func: Any) -> None:
-    if not callable(forward_func):
-        raise TypeError(
-            f"forward_func must be callable (the model), got {type(forward_func).__name__}"
-        )
-
-
 _STATE_NAMES = ("total", "count")  # the sum of the per-example values and their number
 
 
 class _PerExampleMean(Metric):
     """Mean of per-example values over every example seen, on every process.
 
-    The two states are attributes named after the instance (:attr:`state_names`), so
-    that ``torchmetrics.MetricCollection`` puts two metric objects in one compute group
-    only when one is a clone of the other: it groups metrics whose state names and
-    values agree after the first update. :attr:`total`, :attr:`count`,
-    :attr:`metric_state`, ``state_dict``, ``load_state_dict`` and ``merge_state`` use
-    the plain names ``total`` and ``count``.
-
-    Attributes
-    ----------
-    state_names : dict of str to str
-        Plain name (``"total"``, ``"count"``) to the name of this instance's state
-        attribute (``"total_<key>"``, ``"count_<key>"``), copied by ``clone()``.
+    The states are named ``total_<key>`` and ``count_<key>`` (:attr:`state_names`, a
+    key per instance kept by ``clone()``) and read, save, load and merge under the
+    plain names ``total`` and ``count``.
     """
 
     is_differentiable: bool | None = False
@@ -198,11 +144,7 @@ class _PerExampleMean(Metric):
         return self.total / self.count
 
     def merge_state(self, incoming_state: dict[str, Any] | Metric) -> None:
-        """Add the states of another metric of this class, or a ``{"total", "count"}`` dict.
-
-        As ``torchmetrics.Metric.merge_state``; a metric of another class is a
-        ``ValueError``.
-        """
+        """Add the states of another metric of this class, or a ``{"total", "count"}`` dict."""
         if isinstance(incoming_state, type(self)):
             incoming_state = incoming_state.metric_state
         if isinstance(incoming_state, dict):
@@ -229,13 +171,16 @@ class _PerExampleMean(Metric):
 
 
 class _ModelMetric(_PerExampleMean):
-    """A metric that runs the model: it keeps ``forward_func`` and the function's settings."""
+    """A metric that runs the model: it keeps ``forward_func`` and the checked settings."""
 
     _function: ClassVar[Callable[..., torch.Tensor]]
 
     def __init__(self, forward_func: Callable[..., Any], settings: dict[str, Any],
                  **kwargs: Any) -> None:
-        _check_forward_func(forward_func)
+        if not callable(forward_func):
+            raise TypeError(
+                f"forward_func must be callable (the model), got {type(forward_func).__name__}"
+            )
         super().__init__(**kwargs)
         self._model = _SharedReference(forward_func)
         self.settings = settings
@@ -252,25 +197,11 @@ class _ModelMetric(_PerExampleMean):
         target: TargetType = None,
         additional_forward_args: Any = None,
     ) -> None:
-        """Add the per-example values of a batch of images and their maps.
-
-        The values stay on the model's device; nothing is synchronised across
-        processes before :meth:`compute`.
-
-        Parameters
-        ----------
-        inputs, attributions, target, additional_forward_args
-            One batch, as the wrapped function takes them: images ``(B, C, H, W)`` on
-            the model's device, their maps, any Captum target form (``None`` means the
-            predicted class) and the batch's extra forward arguments.
-        """
-        function = type(self)._function
-        self._add(
-            function(
-                self.forward_func, inputs, attributions, target,
-                additional_forward_args=additional_forward_args, **self.settings,
-            )
-        )
+        """Add the per-example values of one batch, arguments as the wrapped function's."""
+        self._add(type(self)._function(
+            self.forward_func, inputs, attributions, target,
+            additional_forward_args=additional_forward_args, **self.settings,
+        ))
 
 
 class _CurveAUC(_ModelMetric):
@@ -291,43 +222,24 @@ class _CurveAUC(_ModelMetric):
         blur_sigma: float = 5.0,
         **kwargs: Any,
     ) -> None:
+        substrate = self._default_substrate if substrate is None else substrate
+        check_curve_settings(
+            steps, substrate, channel_reduction, internal_batch_size, blur_kernel_size, blur_sigma
+        )
         settings = {
-            "steps": steps,
-            "substrate": self._default_substrate if substrate is None else substrate,
-            "channel_reduction": channel_reduction,
-            "apply_softmax": apply_softmax,
-            "internal_batch_size": internal_batch_size,
-            "blur_kernel_size": blur_kernel_size,
-            "blur_sigma": blur_sigma,
+            "steps": steps, "substrate": substrate, "channel_reduction": channel_reduction,
+            "apply_softmax": apply_softmax, "internal_batch_size": internal_batch_size,
+            "blur_kernel_size": blur_kernel_size, "blur_sigma": blur_sigma,
         }
-        # A substrate tensor must match the images: it is checked at every update.
-        probed = dict(settings)
-        if isinstance(substrate, torch.Tensor):
-            probed["substrate"] = "zeros"
-        _probe(type(self)._function, probed)
         super().__init__(forward_func, settings, **kwargs)
 
 
 class DeletionAUC(_CurveAUC):
-    """Mean area under the deletion curve (RISE); lower is better.
+    """Mean area under the deletion curve (RISE) over every example seen; lower is better.
 
-    Wraps :func:`~captum_regularized.metrics.deletion_auc`: ``update(inputs,
-    attributions, target=None, additional_forward_args=None)`` adds the batch's
-    per-example areas, ``compute()`` returns their mean over every example seen.
-
-    Parameters
-    ----------
-    forward_func : callable
-        The model (not registered as a submodule of the metric).
-    steps, channel_reduction, apply_softmax, internal_batch_size
-        As in :func:`~captum_regularized.metrics.deletion_curve`, checked here.
-    blur_kernel_size, blur_sigma
-        The Gaussian of ``substrate="blur"``, checked here.
-    substrate : {"zeros", "blur"}, float, Tensor or None
-        What replaces the removed pixels; ``None`` is the function's default,
-        ``"zeros"``.
-    **kwargs
-        ``torchmetrics.Metric`` options (``sync_on_compute``, ``process_group``, ...).
+    Takes the model, the settings of :func:`~captum_regularized.metrics.deletion_curve`
+    (``substrate=None``: its default) and ``torchmetrics.Metric`` options (``**kwargs``);
+    ``update(inputs, attributions, target=None, additional_forward_args=None)``.
 
     Examples
     --------
@@ -344,11 +256,7 @@ class DeletionAUC(_CurveAUC):
 
 
 class InsertionAUC(_CurveAUC):
-    """Mean area under the insertion curve (RISE); higher is better.
-
-    Wraps :func:`~captum_regularized.metrics.insertion_auc`; arguments as in
-    :class:`DeletionAUC`, except that ``substrate=None`` is the function's default,
-    ``"blur"``.
+    """Mean area under the insertion curve (RISE); higher is better. As :class:`DeletionAUC`.
 
     Examples
     --------
@@ -376,30 +284,20 @@ class _ConfidenceMetric(_ModelMetric):
         internal_batch_size: int | None = None,
         **kwargs: Any,
     ) -> None:
+        check_map_settings(channel_reduction, internal_batch_size)
         settings = {
-            "channel_reduction": channel_reduction,
-            "apply_softmax": apply_softmax,
+            "channel_reduction": channel_reduction, "apply_softmax": apply_softmax,
             "internal_batch_size": internal_batch_size,
         }
-        _probe(type(self)._function, settings)
         super().__init__(forward_func, settings, **kwargs)
 
 
 class AverageDrop(_ConfidenceMetric):
     """Average drop ``100 * mean((p - o)+ / p)`` over every example seen; lower is better.
 
-    Wraps :func:`~captum_regularized.metrics.average_drop` (the mean of its
-    per-example terms, as the function's ``.mean()``): ``update(inputs, attributions,
-    target=None, additional_forward_args=None)``.
-
-    Parameters
-    ----------
-    forward_func : callable
-        The model (not registered as a submodule of the metric).
-    channel_reduction, apply_softmax, internal_batch_size
-        As in :func:`~captum_regularized.metrics.confidence_change`, checked here.
-    **kwargs
-        ``torchmetrics.Metric`` options.
+    Takes the model, the settings of
+    :func:`~captum_regularized.metrics.confidence_change` and ``torchmetrics.Metric``
+    options; ``update(inputs, attributions, target=None, additional_forward_args=None)``.
 
     Examples
     --------
@@ -415,11 +313,7 @@ class AverageDrop(_ConfidenceMetric):
 
 
 class AverageGain(_ConfidenceMetric):
-    """Average gain ``100 * mean((o - p)+ / (1 - p))`` over every example seen; higher is better.
-
-    Wraps :func:`~captum_regularized.metrics.average_gain`; arguments as in
-    :class:`AverageDrop`. Over several batches, ``compute()`` is the function's mean
-    over all their examples.
+    """Average gain ``100 * mean((o - p)+ / (1 - p))``; higher is better. As :class:`AverageDrop`.
 
     Examples
     --------
@@ -437,10 +331,7 @@ class AverageGain(_ConfidenceMetric):
 
 
 class IncreaseInConfidence(_ConfidenceMetric):
-    """Increase in confidence ``100 * mean(1[o > p])`` over every example seen.
-
-    Higher is better. Wraps :func:`~captum_regularized.metrics.increase_in_confidence`;
-    arguments as in :class:`AverageDrop`.
+    """Increase in confidence ``100 * mean(1[o > p])``; higher is better. As :class:`AverageDrop`.
 
     Examples
     --------
@@ -458,18 +349,10 @@ class IncreaseInConfidence(_ConfidenceMetric):
 class AllegianceDeletionAUC(_ModelMetric):
     """Area under the allegiance curve of the signed-saliency paper; lower is better.
 
-    Wraps :func:`~captum_regularized.metrics.allegiance_deletion_auc`: ``update(inputs,
-    attributions, additional_forward_args=None)`` adds the per-example areas
-    (``per_example_auc``), whose mean over all examples is the area under the
-    allegiance curve of all of them.
-
-    Parameters
-    ----------
-    forward_func, fill, fractions, channel_reduction, internal_batch_size
-        As in :func:`~captum_regularized.metrics.allegiance_deletion_auc`, checked here;
-        the model is not registered as a submodule of the metric.
-    **kwargs
-        ``torchmetrics.Metric`` options.
+    Takes the model, the settings of
+    :func:`~captum_regularized.metrics.allegiance_deletion_auc` and
+    ``torchmetrics.Metric`` options; ``update(inputs, attributions,
+    additional_forward_args=None)`` adds the ``per_example_auc``.
 
     Examples
     --------
@@ -492,13 +375,12 @@ class AllegianceDeletionAUC(_ModelMetric):
         internal_batch_size: int | None = None,
         **kwargs: Any,
     ) -> None:
+        fractions = tuple(fractions)
+        check_allegiance_settings(fill, fractions, channel_reduction, internal_batch_size)
         settings = {
-            "fill": fill,
-            "fractions": tuple(fractions),
-            "channel_reduction": channel_reduction,
+            "fill": fill, "fractions": fractions, "channel_reduction": channel_reduction,
             "internal_batch_size": internal_batch_size,
         }
-        _probe(allegiance_deletion_auc, settings)
         super().__init__(forward_func, settings, **kwargs)
 
     def update(  # type: ignore[override]
@@ -507,8 +389,7 @@ class AllegianceDeletionAUC(_ModelMetric):
         attributions: torch.Tensor,
         additional_forward_args: Any = None,
     ) -> None:
-        """Add the per-example allegiance areas of a batch (``B >= 1``); arguments as in
-        :meth:`DeletionAUC.update`, without ``target``."""
+        """Add the per-example allegiance areas of a batch (``B >= 1``)."""
         curve = allegiance_deletion_auc(
             self.forward_func, inputs, attributions,
             additional_forward_args=additional_forward_args, **self.settings,
@@ -533,19 +414,9 @@ def _road_combined(
 class ROADCombined(_ModelMetric):
     """Mean ROAD score ``(LeRF mean - MoRF mean) / 2`` over every example; higher is better.
 
-    Wraps :func:`~captum_regularized.metrics.road` with both orders (its ``combined``
-    field, pytorch-grad-cam's ``ROADCombined``): ``update(inputs, attributions,
-    target=None, additional_forward_args=None)``. Each update draws its own imputation
-    noise.
-
-    Parameters
-    ----------
-    forward_func : callable
-        The model (not registered as a submodule of the metric).
-    percentiles, noise, channel_reduction, apply_softmax, internal_batch_size
-        As in :func:`~captum_regularized.metrics.road`, checked here.
-    **kwargs
-        ``torchmetrics.Metric`` options.
+    Takes the model, the settings of :func:`~captum_regularized.metrics.road` and
+    ``torchmetrics.Metric`` options; ``update(inputs, attributions, target=None,
+    additional_forward_args=None)``, each update with its own imputation noise.
 
     Examples
     --------
@@ -570,33 +441,21 @@ class ROADCombined(_ModelMetric):
         internal_batch_size: int | None = None,
         **kwargs: Any,
     ) -> None:
+        percentiles = tuple(percentiles)
+        check_road_settings(percentiles, "both", noise, channel_reduction, internal_batch_size)
         settings = {
-            "percentiles": tuple(percentiles),
-            "noise": noise,
-            "channel_reduction": channel_reduction,
-            "apply_softmax": apply_softmax,
-            "internal_batch_size": internal_batch_size,
+            "percentiles": percentiles, "noise": noise, "channel_reduction": channel_reduction,
+            "apply_softmax": apply_softmax, "internal_batch_size": internal_batch_size,
         }
-        _probe(_road_combined, settings)
         super().__init__(forward_func, settings, **kwargs)
 
 
 class GradientAlignment(_ModelMetric):
     """Mean cosine of the plain and guided-backprop input gradients; higher is better.
 
-    Wraps :func:`~captum_regularized.metrics.gradient_alignment`: ``update(inputs,
-    target=None, additional_forward_args=None)`` (no maps: the metric computes both
-    gradients itself, so it needs autograd, also inside Lightning's validation loop:
-    wrap it in ``torch.inference_mode(False)`` and ``torch.enable_grad()``).
-
-    Parameters
-    ----------
-    forward_func : callable
-        A network with activations the guided rule knows; checked here, as ``rule``.
-    rule : {"gated", "ungated"}
-        The guided rule.
-    **kwargs
-        ``torchmetrics.Metric`` options.
+    Takes a network the guided rule knows, ``rule`` (as
+    :func:`~captum_regularized.metrics.gradient_alignment`) and ``torchmetrics.Metric``
+    options; ``update(inputs, target=None, additional_forward_args=None)``, no maps.
 
     Examples
     --------
@@ -622,14 +481,11 @@ class GradientAlignment(_ModelMetric):
         target: TargetType = None,
         additional_forward_args: Any = None,
     ) -> None:
-        """Add the per-example cosines of a batch ``(B, ...)`` (no maps); ``target`` and
-        ``additional_forward_args`` as in :meth:`DeletionAUC.update`."""
-        self._add(
-            gradient_alignment(
-                self.forward_func, inputs, target,
-                additional_forward_args=additional_forward_args, **self.settings,
-            )
-        )
+        """Add the per-example cosines of a batch ``(B, ...)`` (no maps)."""
+        self._add(gradient_alignment(
+            self.forward_func, inputs, target,
+            additional_forward_args=additional_forward_args, **self.settings,
+        ))
 
 
 class _MaskMetric(_PerExampleMean):
@@ -639,14 +495,12 @@ class _MaskMetric(_PerExampleMean):
     higher_is_better: bool | None = True
 
     def __init__(self, *, channel_reduction: str = "max", **kwargs: Any) -> None:
-        probe = torch.zeros(1, 2, 2)
-        type(self)._function(probe, probe, channel_reduction=channel_reduction)
+        check_map_settings(channel_reduction, None)
         super().__init__(**kwargs)
         self.channel_reduction = channel_reduction
 
     def update(self, attributions: torch.Tensor, masks: torch.Tensor) -> None:  # type: ignore[override]
-        """Add the per-example values of a batch of maps and their masks (the forms
-        :func:`~captum_regularized.metrics.pointing_game` takes)."""
+        """Add the per-example values of a batch of maps and their masks."""
         function = type(self)._function
         self._add(function(attributions, masks, channel_reduction=self.channel_reduction))
 
@@ -654,15 +508,8 @@ class _MaskMetric(_PerExampleMean):
 class PointingGame(_MaskMetric):
     """Pointing-game accuracy: the share of maps whose maximum lies inside the mask.
 
-    Wraps :func:`~captum_regularized.metrics.pointing_game`: ``update(attributions,
-    masks)``; no model needed. Higher is better.
-
-    Parameters
-    ----------
-    channel_reduction : {"max", "sum", "mean"}
-        How channels are collapsed; checked here.
-    **kwargs
-        ``torchmetrics.Metric`` options.
+    Takes ``channel_reduction`` (as :func:`~captum_regularized.metrics.pointing_game`)
+    and ``torchmetrics.Metric`` options; ``update(attributions, masks)``, no model.
 
     Examples
     --------
@@ -677,10 +524,7 @@ class PointingGame(_MaskMetric):
 
 
 class EnergyPointingGame(_MaskMetric):
-    """Mean share of positive attribution inside the mask; higher is better.
-
-    Wraps :func:`~captum_regularized.metrics.energy_pointing_game`; arguments as in
-    :class:`PointingGame`.
+    """Mean share of positive attribution inside the mask. As :class:`PointingGame`.
 
     Examples
     --------
@@ -694,15 +538,7 @@ class EnergyPointingGame(_MaskMetric):
 
 
 class GiniSparseness(_PerExampleMean):
-    """Mean Gini index of the absolute maps; higher is sparser.
-
-    Wraps :func:`~captum_regularized.metrics.gini_sparseness`: ``update(attributions)``;
-    no model needed.
-
-    Parameters
-    ----------
-    **kwargs
-        ``torchmetrics.Metric`` options.
+    """Mean Gini index of the absolute maps (higher is sparser); ``update(attributions)``.
 
     Examples
     --------

@@ -18,6 +18,7 @@ from captum_regularized._internal.checks import check_class_scores, check_data_b
 from captum_regularized._internal.model_outputs import logits_of
 from captum_regularized._internal.model_state import model_device, preserved_model
 from captum_regularized.datasets.image_folder import collate_with_optional_masks
+from captum_regularized.regularizers.regularizer_output import RegularizerOutput
 
 __all__ = [
     "LossHook",
@@ -34,16 +35,15 @@ Collate = Callable[[list[Any]], Any]
 class LossHook(Protocol):
     """The ``loss`` of :func:`train_classifier`: the training loss of one batch.
 
-    ``hook(images, labels)`` gets the batch on the training device and returns the
-    batch's training loss, a 0-d tensor with its graph down to the model's parameters;
-    :func:`train_classifier` back-propagates exactly that value.
-    :class:`~captum_regularized.regularizers.NormRegularizedAdversarialLoss` is one as it
-    is; a regularizer that returns ``(logits, penalty)`` becomes one through
-    :func:`with_cross_entropy`.
+    ``hook(images, labels)`` gets the batch on the training device and returns either
+    the batch's 0-d training loss, with its graph down to the model's parameters, or a
+    :class:`~captum_regularized.regularizers.RegularizerOutput` (what all three losses of
+    :mod:`~captum_regularized.regularizers` return, so they are hooks as they are), whose
+    ``.loss`` is back-propagated and whose ``logits`` give the training accuracy.
 
-    A hook may also keep the batch's logits ``(B, classes)`` in an attribute
-    ``last_logits``, set on every call; :func:`train_classifier` then reports the training
-    accuracy (otherwise NaN). :func:`with_cross_entropy`'s hooks do.
+    A hook that returns a tensor may keep the batch's logits ``(B, classes)`` in an
+    attribute ``last_logits``, set on every call; :func:`train_classifier` then reports
+    the training accuracy (otherwise NaN). :func:`with_cross_entropy`'s hooks do.
 
     Examples
     --------
@@ -56,8 +56,10 @@ class LossHook(Protocol):
     torch.Size([])
     """
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, /) -> torch.Tensor:
-        """The batch's 0-d training loss."""
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor, /
+    ) -> torch.Tensor | RegularizerOutput:
+        """The batch's 0-d training loss, or its :class:`RegularizerOutput`."""
         ...
 
 
@@ -88,18 +90,26 @@ class _CrossEntropyPlusPenalty:
         return f"with_cross_entropy({self.penalty!r})"
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, /) -> torch.Tensor:
-        logits, value = _logits_and_penalty(self.penalty(images, labels))
+        out = self.penalty(images, labels)
+        logits, value = _logits_and_penalty(out)
         self.last_logits = logits.detach()
+        if isinstance(out, RegularizerOutput):
+            return out.loss
         return F.cross_entropy(logits, labels) + value
 
 
 def with_cross_entropy(penalty: PenaltyHook) -> LossHook:
     """The :class:`LossHook` ``cross_entropy(logits, labels) + penalty`` of a penalty hook.
 
+    For a hook of one's own that returns a plain ``(logits, penalty)`` tuple; the
+    library's regularizers return a
+    :class:`~captum_regularized.regularizers.RegularizerOutput`, which
+    :func:`train_classifier` takes as it is (wrapped here, its ``.loss`` is used).
+
     Parameters
     ----------
     penalty : PenaltyHook
-        E.g. a :class:`~captum_regularized.regularizers.GuidedGradientRegularizer`.
+        ``penalty(images, labels) -> (logits, penalty)``.
 
     Returns
     -------
@@ -156,6 +166,8 @@ def _hook_loss(
     """The training loss of a ``loss`` hook, the batch's logits (when known) and whether
     the hook used the deprecated ``(logits, penalty)`` form."""
     out: Any = loss(images, labels)
+    if isinstance(out, RegularizerOutput):  # the library's own losses
+        return out.loss, out.logits.detach(), False
     if isinstance(out, tuple):  # read exactly as earlier releases did
         logits, penalty = out
         return F.cross_entropy(logits, labels) + penalty, logits, True
@@ -220,15 +232,13 @@ def train_classifier(
     device : str or torch.device
         Where to train.
     loss : LossHook, optional
-        ``loss(images, labels)`` returns the batch's 0-d training loss (see
-        :class:`LossHook`), e.g. a
-        :class:`~captum_regularized.regularizers.NormRegularizedAdversarialLoss`, or
-        ``with_cross_entropy(reg)`` for a regularizer returning ``(logits, penalty)``
-        (:class:`~captum_regularized.regularizers.GuidedGradientRegularizer`,
-        :class:`~captum_regularized.regularizers.GradientNormPenalty`). ``None`` means
-        plain cross-entropy on ``model(images)``. A hook that returns the pair itself
-        still trains as ``cross_entropy(logits, labels) + penalty`` for this release,
-        with a ``DeprecationWarning``.
+        ``loss(images, labels)`` returns the batch's 0-d training loss or a
+        :class:`~captum_regularized.regularizers.RegularizerOutput` (see
+        :class:`LossHook`): any of the library's regularizers as it is, e.g.
+        ``loss=GuidedGradientRegularizer(model)``. ``None`` means plain cross-entropy on
+        ``model(images)``. A hook that returns a plain ``(logits, penalty)`` tuple still
+        trains as ``cross_entropy(logits, labels) + penalty`` for this release, with a
+        ``DeprecationWarning`` (wrap it in :func:`with_cross_entropy`).
     progress : bool
         Show a tqdm bar per epoch and, after it, a line with the epoch's mean loss and
         (when logits are known) its training accuracy.
@@ -243,7 +253,8 @@ def train_classifier(
     -------
     list of dict
         Per epoch: ``epoch``, ``loss`` (mean), ``accuracy`` (training batches, when
-        logits are known: no hook, or a hook with ``last_logits``; else NaN) and
+        logits are known: no hook, a :class:`RegularizerOutput`, or a hook with
+        ``last_logits``; else NaN) and
         ``seconds``.
 
     Raises

@@ -6,19 +6,16 @@
   norm-regularized adversarial training (Gong, Dou & Farnia, arXiv 2404.04647).
 * :class:`NormRegularizedAdversarialLoss`: the adversarial form of the same training.
 
-The two penalties on the input gradient take ``mode="double_backprop"`` (exact) or
-``mode="finite_difference"`` (first derivatives only). The default, ``mode="auto"``,
-runs the exact mode where the model can be differentiated twice and finite
-differences where it cannot (MobileNet V3's ``hardsigmoid``, a custom
-``@once_differentiable`` function, a ``torch.compile``'d model): the first call tries
-the exact mode and, when the double-backward check finds an obstacle (before any
-backward pass of the caller), undoes its side effects (BatchNorm statistics, random
-state; no ``.grad`` is written), warns once with a ``UserWarning`` naming the
-obstacle, and runs that call and the following ones with finite differences. A
-compiled model is resolved at construction. ``.resolved_mode`` gives the choice
-(``None`` before the first call); keeping the exact mode is logged at INFO level on
-the ``captum_regularized.regularizers`` logger. The result is exactly that of the
-chosen mode passed explicitly.
+All three return a :class:`RegularizerOutput`: the pair ``(logits, penalty)`` -- the
+model's logits for the clean batch and the term the method adds to the task loss --
+with the batch's training loss ``cross_entropy(logits, labels) + penalty`` as
+``.loss``, so one training loop (or ``train_classifier(loss=...)``) takes any of them.
+
+The two penalties on the input gradient train through it by ``mode="double_backprop"``
+(exact) or ``mode="finite_difference"`` (first derivatives only). The default,
+``mode="auto"``, takes the exact mode where the model can be differentiated twice and
+warns once when it falls back; ``.resolved_mode`` gives the choice. Details, BatchNorm
+and mixed precision: :doc:`/design_notes/gradient_penalties`.
 
 Both penalties refuse the same bad calls, before any forward pass where the inputs are
 at fault:
@@ -37,9 +34,11 @@ BatchNorm running statistics are left as found whenever a call raises.
 from captum_regularized.regularizers.gradient_norm_penalty import GradientNormPenalty
 from captum_regularized.regularizers.guided_gradient import GuidedGradientRegularizer
 from captum_regularized.regularizers.norm_adversarial import NormRegularizedAdversarialLoss
+from captum_regularized.regularizers.regularizer_output import RegularizerOutput
 
 __all__: list[str] = [
     "GradientNormPenalty",
     "GuidedGradientRegularizer",
     "NormRegularizedAdversarialLoss",
+    "RegularizerOutput",
 ]

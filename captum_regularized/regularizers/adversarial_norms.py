@@ -26,14 +26,8 @@ steepest-ascent step of the iterative solver. :data:`NORMS` maps the ``norm=`` s
 to the class and :func:`adversarial_norm` builds a validated instance: adding a norm
 is adding one class and one row to :data:`NORMS`.
 
-Groups are non-overlapping ``group_size x group_size`` spatial patches of each
-channel of a ``(B, C, H, W)`` tensor. When ``group_size`` does not divide ``H`` (or
-``W``), the last row (column) of patches is *smaller*: it holds the remaining
-``H mod group_size`` rows (columns). Nothing is dropped and no error is raised.
-
-Every division by a norm is zero-safe: a zero gradient (or a zero group) gives a zero
-perturbation and a zero penalty, never NaN, and the penalties have finite gradients
-there (needed for double back-propagation).
+Groups are ``group_size``-sided patches per channel (smaller at the edges); every
+division by a norm is zero-safe (:doc:`/design_notes/adversarial_training`).
 """
 
 from __future__ import annotations

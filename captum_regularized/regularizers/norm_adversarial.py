@@ -26,6 +26,7 @@ from captum_regularized._internal.model_state import (
     unwrap_parallel,
 )
 from captum_regularized.regularizers.adversarial_norms import adversarial_norm
+from captum_regularized.regularizers.regularizer_output import RegularizerOutput
 
 __all__ = ["NormRegularizedAdversarialLoss"]
 
@@ -109,59 +110,15 @@ class NormRegularizedAdversarialLoss:
     clean loss. :class:`~captum_regularized.regularizers.GradientNormPenalty` adds
     ``R*(g)`` directly instead (double back-propagation).
 
-    The inner problem
-        Every step is one forward and backward pass (input gradient only) at
-        ``x + delta`` followed by a step of ``step_size`` along the steepest-ascent
-        direction of ``l - R`` for the norm (sign steps for ``l1``, per-patch normalised
-        steps for ``group``, per-example L2-normalised steps for ``elastic_net``) and a
-        projection onto the feasible set (``||delta||_inf <= eps`` box, per-patch
-        ``eps`` ball; ``input_range``). ``gaze`` has only the closed form. Where the
-        solver starts, and so how ``steps`` counts, is ``start``:
-
-        * ``start="closed_form"`` (default, ours): ``steps=1`` is the closed form
-          ``delta*`` of the gradient at ``x``; ``steps=k > 1`` starts there and takes
-          ``k - 1`` ascent steps from it.
-        * ``start="zero"`` (the authors' AdvGrad loop): ``delta`` starts at 0 and the
-          solver takes ``k = steps`` ascent steps, the first one from the gradient at
-          ``x``. The authors' ``l1`` setting is ``start="zero"``,
-          ``step_size=0.3 * epsilon``, ``select_iterate="last"`` and
-          ``update_batchnorm=True``.
-
-        Either way ``steps=k`` costs ``k`` forward and backward passes before the outer
-        training pass: the cost of Captum's ``PGD`` with ``step_num=k`` (and of
-        ``FGSM`` for ``k = 1``).
-
-    Which iterate is used
-        With ``select_iterate="last"`` (the default) the last iterate is used, as in
-        Captum's ``PGD``, Madry et al.'s adversarial training and the authors' loop.
-        With ``select_iterate="best"`` every example keeps the iterate of highest inner
-        objective ``l(x + delta) - R(delta)`` among all of them, the start included (so
-        with the closed-form start that objective is never below the closed form's).
-        The iterates before the last one are scored by the forward pass that also gives
-        their gradient, at no cost; the last one by one extra forward pass without
-        gradient. Both settings take the same steps and differ only in which iterate is
-        returned. The choice matters most for ``elastic_net``: its closed form is
-        already stationary for the first-order objective, and the fixed-length steps
-        from there can end on an iterate worse than the closed form, which ``"best"``
-        never returns.
-
-    Model state
-        The inner passes run the model in its current mode (dropout stays active while
-        training, as in the outer pass; training BatchNorm uses the batch statistics;
-        ``g`` therefore also carries the path through the batch statistics, as in
-        Captum's ``PGD``, while in eval mode every example's ``delta`` depends on that
-        example alone). What they do to the running statistics of train-mode BatchNorm
-        layers is ``update_batchnorm``: with ``False`` (default) they are not updated
-        by the inner passes; with ``True`` every inner forward pass updates them as a
-        plain train-mode forward pass does (the authors' way: ``steps`` updates, one
-        more for the scoring pass of ``select_iterate="best"``). The outer pass then
-        updates them as plain training does: once on ``x + delta``, and with
-        ``clean_weight > 0`` a second time on ``x`` (two forward passes, each
-        normalising with its own batch's statistics). When a call raises, the running
-        statistics are left as found. Parameter ``.grad`` is never touched by the
-        inner passes, no hook is added and the inputs are not modified. A
-        ``DistributedDataParallel`` model is unwrapped for the inner passes (no
-        gradient synchronisation there); the outer pass goes through it.
+    The inner solver takes ``steps`` forward and backward passes (the cost of Captum's
+    ``PGD`` with ``step_num=steps``, of ``FGSM`` for one step): from the closed form
+    ``delta*`` (``start="closed_form"``, ours) or from 0 (``start="zero"``, the
+    authors' loop), steepest-ascent steps of ``l - R`` projected onto the feasible set,
+    keeping the last iterate or each example's best. The authors' ``l1`` setting is
+    ``start="zero"``, ``step_size=0.3 * epsilon`` and ``update_batchnorm=True``. The
+    inner passes run the model in its current mode and touch no ``.grad``; BatchNorm
+    statistics are left as found when a call raises. Details:
+    :doc:`/design_notes/adversarial_training`.
 
     Parameters
     ----------
@@ -217,9 +174,9 @@ class NormRegularizedAdversarialLoss:
     >>> delta = adv.perturb(images, labels)
     >>> bool(delta.abs().max() <= 0.01), delta.requires_grad
     (True, False)
-    >>> loss = adv(images, labels)
-    >>> loss.dim(), loss.requires_grad
-    (0, True)
+    >>> out = adv(images, labels)  # a RegularizerOutput: (logits, penalty) and .loss
+    >>> out.logits.shape, out.loss.dim(), out.loss.requires_grad
+    (torch.Size([4, 3]), 0, True)
 
     Seven ascent steps, each example keeping its best iterate:
 
@@ -333,36 +290,41 @@ class NormRegularizedAdversarialLoss:
         check_autograd_available(f"{type(self).__name__}.perturb")
         mask = self._check_call(inputs, labels, mask)
         with batchnorm_statistics_restored_on_error(self.model):
-            return self._perturbation(inputs, labels, mask)
+            return self._perturbation(inputs, labels, mask)[0]
 
     def __call__(
         self, inputs: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Scalar training loss: the mean loss on ``inputs + delta`` (plus the clean part).
+    ) -> RegularizerOutput:
+        """The batch's :class:`RegularizerOutput`: ``(logits, penalty)`` and ``.loss``.
 
-        ``delta`` is a constant (the inner maximum's solution), but ``inputs`` keep the
-        caller's graph: with ``adv(pre(images), labels)`` the loss back-propagates into a
-        trainable ``pre`` through ``pre(images) + delta``. Arguments and errors as in
-        :meth:`perturb`.
+        ``.loss`` is the training loss: the mean loss on ``inputs + delta`` (mixed with the
+        clean loss by ``clean_weight``). ``logits`` are the model's (detached) logits at
+        ``inputs`` from the solver's first pass and ``penalty = loss - task loss(logits)``,
+        the adversarial excess, which is ``R*(g)`` to first order. ``delta`` is a constant,
+        but ``inputs`` keep the caller's graph: with ``adv(pre(images), labels).loss`` the
+        loss back-propagates into a trainable ``pre`` through ``pre(images) + delta``.
+        Arguments and errors as in :meth:`perturb`.
 
         Examples
         --------
         >>> model = torch.nn.Linear(4, 2)
         >>> adv = NormRegularizedAdversarialLoss(model, epsilon=0.1, clean_weight=0.5)
-        >>> adv(torch.rand(5, 4), torch.zeros(5, dtype=torch.long)).shape
-        torch.Size([])
+        >>> logits, penalty = adv(torch.rand(5, 4), torch.zeros(5, dtype=torch.long))
+        >>> logits.shape, penalty.dim()
+        (torch.Size([5, 2]), 0)
         """
         check_autograd_available(type(self).__name__)
         mask = self._check_call(inputs, labels, mask)
         with batchnorm_statistics_restored_on_error(self.model):
-            delta = self._perturbation(inputs, labels, mask)
+            delta, clean_logits = self._perturbation(inputs, labels, mask)
             adversarial = logits_of(self.model(inputs + delta), "model")
             loss = per_example_losses(self.loss_fn, adversarial, labels).mean()
             if self.clean_weight > 0:
                 logits = logits_of(self.model(inputs), "model")
                 clean = per_example_losses(self.loss_fn, logits, labels).mean()
                 loss = (1 - self.clean_weight) * loss + self.clean_weight * clean
-        return loss
+        task_loss = per_example_losses(self.loss_fn, clean_logits, labels).mean()
+        return RegularizerOutput(clean_logits, loss - task_loss, loss=loss)
 
     def _check_call(
         self, inputs: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None
@@ -375,13 +337,15 @@ class NormRegularizedAdversarialLoss:
 
     def _perturbation(
         self, inputs: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The detached ``delta`` and the detached logits at ``inputs``."""
         inner = unwrap_parallel(self.model)
         statistics = (
             contextlib.nullcontext() if self.update_batchnorm else kept_batchnorm_statistics(inner)
         )
         with preserved_model(inner), statistics:
-            return self._solve(inner, inputs.detach(), labels, mask).detach()
+            delta, clean_logits = self._solve(inner, inputs.detach(), labels, mask)
+        return delta.detach(), clean_logits.detach()
 
     def _feasible(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         delta = self.spec.project(delta)
@@ -421,13 +385,16 @@ class NormRegularizedAdversarialLoss:
         x: torch.Tensor,
         labels: torch.Tensor,
         mask: torch.Tensor | None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``delta`` and the logits of the first pass, which is at ``x``."""
+        clean_logits: torch.Tensor | None = None
         if self.start == "closed_form":
             first = input_gradient(model, x, labels, self.loss_fn)
+            clean_logits = first.logits
             closed_form = self.spec.closed_form_maximiser(first.gradient, mask)
             delta = self._feasible(x, closed_form)
             if self.steps == 1:
-                return delta
+                return delta, clean_logits
             step: float | torch.Tensor | None = self._step(x, closed_form)
             ascents = self.steps - 1
         else:  # the first pass, at x + 0, gives the first ascent step
@@ -436,14 +403,17 @@ class NormRegularizedAdversarialLoss:
         best: tuple[torch.Tensor, torch.Tensor] | None = None
         for _ in range(ascents):
             current = input_gradient(model, x + delta, labels, self.loss_fn)
+            if clean_logits is None:
+                clean_logits = current.logits
             if step is None:
                 step = self._step(x, self.spec.closed_form_maximiser(current.gradient, mask))
             if keep_best:  # the pass that gives this step also scores the iterate it leaves
                 best = self._keep_better(current.losses, delta, best)
             direction = current.gradient - self.spec.adversary_cost_gradient(delta)
             delta = self._feasible(x, delta + self.spec.ascent_step(direction, step))
+        assert clean_logits is not None  # steps >= 1, so the loop ran at least once
         if not keep_best:
-            return delta  # Captum's PGD cost: one forward and backward pass per step
+            return delta, clean_logits  # Captum's PGD cost: one forward and backward per step
         with torch.no_grad():  # only the last iterate needs a forward pass of its own
             losses = per_example_losses(self.loss_fn, logits_of(model(x + delta), "model"), labels)
-        return self._keep_better(losses, delta, best)[0]
+        return self._keep_better(losses, delta, best)[0], clean_logits

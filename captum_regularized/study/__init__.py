@@ -8,15 +8,5 @@ from captum_regularized.study.runner import SECTIONS, run_study
 from captum_regularized.study.settings import FULL, QUICK, TINY, StudySettings
 from captum_regularized.study.verdicts import Claim, ClaimVerdict, judge, spread
 
-__all__ = [
-    "FULL",
-    "QUICK",
-    "SECTIONS",
-    "TINY",
-    "Claim",
-    "ClaimVerdict",
-    "StudySettings",
-    "judge",
-    "run_study",
-    "spread",
-]
+__all__ = ["FULL", "QUICK", "SECTIONS", "TINY", "Claim", "ClaimVerdict", "StudySettings", "judge",
+           "run_study", "spread"]

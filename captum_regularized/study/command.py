@@ -58,15 +58,7 @@ def add_reproduce_parser(commands: argparse._SubParsersAction) -> argparse.Argum
 
 
 def _command_line(args: argparse.Namespace) -> str:
-    """The run's options as a ``captum-regularized reproduce ...`` line (for the record).
-
-    Examples
-    --------
-    >>> _command_line(argparse.Namespace(quick=True, out=Path("o"), device="cpu", seed=0,
-    ...                                  seeds=None, data=None, data_root=None,
-    ...                                  no_progress=True))
-    'captum-regularized reproduce --quick --device cpu --seed 0'
-    """
+    """The run's options as a ``captum-regularized reproduce ...`` line (for the record)."""
     words = ["captum-regularized", "reproduce"] + (["--quick"] if args.quick else [])
     words += ["--device", args.device, "--seed", str(args.seed)]
     if args.seeds is not None:
@@ -81,12 +73,8 @@ def _command_line(args: argparse.Namespace) -> str:
 
 
 def data_argument(value: str | None) -> str | Path | None:
-    """``--data`` as ``run_study`` takes it: a data set name, or an image folder.
-
-    Raises
-    ------
-    captum_regularized.cli_support.UsageError
-        For anything else (the message lists the choices).
+    """``--data`` as ``run_study`` takes it: a data set name, or an image folder (else a
+    ``UsageError`` listing the choices).
 
     Examples
     --------
@@ -107,19 +95,12 @@ def data_argument(value: str | None) -> str | Path | None:
 
 
 def run_reproduce(args: argparse.Namespace) -> Path:
-    """Check the arguments, run the study, return the report's path.
-
-    The device and the arguments are checked before ``--out`` is created; a folder
-    created here is removed again when the run fails before writing into it (see
-    :func:`captum_regularized.cli.output_dir`).
+    """Check the arguments (before ``--out`` is created), run the study, return the report.
 
     Raises
     ------
-    captum_regularized.cli.UsageError
-        For ``--seeds`` below 1, a ``--data`` that is neither a data set name nor a
-        readable image folder, ``--data fashion-mnist`` without its files, a
-        ``--data-root`` that is not a folder, an unwritable ``--out`` or ``--device cuda``
-        without CUDA.
+    captum_regularized.cli_support.UsageError
+        For a bad ``--seeds``, ``--data``, ``--data-root``, ``--out`` or ``--device``.
     """
     from captum_regularized.cli_support import UsageError, check_device, output_dir
 

@@ -1,8 +1,6 @@
 """The applications' figures (study and demo): example maps and curves, written as PNG files.
 
-Importing this module leaves matplotlib's backend alone. The curve figures are built as
-a bare :class:`matplotlib.figure.Figure` (no pyplot state); the map grids come from
-:func:`~captum_regularized.visualization.plot_attributions` and are closed once saved.
+Importing this module leaves matplotlib's backend alone.
 """
 
 from __future__ import annotations
@@ -29,23 +27,8 @@ def save_maps_figure(
     row_labels: Sequence[str] | None = None,
     dpi: int = 90,
 ) -> Path:
-    """Write a grid of images (rows) and maps (columns) to ``path``.
-
-    Parameters
-    ----------
-    path : Path
-        The PNG file to write.
-    images : Tensor
-        ``(B, C, H, W)``, one row each, on any device.
-    maps : dict of str to Tensor
-        Column title to maps of the same batch (see
-        :func:`~captum_regularized.visualization.plot_attributions`).
-    masks : Tensor, optional
-        Ground-truth masks, outlined on the input panels.
-    row_labels : sequence of str, optional
-        One label per row (e.g. the class).
-    dpi : int
-        Resolution of the PNG.
+    """Write a PNG grid of ``images`` (rows, with ``masks`` outlined) and ``maps`` (columns)
+    to ``path`` (see :func:`~captum_regularized.visualization.plot_attributions`).
 
     Examples
     --------

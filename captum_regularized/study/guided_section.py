@@ -1,11 +1,6 @@
-"""Paper 3: fine-tuning with the guided-gradient alignment regularizer.
+"""Paper 3 (Torres Figueroa et al., arXiv 2404.15024): guided-gradient alignment fine-tuning.
 
-Torres Figueroa et al., arXiv 2404.15024: adding ``weight * (1 - cos(gradient, guided
-backprop))`` to the loss aligns the plain input gradient with guided backprop, and the
-CAM maps of the fine-tuned model (Grad-CAM, Grad-CAM++, Score-CAM) score better on
-Average Drop, Average Gain, Increase in Confidence, insertion and deletion, at little
-cost in accuracy. The paper fine-tunes CIFAR-100 ResNet-18 and MobileNet-V2 with
-``weight = 7.5e-3``; its claims are qualitative here (no number of it is comparable).
+The claim and protocol are the section's own texts (:func:`_new_section`).
 """
 
 from __future__ import annotations
@@ -28,12 +23,11 @@ PAIRS = {
     "SimpleCNN": ("simple_cnn", "simple_cnn_tuned", "guided"),
     "ResNet-18": ("resnet", "resnet_tuned", "guided_resnet"),
 }
-"""Table name to (the model before fine-tuning, its plain twin, the regularized one)."""
+"""Table name to the recipes before fine-tuning, of the plain twin and of the guided model."""
 
 BEFORE, PLAIN, GUIDED = "before fine-tuning", "plain fine-tuning", "guided fine-tuning"
 
-ACCURACY_MARGIN = 0.02
-"""The accuracy claim: the regularized model loses at most 2 points."""
+ACCURACY_MARGIN = 0.02  # the accuracy claim: at most 2 points lost
 
 CAM_METRICS = {
     "average_drop": ("lower", "AD: % confidence lost on the map-weighted image"),
@@ -41,18 +35,13 @@ CAM_METRICS = {
     "increase_in_confidence": ("higher", "IC: % of images gaining confidence"),
     "insertion_auc": ("higher", "insertion AUC, blur substrate"),
     "deletion_auc": ("lower", "deletion AUC, black substrate"),
-}
-"""The CAM papers' scores: metric to (direction, meaning)."""
+}  # the CAM papers' scores: metric to (direction, meaning)
 
 Explain = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def cam_methods(trained: TrainedModel) -> dict[str, Explain]:
-    """Grad-CAM, Grad-CAM++ and Score-CAM at the model's CAM layer, upsampled.
-
-    Grad-CAM is Captum's ``LayerGradCam`` with ReLU; Grad-CAM++ and Score-CAM are the
-    package's (their maps equal pytorch-grad-cam's), so the inventory needs no optional
-    package.
+    """Grad-CAM (Captum's, with ReLU), Grad-CAM++ and Score-CAM at the CAM layer, upsampled.
 
     Examples
     --------
@@ -130,7 +119,6 @@ def _new_section() -> Section:
 
 
 def _alignment_note(section: Section, table: str) -> None:
-    """Say, from the numbers, whether the loss moved the alignment."""
     rows = section.tables[table]
     means = {row: float(summarize(rows[row]["gradient_alignment"])["mean"])  # type: ignore[arg-type]
              for row in (BEFORE, PLAIN, GUIDED)}

@@ -29,19 +29,13 @@ def upsampled(maps: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
 
 
 def mask_scores(maps: torch.Tensor, masks: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """Per-example ``energy_in_mask`` and ``pointing_game`` (empty without masks); higher
-    is better.
+    """Per-example ``energy_in_mask`` and ``pointing_game`` (empty without masks).
 
     Examples
     --------
-    >>> masks = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
-    >>> masks[..., :2, :2] = True
-    >>> maps = torch.zeros(1, 1, 4, 4)
-    >>> maps[..., 0, 0] = 1.0
+    >>> maps, masks = torch.eye(4)[None, None], torch.eye(4, dtype=torch.bool)[None, None]
     >>> {name: score.tolist() for name, score in mask_scores(maps, masks).items()}
     {'energy_in_mask': [1.0], 'pointing_game': [1.0]}
-    >>> mask_scores(maps, None)
-    {}
     """
     if masks is None:
         return {}
@@ -54,8 +48,7 @@ def mask_scores(maps: torch.Tensor, masks: torch.Tensor | None) -> dict[str, tor
 def faithfulness_scores(
     model: nn.Module, images: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor, steps: int
 ) -> dict[str, torch.Tensor]:
-    """Per-example ``deletion_auc`` (black substrate, lower is better) and
-    ``insertion_auc`` (blur substrate, higher is better) of the target's probability.
+    """Per-example ``deletion_auc`` (black substrate) and ``insertion_auc`` (blur substrate).
 
     Examples
     --------
@@ -75,8 +68,8 @@ def faithfulness_scores(
 def cam_quality_scores(
     model: nn.Module, images: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor, steps: int
 ) -> dict[str, torch.Tensor]:
-    """Per-example AD, AG and IC terms (percent, :func:`confidence_change`) and the
-    deletion / insertion AUCs of input-sized maps: the CAM papers' scores.
+    """The CAM papers' per-example scores: AD, AG, IC (percent) and the deletion /
+    insertion AUCs.
 
     Examples
     --------

@@ -1,11 +1,7 @@
 """Every model the study scores: trained once per (recipe, seed), cached on disk, shared.
 
-Two models are trained from scratch (``simple_cnn``, ``resnet``); the regularized ones
-are fine-tuned from them next to a plain twin that sees the same batches
-(``simple_cnn_tuned``, ``resnet_tuned``), so every comparison is paired; ``saturated``
-is the trained SimpleCNN with its logits scaled until its softmax saturates. Each model
-records its held-out accuracy against the data set's floor (``scored``) and the size
-of its CAM layer's map (``map_size``; coarser than :data:`MIN_MAP_SIZE` is not scored).
+Regularized models are fine-tuned from a trained one next to a plain twin that sees the
+same batches, so every comparison is paired.
 """
 
 from __future__ import annotations
@@ -19,7 +15,7 @@ import time
 from collections.abc import Callable, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -37,29 +33,20 @@ from captum_regularized.models import (
 from captum_regularized.study.settings import StudySettings
 from captum_regularized.study.study_data import SeedData, StudyData
 
-__all__ = [
-    "ADVERSARIAL_NORMS",
-    "FINETUNE_SETTINGS",
-    "MIN_MAP_SIZE",
-    "RECIPES",
-    "SCRATCH_SETTINGS",
-    "CifarResNet18",
-    "ModelZoo",
-    "ScaledLogits",
-    "TrainedModel",
-    "default_checkpoint_cache",
-]
+if TYPE_CHECKING:
+    from captum_regularized.regularizers import RegularizerOutput
 
-ADVERSARIAL_NORMS = ("l1", "elastic_net", "group")
-"""The norms of AdvGrad's sparsity claims (``gaze`` has its own claim)."""
+__all__ = ["ADVERSARIAL_NORMS", "FINETUNE_SETTINGS", "MIN_MAP_SIZE", "RECIPES",
+           "SCRATCH_SETTINGS", "CifarResNet18", "ModelZoo", "ScaledLogits", "TrainedModel",
+           "default_checkpoint_cache"]
 
+ADVERSARIAL_NORMS = ("l1", "elastic_net", "group")  # of the sparsity claims
 MIN_MAP_SIZE = 4
 """The coarsest CAM map the study scores is ``MIN_MAP_SIZE x MIN_MAP_SIZE``."""
 
+
 def default_checkpoint_cache() -> Path:
-    """Where ``captum-regularized reproduce`` keeps trained checkpoints between runs:
-    ``study`` under :func:`~captum_regularized.datasets.fashion_mnist.default_cache_dir`
-    (``$XDG_CACHE_HOME/captum_regularized``, read at each call).
+    """``$XDG_CACHE_HOME/captum_regularized/study``: where ``reproduce`` keeps checkpoints.
 
     Examples
     --------
@@ -88,8 +75,7 @@ class ScaledLogits(nn.Module):
 
     Examples
     --------
-    >>> model = ScaledLogits(SimpleCNN(3, width=2), scale=8.0)
-    >>> model(torch.rand(1, 3, 8, 8)).shape
+    >>> ScaledLogits(SimpleCNN(3, width=2), scale=8.0)(torch.rand(1, 3, 8, 8)).shape
     torch.Size([1, 3])
     """
 
@@ -99,15 +85,12 @@ class ScaledLogits(nn.Module):
         self.scale = float(scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Scaled logits."""
         return self.scale * self.model(x)
 
 
 class CifarResNet18(ResNet):
     """ResNet-18 for small images: a 3 x 3 stride-1 stem, no max-pool, stage widths
-    ``w, 2w, 4w, 8w`` (torchvision's is ``w = 64`` with a stride-4 stem).
-
-    At 28 or 32 px ``layer4`` is 4 x 4, fine enough for Grad-CAM.
+    ``w, 2w, 4w, 8w`` (``layer4`` is 4 x 4 at 28 or 32 px).
 
     Examples
     --------
@@ -139,9 +122,7 @@ def _guided_loss(model: nn.Module, s: StudySettings) -> Any:
 
 
 def _adversarial_loss(norm: str) -> Callable[[nn.Module, StudySettings], Any]:
-    """The authors' inner loop: from the image, ``adv_steps`` steps of
-    ``adv_step_fraction`` times the radius, projected, the last iterate, BatchNorm
-    statistics updated by the inner passes."""
+    """AdvGrad's loss of ``norm`` with the authors' inner loop."""
 
     def factory(model: nn.Module, s: StudySettings) -> Any:
         from captum_regularized.regularizers import NormRegularizedAdversarialLoss
@@ -171,15 +152,14 @@ class _GazeLoss:
             model, norm="gaze", epsilon=s.gaze_epsilon, input_range=(0.0, 1.0)
         )
 
-    def __call__(self, stacked: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def __call__(self, stacked: torch.Tensor, labels: torch.Tensor) -> RegularizerOutput:
         return self.loss(stacked[:, :-1], labels, mask=stacked[:, -1:])
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """How one model is made: from scratch (``parent`` None) or fine-tuned from
-    ``parent``; ``loss`` builds the training loss (None: cross-entropy) from the
-    settings named in ``uses`` (part of the checkpoint key)."""
+    """How one model is made: from scratch (``parent`` None) or fine-tuned from ``parent``
+    with ``loss`` (None: cross-entropy), built from the settings named in ``uses``."""
 
     label: str
     parent: str | None = None
@@ -207,17 +187,11 @@ RECIPES: dict[str, Recipe] = {
                        lambda model, s: _GazeLoss(model, s), with_masks=True,
                        uses=("gaze_epsilon",)),
 }
-"""Recipe key to how it is made. The fine-tuned ones of a seed start from the same
-weights and see the same batches as their plain twin."""
 
 
 @dataclass
 class TrainedModel:
-    """A model of the zoo in eval mode, with its held-out numbers.
-
-    ``correct`` holds, per held-out image, whether the model classifies it correctly
-    (the paired values of the accuracy claims).
-    """
+    """A model of the zoo in eval mode, with its held-out numbers (``correct``: per image)."""
 
     recipe: str
     seed: int
@@ -270,6 +244,7 @@ def _map_size(model: nn.Module, layer: nn.Module, image: torch.Tensor) -> tuple[
     return seen[0]
 
 
+@dataclass(eq=False)
 class ModelZoo:
     """Trains each ``(recipe, seed)`` once, on first request, and keeps it (also on disk).
 
@@ -286,11 +261,8 @@ class ModelZoo:
     progress : bool
         Show the training bars.
     cache : Path or None
-        Folder of trained checkpoints, e.g. :func:`default_checkpoint_cache` (``None``,
-        the default: nothing is read from or kept on disk). A checkpoint
-        is found again only for the same recipe, seed, data, training settings
-        (:data:`SCRATCH_SETTINGS`, for a fine-tuned model also
-        :data:`FINETUNE_SETTINGS` and its recipe's ``uses``) and package version.
+        Folder of checkpoints, keyed by recipe, seed, data, training settings and
+        package version (``None``: nothing is kept).
 
     Examples
     --------
@@ -301,22 +273,14 @@ class ModelZoo:
     (True, False, (8, 8))
     """
 
-    def __init__(
-        self,
-        settings: StudySettings,
-        data: StudyData,
-        device: str = "cpu",
-        log: Callable[[str], None] = print,
-        progress: bool = True,
-        cache: Path | None = None,
-    ) -> None:
-        self.settings = settings
-        self.data = data
-        self.device = device
-        self.log = log
-        self.progress = progress
-        self.cache = cache
-        self._trained: dict[tuple[str, int], TrainedModel] = {}
+    settings: StudySettings
+    data: StudyData
+    device: str = "cpu"
+    log: Callable[[str], None] = print
+    progress: bool = True
+    cache: Path | None = None
+    _trained: dict[tuple[str, int], TrainedModel] = field(default_factory=dict, init=False,
+                                                          repr=False)
 
     def trained(self) -> list[TrainedModel]:
         """Every model made so far, in order."""
@@ -332,8 +296,8 @@ class ModelZoo:
         return self._trained[key]
 
     def fresh(self, recipe: str, seed: int) -> nn.Module:
-        """A new untrained network of a from-scratch recipe (``simple_cnn``, ``resnet``),
-        initialised from ``seed`` (the global random state is left as it was)."""
+        """A new network of ``simple_cnn`` or ``resnet`` initialised from ``seed`` (the global
+        random state is left as it was)."""
         s, classes = self.settings, self.data.num_classes
         if recipe not in ("simple_cnn", "resnet"):
             raise ValueError(f"fresh networks are 'simple_cnn' or 'resnet', got {recipe!r}")
@@ -439,8 +403,7 @@ class ModelZoo:
 
 
 def _load_checkpoint(file: Path | None) -> dict[str, Any] | None:
-    """The checkpoint in ``file``; ``None`` when there is none or it cannot be read (a
-    damaged file is then trained again and replaced)."""
+    """The checkpoint in ``file``; ``None`` when there is none or it cannot be read."""
     if file is None or not file.exists():
         return None
     try:
@@ -451,8 +414,7 @@ def _load_checkpoint(file: Path | None) -> dict[str, Any] | None:
 
 
 def _save_checkpoint(file: Path, saved: dict[str, Any]) -> None:
-    """Write ``saved`` beside ``file`` and move it in whole (a stopped run leaves no
-    half-written checkpoint)."""
+    """Write ``saved`` beside ``file`` and move it in whole."""
     file.parent.mkdir(parents=True, exist_ok=True)
     partial = file.with_name(f".{file.name}.{os.getpid()}.partial")
     torch.save(saved, partial)
@@ -460,8 +422,7 @@ def _save_checkpoint(file: Path, saved: dict[str, Any]) -> None:
 
 
 def _subset(train_set: Any, count: int, seed: int, with_masks: bool) -> TensorDataset:
-    """The first ``count`` training items in a seeded order; with ``with_masks`` each image
-    carries its mask as a last channel (the gaze loss splits them again)."""
+    """The first ``count`` training items in a seeded order (masks as a last channel)."""
     tensors = cast(TensorDataset, train_set).tensors
     order = torch.randperm(len(tensors[0]), generator=torch.Generator().manual_seed(seed))
     chosen = order[: min(count, len(order))]

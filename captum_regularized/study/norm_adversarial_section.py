@@ -1,10 +1,6 @@
-"""Paper 4: norm-regularized adversarial training (AdvGrad) and its gradient maps.
+"""Paper 4 (Gong, Dou & Farnia, arXiv 2404.04647): norm-regularized adversarial training.
 
-Gong, Dou & Farnia, arXiv 2404.04647: training against an adversary whose cost is a norm
-``R`` penalises the dual norm of the simple gradient, so ``l1`` and the elastic net make
-the gradient maps sparse and ``group`` sparse over patches; the maps then point at the
-informative pixels (a larger DiffROAR), resist interpretation attacks better, and with
-the gaze cost follow a given mask. The paper's claims are qualitative here.
+The claim and protocol are the section's own texts (:func:`_new_section`).
 """
 
 from __future__ import annotations
@@ -28,16 +24,14 @@ PLAIN = "plain fine-tuning"
 
 ROWS = {"simple_cnn_tuned": PLAIN, **{f"adv_{norm}": norm for norm in ADVERSARIAL_NORMS},
         "adv_gaze": "gaze"}
-"""Zoo recipe to row name; every model is a SimpleCNN fine-tuned from the same weights on
-the same batches."""
+"""Zoo recipe to row name (SimpleCNNs fine-tuned from the same weights on the same batches)."""
 
 TABLE = "SimpleCNN"
 
 
 def patch_norms(gradient: torch.Tensor, patch: int) -> torch.Tensor:
-    """L2 norm of the gradient over every ``patch x patch`` block (all channels).
-
-    Edge blocks hold the remainder when ``patch`` does not divide the side.
+    """L2 norm of the gradient over every ``patch x patch`` block (all channels; edge
+    blocks hold the remainder).
 
     Examples
     --------
@@ -111,13 +105,8 @@ def _gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> t
 
 
 class _DiffRoar:
-    """Per-image DiffROAR of one seed's models, from :func:`remove_and_retrain`.
-
-    The seed's training subset and held-out images are set up once. Each retraining
-    trains a fresh SimpleCNN, except that a training set seen before (the random
-    removal, the same for every model of a seed: same ranking seed, same images, same
-    fill) returns the model trained on it.
-    """
+    """Per-image DiffROAR of one seed's models; the random removal, the same for every
+    model of a seed, is retrained once."""
 
     def __init__(self, context: StudyContext, batch: EvalBatch) -> None:
         s = context.settings

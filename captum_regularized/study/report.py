@@ -1,8 +1,6 @@
 """``report.md`` and the README summary, written from the ``results.json`` record alone.
 
-Every paper gets its claim, our protocol, one row per claim with the verdict of every data
-set side by side, and the claim's own ``reason`` (measured numbers only) wherever it did not
-hold. Missing numbers (``None`` or NaN) show as "–", never as text a reader must decode.
+Missing numbers (``None`` or NaN) show as "–".
 """
 
 from __future__ import annotations
@@ -19,14 +17,12 @@ DASH = "–"
 
 
 def _num(value: Any, spec: str = "+.3f") -> str:
-    """``value`` formatted with ``spec``; "–" for ``None`` or NaN."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return DASH
     return format(value, spec)
 
 
 def _cell(text: Any) -> str:
-    """Text safe inside a markdown table cell."""
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
@@ -64,8 +60,7 @@ def format_interval(claim: dict[str, Any]) -> str:
 
 
 def _claim_cell(claim: dict[str, Any] | None) -> str:
-    """``baseline → method; effect [ci] · verdict (+ + −)`` for one data set; "–" when
-    absent."""
+    """``baseline → method; effect [ci] · verdict (+ + −)`` for one data set."""
     if claim is None:
         return DASH
     signs = " ".join("+" if s > 0 else "−" if s < 0 else "0" for s in claim.get("seed_signs") or [])
@@ -91,7 +86,7 @@ def _paper_number(claim: dict[str, Any]) -> str:
     return "qualitative" if value == DASH else value
 
 
-def _percent(fraction: float | None) -> str:  # a 0..1 fraction as a percentage
+def _percent(fraction: float | None) -> str:
     return DASH if fraction is None else _num(100 * fraction, ".2f")
 
 

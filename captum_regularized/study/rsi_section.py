@@ -1,11 +1,6 @@
-"""Paper 2: RSI-Grad-CAM against Grad-CAM on a model whose softmax is saturated.
+"""Paper 2 (Lucas et al., arXiv 2205.10900): RSI-Grad-CAM against Grad-CAM, saturated softmax.
 
-Lucas et al., arXiv 2205.10900: where the softmax saturates, the gradient of the class
-probability at the image vanishes, and Grad-CAM's map with it; integrating the layer
-gradients along the path from a baseline (a Riemann-Stieltjes sum) keeps the evidence,
-so RSI-Grad-CAM localises the object and agrees with Integrated Gradients, and its map
-is numerically stable (it settles as the steps grow, and tiny input noise barely moves
-it). The paper's claims are qualitative: it gives no number we can compare with.
+The claim and protocol are the section's own texts (:func:`_new_section`).
 """
 
 from __future__ import annotations
@@ -26,13 +21,11 @@ from captum_regularized.study.verdicts import Claim
 __all__ = ["MODELS", "STEP_TOLERANCE", "relative_change", "run_rsi_section"]
 
 MODELS = {"saturated": "saturated SimpleCNN", "simple_cnn": "SimpleCNN"}
-"""Zoo recipe to table name: the claims are judged on the saturated model; the same
-measurements on the trained model are extra observations."""
+"""Zoo recipe to table name (on ``simple_cnn`` the claims are extra observations)."""
 
 GRAD_CAM, RSI = "Grad-CAM (softmax)", "RSI-Grad-CAM (authors)"
 
-STEP_TOLERANCE = 0.05
-"""The stability claim: quadrupling RSI's steps moves its map by less than 5 %."""
+STEP_TOLERANCE = 0.05  # the stability claim: 4 x the steps move the map by < 5 %
 
 LayerMap = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -53,8 +46,7 @@ def relative_change(maps: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
 
 
 def _layer_maps(trained: TrainedModel, steps: int) -> dict[str, LayerMap]:
-    """Grad-CAM on the class probability and RSI-Grad-CAM as its authors call it,
-    both at the model's CAM layer (maps of the layer's size)."""
+    """Grad-CAM on the class probability and RSI-Grad-CAM as its authors call it."""
     model, layer = trained.model, trained.cam_layer
 
     def probability(x: torch.Tensor) -> torch.Tensor:

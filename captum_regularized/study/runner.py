@@ -1,11 +1,4 @@
-"""Run the reproduction study: train once per (model, seed), run every section, write files.
-
-``run_study`` writes ``results.json`` (every number per seed, means, spreads and
-verdicts, per data set), ``report.md`` (the same as tables, the verdicts of the data sets
-side by side, with the figures) and one PNG per figure and data set. They are written
-into a hidden staging folder and moved into the output folder when the run ends, so a
-run that fails leaves no half-written output.
-"""
+"""Run the reproduction study: train once per (model, seed), run every section, write files."""
 
 from __future__ import annotations
 
@@ -47,7 +40,7 @@ SECTIONS: dict[str, Callable[[StudyContext], Section]] = {
     "guided_gradients": run_guided_section,
     "norm_adversarial": run_norm_adversarial_section,
 }
-"""Section key (in ``results.json``) to the function that runs it, in report order."""
+"""Section key to the function that runs it, in report order."""
 
 
 def _stage_logger(started: float, enabled: bool) -> Callable[[str], None]:
@@ -59,8 +52,7 @@ def _stage_logger(started: float, enabled: bool) -> Callable[[str], None]:
 
 
 def tiny_context(out: Path | None = None) -> StudyContext:
-    """A silent :data:`~captum_regularized.study.settings.TINY` context on synthetic data
-    (for examples and tests).
+    """A silent :data:`~captum_regularized.study.settings.TINY` context (for examples, tests).
 
     Examples
     --------
@@ -102,7 +94,7 @@ def _summary(claims: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def environment(command: str | None = None) -> dict[str, Any]:
-    """What a reader needs to know about where a run happened (recorded in the results).
+    """Where and with what a run happened (recorded in the results).
 
     Examples
     --------
@@ -129,14 +121,10 @@ def study_sources(
     log: Callable[[str], None] = print,
     quick: bool = False,
 ) -> tuple[list[str | Path], list[str]]:
-    """The data sets a run covers, and why any of the full study's are left out.
+    """The data sets a run covers, and notes on those of the full study left out.
 
-    ``data=None`` (the full study) means SyntheticShapes and, when its files are found
-    under ``data_root`` (default
-    :data:`~captum_regularized.study.study_data.DEFAULT_FASHION_MNIST_ROOT`),
-    Fashion-MNIST; otherwise just ``data``. A ``quick`` run without ``data`` looks for
-    Fashion-MNIST only under an explicit ``data_root``: the CI-sized run stays on
-    SyntheticShapes wherever it runs.
+    ``data=None``: SyntheticShapes, plus Fashion-MNIST when its files are found under
+    ``data_root`` (a ``quick`` run only looks under an explicit ``data_root``).
 
     Examples
     --------
@@ -180,53 +168,35 @@ def run_study(
     Parameters
     ----------
     out : Path
-        Writable folder for ``results.json``, ``report.md`` and the figures. They are
-        moved there when the run ends: a run that raises leaves ``out`` as it was; one
-        stopped with Ctrl-C (``KeyboardInterrupt``) leaves the files of the sections it
-        finished (``"complete": false``).
+        Writable folder for ``results.json``, ``report.md`` and the figures, moved there
+        when the run ends (after Ctrl-C: the finished sections, ``"complete": false``).
     settings : StudySettings
         Sizes (:data:`FULL`, :data:`QUICK`, :data:`TINY` or your own).
     quick : bool
-        Recorded in the results (the report then warns that verdicts are not evidence).
+        Recorded (the report then warns that verdicts are not evidence).
     device : str
         ``"cpu"`` or ``"cuda"``.
     seed : int
-        First seed; the run uses ``seed, seed + 1, ..., seed + settings.seeds - 1``.
+        First of ``settings.seeds`` consecutive seeds.
     data : {"synthetic", "fashion-mnist"} or Path, optional
-        One data set (an image folder has no masks: mask metrics are skipped). ``None``:
-        every section on SyntheticShapes and on Fashion-MNIST when its files are found
-        (see :func:`study_sources`), reported side by side.
+        One data set (an image folder has no masks); ``None``: see :func:`study_sources`.
     data_root : Path, optional
-        The Fashion-MNIST folder (default
-        :data:`~captum_regularized.study.study_data.DEFAULT_FASHION_MNIST_ROOT`).
-    progress : bool
-        Show the training progress bars.
-    stages : bool
-        Print one line per stage (models trained, sections scored), with elapsed time.
+        The Fashion-MNIST folder.
+    progress, stages : bool
+        Show the training bars; print one line per stage.
     sections : sequence of str, optional
         Keys of :data:`SECTIONS` to run (default: all).
     command : str, optional
-        The command line that started the run, recorded with the environment.
+        The command line, recorded with the environment.
     cache : Path or None
-        Folder of trained checkpoints shared between runs (the command line passes
-        :func:`~captum_regularized.study.model_zoo.default_checkpoint_cache`); ``None``:
-        train everything afresh and keep nothing. See
-        :class:`~captum_regularized.study.model_zoo.ModelZoo`.
+        Folder of trained checkpoints shared between runs (see
+        :class:`~captum_regularized.study.model_zoo.ModelZoo`); ``None``: keep nothing.
 
     Returns
     -------
     dict
-        ``settings``, ``environment``, ``seeds``, ``device``, ``rule``, ``departures``,
-        ``notes`` (e.g. a data set that was not found), ``data_sets`` (``label`` and
-        ``source`` per data set), ``papers`` (title, citation, claim, protocol),
-        ``models`` (one entry per trained model and seed: ``name``, ``data``, ``seed``,
-        ``accuracy``, ``floor``, ``scored``, ...), ``claims`` (one entry per claim and
-        data set: ``paper``, ``claim``, ``paper_value``, ``extra``, ``effect``,
-        ``ci_low``, ``ci_high``, ``seed_signs``, ``verdict``, ``reason``, ``map_size``,
-        ...), ``sections`` (per data set, each section's tables of per-seed means),
-        ``summary`` (verdict counts overall, per data set, per paper and of the extra
-        observations), ``complete`` (false in the files a stopped run leaves) and
-        ``total_seconds``.
+        The ``results.json`` record: settings, environment, claims with verdicts,
+        per-section tables, models, summary counts and more (see the report).
 
     Examples
     --------
@@ -249,7 +219,32 @@ def run_study(
     sources, notes = study_sources(data, data_root, log, quick=quick)
     all_data = [StudyData(settings, source, root=data_root) for source in sources]
     seeds = [seed + k for k in range(settings.seeds)]
-    results: dict[str, Any] = {
+    results = _new_results(settings, command, quick, seeds, device, notes)
+    log(f"reproduction study: {len(keys)} sections, seeds {seeds}, data sets "
+        f"{[d.key for d in all_data]}")
+    with _staged(out) as stage:
+        for study_data in all_data:
+            zoo = ModelZoo(settings, study_data, device=device, log=log, progress=progress,
+                           cache=cache)
+            context = StudyContext(settings, study_data, zoo, stage.folder, seeds,
+                                   device=device, log=log, figure_prefix=f"{study_data.key}_")
+            results["data_sets"][study_data.key] = {"label": study_data.label,
+                                                    "source": study_data.source}
+            results["sections"].setdefault(study_data.key, {})
+            log(f"data set {study_data.label}: {study_data.source}")
+            for key in keys:
+                _run_section(key, context, results)
+                # Written after every section: a long run that is stopped keeps what it found.
+                last = study_data is all_data[-1] and key == keys[-1]
+                _write(stage, results, started, complete=last)
+    log(f"wrote {out / 'report.md'} and {out / 'results.json'}")
+    return results
+
+
+def _new_results(settings: StudySettings, command: str | None, quick: bool, seeds: list[int],
+                 device: str, notes: list[str]) -> dict[str, Any]:
+    """The ``results.json`` record before any section has run."""
+    return {
         "settings": asdict(settings),
         "environment": environment(command),
         "quick": quick,
@@ -264,40 +259,27 @@ def run_study(
         "claims": [],
         "sections": {},
     }
-    log(f"reproduction study: {len(keys)} sections, seeds {seeds}, data sets "
-        f"{[d.key for d in all_data]}")
-    with _staged(out) as stage:
-        for study_data in all_data:
-            zoo = ModelZoo(settings, study_data, device=device, log=log, progress=progress,
-                           cache=cache)
-            context = StudyContext(settings, study_data, zoo, stage.folder, seeds,
-                                   device=device, log=log, figure_prefix=f"{study_data.key}_")
-            results["data_sets"][study_data.key] = {"label": study_data.label,
-                                                    "source": study_data.source}
-            sections_record = results["sections"].setdefault(study_data.key, {})
-            log(f"data set {study_data.label}: {study_data.source}")
-            for key in keys:
-                section_started = time.perf_counter()
-                log(f"{study_data.label}, section {key}: start")
-                section = SECTIONS[key](context)
-                sections_record[key] = section.as_dict()
-                results["papers"][str(section.paper)] = {
-                    "title": section.title, "citation": section.citation,
-                    "claim": section.paper_claim, "protocol": section.protocol,
-                }
-                claims = section.claim_records(study_data.key)
-                results["claims"] += claims
-                held = sum(c["verdict"] == "held" for c in claims if not c["extra"])
-                scored = sum(not c["extra"] for c in claims)
-                log(f"{study_data.label}, section {key}: {held} of {scored} paper claims held "
-                    f"({time.perf_counter() - section_started:.0f} s)")
-                others = [m for m in results["models"] if m["data"] != study_data.key]
-                results["models"] = others + _model_records(zoo)
-                # Written after every section: a long run that is stopped keeps what it found.
-                last = study_data is all_data[-1] and key == keys[-1]
-                _write(stage, results, started, complete=last)
-    log(f"wrote {out / 'report.md'} and {out / 'results.json'}")
-    return results
+
+
+def _run_section(key: str, context: StudyContext, results: dict[str, Any]) -> None:
+    """Run one section on one data set and add its records to ``results``."""
+    study_data, log = context.data, context.log
+    section_started = time.perf_counter()
+    log(f"{study_data.label}, section {key}: start")
+    section = SECTIONS[key](context)
+    results["sections"][study_data.key][key] = section.as_dict()
+    results["papers"][str(section.paper)] = {
+        "title": section.title, "citation": section.citation,
+        "claim": section.paper_claim, "protocol": section.protocol,
+    }
+    claims = section.claim_records(study_data.key)
+    results["claims"] += claims
+    held = sum(c["verdict"] == "held" for c in claims if not c["extra"])
+    scored = sum(not c["extra"] for c in claims)
+    log(f"{study_data.label}, section {key}: {held} of {scored} paper claims held "
+        f"({time.perf_counter() - section_started:.0f} s)")
+    others = [m for m in results["models"] if m["data"] != study_data.key]
+    results["models"] = others + _model_records(context.zoo)
 
 
 class _Stage:
@@ -320,13 +302,8 @@ class _Stage:
 
 @contextlib.contextmanager
 def _staged(out: Path) -> Iterator[_Stage]:
-    """Stage a run's files and move them into ``out`` when it ends.
-
-    A run that finishes publishes everything; one stopped by the user (Ctrl-C) publishes
-    what its last ``results.json`` describes (``"complete": false``); one that fails
-    publishes nothing, so ``out`` holds no half-written results or figures. The staging
-    folder is always removed.
-    """
+    """Stage a run's files; publish all at the end, the finished ones after Ctrl-C, none
+    after a failure."""
     stage = _Stage(out)
     try:
         yield stage
@@ -340,11 +317,7 @@ def _staged(out: Path) -> Iterator[_Stage]:
 
 
 def _write(stage: _Stage, results: dict[str, Any], started: float, complete: bool) -> None:
-    """Write ``results.json`` and ``report.md`` into the stage, then checkpoint it.
-
-    Both are written beside the stage first and moved in whole, so a run stopped while
-    writing still has the previous pair.
-    """
+    """Write ``results.json`` and ``report.md`` whole into the stage, then checkpoint it."""
     results["summary"] = _summary(results["claims"])
     results["complete"] = complete
     results["total_seconds"] = time.perf_counter() - started

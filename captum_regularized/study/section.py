@@ -1,12 +1,4 @@
-"""A section of the study: per-example measurements per seed, a paper's claims, verdicts.
-
-:class:`StudyContext` holds the mechanics every section shares: the per-seed batch of
-held-out examples it scores (:meth:`StudyContext.eval_batches`) and the figures drawn
-from the first seed's examples, so a section module writes only its protocol.
-:class:`Section` keeps, for every table, row and metric, one value per scored example
-and seed, and which models stand behind each row, so a claim on a model below its
-accuracy floor, or on a CAM map coarser than 4 x 4, is "not measured".
-"""
+"""A section of the study: per-example measurements per seed, a paper's claims, verdicts."""
 
 from __future__ import annotations
 
@@ -21,13 +13,7 @@ from captum_regularized.study.figures import save_curves_figure, save_maps_figur
 from captum_regularized.study.model_zoo import MIN_MAP_SIZE, ModelZoo, TrainedModel
 from captum_regularized.study.settings import StudySettings
 from captum_regularized.study.study_data import StudyData
-from captum_regularized.study.verdicts import (
-    Claim,
-    ClaimVerdict,
-    judge,
-    not_measured,
-    summarize,
-)
+from captum_regularized.study.verdicts import Claim, ClaimVerdict, judge, not_measured, summarize
 
 __all__ = ["EvalBatch", "Section", "StudyContext"]
 
@@ -36,11 +22,7 @@ NO_MASKS_NOTE = "No ground-truth masks (image folder): the mask metrics are skip
 
 @dataclass(frozen=True)
 class EvalBatch:
-    """The held-out examples one seed's models are scored on (on the study's device).
-
-    ``masks`` is ``None`` without ground truth; ``first`` marks the first seed, whose
-    examples the figures show.
-    """
+    """The held-out examples one seed's models are scored on (``first``: the figures' seed)."""
 
     seed: int
     images: torch.Tensor
@@ -52,8 +34,6 @@ class EvalBatch:
 @dataclass
 class StudyContext:
     """What every section needs: sizes, data, the shared model zoo and the output folder.
-
-    Figures are written as ``out / f"{figure_prefix}{name}.png"``.
 
     Examples
     --------
@@ -96,8 +76,7 @@ class StudyContext:
         self, section: Section, name: str, maps: Mapping[str, torch.Tensor], caption: str,
         *, masks: bool = True,
     ) -> None:
-        """Draw ``maps`` (each already cut to ``figure_rows``) over the first seed's
-        examples, with the mask outlines when ``masks`` and known; add it to ``section``."""
+        """Draw ``maps`` over the first seed's examples; add the figure to ``section``."""
         seed_data = self.data.for_seed(self.seeds[0])
         rows = slice(0, self.settings.figure_rows)
         outlines = seed_data.test_masks
@@ -118,17 +97,16 @@ class StudyContext:
         section.figures.append((file.name, f"{caption} (seed {self.seeds[0]})"))
 
 
-Values = list[list[float]]
-"""One list of per-example values per seed."""
+Values = list[list[float]]  # one list of per-example values per seed
 
 
 @dataclass
 class Section:
     """Per-example measurements per seed, the models behind each row, claims, notes.
 
-    ``tables[table][row][metric][s]`` holds seed ``s``'s per-example values;
-    ``models[(table, row)]`` the trained models behind a row (one per seed) and
-    ``cam_rows`` the rows whose maps come from a CAM layer.
+    ``tables[table][row][metric][s]`` holds seed ``s``'s per-example values. A claim on
+    a model below its accuracy floor, or on a CAM map coarser than 4 x 4, is "not
+    measured".
 
     Examples
     --------
@@ -169,8 +147,7 @@ class Section:
         column.append(listed)
 
     def uses(self, table: str, row: str, trained: TrainedModel, *, cam: bool = False) -> None:
-        """Say that ``row`` of ``table`` was measured on ``trained`` (once per seed);
-        ``cam``: its maps come from ``trained.cam_layer`` (the map size is checked)."""
+        """Say that ``row`` of ``table`` was measured on ``trained`` (``cam``: at its CAM layer)."""
         self.models.setdefault((table, row), []).append(trained)
         if cam:
             self.cam_rows.add((table, row))
@@ -200,9 +177,7 @@ class Section:
         return ""
 
     def verdicts(self) -> list[ClaimVerdict]:
-        """One verdict per claim, in order: :func:`judge` on the paired per-example values
-        where both rows were measured on scored models, "not measured" with the reason
-        otherwise."""
+        """One verdict per claim: :func:`judge`, or "not measured" with the reason."""
         verdicts = []
         for claim in self.claims:
             size = self._map_size(claim)

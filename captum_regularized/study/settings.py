@@ -1,4 +1,4 @@
-"""Sizes of a reproduction-study run: :data:`FULL`, :data:`QUICK` (CI) and :data:`TINY` (tests)."""
+"""Sizes of a study run: :data:`FULL`, :data:`QUICK` (CI) and :data:`TINY` (tests)."""
 
 from __future__ import annotations
 
@@ -11,49 +11,15 @@ __all__ = ["DEPARTURES", "FULL", "QUICK", "TINY", "StudySettings"]
 class StudySettings:
     """Every size and hyper-parameter of one study run.
 
-    Attributes
-    ----------
-    seeds : int
-        Independent repetitions (data draw, initialisation and batch order all change).
-    image_size, fashion_mnist_size : int
-        Side of the synthetic images and of the Fashion-MNIST images (its native 28).
-    num_classes : int
-        Classes of the synthetic data.
-    train_samples, synthetic_train_samples : int
-        Training images per seed of Fashion-MNIST (at most its 60,000) and of the
-        synthetic data.
-    test_samples : int
-        Held-out images per seed; accuracy is measured on all of them.
-    eval_examples : int
-        Held-out images explained and scored per model and seed (the paired examples
-        of every claim).
-    width, epochs, batch_size, lr : SimpleCNN width and its training from scratch.
-    resnet_width, resnet_epochs : the CIFAR-style ResNet-18 (3 x 3 stride-1 stem, no
-        max-pool, stage widths ``w, 2w, 4w, 8w``).
-    floors : tuple of (str, float)
-        Held-out accuracy floor per data-set key; a model below it is not scored.
-    saturation_target : float
-        The saturated model's mean max-softmax on the scored images (at least this).
-    finetune_samples, finetune_epochs, finetune_lr : the fine-tuning of the guided and
-        adversarial models and of their plain twins (same batches, plain cross-entropy).
-    paper_guided_weight, guided_fraction : GuidedGradientRegularizer settings.
-    adv_epsilon, adv_epsilon2, adv_group_epsilon, adv_group_size, adv_steps,
-    adv_step_fraction, gaze_epsilon : NormRegularizedAdversarialLoss settings.
-    rsi_steps : int
-        Path intervals of RSI-Grad-CAM (its stability is checked at 4 times as many).
-    ig_steps : int
-        Integrated Gradients steps of the agreement score.
-    stability_noise, stability_samples : uniform input noise radius and draws of the
-        stability score.
-    perturbation_steps : int
-        Steps of the deletion / insertion curves.
-    roar_fraction, roar_epochs, roar_train_samples : remove-and-retrain: share of
-        pixels removed, epochs and training images of each retrained model.
-    attack_examples, attack_epsilon, attack_steps : the interpretation attack.
-    figure_rows : int
-        Example images per map figure.
-    synthetic_configuration : str
-        The :data:`~captum_regularized.datasets.synthetic_shapes.CONFIGURATIONS` entry.
+    The fields are grouped by use: data (``seeds``, ``image_size``,
+    ``fashion_mnist_size``, ``num_classes``, ``*_samples``, ``eval_examples``: the
+    paired held-out images scored per model and seed), training from scratch
+    (``width``, ``epochs``, ``batch_size``, ``lr``, ``resnet_*``), accuracy ``floors`` per
+    data set, ``saturation_target`` (the saturated model's mean max-softmax),
+    fine-tuning (``finetune_*``), the regularizers (``paper_guided_weight``,
+    ``guided_fraction``, ``adv_*``, ``gaze_epsilon``), the scores (``rsi_steps``,
+    ``ig_steps``, ``stability_*``, ``perturbation_steps``, ``roar_*``, ``attack_*``),
+    ``figure_rows`` and the ``synthetic_configuration``. The report lists the values.
 
     Examples
     --------
@@ -111,13 +77,7 @@ class StudySettings:
         return dict(self.floors).get(data_key, 0.0)
 
     def with_seeds(self, seeds: int) -> StudySettings:
-        """A copy with another number of seeds.
-
-        Examples
-        --------
-        >>> QUICK.with_seeds(2).seeds
-        2
-        """
+        """A copy with another number of seeds (at least 1)."""
         if seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {seeds}")
         return replace(self, seeds=seeds)
@@ -179,8 +139,7 @@ QUICK = replace(
     perturbation_steps=8, roar_epochs=1, roar_train_samples=200, attack_examples=4,
     attack_steps=3, figure_rows=2,
 )
-"""The CI-sized smoke test (synthetic data, one seed; its models stay below the floors,
-so its verdicts are "not measured": it exercises every code path, it is not evidence)."""
+"""The CI-sized smoke test (its models stay below the floors: not evidence)."""
 
 TINY = replace(
     QUICK, num_classes=4, train_samples=96, synthetic_train_samples=96, test_samples=32,
@@ -189,5 +148,4 @@ TINY = replace(
     perturbation_steps=4, roar_train_samples=32, attack_examples=4, attack_steps=2,
     floors=(),
 )
-"""The smallest run that exercises every code path (for tests; no floors, so the
-verdict machinery runs too)."""
+"""The smallest run that exercises every code path (for tests; no floors)."""

@@ -1,10 +1,4 @@
-"""Paper 1: positive/active (and negative/inactive) gradient maps under deletion.
-
-Llorente et al., arXiv 2309.12913: deleting the pixels a map ranks highest should change
-the prediction quickly. With black fill, the positive and active maps do it faster
-(lower allegiance AUC) than the plain |gradient| map; with white fill, the negative and
-inactive maps do. The paper gives the eight CIFAR-10 numbers quoted with the claims.
-"""
+"""Paper 1 (Llorente et al., arXiv 2309.12913): signed gradient maps under deletion."""
 
 from __future__ import annotations
 
@@ -20,10 +14,7 @@ __all__ = ["MODELS", "PAPER_NUMBERS", "run_signed_maps_section"]
 MODELS = {"simple_cnn": "SimpleCNN", "resnet": "ResNet-18"}
 """Zoo recipe to table name (the paper's basic CNN and ResNet-18)."""
 
-FILL_MAPS = {
-    "black": ("positive", "active"),
-    "white": ("negative", "inactive"),
-}
+FILL_MAPS = {"black": ("positive", "active"), "white": ("negative", "inactive")}
 """Which maps each deletion fill compares with the original map (the paper's pairing)."""
 
 PAPER_NUMBERS: dict[tuple[str, str], tuple[float, float]] = {
@@ -36,14 +27,11 @@ PAPER_NUMBERS: dict[tuple[str, str], tuple[float, float]] = {
     ("ResNet-18", "negative"): (0.22, 0.12),
     ("ResNet-18", "inactive"): (0.22, 0.12),
 }
-"""The paper's CIFAR-10 allegiance AUCs, (original map, signed map): basic CNN (63 %
-accuracy) and ResNet-18 (76 %), black fill for positive/active, white for
-negative/inactive."""
+"""The paper's CIFAR-10 allegiance AUCs (original map, signed map)."""
 
 PAPER_MODELS = {"SimpleCNN": "CIFAR-10 basic CNN", "ResNet-18": "CIFAR-10 ResNet-18"}
 
-SHOWN_MAPS = ("original", "positive", "negative", "active", "inactive")
-"""The maps of the example figure, in column order."""
+SHOWN_MAPS = ("original", "positive", "negative", "active", "inactive")  # figure columns
 
 
 def _new_section() -> Section:

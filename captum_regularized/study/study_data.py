@@ -1,9 +1,4 @@
-"""The data of one seed: a training set and a held-out set (with masks when known).
-
-Three sources: ``"synthetic"`` (:class:`SyntheticShapes` in the settings' named
-configuration, the harder one by default), ``"fashion-mnist"``
-(:class:`FashionMNISTWithMasks`, the garment's silhouette as mask) and an image folder.
-"""
+"""The data of one seed: a training set and a held-out set (with masks when known)."""
 
 from __future__ import annotations
 
@@ -13,21 +8,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from captum_regularized.datasets import (
-    FashionMNISTWithMasks,
-    ImageFolderWithMasks,
-    SyntheticShapes,
-)
+from captum_regularized.datasets import FashionMNISTWithMasks, ImageFolderWithMasks, SyntheticShapes
 from captum_regularized.datasets.fashion_mnist import fashion_mnist_missing
 from captum_regularized.study.settings import StudySettings
 
-__all__ = [
-    "DATA_SETS",
-    "DEFAULT_FASHION_MNIST_ROOT",
-    "TEST_SEED_OFFSET",
-    "SeedData",
-    "StudyData",
-]
+__all__ = ["DATA_SETS", "DEFAULT_FASHION_MNIST_ROOT", "TEST_SEED_OFFSET", "SeedData", "StudyData"]
 
 TEST_SEED_OFFSET = 1_000_003
 """The held-out set of seed ``s`` uses data seed ``s + TEST_SEED_OFFSET``."""
@@ -41,7 +26,7 @@ DEFAULT_FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 
 @dataclass(frozen=True)
 class SeedData:
-    """Training set and held-out tensors of one seed (``masks`` is ``None`` without masks)."""
+    """Training set and held-out tensors of one seed."""
 
     train_set: Dataset
     test_images: torch.Tensor
@@ -55,24 +40,19 @@ class StudyData:
     Parameters
     ----------
     settings : StudySettings
-        Sizes; images are ``settings.image_size`` square with 3 channels.
+        Sizes; images have 3 channels.
     source : {"synthetic", "fashion-mnist"} or Path, optional
-        ``"synthetic"`` (also ``None``): :class:`SyntheticShapes` in the configuration
-        ``settings.synthetic_configuration``, a new training and held-out set per seed.
-        ``"fashion-mnist"``: per seed, ``settings.train_samples`` images drawn from the
-        60 000 training images and ``settings.test_samples`` from the 10 000 test images,
-        masks are the garment silhouettes. A ``Path``: an ``ImageFolder`` layout (one
-        sub-folder per class) read by :class:`ImageFolderWithMasks`, one random
-        train/test split per seed, no masks (the sections skip their mask metrics).
+        ``"synthetic"`` (also ``None``): new :class:`SyntheticShapes` per seed;
+        ``"fashion-mnist"``: per seed, a random draw of its training and test images; a
+        ``Path``: an ``ImageFolder`` layout, split at random per seed, without masks.
     root : Path, optional
         The Fashion-MNIST folder (default :data:`DEFAULT_FASHION_MNIST_ROOT`).
 
     Raises
     ------
     ValueError
-        Starting with ``--data``: an unreadable folder, fewer than two classes, missing
-        or damaged Fashion-MNIST files (truncated, not gzip, image and label counts
-        that differ: the loader's message, naming the file), or an unknown source name.
+        Starting with ``--data``: an unreadable or too small folder, missing or damaged
+        Fashion-MNIST files, or an unknown source name.
 
     Examples
     --------

@@ -1,28 +1,17 @@
 """The rule that decides whether a paper's claim held in our measurements.
 
-A claim compares a *method* with a *baseline* on the same held-out examples, for
-several training seeds. Seed ``s`` gives ``n_s`` paired values (entry ``i`` of both
-rows is the same image); the signed difference ``d = method - baseline`` (or
-``baseline - method`` when lower is better) is positive where the method is better.
+Seed ``s`` gives ``n_s`` paired per-example differences ``d`` (method - baseline, or
+the reverse when lower is better: positive means the method is better).
 
-* **effect**: the pooled mean of ``d`` over all examples of all seeds (weight ``n_s``).
-* **interval**: a two-level bootstrap. A resample draws ``S`` seeds with replacement,
-  then ``n_s`` examples with replacement inside each drawn seed, and takes the pooled
-  mean; the 2.5 % and 97.5 % percentiles of 4000 resamples give the 95 % interval.
-  Resampling seeds carries the seed-to-seed variation into the interval, resampling
-  examples the test-set noise. A ``torch.Generator`` seeded with ``seed`` makes it
-  reproducible. With few seeds the bootstrap cannot reach beyond the most extreme seed
-  (three draws of the lowest of three seeds have probability 1/27 > 2.5 %), so for
-  ``S >= 2`` the interval is widened to cover Student's ``t`` interval of the seed means,
-  ``mean +- t(S - 1) * sd / sqrt(S)``: the reported interval is the wider of the two.
-* **margin** ``m >= 0``: a non-inferiority claim ("drops by at most ``m``") compares
-  ``d`` with ``-m`` instead of 0.
-* **verdict**: *held* when the interval's low end is above ``-m`` *and* every seed's
-  mean difference is above ``-m``; *not held* when the interval's high end is below
-  ``-m``; otherwise *inconclusive*. A NaN or infinity anywhere is inconclusive, never
-  held. A claim whose rows were not recorded is *not measured* (:func:`not_measured`).
+* **effect**: the mean of ``d`` pooled over all examples of all seeds.
+* **interval**: the 95 % percentile interval of a two-level bootstrap (seeds, then
+  examples within each drawn seed, with replacement), widened for ``S >= 2`` seeds to
+  cover Student's ``t`` interval of the seed means, ``mean +- t(S - 1) sd / sqrt(S)``.
+* **verdict** (margin ``m >= 0``): *held* when the interval's low end and every seed's
+  mean are above ``-m``; *not held* when its high end is below ``-m``; otherwise
+  *inconclusive* (also for a non-finite value); *not measured* without numbers.
 
-The ``reason`` of a verdict is one sentence written from the measured numbers only.
+Why the interval is widened: :doc:`/design_notes/data_and_study`.
 """
 
 from __future__ import annotations
@@ -55,6 +44,10 @@ VERDICTS = ("held", "not held", "inconclusive", "not measured")
 
 def _num(x: float) -> str:
     return f"{x:+.3g}"
+
+
+def _size(map_size: Sequence[int] | None) -> list[int] | None:
+    return None if map_size is None else [int(x) for x in map_size]
 
 
 def spread(values: Sequence[float]) -> float:
@@ -102,7 +95,7 @@ def summarize(per_seed: Sequence[Sequence[float] | torch.Tensor]) -> dict[str, o
 
 @dataclass(frozen=True)
 class Claim:
-    """One claim of a paper, as a comparison of two rows of a section's table.
+    """One claim of a paper: ``method`` beats ``baseline`` (rows of ``table``) on ``metric``.
 
     ``better`` is ``"higher"`` or ``"lower"``; ``margin >= 0`` makes it a
     non-inferiority claim; ``extra`` marks our own observation (outside the score).
@@ -135,7 +128,7 @@ class Claim:
 
 @dataclass(frozen=True)
 class ClaimVerdict:
-    """A claim with its verdict and the numbers that decided it (see :func:`judge`).
+    """A claim with its verdict and the numbers that decided it.
 
     Examples
     --------
@@ -187,23 +180,13 @@ class ClaimVerdict:
 
 def not_measured(claim: Claim, reason: str,
                  map_size: Sequence[int] | None = None) -> ClaimVerdict:
-    """The verdict of a claim with no numbers: never held; ``reason`` says what is missing.
-
-    Examples
-    --------
-    >>> not_measured(Claim(2, "t", "tab", "a", "b", "auc", "lower"), "no table").seed_signs
-    []
-    """
-    size = None if map_size is None else [int(x) for x in map_size]
+    """The verdict of a claim with no numbers; ``reason`` says what is missing."""
     return ClaimVerdict(claim, "not measured", reason, None, None, None, [], None, None, 0,
-                        size)
+                        _size(map_size))
 
 
-_T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262)
-"""Student's t 97.5 % quantiles for 1 to 9 degrees of freedom (1.96 beyond)."""
-
-_RESAMPLE_BLOCK = 256
-"""Bootstrap resamples drawn at once (bounds the memory of large example counts)."""
+_T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262)  # 1..9 dof
+_RESAMPLE_BLOCK = 256  # bootstrap resamples drawn at once (bounds the memory)
 
 
 def _bootstrap(diffs: list[torch.Tensor], resamples: int, seed: int,
@@ -226,8 +209,7 @@ def _bootstrap(diffs: list[torch.Tensor], resamples: int, seed: int,
 
 
 def _seed_t_interval(means: list[float], level: float) -> tuple[float, float] | None:
-    """Student's t interval of the seed means (``None`` for one seed; 95 % quantiles are
-    tabulated, other levels use the normal quantile)."""
+    """Student's t interval of the seed means (``None`` for one seed)."""
     if len(means) < 2:
         return None
     center = sum(means) / len(means)
@@ -244,11 +226,12 @@ def judge(claim: Claim, baseline: Sequence[torch.Tensor | Sequence[float]],
           method: Sequence[torch.Tensor | Sequence[float]], *, resamples: int = 4000,
           seed: int = 0, level: float = 0.95,
           map_size: Sequence[int] | None = None) -> ClaimVerdict:
-    """Decide ``claim`` from the per-example values of each seed (rule: module docstring).
+    """Decide ``claim`` from the paired per-example values of each seed (the module's rule).
 
-    ``baseline[s]`` and ``method[s]`` are the paired values of seed ``s`` (1-D tensors on
-    any device, or lists of floats). Raises ``ValueError`` for empty input, different
-    seed counts or unequal lengths. Seeds are numbered from 1 in ``reason``.
+    ``baseline[s]`` and ``method[s]`` are seed ``s``'s paired values (1-D tensors or
+    lists); ``resamples``, ``seed`` and ``level`` set the bootstrap; ``map_size`` is
+    recorded. Returns the :class:`ClaimVerdict`, whose ``reason`` numbers seeds from 1;
+    raises ValueError for empty input, different seed counts or unequal lengths.
 
     Examples
     --------
@@ -264,17 +247,11 @@ def judge(claim: Claim, baseline: Sequence[torch.Tensor | Sequence[float]],
                          f"got {len(baseline)} and {len(method)}")
     if not 0 < level < 1 or resamples < 1:
         raise ValueError(f"need 0 < level < 1 and resamples >= 1, got {level}, {resamples}")
-    base = [_vector(b, f"seed {s} baseline") for s, b in enumerate(baseline, start=1)]
-    meth = [_vector(m, f"seed {s} method") for s, m in enumerate(method, start=1)]
-    for s, (b, m) in enumerate(zip(base, meth), start=1):
-        if b.numel() != m.numel():
-            raise ValueError(f"seed {s}: baseline has {b.numel()} values, method "
-                             f"{m.numel()}; they must be paired example by example")
+    base, meth = _paired(baseline, method)
     sign = 1.0 if claim.better == "higher" else -1.0
     diffs = [sign * (m - b) for b, m in zip(base, meth)]
     total = sum(d.numel() for d in diffs)
-    seeds, floor = len(diffs), -claim.margin
-    size = None if map_size is None else [int(x) for x in map_size]
+    size = _size(map_size)
     means = [float(d.mean()) for d in diffs]
     b_mean = float(sum(float(b.sum()) for b in base) / total)
     m_mean = float(sum(float(m.sum()) for m in meth) / total)
@@ -282,7 +259,7 @@ def judge(claim: Claim, baseline: Sequence[torch.Tensor | Sequence[float]],
     bad = [s + 1 for s, d in enumerate(diffs) if not bool(torch.isfinite(d).all())]
     if bad:
         reason = (f"values were not finite (NaN or infinity) in seed(s) "
-                  f"{', '.join(map(str, bad))} of {seeds}, so nothing can be concluded")
+                  f"{', '.join(map(str, bad))} of {len(diffs)}, so nothing can be concluded")
         return ClaimVerdict(claim, "inconclusive", reason, None, None, None, signs,
                             b_mean if math.isfinite(b_mean) else None,
                             m_mean if math.isfinite(m_mean) else None, total, size)
@@ -291,36 +268,54 @@ def judge(claim: Claim, baseline: Sequence[torch.Tensor | Sequence[float]],
     t_interval = _seed_t_interval(means, level)
     if t_interval is not None:
         low, high = min(low, t_interval[0]), max(high, t_interval[1])
+    verdict, reason = _decide(claim, low, high, means)
+    return ClaimVerdict(claim, verdict, reason, effect, low, high, signs, b_mean, m_mean,
+                        total, size)
+
+
+def _paired(
+    baseline: Sequence[torch.Tensor | Sequence[float]],
+    method: Sequence[torch.Tensor | Sequence[float]],
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The per-seed values as float64 vectors, checked to be paired."""
+    base = [_vector(b, f"seed {s} baseline") for s, b in enumerate(baseline, start=1)]
+    meth = [_vector(m, f"seed {s} method") for s, m in enumerate(method, start=1)]
+    for s, (b, m) in enumerate(zip(base, meth), start=1):
+        if b.numel() != m.numel():
+            raise ValueError(f"seed {s}: baseline has {b.numel()} values, method "
+                             f"{m.numel()}; they must be paired example by example")
+    return base, meth
+
+
+def _decide(claim: Claim, low: float, high: float, means: list[float]) -> tuple[str, str]:
+    """The verdict and its one-sentence reason from the interval and the seed means."""
+    seeds, floor = len(means), -claim.margin
     span = f"the interval [{_num(low)}, {_num(high)}]"
     zero = "0" if claim.margin == 0 else f"{_num(floor)} (the margin)"
     behind = [s for s, x in enumerate(means) if not x > floor]
     who = f" and all {seeds} seeds agree" if seeds > 1 else ", from a single seed"
     if low > floor and not behind:
-        verdict, reason = "held", f"{span} excludes {zero}{who}"
-    elif high < floor:
+        return "held", f"{span} excludes {zero}{who}"
+    if high < floor:
         loser = "the baseline is better" if claim.margin == 0 else "the method loses more"
-        verdict, reason = "not held", f"{span} is below {zero}: {loser}"
-    elif low > floor:
+        return "not held", f"{span} is below {zero}: {loser}"
+    if low > floor:
         which = " and ".join(str(s + 1) for s in behind)
         vals = ", ".join(_num(means[s]) for s in behind)
         word = "disagrees in sign" if claim.margin == 0 else f"is not above {_num(floor)}"
         plural = "s" if len(behind) > 1 else ""
         if plural:
             word = word.replace("disagrees", "disagree").replace("is not", "are not")
-        verdict = "inconclusive"
-        reason = f"seed{plural} {which} of {seeds} {word} ({vals}) although {span} " \
-                 f"excludes {zero}"
-    else:
-        verdict = "inconclusive"
-        reason = f"{span} includes {zero}" + (", from a single seed" if seeds == 1 else "")
-    return ClaimVerdict(claim, verdict, reason, effect, low, high, signs, b_mean, m_mean,
-                        total, size)
+        return "inconclusive", (f"seed{plural} {which} of {seeds} {word} ({vals}) although "
+                                f"{span} excludes {zero}")
+    return "inconclusive", f"{span} includes {zero}" + (", from a single seed" if seeds == 1
+                                                        else "")
 
 
 def count_verdicts(verdicts: Iterable[ClaimVerdict | dict], *,
                    extra: bool = False) -> dict[str, int]:
-    """How many paper claims (or, with ``extra=True``, extra observations) got each
-    verdict, plus ``"measured"``; the others are skipped.
+    """How many paper claims (with ``extra=True``: extra observations) got each verdict,
+    plus ``"measured"``.
 
     Examples
     --------

@@ -9,11 +9,12 @@ gradient and the guided one, so the model learns to have gradients that look lik
 guided backprop.
 
 :class:`~captum_regularized.regularizers.GuidedGradientRegularizer` is such a penalty,
-a callable ``reg(images, labels)`` that returns ``(logits, penalty)``; the training
-loss is ``cross_entropy(logits, labels) + penalty``. It drops into an ordinary PyTorch
-loop, where three lines change (see :doc:`../training_loop`;
-:func:`~captum_regularized.models.train_classifier` with
-``loss=with_cross_entropy(reg)`` is a ready-made loop). This tutorial trains the same
+a callable ``reg(images, labels)`` that returns the pair ``(logits, penalty)`` with the
+training loss ``cross_entropy(logits, labels) + penalty`` as ``.loss`` (a
+:class:`~captum_regularized.regularizers.RegularizerOutput`). It drops into an ordinary
+PyTorch loop, where two lines change (see :doc:`../training_loop`;
+:func:`~captum_regularized.models.train_classifier` with ``loss=reg`` is a ready-made
+loop). This tutorial trains the same
 small CNN twice in a plain loop -- same initial weights, same batches -- with and
 without it, and compares the plain saliency maps. The last sections run the guided
 rule and the penalty on MobileNet-V2 (ReLU6) and EfficientNet (SiLU), where Captum's
@@ -59,11 +60,8 @@ def train(model, regularizer=None, epochs=3):
     model.train()
     for _epoch in range(epochs):
         for x, y in loader:
-            if regularizer is None:
-                loss = F.cross_entropy(model(x), y)
-            else:
-                logits, penalty = regularizer(x, y)  # one forward pass, both gradients
-                loss = F.cross_entropy(logits, y) + penalty
+            # the regularizer runs one forward pass; its .loss = cross-entropy + penalty
+            loss = F.cross_entropy(model(x), y) if regularizer is None else regularizer(x, y).loss
             optimizer.zero_grad()
             loss.backward()  # double backpropagation through the penalty
             optimizer.step()

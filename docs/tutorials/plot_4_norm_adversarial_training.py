@@ -8,8 +8,9 @@ turns into a penalty ``R*(grad_x loss)`` on the model's own input gradient, wher
 ``R*`` is the dual of the cost: an L-infinity-like cost (``"l1"``) makes the simple
 gradient *sparse*, a group cost (``"group"``) makes it sparse over patches.
 
-:class:`~captum_regularized.regularizers.NormRegularizedAdversarialLoss` returns the
-scalar adversarial training loss, so it plugs into
+:class:`~captum_regularized.regularizers.NormRegularizedAdversarialLoss` returns, like
+the other regularizers, a :class:`~captum_regularized.regularizers.RegularizerOutput`
+whose ``.loss`` is the adversarial training loss, so it plugs into
 :func:`~captum_regularized.models.train_classifier` as ``loss=``. We measure sparsity
 with :func:`~captum_regularized.metrics.gini_sparseness` (0: all values equal, close
 to 1: all mass on one value).

@@ -22,7 +22,7 @@ from captum_regularized.attr import (
     PositiveSaliency,
     signed_saliency_maps,
 )
-from captum_regularized.attr.signed_saliency import class_gradients
+from captum_regularized.attr.class_gradients import class_gradients
 from captum_regularized.models import SimpleCNN
 from tests.model_checks import assert_no_hooks, untouched
 
@@ -321,12 +321,16 @@ def test_backward_strategy_forces_the_engine_and_is_checked():
     x = torch.rand(2, 3, 8, 8)
     expected, margins = reference_maps(model, (x,), abs=False)
     for strategy in ("auto", "vmap", "loop"):
-        method = InactiveSaliency(model)
-        method.backward_strategy = strategy
+        method = InactiveSaliency(model, backward_strategy=strategy)  # as multiply_by_inputs
+        assert method.backward_strategy == strategy
         out = method.attribute(x, abs=False, class_chunk_size=3)
         assert_matches(out, expected["inactive"], margins, "inactive")
-    assert InactiveSaliency(model).backward_strategy == "auto"  # the instance's own setting
-    method.backward_strategy = "batched"
+    assert InactiveSaliency(model).backward_strategy == "auto"  # the default
+    with pytest.raises(ValueError, match="backward_strategy must be one of"):
+        ActiveSaliency(model, backward_strategy="batched")  # at construction
+    with pytest.raises(TypeError):
+        ActiveSaliency(model, "loop")  # keyword-only, as in Captum
+    method.backward_strategy = "batched"  # set later: checked when it is used
     with pytest.raises(ValueError, match="backward_strategy must be one of"):
         method.attribute(x)
 

@@ -190,7 +190,7 @@ def test_gap_3_adversarial_loss_backpropagates_into_a_module_before_it(clean_wei
     x = x.double()
     adv = NormRegularizedAdversarialLoss(model, norm="l1", epsilon=0.05,
                                          clean_weight=clean_weight)
-    got = _gradients(adv(pre(x), labels), (pre, model))
+    got = _gradients(adv(pre(x), labels).loss, (pre, model))
 
     z = pre(x)
     _, g = _cross_entropy_gradient(model, z, labels)
@@ -348,7 +348,7 @@ def test_gap_8_a_custom_loss_fn_takes_whatever_labels_it_wants():
     (g,) = torch.autograd.grad(soft_cross_entropy(model(x), targets).sum(), x)
     torch.testing.assert_close(adv.perturb(images, targets), 0.05 * g.sign())
     expected = soft_cross_entropy(model(images + 0.05 * g.sign()), targets).mean()
-    torch.testing.assert_close(adv(images, targets), expected)
+    torch.testing.assert_close(adv(images, targets).loss, expected)
 
 
 # ---------------------------------------------------------------- gap 9: constructor numbers

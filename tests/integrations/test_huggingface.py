@@ -138,12 +138,9 @@ def test_a_training_step_matches_the_logits_module(name: str):
     for module in (MODEL, _Logits(MODEL)):
         MODEL.zero_grad(set_to_none=True)
         out = LOSSES[name](module)(X, labels)
-        if isinstance(out, tuple):  # (logits, penalty): logits must be the tensor
-            logits, penalty = out
-            assert isinstance(logits, torch.Tensor) and logits.shape == (3, 3)
-            loss = nn.functional.cross_entropy(logits, labels) + penalty
-        else:
-            loss = out
+        logits, _ = out  # a RegularizerOutput: logits must be the tensor
+        assert isinstance(logits, torch.Tensor) and logits.shape == (3, 3)
+        loss = out.loss
         loss.backward()
         results.append((loss.detach(), [p.grad.clone() for p in MODEL.parameters()]))
     MODEL.zero_grad(set_to_none=True)

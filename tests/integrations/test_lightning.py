@@ -303,8 +303,10 @@ def test_other_regularizers_and_the_mixin_form():
     with pytest.raises(ValueError, match=r"gaze.*masks"):
         gaze.regularized_loss(images, labels)
     adversarial = _module(NormRegularizedAdversarialLoss, regularizer_kwargs={"epsilon": 0.05})
-    parts = adversarial.regularized_loss(images, labels)
-    assert parts.logits is None and parts.penalty is None and parts.loss.requires_grad
+    parts = adversarial.regularized_loss(images, labels)  # the same convention
+    assert parts.logits.shape == (len(images), 3) and parts.loss.requires_grad
+    assert float(parts.penalty) > 0  # the adversarial excess over the clean loss
+    torch.testing.assert_close(parts.loss.detach(), parts.cross_entropy + parts.penalty)
 
     class Custom(RegularizedTrainingStep):  # the mixin on a module of one's own
         def __init__(self) -> None:
@@ -317,6 +319,9 @@ def test_other_regularizers_and_the_mixin_form():
     plain = Custom()  # regularizer None: plain cross-entropy
     torch.testing.assert_close(plain.regularized_loss(images, labels).loss,
                                F.cross_entropy(plain(images), labels))
+    plain.regularizer = lambda x, y: F.cross_entropy(plain(x), y)  # a loss hook: no logits
+    parts = plain.regularized_loss(images, labels)
+    assert parts.logits is None and parts.penalty is None and parts.loss.requires_grad
     plain.regularizer = lambda x, y: "not a pair"
     with pytest.raises(TypeError, match=r"\(logits, penalty\) pair"):
         plain.regularized_loss(images, labels)

@@ -75,13 +75,11 @@ def _step(model: nn.Module, loss_name: str, x: torch.Tensor) -> torch.Tensor:
     loss_fn = LOSSES[loss_name](model)
     with untouched(model, x, values=False, buffers=False):
         out = loss_fn(x, LABELS)
-    if isinstance(out, tuple):
-        logits, penalty = out
-        assert logits.shape == (2, NUM_CLASSES)
-        assert penalty.dim() == 0 and torch.isfinite(penalty)
-        loss = F.cross_entropy(logits, LABELS) + penalty
-    else:
-        loss = out
+    logits, penalty = out  # every loss returns a RegularizerOutput
+    assert logits.shape == (2, NUM_CLASSES)
+    assert penalty.dim() == 0 and torch.isfinite(penalty)
+    loss = out.loss
+    torch.testing.assert_close(loss, F.cross_entropy(logits, LABELS) + penalty)
     assert loss.dim() == 0
     loss.backward()
     return loss.detach()

@@ -133,7 +133,7 @@ def test_training_loss_of_the_authors_loop():
     images, labels = _batch()
     adv = NormRegularizedAdversarialLoss(model, epsilon=EPS, steps=2, step_size=0.3 * EPS,
                                          start="zero", update_batchnorm=True)
-    loss = adv(images, labels)
+    loss = adv(images, labels).loss
     delta = _reference_loop(reference, images, labels, 2, 0.3 * EPS, "zero")
     expected = F.cross_entropy(reference(images + delta), labels)
     torch.testing.assert_close(loss, expected, rtol=0, atol=1e-12)
@@ -147,7 +147,7 @@ def test_clean_weight_moves_batchnorm_twice_like_two_plain_forwards():
     images, labels = _batch()
     settings = {"epsilon": EPS, "steps": 2, "clean_weight": 0.25}
     delta = NormRegularizedAdversarialLoss(reference, **settings).perturb(images, labels)
-    loss = NormRegularizedAdversarialLoss(model, **settings)(images, labels)
+    loss = NormRegularizedAdversarialLoss(model, **settings)(images, labels).loss
     adversarial = F.cross_entropy(reference(images + delta), labels)
     clean = F.cross_entropy(reference(images), labels)
     torch.testing.assert_close(loss, 0.75 * adversarial + 0.25 * clean, rtol=0, atol=1e-12)

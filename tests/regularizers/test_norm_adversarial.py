@@ -309,7 +309,7 @@ def test_passes_are_those_of_captums_pgd(norm, steps):
     adv = NormRegularizedAdversarialLoss(model, **SETTINGS[norm], steps=steps)
     adv.perturb(images, labels)
     assert model.reset() == peer
-    adv(images, labels).backward()
+    adv(images, labels).loss.backward()
     assert model.reset() == {"forward": steps + 1, "no_grad_forward": 0, "backward": steps + 1}
     best = NormRegularizedAdversarialLoss(model, **SETTINGS[norm], steps=steps,
                                           select_iterate="best")
@@ -355,7 +355,7 @@ def test_training_loss_updates_batchnorm_like_one_plain_forward():
     images, labels, _ = _batch()
     adv = NormRegularizedAdversarialLoss(model, norm="l1", epsilon=0.05, steps=3)
     delta = adv.perturb(images, labels)
-    loss = adv(images, labels)
+    loss = adv(images, labels).loss
     expected = F.cross_entropy(reference(images + delta), labels)
     torch.testing.assert_close(loss, expected)
     for (name, ours), (_, theirs) in zip(model.named_buffers(), reference.named_buffers()):
@@ -372,7 +372,7 @@ def test_clean_weight_mixes_the_clean_loss():
     expected = 0.75 * F.cross_entropy(model(images + delta), labels) + 0.25 * F.cross_entropy(
         model(images), labels
     )
-    torch.testing.assert_close(adv(images, labels), expected)
+    torch.testing.assert_close(adv(images, labels).loss, expected)
 
 
 def test_custom_per_example_loss_and_a_reduced_one():
@@ -457,7 +457,7 @@ def test_train_classifier_hook_takes_the_hand_written_step(norm):
                                lr=1e-2, loss=adv, progress=False)
     assert_no_hooks(model)
     reference_loss = NormRegularizedAdversarialLoss(reference, **SETTINGS[norm], steps=2)
-    loss = hand_written_step(reference, lambda: reference_loss(images, labels), lr=1e-2)
+    loss = hand_written_step(reference, lambda: reference_loss(images, labels).loss, lr=1e-2)
     assert history[0]["loss"] == pytest.approx(loss, rel=1e-5)
     moved = False
     for (name, ours), theirs, before in zip(
@@ -481,7 +481,7 @@ def _one_step(model: nn.Module, trained: nn.Module, kind: str, settings: dict, i
     """One SGD step of ``trained`` (``model`` or its DDP wrapper) with either regularizer."""
     optimizer = torch.optim.SGD(trained.parameters(), lr=0.5)
     if kind == "adversarial":
-        loss = NormRegularizedAdversarialLoss(trained, **settings)(images, labels)
+        loss = NormRegularizedAdversarialLoss(trained, **settings)(images, labels).loss
     else:
         logits, penalty = GradientNormPenalty(trained, **settings)(images, labels)
         loss = F.cross_entropy(logits, labels) + penalty
@@ -595,7 +595,7 @@ def test_runs_under_autocast():
     adv = NormRegularizedAdversarialLoss(model, norm="group", epsilon=0.1, group_size=3, steps=2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         delta = adv.perturb(images, labels)
-        loss = adv(images, labels)
+        loss = adv(images, labels).loss
     assert delta.dtype == images.dtype and bool(torch.isfinite(delta).all())
     assert bool(torch.isfinite(loss))
     patches = F.avg_pool2d(delta.pow(2), 3, ceil_mode=True, divisor_override=1)

@@ -1,11 +1,6 @@
-"""RSI-Grad-CAM (Lucas et al., arXiv 2205.10900): the method and its path engine.
-
-* :mod:`~captum_regularized.attr.rsi_grad_cam.layer_rsi_grad_cam`: the class
-  :class:`LayerRSIGradCam`, its docstring with the maths, the streamed and the
-  adaptive (``n_steps="auto"``) path integrals.
-* :mod:`~captum_regularized.attr.rsi_grad_cam.path_batching`: how the ``m + 1`` path
-  points of a batch are split into passes of bounded size and how each pass's rows,
-  targets and additional forward arguments are built.
+"""RSI-Grad-CAM (Lucas et al., arXiv 2205.10900): :class:`LayerRSIGradCam`
+(``layer_rsi_grad_cam.py``), its path integral (``path_integral.py``) and the passes
+along the path (``path_batching.py``). Notes: :doc:`/design_notes/rsi_grad_cam`.
 """
 
 from captum_regularized.attr.rsi_grad_cam.layer_rsi_grad_cam import LayerRSIGradCam

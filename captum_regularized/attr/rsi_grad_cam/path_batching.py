@@ -1,28 +1,10 @@
-"""Step batching along a straight input-space path: the path engine of RSI-Grad-CAM.
+"""Step batching along a straight input-space path: the passes of RSI-Grad-CAM.
 
-:class:`~captum_regularized.attr.LayerRSIGradCam` evaluates a model at ``m + 1``
-points ``x_l = x' + (l/m)(x - x')``, ``l = 0..m``. Doing that one point per
-forward/backward pass is slow; doing all of them at once may not fit in memory. This
-module splits the work into passes and builds each pass's rows:
-
-* :func:`plan_path` splits the work into passes of at most ``internal_batch_size``
-  rows: groups of examples, and per group runs of consecutive path points. Points are
-  visited from the real input (``l = m``) down to the baseline (``l = 0``), so the first
-  pass of every group sees the real input (handy for ``target=None`` = predicted class).
-  :func:`automatic_pass_rows` picks ``internal_batch_size`` when the caller gave none.
-* :func:`step_passes` splits any list of path points (for instance only the new
-  midpoints of a refinement that doubles the step count) into passes of bounded rows.
-* :func:`take_examples` / :func:`path_points` / :func:`expand_for_steps` build the rows
-  of one pass (step-major: row ``s * g + e`` is point ``steps[s]`` of example ``e``).
-  Additional forward arguments follow Captum's convention: a tensor whose dim 0 is the
-  batch is per-example (restricted and repeated with the rows); anything else, a shared
-  ``(classes,)`` bias or a 0-d tensor included, is passed unchanged to every call
-  (:func:`per_example_flags` tells which is which, on the full batch).
-  :func:`take_positions` keeps some examples of a group (those still being refined).
-
-Nothing here runs the model or reduces over the path: the method's own file does
-(the layer's activation comes from
-:class:`~captum_regularized._internal.layer_tap.LayerTap`).
+:func:`plan_path` splits ``batch`` examples times ``m + 1`` path points
+``x_l = x' + (l/m)(x - x')`` into passes of bounded rows; the other functions build a
+pass's rows, step-major (row ``s * g + e`` is point ``steps[s]`` of example ``e``).
+Nothing here runs the model or reduces over the path (see
+:doc:`/design_notes/rsi_grad_cam`).
 """
 
 from __future__ import annotations
@@ -51,33 +33,20 @@ __all__ = [
 
 @dataclass(frozen=True)
 class PathPlan:
-    """Which rows go into which pass.
-
-    Attributes
-    ----------
-    example_groups : list of slice
-        Consecutive groups of examples, processed one after another.
-    step_chunks : list of list of int
-        Path-point indices of each pass within a group, descending from ``n_steps``
-        to ``0`` and together covering every point exactly once.
-    """
+    """Which rows go into which pass: consecutive groups of examples, and per group the
+    path points of each pass, from ``n_steps`` down to ``0``, each point once."""
 
     example_groups: list[slice]
     step_chunks: list[list[int]]
 
 
 CPU_PASS_ELEMENTS = 2**20
-"""Input elements per pass that :func:`automatic_pass_rows` aims at on CPUs (4 MiB of
-float32): measured on torchvision's resnet18 at 96x96 on a 2-core CPU, passes of about
-this size ran 1.4x faster than one pass over all 204 rows, which falls out of cache."""
+"""Input elements per pass on CPUs (4 MiB of float32; the fastest size measured)."""
 
 
 def automatic_pass_rows(inputs: Sequence[torch.Tensor]) -> int | None:
-    """Rows per pass when the caller gave no ``internal_batch_size``.
-
-    ``None`` (everything in one pass) on accelerators, which want large batches; on
-    CPUs about :data:`CPU_PASS_ELEMENTS` input elements per pass (at least one row),
-    which keeps a pass's activations in cache. Results do not depend on the pass size.
+    """Rows per pass when the caller gave no ``internal_batch_size``: ``None`` (one
+    pass) on accelerators, about :data:`CPU_PASS_ELEMENTS` input elements on CPUs.
 
     Examples
     --------
@@ -95,16 +64,10 @@ def automatic_pass_rows(inputs: Sequence[torch.Tensor]) -> int | None:
 def plan_path(batch: int, n_steps: int, internal_batch_size: int | None) -> PathPlan:
     """Split ``batch`` examples times ``n_steps + 1`` path points into bounded passes.
 
-    ``internal_batch_size=None`` puts everything into one pass. Otherwise every pass
-    holds at most ``internal_batch_size`` rows: groups of ``min(batch, internal_batch_size)``
-    examples, each pass holding as many consecutive points of its group as fit. An empty
-    batch (``batch=0``) gets one empty group whose single pass holds every point (zero
-    rows), so a caller still runs the model once and learns the layer's shape.
-
-    Raises
-    ------
-    TypeError, ValueError
-        When ``internal_batch_size`` is not ``None`` or a positive int.
+    Groups of ``min(batch, internal_batch_size)`` examples, each pass holding as many
+    consecutive points as fit (``None``: one pass). An empty batch gets one empty group
+    with one pass, so the model still runs once. ``TypeError`` or ``ValueError`` unless
+    ``internal_batch_size`` is ``None`` or a positive int.
 
     Examples
     --------
@@ -142,13 +105,8 @@ def plan_path(batch: int, n_steps: int, internal_batch_size: int | None) -> Path
 def step_passes(
     steps: Sequence[int], examples: int, internal_batch_size: int | None
 ) -> list[list[int]]:
-    """Split ``steps`` (path points, in the order given) into passes of bounded rows.
-
-    A pass of ``k`` points over ``examples`` examples has ``k * examples`` rows. With
-    ``internal_batch_size=None``, or no examples, every point goes into one pass;
-    otherwise each pass holds ``max(1, internal_batch_size // examples)`` consecutive
-    points of the list (so at most ``internal_batch_size`` rows whenever
-    ``examples <= internal_batch_size``, as :func:`plan_path`'s groups guarantee).
+    """Split ``steps`` (in the order given) into passes of at most ``internal_batch_size``
+    rows (at least one point each); ``None`` or no examples: one pass.
 
     Examples
     --------
@@ -169,13 +127,8 @@ def take_positions(
     per_example: Sequence[bool] | None,
     positions: Sequence[int],
 ) -> tuple[TargetType, tuple[Any, ...] | None]:
-    """Keep the examples at ``positions`` of a group's target and additional args.
-
-    The group's ``target`` and ``additional_args`` come from :func:`take_examples`:
-    a list target or a 1-D tensor target has one entry per example of the group and is
-    restricted, a shared target is kept. Args flagged in ``per_example`` (from
-    :func:`per_example_flags` on the full batch) are restricted along dim 0, the
-    others passed unchanged.
+    """Keep the examples at ``positions`` of a group's per-example target and args
+    (those flagged in ``per_example``); shared ones are kept whole.
 
     Examples
     --------
@@ -207,10 +160,8 @@ def take_positions(
 def per_example_flags(
     additional_args: tuple[Any, ...] | None, batch: int
 ) -> tuple[bool, ...] | None:
-    """Which additional forward args are per-example: tensors whose dim 0 is ``batch``.
-
-    Decide this once, on the full batch: after :func:`take_examples` a group's size may
-    happen to equal the length of a shared tensor.
+    """Which additional forward args are per-example: tensors whose dim 0 is ``batch``
+    (decided once, on the full batch).
 
     Examples
     --------
@@ -229,14 +180,8 @@ def take_examples(
 ) -> tuple[TargetType, tuple[Any, ...] | None]:
     """Restrict a per-example ``target`` and per-example additional args to ``rows``.
 
-    Shared targets (an int, a tuple, a one-element tensor, ``None``) stay as they are; a
-    list or 1-D tensor target must have one entry per example. Args that are not
-    per-example (see :func:`per_example_flags`) are passed unchanged.
-
-    Raises
-    ------
-    ValueError
-        When a list or tensor target does not have ``batch`` entries.
+    Shared targets and args stay as they are; a list or 1-D tensor target without
+    ``batch`` entries is a ``ValueError``.
 
     Examples
     --------
@@ -272,10 +217,8 @@ def path_points(
     steps: Sequence[int],
     n_steps: int,
 ) -> tuple[torch.Tensor, ...]:
-    """Rows ``x' + (l/m)(x - x')`` for ``l`` in ``steps``, step-major, one tensor per input.
-
-    Uses ``torch.lerp``, which is exact at both ends: point ``m`` is the input itself and
-    point ``0`` the baseline. Baselines broadcast against their inputs (batch of one).
+    """Rows ``x' + (l/m)(x - x')`` for ``l`` in ``steps``, step-major, one tensor per input
+    (``torch.lerp``: exact at both ends; a baseline of batch one is broadcast).
 
     Examples
     --------
@@ -301,23 +244,8 @@ def expand_for_steps(
 ) -> tuple[TargetType, tuple[Any, ...] | None]:
     """Repeat a group's per-example target and args for ``n_points`` step-major rows.
 
-    Parameters
-    ----------
-    target : TargetType
-        The group's target (see :func:`take_examples`).
-    additional_args : tuple or None
-        The group's additional forward args.
-    n_points : int
-        Path points per example in the pass.
-    per_example : sequence of bool, optional
-        One flag per additional arg, from :func:`per_example_flags` on the full batch;
-        flagged args are repeated, the others passed unchanged. ``None`` repeats every
-        tensor that has a dim 0 (only right when no arg is shared).
-
-    Raises
-    ------
-    ValueError
-        When ``per_example`` does not have one flag per additional arg.
+    ``per_example`` flags the args to repeat (``None``: every tensor with a dim 0); it
+    must have one flag per arg (else ``ValueError``).
 
     Examples
     --------
