@@ -1,7 +1,6 @@
-"""Matplotlib figures for attribution maps and evaluation curves.
+"""Matplotlib figures of attribution maps and evaluation curves, from tensors on any device.
 
-Both helpers take torch tensors in the model's layout, on any device, and return
-matplotlib objects without calling ``plt.show()``; close figures with ``plt.close(fig)``.
+Neither helper calls ``plt.show()``; close the figures with ``plt.close(fig)``.
 """
 
 from __future__ import annotations
@@ -47,16 +46,14 @@ def _as_tensor(value: Any, name: str) -> torch.Tensor:
 def _image_batch(image: TensorOrTuple) -> tuple[torch.Tensor, bool]:
     """``(B, C, H, W)`` float images on the CPU and whether a single image was given."""
     tensor = _as_tensor(image, "image")
-    single = tensor.dim() in (2, 3)
-    if tensor.dim() == 2:
-        tensor = tensor[None, None]
-    elif tensor.dim() == 3:
-        tensor = tensor[None]
-    elif tensor.dim() != 4:
+    if tensor.dim() not in (2, 3, 4):
         raise ValueError(
             f"image must be HW, CHW or BCHW, got a {tensor.dim()}-d tensor of shape "
             f"{tuple(tensor.shape)}"
         )
+    single = tensor.dim() < 4
+    while tensor.dim() < 4:
+        tensor = tensor[None]
     tensor = tensor.float().cpu()
     if not bool(torch.isfinite(tensor).all()):
         raise ValueError("image contains NaN or infinite values")
@@ -77,18 +74,14 @@ def _displayable(images: torch.Tensor) -> np.ndarray:
 def _raw_attribution(value: TensorOrTuple, name: str, batch: int, single: bool) -> torch.Tensor:
     """``(B, C, h, w)`` attribution on its own device, checked against the image batch."""
     tensor = _as_tensor(value, f"attributions[{name!r}]")
-    expected = "HW, CHW or 1CHW" if single else "BHW or BCHW"
-    if single and tensor.dim() in (2, 3):
-        if tensor.dim() == 3:
-            tensor = tensor.reshape(1, -1, *tensor.shape[-2:])
-        else:
-            tensor = tensor[None, None]
-    elif not single and tensor.dim() == 3:
-        tensor = tensor[:, None]
+    if tensor.dim() == 3:
+        tensor = tensor.reshape(1, -1, *tensor.shape[-2:]) if single else tensor[:, None]
+    elif single and tensor.dim() == 2:
+        tensor = tensor[None, None]
     elif tensor.dim() != 4:
         raise ValueError(
-            f"attributions[{name!r}] must be {expected} for this image, got shape "
-            f"{tuple(tensor.shape)}"
+            f"attributions[{name!r}] must be {'HW, CHW or 1CHW' if single else 'BHW or BCHW'} "
+            f"for this image, got shape {tuple(tensor.shape)}"
         )
     if tensor.shape[0] != batch:
         raise ValueError(
@@ -99,13 +92,6 @@ def _raw_attribution(value: TensorOrTuple, name: str, batch: int, single: bool) 
     if not bool(torch.isfinite(tensor).all()):
         raise ValueError(f"attributions[{name!r}] contains NaN or infinite values")
     return tensor
-
-
-def _reduced_map(raw: torch.Tensor, signed: bool, size: tuple[int, int]) -> np.ndarray:
-    """Sum channels (of magnitudes when unsigned), upsample bilinearly to ``size``."""
-    values = (raw if signed else raw.abs()).float()
-    summed = per_pixel_map(values, raw.shape[0], size, channel_reduction="sum")
-    return summed[:, 0].cpu().numpy()
 
 
 def _mask_batch(
@@ -173,57 +159,43 @@ def plot_attributions(
 ) -> tuple[Figure, np.ndarray]:
     """Show images and their attribution maps, one row per image, one column per method.
 
-    The first panel of a row is the input, with the ``mask`` outlined; then one panel
-    per entry of ``attributions``. Channels are summed and coarse maps upsampled.
+    A row is the input (``mask`` outlined), then one panel per entry of ``attributions``
+    (channels summed, coarse maps upsampled). Tuples stand for their first tensor.
 
     Parameters
     ----------
-    image : Tensor or tuple of Tensor
-        ``(C, H, W)``, ``(H, W)`` or a batch ``(B, C, H, W)``; images outside ``[0, 1]``
-        are min-max scaled for display (tuples: the first tensor).
-    attributions : dict of str to Tensor (or tuple of Tensor)
-        Method name to map: ``(B, C, H, W)``, ``(B, 1, h, w)`` or ``(B, h, w)`` (without
-        ``B`` for a single image).
+    image : Tensor
+        ``(C, H, W)``, ``(H, W)`` or ``(B, C, H, W)``; min-max scaled if outside [0, 1].
+    attributions : dict of str to Tensor
+        Method name to map ``(B, C, h, w)`` or ``(B, h, w)`` (no ``B`` for one image).
     signed : None, bool or dict of str to bool
-        Signed maps use a diverging colormap centred at 0; unsigned ones show
-        magnitudes. ``None`` (per method, also for names a dict leaves out): signed
-        when any value is negative.
+        Diverging colormap centred at 0, or magnitudes; ``None`` (also for names a dict
+        leaves out): signed when any value is negative.
     mask : Tensor, optional
-        Ground-truth mask ``(B, H, W)`` or ``(B, 1, H, W)`` (``(H, W)`` for one image).
-    overlay : bool
-        Draw each map over a grey copy of the image, more opaque where it is larger.
-    ncols : int, optional
-        Panels per grid row (default: one row per image).
+        Ground truth ``(B, H, W)`` or ``(B, 1, H, W)`` (``(H, W)`` for one image).
+    overlay, alpha : bool, float
+        Draw each map over a grey copy of the image, up to opacity ``alpha`` where larger.
+    ncols, panel_size : int, float
+        Panels per grid row (default: one row per image); side of a panel in inches.
     colorbar : bool or {"each", "shared"}
         A colour bar per map, or one per kind (signed, unsigned) with shared limits.
-    percentile : float
-        Colour limits are this percentile of ``|map|`` (100: the maximum).
-    cmap_signed, cmap_unsigned : str
-        Matplotlib colormaps.
-    alpha : float
-        Opacity of the strongest values in overlay mode.
+    percentile, cmap_signed, cmap_unsigned : float, str, str
+        Colour limits are this percentile of ``|map|`` (100: the maximum); colormaps.
     row_labels : sequence of str, optional
         One label per image, beside its input panel.
-    panel_size : float
-        Side of one panel in inches.
 
     Returns
     -------
     (Figure, numpy.ndarray of Axes)
-        The figure and its ``(grid rows, ncols)`` axes; heat maps have
-        ``gid == "attribution"``, mask outlines ``gid == "mask-outline"``.
+        Axes ``(grid rows, ncols)``; heat maps have gid ``"attribution"``, mask outlines
+        ``"mask-outline"``.
 
     Examples
     --------
-    >>> import torch
-    >>> import matplotlib.pyplot as plt
-    >>> images = torch.rand(2, 3, 16, 16)
     >>> maps = {"saliency": torch.rand(2, 3, 16, 16), "grad-cam": torch.randn(2, 1, 4, 4)}
-    >>> fig, axes = plot_attributions(images, maps, colorbar="shared")
-    >>> axes.shape
-    (2, 3)
-    >>> [ax.get_title() for ax in axes[0]]
-    ['input', 'saliency', 'grad-cam']
+    >>> fig, axes = plot_attributions(torch.rand(2, 3, 16, 16), maps, colorbar="shared")
+    >>> axes.shape, [ax.get_title() for ax in axes[0]]
+    ((2, 3), ['input', 'saliency', 'grad-cam'])
     >>> plt.close(fig)
     """
     _check_plot_options(attributions, colorbar, percentile, alpha)
@@ -233,38 +205,25 @@ def plot_attributions(
     masks = _mask_batch(mask, batch, single, size)
     if row_labels is not None and len(row_labels) != batch:
         raise ValueError(f"row_labels needs {batch} labels (one per image), got {len(row_labels)}")
-    names = list(maps)
-    fig, axes, panel = _panel_grid(batch, 1 + len(names), ncols, panel_size)
-    shared_limits = {
-        kind: _colour_limit(
-            np.concatenate([maps[n].ravel() for n in names if is_signed[n] == kind]), percentile
-        )
-        for kind in (True, False)
-        if any(is_signed[n] == kind for n in names)
-    }
+    fig, axes, panel = _panel_grid(batch, ["input", *maps], ncols, panel_size)
+    limits = _shared_limits(maps, is_signed, percentile) if colorbar == "shared" else {}
     rgb = _displayable(images)
     grey = rgb.mean(axis=-1)
     first_image_of_kind: dict[bool, AxesImage] = {}
     for b in range(batch):
-        _draw_input(panel(b, 0), rgb[b], None if masks is None else masks[b], b,
+        _draw_input(panel(b, 0), rgb[b], None if masks is None else masks[b],
                     None if row_labels is None else str(row_labels[b]))
-        for index, name in enumerate(names, start=1):
-            ax, values, kind = panel(b, index), maps[name][b], is_signed[name]
-            limit = shared_limits[kind] if colorbar == "shared" else _colour_limit(
-                values, percentile)
-            heat = _draw_map(ax, values, limit, cmap_signed if kind else cmap_unsigned,
-                             kind, grey[b] if overlay else None, alpha)
+        for index, (name, values) in enumerate(maps.items(), start=1):
+            kind = is_signed[name]
+            cmap = cmap_signed if kind else cmap_unsigned
+            limit = limits[kind] if limits else _colour_limit(values[b], percentile)
+            heat = _draw_map(panel(b, index), values[b], limit, cmap, kind,
+                             grey[b] if overlay else None, alpha)
             first_image_of_kind.setdefault(kind, heat)
-            if b == 0:
-                ax.set_title(name, fontsize="medium")
             if colorbar in (True, "each"):
-                fig.colorbar(heat, ax=ax, fraction=0.046, pad=0.02)
+                fig.colorbar(heat, ax=panel(b, index), fraction=0.046, pad=0.02)
     if colorbar == "shared":
-        for kind, heat in first_image_of_kind.items():
-            bar = fig.colorbar(heat, ax=axes.ravel().tolist(), shrink=0.8)
-            bar.set_label("signed attribution" if kind else "attribution magnitude")
-            assert bar.solids is not None  # a colorbar of an image is always filled
-            bar.solids.set_alpha(1)
+        _shared_colorbars(fig, axes, first_image_of_kind)
     return fig, axes
 
 
@@ -303,7 +262,8 @@ def _reduced_maps(
     attributions: Mapping[str, TensorOrTuple], signed: bool | Mapping[str, bool] | None,
     batch: int, single: bool, size: tuple[int, int],
 ) -> tuple[dict[str, np.ndarray], dict[str, bool]]:
-    """Per method name, its ``(B, H, W)`` display map and whether it is shown signed."""
+    """Per method name, its ``(B, H, W)`` map (channels summed, of magnitudes when
+    unsigned, upsampled bilinearly) and whether it is shown signed."""
     names = [str(name) for name in attributions]
     choices = _signed_choices(signed, names)
     maps: dict[str, np.ndarray] = {}
@@ -312,14 +272,40 @@ def _reduced_maps(
         raw = _raw_attribution(attributions[key], name, batch, single)
         choice = choices[name]
         is_signed[name] = bool((raw < 0).any()) if choice is None else bool(choice)
-        maps[name] = _reduced_map(raw, is_signed[name], size)
+        values = (raw if is_signed[name] else raw.abs()).float()
+        summed = per_pixel_map(values, batch, size, channel_reduction="sum")
+        maps[name] = summed[:, 0].cpu().numpy()
     return maps, is_signed
 
 
+def _shared_limits(
+    maps: dict[str, np.ndarray], is_signed: dict[str, bool], percentile: float
+) -> dict[bool, float]:
+    """One colour limit per kind (signed, unsigned) over all maps of that kind."""
+    return {
+        kind: _colour_limit(
+            np.concatenate([maps[n].ravel() for n in maps if is_signed[n] == kind]), percentile
+        )
+        for kind in (True, False)
+        if any(is_signed[n] == kind for n in maps)
+    }
+
+
+def _shared_colorbars(fig: Figure, axes: np.ndarray, heats: dict[bool, AxesImage]) -> None:
+    """One opaque colour bar per kind, for the whole grid."""
+    for kind, heat in heats.items():
+        bar = fig.colorbar(heat, ax=axes.ravel().tolist(), shrink=0.8)
+        bar.set_label("signed attribution" if kind else "attribution magnitude")
+        assert bar.solids is not None  # a colorbar of an image is always filled
+        bar.solids.set_alpha(1)
+
+
 def _panel_grid(
-    batch: int, panels: int, ncols: int | None, panel_size: float
+    batch: int, titles: Sequence[str], ncols: int | None, panel_size: float
 ) -> tuple[Figure, np.ndarray, Callable[[int, int], Axes]]:
-    """The figure, its axes and ``panel(b, index)``: image ``b``'s panel ``index``."""
+    """The figure, its axes and ``panel(b, index)``: image ``b``'s panel ``index``; the
+    first image's panels carry ``titles``."""
+    panels = len(titles)
     ncols = panels if ncols is None else ncols
     if ncols < 1:
         raise ValueError(f"ncols must be >= 1, got {ncols}")
@@ -333,31 +319,30 @@ def _panel_grid(
         return axes[b * rows_per_image + index // ncols, index % ncols]
 
     for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set(xticks=[], yticks=[])
     for index in range(panels, rows_per_image * ncols):
         for b in range(batch):
             panel(b, index).set_axis_off()
+    for index, title in enumerate(titles):
+        panel(0, index).set_title(title, fontsize="medium")
     return fig, axes, panel
 
 
-def _draw_input(
-    ax: Axes, rgb: np.ndarray, mask: np.ndarray | None, b: int, row_label: str | None
-) -> None:
+def _draw_input(ax: Axes, rgb: np.ndarray, mask: np.ndarray | None, label: str | None) -> None:
     ax.imshow(rgb, interpolation="nearest")
     if mask is not None and mask.min() != mask.max():
         outline = ax.contour(mask, levels=[0.5], colors="lime", linewidths=1.2)
         outline.set_gid(MASK_OUTLINE_GID)
-    if b == 0:
-        ax.set_title("input", fontsize="medium")
-    if row_label is not None:
-        ax.set_ylabel(row_label)
+    if label is not None:
+        ax.set_ylabel(label)
 
 
 _CURVE_VALUE_FIELDS = ("values", "scores", "allegiance")
 
 
 def _curve_arrays(name: str, value: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(fractions, values)`` of one entry of :func:`plot_curves`' ``results``, checked."""
+    field = next((f for f in _CURVE_VALUE_FIELDS if hasattr(value, f)), None)
     if isinstance(value, Mapping):
         if "fractions" not in value or "values" not in value:
             raise ValueError(
@@ -365,8 +350,7 @@ def _curve_arrays(name: str, value: Any) -> tuple[np.ndarray, np.ndarray]:
                 f"(got {sorted(map(str, value))})"
             )
         fractions, values = value["fractions"], value["values"]
-    elif hasattr(value, "fractions") and any(hasattr(value, f) for f in _CURVE_VALUE_FIELDS):
-        field = next(f for f in _CURVE_VALUE_FIELDS if hasattr(value, f))
+    elif hasattr(value, "fractions") and field is not None:
         fractions, values = value.fractions, getattr(value, field)
     elif isinstance(value, (tuple, list)) and len(value) == 2:
         fractions, values = value
@@ -393,8 +377,16 @@ def _curve_arrays(name: str, value: Any) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _trapezoid_area(x: np.ndarray, y: np.ndarray) -> float:
-    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
+def _draw_curve(ax: Axes, name: str, value: Any, show_auc: bool, band: bool) -> None:
+    """The mean curve of one method (AUC in its label), with a one-std band when batched."""
+    x, y = _curve_arrays(name, value)
+    mean = y.mean(axis=0) if y.ndim == 2 else y
+    area = float(np.sum((x[1:] - x[:-1]) * (mean[1:] + mean[:-1]) / 2))  # trapezoids
+    label = f"{name} (AUC {area:.3f})" if show_auc else name
+    (line,) = ax.plot(x, mean, label=label, linewidth=1.8)
+    if band and y.ndim == 2 and y.shape[0] > 1:
+        spread = y.std(axis=0)
+        ax.fill_between(x, mean - spread, mean + spread, color=line.get_color(), alpha=0.2)
 
 
 def plot_curves(
@@ -419,10 +411,9 @@ def plot_curves(
         Draw into these axes (default: a new figure).
     title, xlabel, ylabel : str
         Axis text.
-    show_auc : bool
-        Add the trapezoid area under each (mean) curve to its legend entry.
-    band : bool
-        Shade one standard deviation around batched curves.
+    show_auc, band : bool
+        Put the trapezoid area under each (mean) curve in its legend entry; shade one
+        standard deviation around batched curves.
 
     Returns
     -------
@@ -430,8 +421,6 @@ def plot_curves(
 
     Examples
     --------
-    >>> import torch
-    >>> import matplotlib.pyplot as plt
     >>> steps = torch.linspace(0, 1, 11)
     >>> fig, ax = plot_curves({"saliency": (steps, 1 - steps),
     ...                        "random": {"fractions": steps, "values": 1 - steps**0.5}})
@@ -448,15 +437,7 @@ def plot_curves(
     else:
         fig = cast(Figure, ax.figure)  # a SubFigure for axes of a subfigure
     for name, value in results.items():
-        x, y = _curve_arrays(str(name), value)
-        mean = y.mean(axis=0) if y.ndim == 2 else y
-        label = str(name)
-        if show_auc:
-            label += f" (AUC {_trapezoid_area(x, mean):.3f})"
-        (line,) = ax.plot(x, mean, label=label, linewidth=1.8)
-        if band and y.ndim == 2 and y.shape[0] > 1:
-            spread = y.std(axis=0)
-            ax.fill_between(x, mean - spread, mean + spread, color=line.get_color(), alpha=0.2)
+        _draw_curve(ax, str(name), value, show_auc, band)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title is not None:

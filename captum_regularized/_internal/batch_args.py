@@ -11,11 +11,5 @@ __all__ = ["is_per_example"]
 
 
 def is_per_example(value: Any, batch: int) -> bool:
-    """Whether ``value`` is a per-example additional forward argument of a ``batch``.
-
-    Examples
-    --------
-    >>> is_per_example(torch.ones(4, 2), 4), is_per_example(torch.tensor(1.0), 1)
-    (True, False)
-    """
+    """Whether ``value`` is a per-example additional forward argument of a ``batch``."""
     return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch

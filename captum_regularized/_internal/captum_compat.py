@@ -43,13 +43,7 @@ __all__ = [
 
 
 def format_inputs(inputs: TensorOrTuple) -> tuple[tuple[torch.Tensor, ...], bool]:
-    """Return ``(inputs_as_tuple, was_tuple)``; raise ``TypeError`` for anything else.
-
-    Examples
-    --------
-    >>> format_inputs(torch.zeros(2))
-    ((tensor([0., 0.]),), False)
-    """
+    """Return ``(inputs_as_tuple, was_tuple)``; raise ``TypeError`` for anything else."""
     if isinstance(inputs, torch.Tensor):
         return (inputs,), False
     if isinstance(inputs, tuple) and inputs and all(isinstance(t, torch.Tensor) for t in inputs):
@@ -66,14 +60,7 @@ def format_additional_args(additional_forward_args: Any) -> tuple[Any, ...] | No
 
 
 class WithoutFutures:
-    """Captum's ``attribute_future``, refused with ``NotImplementedError`` as ``Saliency`` does.
-
-    Examples
-    --------
-    >>> WithoutFutures().attribute_future()
-    Traceback (most recent call last):
-    NotImplementedError: attribute_future is not implemented for WithoutFutures
-    """
+    """Captum's ``attribute_future``, refused with ``NotImplementedError`` as ``Saliency`` does."""
 
     def attribute_future(self) -> None:
         """Not implemented: the package's methods return their maps synchronously."""
@@ -155,11 +142,6 @@ def run_forward(
     additional_forward_args: tuple[Any, ...] | None = None,
 ) -> torch.Tensor:
     """``forward_func(*inputs, *additional_forward_args)`` as a scores tensor (:func:`logits_of`).
-
-    Examples
-    --------
-    >>> run_forward(lambda x: {"logits": 2 * x}, (torch.ones(1, 2),)).tolist()
-    [[2.0, 2.0]]
     """
     args = () if additional_forward_args is None else additional_forward_args
     return logits_of(forward_func(*inputs, *args), "forward_func")

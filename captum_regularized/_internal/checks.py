@@ -21,15 +21,7 @@ from captum_regularized._internal.model_state import model_device
 
 
 def check_autograd_available(who: str) -> None:
-    """Raise ``RuntimeError`` naming inference mode when gradients cannot be taken.
-
-    Examples
-    --------
-    >>> with torch.inference_mode():
-    ...     check_autograd_available("PositiveSaliency")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    RuntimeError: PositiveSaliency needs autograd and cannot run inside torch.inference_mode()...
-    """
+    """Raise ``RuntimeError`` naming inference mode when gradients cannot be taken."""
     if torch.is_inference_mode_enabled():
         raise RuntimeError(
             f"{who} needs autograd and cannot run inside torch.inference_mode(); "
@@ -38,14 +30,7 @@ def check_autograd_available(who: str) -> None:
 
 
 def check_floating(inputs: Sequence[torch.Tensor], name: str = "inputs") -> None:
-    """Raise ``TypeError`` unless every tensor has a floating dtype.
-
-    Examples
-    --------
-    >>> check_floating((torch.zeros(1, dtype=torch.long),))
-    Traceback (most recent call last):
-    TypeError: inputs[0] must be a floating-point tensor (gradients need one), got torch.int64
-    """
+    """Raise ``TypeError`` unless every tensor has a floating dtype."""
     for index, tensor in enumerate(inputs):
         if not tensor.is_floating_point():
             raise TypeError(
@@ -88,11 +73,6 @@ def model_floating_dtype(model: nn.Module | None) -> torch.dtype | None:
     """The dtype the model's input layer computes in; ``None`` when it has none.
 
     The weight dtype of :func:`first_conv2d`, else of the first floating parameter.
-
-    Examples
-    --------
-    >>> model_floating_dtype(nn.Linear(2, 2).double()), model_floating_dtype(nn.ReLU())
-    (torch.float64, None)
     """
     if model is None:
         return None
@@ -107,14 +87,7 @@ def model_floating_dtype(model: nn.Module | None) -> torch.dtype | None:
 
 
 def first_conv2d(model: nn.Module | None) -> nn.Conv2d | None:
-    """The model's first convolution (in ``modules()`` order), if it is a non-lazy ``nn.Conv2d``.
-
-    Examples
-    --------
-    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
-    >>> first_conv2d(net) is net[0], first_conv2d(nn.Linear(2, 2))
-    (True, None)
-    """
+    """The model's first convolution (in ``modules()`` order), if it is a non-lazy ``nn.Conv2d``."""
     if model is None:
         return None
     for module in model.modules():
@@ -251,12 +224,6 @@ def check_class_scores(
 
     ``TypeError`` for a non-tensor (naming ``who``), ``ValueError`` for another rank or
     another batch size than ``batch``.
-
-    Examples
-    --------
-    >>> check_class_scores({"logits": torch.zeros(2, 3)})  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    TypeError: the model must return one (batch, classes) tensor of class scores, got a dict; ...
     """
     if not isinstance(output, torch.Tensor):
         hint = ""
@@ -275,14 +242,7 @@ def check_class_scores(
 
 
 def check_data_batch(images: torch.Tensor, index: int, who: str, *, floating: bool = True) -> None:
-    """Refuse a data-loader batch of images that holds NaN or inf (or is not floating).
-
-    Examples
-    --------
-    >>> check_data_batch(torch.tensor([[float("nan")]]), 4, "evaluate_accuracy")
-    Traceback (most recent call last):
-    ValueError: evaluate_accuracy: the images of data batch 4 contain NaN or infinite values
-    """
+    """Refuse a data-loader batch of images that holds NaN or inf (or is not floating)."""
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"{who}: data batch {index} images must be a tensor, got "
                         f"{type(images).__name__}")

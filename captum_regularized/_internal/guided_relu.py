@@ -100,14 +100,7 @@ _HARDTANH: frozenset[Callable[..., Any]] = frozenset(_FAMILIES["Hardtanh"])
 
 
 def check_guided_rule(rule: object) -> str:
-    """Return ``rule`` if it names a guided rule, else a ``ValueError`` / ``TypeError``.
-
-    Examples
-    --------
-    >>> check_guided_rule("relu")
-    Traceback (most recent call last):
-    ValueError: rule must be one of ['gated', 'ungated'], got 'relu'
-    """
+    """Return ``rule`` if it names a guided rule, else a ``ValueError`` / ``TypeError``."""
     if not isinstance(rule, str):
         raise TypeError(f"rule must be a string, one of {sorted(GUIDED_RULES)}; "
                         f"got {type(rule).__name__}")
@@ -273,14 +266,7 @@ def recording_activations(
 
 
 def check_has_activations(switch: GuidedActivationSwitch, who: str = "forward_func") -> None:
-    """Raise ``ValueError`` when a recorded forward pass met no guided activation.
-
-    Examples
-    --------
-    >>> check_has_activations(GuidedActivationSwitch(), "model")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ValueError: model has no ReLU nor any other activation the guided rule knows ...
-    """
+    """Raise ``ValueError`` when a recorded forward pass met no guided activation."""
     if switch.num_activations == 0:
         raise ValueError(
             f"{who} has no ReLU nor any other activation the guided rule knows "
@@ -336,12 +322,7 @@ def check_not_compiled(
     model: nn.Module | None, name: str = "model", *, reason: str = _DOUBLE_BACKWARD,
     also: str | None = None,
 ) -> None:
-    """Raise ``TypeError`` for a ``torch.compile``'d module, saying ``reason`` and ``also``.
-
-    Examples
-    --------
-    >>> check_not_compiled(nn.Linear(2, 2))
-    """
+    """Raise ``TypeError`` for a ``torch.compile``'d module, saying ``reason`` and ``also``."""
     suffix = "" if also is None else f"; {also}"
     for where, module in _named_modules(model, name):
         if hasattr(module, "_orig_mod"):
@@ -382,12 +363,6 @@ def check_guided_model(
     forward_func: Callable[..., Any], who: str, name: str = "model"
 ) -> nn.Module | None:
     """The module the guided rule runs (``nn.DataParallel`` unwrapped): not compiled nor scripted.
-
-    Examples
-    --------
-    >>> model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
-    >>> check_guided_model(nn.DataParallel(model), "GuidedBackprop") is model
-    True
     """
     if not callable(forward_func):
         raise TypeError(f"{name} must be callable, got {type(forward_func).__name__}")
@@ -413,31 +388,16 @@ def guided_and_plain_gradients(
 ) -> GuidedAndPlain:
     """``(logits, plain, guided)``: input gradients of the summed target scores, one forward pass.
 
-    Parameters
-    ----------
-    forward_func : callable
-        The model, or a function calling it; ``additional_forward_args`` follow the inputs.
-    inputs : Tensor
-        A floating batch ``(B, ...)``, never modified. With ``create_graph=True`` and
-        inputs on an autograd graph, the gradients are taken with respect to a copy on
-        that graph (:func:`~captum_regularized._internal.input_gradients.gradient_leaf`).
-    target : Captum target form or None
-        As :func:`~captum_regularized._internal.targets.target_scores` takes it.
-    create_graph : bool
-        Keep the graphs of ``plain`` and ``logits`` (double backpropagation); with
-        ``False`` the logits come back detached (``guided`` always is).
-    score_fn : callable, optional
-        ``score_fn(output) -> (B,)``, used instead of ``target`` (no host synchronisation).
-    per_example : bool
-        Hold train-mode BatchNorm batch statistics constant in both gradient passes.
-    rule : {"gated", "ungated"}
-        The guided rule (:data:`GUIDED_RULES`).
-
-    Raises
-    ------
-    ValueError, TypeError, RuntimeError
-        No guided activation on the graph or an unknown ``rule``; a compiled module or a
-        non-floating input; a forward pass that modifies its input in place.
+    ``forward_func``, ``target`` and ``additional_forward_args`` are as in
+    :func:`~captum_regularized._internal.targets.target_gradients`; ``inputs`` is one
+    floating batch, never modified (with ``create_graph`` and inputs on a graph, a copy on
+    that graph is differentiated:
+    :func:`~captum_regularized._internal.input_gradients.gradient_leaf`).
+    ``create_graph`` keeps the graphs of ``plain`` and ``logits`` (else the logits come back
+    detached; ``guided`` always is); ``score_fn(output) -> (B,)`` replaces ``target``;
+    ``per_example`` holds train-mode BatchNorm statistics constant in both passes.
+    ``ValueError``, ``TypeError`` or ``RuntimeError`` as :func:`guided_forward` raises them,
+    and for an unknown ``rule``, a compiled module or non-floating inputs.
 
     Examples
     --------

@@ -31,13 +31,7 @@ PerExampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def cross_entropy_per_example(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Unreduced cross-entropy ``(B,)`` after :func:`check_class_logits` (the default loss).
-
-    Examples
-    --------
-    >>> cross_entropy_per_example(torch.zeros(2, 4), torch.tensor([0, 3])).shape
-    torch.Size([2])
-    """
+    """Unreduced cross-entropy ``(B,)`` after :func:`check_class_logits` (the default loss)."""
     check_class_logits(logits, labels)
     return F.cross_entropy(logits, labels, reduction="none")
 
@@ -53,14 +47,7 @@ class InputGradient(NamedTuple):
 def per_example_losses(
     loss_fn: PerExampleLoss, logits: torch.Tensor, labels: torch.Tensor
 ) -> torch.Tensor:
-    """Call ``loss_fn`` and check that it returned one loss per example.
-
-    Examples
-    --------
-    >>> per_example_losses(lambda o, y: o.sum(), torch.zeros(2, 3), torch.zeros(2).long())
-    Traceback (most recent call last):
-    ValueError: loss_fn must return one loss per example, shape (2,) (reduction='none'), got ()
-    """
+    """Call ``loss_fn`` and check that it returned one loss per example."""
     losses = loss_fn(logits, labels)
     if not isinstance(losses, torch.Tensor) or losses.shape != (logits.shape[0],):
         shape = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
@@ -76,12 +63,6 @@ def gradient_leaf(inputs: torch.Tensor, keep_graph: bool) -> torch.Tensor:
 
     With ``keep_graph`` and inputs that require grad, a copy still on their graph;
     otherwise :func:`fresh_leaf`.
-
-    Examples
-    --------
-    >>> z = torch.nn.Linear(2, 2)(torch.rand(3, 2))
-    >>> gradient_leaf(z, keep_graph=True).is_leaf, gradient_leaf(z, keep_graph=False).is_leaf
-    (False, True)
     """
     if keep_graph and inputs.requires_grad:
         return inputs.clone()
@@ -89,29 +70,13 @@ def gradient_leaf(inputs: torch.Tensor, keep_graph: bool) -> torch.Tensor:
 
 
 def fresh_leaf(inputs: torch.Tensor) -> torch.Tensor:
-    """A leaf that requires grad, sharing ``inputs``' storage (copied if an inference tensor).
-
-    Examples
-    --------
-    >>> x = torch.rand(2, 3)
-    >>> leaf = fresh_leaf(x)
-    >>> leaf.requires_grad, leaf.data_ptr() == x.data_ptr(), x.requires_grad
-    (True, True, False)
-    """
+    """A leaf that requires grad, sharing ``inputs``' storage (copied if an inference tensor)."""
     leaf = inputs.clone() if inputs.is_inference() else inputs.detach()
     return leaf.requires_grad_(True)
 
 
 def check_not_modified_in_place(leaf: torch.Tensor, version: int, who: str = "model") -> None:
-    """Raise ``RuntimeError`` when the forward pass wrote into the tensor it was given.
-
-    Examples
-    --------
-    >>> x = torch.zeros(2)
-    >>> check_not_modified_in_place(x.add_(1), 0)  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    RuntimeError: model modified its input in place (e.g. x.sub_(...) or an in-place ...
-    """
+    """Raise ``RuntimeError`` when the forward pass wrote into the tensor it was given."""
     if leaf._version != version:
         raise RuntimeError(_in_place_message(who))
 
@@ -251,14 +216,7 @@ def _raise_label_range(labels: torch.Tensor, num_classes: int | None) -> None:
 
 
 def check_class_logits(logits: object, labels: torch.Tensor) -> None:
-    """Logits must be ``(B, C)``; CPU labels are range-checked against ``C``.
-
-    Examples
-    --------
-    >>> check_class_logits(torch.zeros(2, 3), torch.tensor([0, 3]))
-    Traceback (most recent call last):
-    ValueError: labels must be class indices in [0, 2] (the model has 3 logits), got 3
-    """
+    """Logits must be ``(B, C)``; CPU labels are range-checked against ``C``."""
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(f"model must return logits of shape (batch, classes), got {shape}")
@@ -270,15 +228,7 @@ def check_class_logits(logits: object, labels: torch.Tensor) -> None:
 
 @contextlib.contextmanager
 def leaf_in_place_error_explained(who: str = "model") -> Iterator[None]:
-    """Turn autograd's "leaf Variable ... in-place" error into the in-place input message.
-
-    Examples
-    --------
-    >>> with leaf_in_place_error_explained():
-    ...     torch.zeros(2, requires_grad=True).sub_(1)  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    RuntimeError: model modified its input in place ...
-    """
+    """Turn autograd's "leaf Variable ... in-place" error into the in-place input message."""
     try:
         yield
     except RuntimeError as error:

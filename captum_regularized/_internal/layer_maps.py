@@ -29,13 +29,6 @@ class LayerCam(WithoutFutures, LayerAttribution, GradientAttribution):
     """A class activation map of one layer, called like Captum's ``LayerGradCam``.
 
     The constructor checks the layer; subclasses write ``attribute``.
-
-    Examples
-    --------
-    >>> model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU())
-    >>> cam = LayerCam(model, model[0])
-    >>> cam.has_convergence_delta(), cam.multiplies_by_inputs
-    (False, False)
     """
 
     def __init__(
@@ -61,15 +54,6 @@ def checked_layer_method(forward_func: Callable[..., Any], layer: object) -> Cal
 
     ``TypeError`` when ``layer`` is not a module, ``ValueError`` when the model does not
     contain it.
-
-    Examples
-    --------
-    >>> model = nn.Sequential(nn.Linear(2, 2))
-    >>> checked_layer_method(model, model[0]) is model
-    True
-    >>> checked_layer_method(model, nn.Linear(2, 2))
-    Traceback (most recent call last):
-    ValueError: layer (Linear) is not a submodule of the model passed as forward_func
     """
     if not isinstance(layer, nn.Module):
         raise TypeError(f"layer must be an nn.Module, got {type(layer).__name__}")
@@ -85,12 +69,6 @@ def checked_layer_method(forward_func: Callable[..., Any], layer: object) -> Cal
 
 def check_grad_kwargs(grad_kwargs: object) -> None:
     """Raise ``TypeError`` unless ``grad_kwargs`` (for ``torch.autograd.grad``) is a dict or None.
-
-    Examples
-    --------
-    >>> check_grad_kwargs([1])
-    Traceback (most recent call last):
-    TypeError: grad_kwargs must be a dict or None, got list
     """
     if grad_kwargs is not None and not isinstance(grad_kwargs, dict):
         raise TypeError(f"grad_kwargs must be a dict or None, got {type(grad_kwargs).__name__}")
@@ -105,14 +83,7 @@ def check_reshape_transform(reshape_transform: object) -> None:
 
 
 def check_output_batch(output: torch.Tensor, rows: int) -> None:
-    """Raise ``ValueError`` unless the model output has ``rows`` rows in dim 0.
-
-    Examples
-    --------
-    >>> check_output_batch(torch.zeros(1, 2), 3)  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ValueError: forward_func returned shape (1, 2) for 3 input rows; ...
-    """
+    """Raise ``ValueError`` unless the model output has ``rows`` rows in dim 0."""
     if output.dim() == 0 or output.shape[0] != rows:
         raise ValueError(
             f"forward_func returned shape {tuple(output.shape)} for {rows} input rows; its "

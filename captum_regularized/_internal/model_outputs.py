@@ -58,14 +58,7 @@ def logits_of(output: Any, who: str = "the model") -> torch.Tensor:
 
 
 class LogitsOnly(nn.Module):
-    """A module returning ``logits_of(model(...))``, with ``model`` (unchanged) as its submodule.
-
-    Examples
-    --------
-    >>> net = nn.Linear(2, 3)
-    >>> LogitsOnly(net)(torch.zeros(4, 2)).shape, LogitsOnly(net).model is net
-    (torch.Size([4, 3]), True)
-    """
+    """A module returning ``logits_of(model(...))``, with ``model`` (unchanged) as its submodule."""
 
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):

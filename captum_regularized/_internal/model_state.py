@@ -25,16 +25,7 @@ from torch.utils.hooks import RemovableHandle
 
 
 def find_module(forward_func: Callable[..., Any]) -> nn.Module | None:
-    """Return the ``nn.Module`` behind ``forward_func`` (the module itself or a bound method).
-
-    Examples
-    --------
-    >>> m = nn.Linear(2, 3)
-    >>> find_module(m) is m and find_module(m.forward) is m
-    True
-    >>> find_module(lambda x: x) is None
-    True
-    """
+    """Return the ``nn.Module`` behind ``forward_func`` (the module itself or a bound method)."""
     if isinstance(forward_func, nn.Module):
         return forward_func
     owner = getattr(forward_func, "__self__", None)
@@ -49,12 +40,6 @@ def unwrap_data_parallel(forward_func: Callable[..., Any]) -> Callable[..., Any]
     The guided rule (a torch function mode of the calling thread) and the layer hooks
     cannot follow the replicas ``nn.DataParallel`` runs in their own threads, so those
     methods run the wrapped module on its own device. Anything else is returned as is.
-
-    Examples
-    --------
-    >>> m = nn.Linear(2, 3)
-    >>> unwrap_data_parallel(nn.DataParallel(m)) is m and unwrap_data_parallel(m) is m
-    True
     """
     if isinstance(forward_func, nn.DataParallel):
         return forward_func.module
@@ -62,13 +47,7 @@ def unwrap_data_parallel(forward_func: Callable[..., Any]) -> Callable[..., Any]
 
 
 def is_compiled(model: nn.Module | None) -> bool:
-    """Whether ``model`` or a submodule was ``torch.compile``'d (wrapped or in place).
-
-    Examples
-    --------
-    >>> is_compiled(nn.Linear(2, 2)), is_compiled(None)
-    (False, False)
-    """
+    """Whether ``model`` or a submodule was ``torch.compile``'d (wrapped or in place)."""
     if model is None:
         return False
     return any(
@@ -78,19 +57,7 @@ def is_compiled(model: nn.Module | None) -> bool:
 
 
 class HookBag:
-    """Collects hook handles so they can all be removed in one place.
-
-    Examples
-    --------
-    >>> m = nn.ReLU()
-    >>> bag = HookBag()
-    >>> bag.add(m.register_forward_hook(lambda *a: None))
-    >>> len(m._forward_hooks)
-    1
-    >>> bag.remove_all()
-    >>> len(m._forward_hooks)
-    0
-    """
+    """Collects hook handles so they can all be removed in one place."""
 
     def __init__(self) -> None:
         self._handles: list[RemovableHandle] = []
@@ -271,25 +238,13 @@ def batchnorm_statistics_restored_on_error(model: nn.Module) -> Iterator[None]:
 def unwrap_parallel(model: nn.Module) -> nn.Module:
     """The module inside ``DistributedDataParallel`` / ``DataParallel`` (else the model),
     on which the losses' extra passes run, outside DDP's gradient synchronisation.
-
-    Examples
-    --------
-    >>> m = nn.Linear(1, 1)
-    >>> unwrap_parallel(nn.DataParallel(m)) is m, unwrap_parallel(m) is m
-    (True, True)
     """
     parallel = (nn.parallel.DistributedDataParallel, nn.DataParallel)
     return model.module if isinstance(model, parallel) else model
 
 
 def model_device(model: nn.Module | None) -> torch.device | None:
-    """Device of the model's first parameter or buffer, ``None`` when it has neither.
-
-    Examples
-    --------
-    >>> model_device(nn.Linear(1, 1))
-    device(type='cpu')
-    """
+    """Device of the model's first parameter or buffer, ``None`` when it has neither."""
     if model is None:
         return None
     for parameter in model.parameters():

@@ -50,27 +50,14 @@ def _is_score_callable(item: object) -> bool:
 
 
 def is_score_target(target: object) -> bool:
-    """True for a target callable or a non-empty list/tuple of them.
-
-    Examples
-    --------
-    >>> is_score_target(lambda out: out[:, 0]), is_score_target([1, 2])
-    (True, False)
-    """
+    """True for a target callable or a non-empty list/tuple of them."""
     if isinstance(target, (list, tuple)):
         return bool(target) and any(_is_score_callable(item) for item in target)
     return _is_score_callable(target)
 
 
 def per_example_score_targets(target: TargetType) -> TargetType:
-    """A tuple of per-example target callables as a list (Captum slices and repeats lists).
-
-    Examples
-    --------
-    >>> first = lambda row: row[0]
-    >>> per_example_score_targets((first, first)) == [first, first], per_example_score_targets((1,))
-    (True, (1,))
-    """
+    """A tuple of per-example target callables as a list (Captum slices and repeats lists)."""
     if isinstance(target, tuple) and is_score_target(target):
         return cast("list[ScoreTarget]", list(target))  # a mix is refused when scored
     return target

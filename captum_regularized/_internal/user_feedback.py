@@ -41,14 +41,7 @@ _OUR_DIRS = (
 
 
 def check_progress(progress: object) -> None:
-    """Raise a ``TypeError`` unless ``progress`` is ``None``, ``True`` or ``False``.
-
-    Examples
-    --------
-    >>> check_progress(1)
-    Traceback (most recent call last):
-    TypeError: progress must be None, True or False, got int
-    """
+    """Raise a ``TypeError`` unless ``progress`` is ``None``, ``True`` or ``False``."""
     if progress is not None and not isinstance(progress, bool):
         raise TypeError(f"progress must be None, True or False, got {type(progress).__name__}")
 
@@ -61,13 +54,7 @@ def _stderr_is_terminal() -> bool:
 
 
 def show_progress(progress: bool | None, passes: int) -> bool:
-    """Whether a call that will run ``passes`` model passes shows a progress bar.
-
-    Examples
-    --------
-    >>> show_progress(True, 1), show_progress(False, 10_000)
-    (True, False)
-    """
+    """Whether a call that will run ``passes`` model passes shows a progress bar."""
     check_progress(progress)
     if progress is None:
         return passes > PROGRESS_THRESHOLD and _stderr_is_terminal()
@@ -102,13 +89,7 @@ class ProgressBar:
 
 @contextlib.contextmanager
 def progress_bar(show: bool, total: int, desc: str, unit: str) -> Iterator[ProgressBar]:
-    """A :class:`ProgressBar` closed when the block ends, also when it raises.
-
-    Examples
-    --------
-    >>> with progress_bar(False, total=10, desc="demo", unit="pass") as bar:
-    ...     bar.update(10)
-    """
+    """A :class:`ProgressBar` closed when the block ends, also when it raises."""
     bar = ProgressBar(show, total, desc, unit)
     try:
         yield bar

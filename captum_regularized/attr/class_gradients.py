@@ -57,15 +57,10 @@ class ClassGradients(NamedTuple):
 
 
 def class_gradients(
-    forward_func: Callable[..., Any],
-    inputs: Tensors,
-    target: TargetType = None,
-    additional_forward_args: tuple[Any, ...] | None = None,
-    class_chunk_size: int | None = None,
-    compare_classes: CompareClasses = None,
-    strategy: str = "auto",
-    progress: bool | None = False,
-    label: str = "class gradients",
+    forward_func: Callable[..., Any], inputs: Tensors, target: TargetType = None,
+    additional_forward_args: tuple[Any, ...] | None = None, class_chunk_size: int | None = None,
+    compare_classes: CompareClasses = None, strategy: str = "auto",
+    progress: bool | None = False, label: str = "class gradients",
 ) -> ClassGradients:
     """Target gradient plus element-wise max/min of the other classes' gradients.
 
@@ -119,9 +114,6 @@ def _checked_chunk_size(class_chunk_size: object) -> int:
     if class_chunk_size < 1:
         raise ValueError(f"class_chunk_size must be a positive int, got {class_chunk_size}")
     return class_chunk_size
-
-
-# ------------------------------------------------------------------ the class table
 
 
 class _ClassTable(NamedTuple):
@@ -187,16 +179,9 @@ def _compared_classes(
     return listed[:, None].expand(listed.numel(), batch)
 
 
-# ------------------------------------------------------------------ folding the rows
-
-
 def _fold_classes(
-    output: torch.Tensor,
-    leaves: Tensors,
-    table: _ClassTable,
-    chunk_size: int | None,
-    rerun: Callable[[], torch.Tensor] | None,
-    bar: ProgressBar,
+    output: torch.Tensor, leaves: Tensors, table: _ClassTable, chunk_size: int | None,
+    rerun: Callable[[], torch.Tensor] | None, bar: ProgressBar,
 ) -> ClassGradients:
     """Back-propagate the table's rows (in chunks, or one by one without ``chunk_size``)."""
     running = _RunningGradients(leaves)

@@ -58,9 +58,7 @@ def grad_cam_plus_plus_weights(
     squared = gradients * gradients
     spatial_sums = activations.sum(dim=(2, 3), keepdim=True)
     denominators = 2 * squared + spatial_sums * squared * gradients + eps
-    alphas = torch.where(
-        denominators != 0, squared / denominators, torch.zeros_like(denominators)
-    )
+    alphas = torch.where(denominators != 0, squared / denominators, torch.zeros_like(denominators))
     return (alphas * torch.relu(gradients)).sum(dim=(2, 3))
 
 
@@ -97,24 +95,15 @@ class LayerGradCamPlusPlus(LayerCam):
     >>> maps = cam.attribute(torch.rand(2, 3, 16, 16), target=[0, 2])
     >>> maps.shape, bool((maps >= 0).all())
     (torch.Size([2, 1, 4, 4]), True)
-    >>> from captum.attr import LayerAttribution
-    >>> LayerAttribution.interpolate(maps, (16, 16)).shape
-    torch.Size([2, 1, 16, 16])
     """
 
     @log_usage()
     def attribute(  # type: ignore[override]
-        self,
-        inputs: TensorOrTuple,
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-        attribute_to_layer_input: bool = False,
-        relu_attributions: bool = True,
-        attr_dim_summation: bool = True,
-        grad_kwargs: dict[str, Any] | None = None,
-        *,
-        reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        eps: float = 0.0,
+        self, inputs: TensorOrTuple, target: TargetType = None,
+        additional_forward_args: Any = None, attribute_to_layer_input: bool = False,
+        relu_attributions: bool = True, attr_dim_summation: bool = True,
+        grad_kwargs: dict[str, Any] | None = None, *,
+        reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None, eps: float = 0.0,
     ) -> torch.Tensor:
         """Grad-CAM++ maps ``(B, 1, h, w)`` in the layer's resolution, in the inputs' dtype.
 

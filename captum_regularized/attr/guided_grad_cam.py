@@ -80,12 +80,8 @@ class GuidedGradCam(WithoutFutures, GradientAttribution):
     """
 
     def __init__(
-        self,
-        model: Callable[..., Any],
-        layer: nn.Module,
-        device_ids: list[int] | None = None,
-        *,
-        rule: str = "gated",
+        self, model: Callable[..., Any], layer: nn.Module, device_ids: list[int] | None = None,
+        *, rule: str = "gated",
     ) -> None:
         module = check_guided_model(model, "GuidedGradCam")
         if not isinstance(layer, nn.Module):
@@ -101,11 +97,8 @@ class GuidedGradCam(WithoutFutures, GradientAttribution):
 
     @log_usage()
     def attribute(
-        self,
-        inputs: TensorOrTuple,
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-        interpolate_mode: str = "nearest",
+        self, inputs: TensorOrTuple, target: TargetType = None,
+        additional_forward_args: Any = None, interpolate_mode: str = "nearest",
         attribute_to_layer_input: bool = False,
         reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> TensorOrTuple:
@@ -133,10 +126,9 @@ class GuidedGradCam(WithoutFutures, GradientAttribution):
         Raises
         ------
         ValueError, TypeError
-            For bad inputs, target or options (each named); a layer that does not run,
-            runs twice, does not give one tensor or does not reach the output; a map that
-            cannot be interpolated to an input; a model with no activation the guided
-            rule knows.
+            For a bad argument (named in the message), a layer that does not run once or
+            does not reach the output, a map that cannot be interpolated to an input, or
+            no activation the guided rule knows.
         RuntimeError
             Inside ``torch.inference_mode()``; when the model modifies its input in place.
         """
@@ -187,8 +179,7 @@ def _check_options(interpolate_mode: object, reshape_transform: object) -> None:
 
 
 def _grad_cam(
-    activation: torch.Tensor,
-    gradient: torch.Tensor,
+    activation: torch.Tensor, gradient: torch.Tensor,
     reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None,
 ) -> torch.Tensor:
     """Grad-CAM ``relu(sum_k w_k A_k)`` with ``w_k`` the spatial mean of ``dS/dA_k``."""

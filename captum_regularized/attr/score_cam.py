@@ -104,22 +104,13 @@ class LayerScoreCam(LayerCam):
 
     @log_usage()
     def attribute(  # type: ignore[override]
-        self,
-        inputs: TensorOrTuple,
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-        attribute_to_layer_input: bool = False,
-        relu_attributions: bool = True,
-        attr_dim_summation: bool = True,
-        *,
-        baselines: BaselineType = None,
-        internal_batch_size: int | None = None,
-        output_transform: OutputTransform = None,
-        channel_softmax: bool = True,
-        reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        interpolate_mode: str = "bilinear",
-        align_corners: bool = True,
-        progress: bool | None = None,
+        self, inputs: TensorOrTuple, target: TargetType = None,
+        additional_forward_args: Any = None, attribute_to_layer_input: bool = False,
+        relu_attributions: bool = True, attr_dim_summation: bool = True, *,
+        baselines: BaselineType = None, internal_batch_size: int | None = None,
+        output_transform: OutputTransform = None, channel_softmax: bool = True,
+        reshape_transform: ReshapeTransform | None = None, interpolate_mode: str = "bilinear",
+        align_corners: bool = True, progress: bool | None = None,
     ) -> torch.Tensor:
         """Score-CAM maps ``(B, 1, h, w)`` in the layer's resolution, in the inputs' dtype.
 
@@ -184,24 +175,13 @@ class _MaskedPasses:
 
     @classmethod
     def checked(
-        cls,
-        forward_func: Callable[..., Any],
-        inputs: TensorOrTuple,
-        target: TargetType,
-        additional_forward_args: Any,
-        baselines: BaselineType,
-        internal_batch_size: int | None,
-        output_transform: OutputTransform,
-        channel_softmax: bool,
-        reshape_transform: ReshapeTransform | None,
-        interpolate_mode: str,
-        align_corners: bool,
+        cls, forward_func: Callable[..., Any], inputs: TensorOrTuple, target: TargetType,
+        additional_forward_args: Any, baselines: BaselineType, internal_batch_size: int | None,
+        output_transform: OutputTransform, channel_softmax: bool,
+        reshape_transform: ReshapeTransform | None, interpolate_mode: str, align_corners: bool,
         progress: bool | None,
     ) -> _MaskedPasses:
-        """Every argument of ``attribute`` checked and in the forms the passes take.
-
-        Autograd is not needed (no ``check_autograd_available``): inference mode is fine.
-        """
+        """Every argument of ``attribute`` checked (no autograd needed: inference mode is fine)."""
         inputs_tuple, _ = format_inputs(inputs)
         args = format_additional_args(additional_forward_args)
         model = find_module(forward_func)
@@ -259,12 +239,8 @@ class _MaskedPasses:
 
 
 def _masked_inputs(
-    inputs: tuple[torch.Tensor, ...],
-    baselines: tuple[torch.Tensor, ...] | None,
-    maps: torch.Tensor,
-    examples: torch.Tensor,
-    mode: str,
-    align_corners: bool,
+    inputs: tuple[torch.Tensor, ...], baselines: tuple[torch.Tensor, ...] | None,
+    maps: torch.Tensor, examples: torch.Tensor, mode: str, align_corners: bool,
 ) -> tuple[torch.Tensor, ...]:
     """``x_b + M ⊙ (x - x_b)`` for rows ``(example, channel)``: ``maps`` are their ``A_k``."""
     masks: dict[tuple[int, int], torch.Tensor] = {}  # inputs of one size share the masks
@@ -311,10 +287,7 @@ class _TargetScores:
         return self._select(output, examples, lambda: range(output.shape[0]))
 
     def _select(
-        self,
-        output: torch.Tensor,
-        examples: torch.Tensor,
-        example_ids: Callable[[], Sequence[int]],
+        self, output: torch.Tensor, examples: torch.Tensor, example_ids: Callable[[], Sequence[int]]
     ) -> torch.Tensor:
         if self.classes is not None:
             return output.gather(1, self.classes[examples][:, None])[:, 0]
@@ -372,11 +345,8 @@ def _resolve_output_transform(
 
 
 def _check_arguments(
-    inputs: tuple[torch.Tensor, ...],
-    internal_batch_size: object,
-    interpolate_mode: object,
-    align_corners: object,
-    channel_softmax: object,
+    inputs: tuple[torch.Tensor, ...], internal_batch_size: object, interpolate_mode: object,
+    align_corners: object, channel_softmax: object,
 ) -> None:
     for index, x in enumerate(inputs):
         if x.dim() != 4:
@@ -417,6 +387,4 @@ def _rows_of(
     """The additional forward args of a pass: per-example tensors follow their examples."""
     if args is None:
         return None
-    return tuple(
-        arg[examples] if is_per_example(arg, batch) else arg for arg in args
-    )
+    return tuple(arg[examples] if is_per_example(arg, batch) else arg for arg in args)

@@ -53,9 +53,6 @@ MAP_NAMES = ("gradient", "positive", "negative", "active", "inactive")
 """The keys of :func:`signed_saliency_maps`."""
 
 
-# ------------------------------------------------------------------ the formulas
-
-
 def positive_part(grads: ClassGradients, abs: bool = True) -> tuple[torch.Tensor, ...]:
     """``relu(g_t)`` for each input (non-negative: ``abs`` changes nothing)."""
     return tuple(torch.relu(g) for g in grads.target)
@@ -97,9 +94,6 @@ def _keep_where(gradient: torch.Tensor, keep: torch.Tensor, abs: bool) -> torch.
     return kept.abs() if abs else kept
 
 
-# ------------------------------------------------------------------ the classes
-
-
 class _SignedSaliency(WithoutFutures, GradientAttribution):
     """One of the four maps: the subclass's ``_part`` turns the class gradients into it."""
 
@@ -130,14 +124,9 @@ class _ClassComparisonSaliency(_SignedSaliency):
 
     @log_usage()
     def attribute(
-        self,
-        inputs: TensorOrTuple,
-        target: TargetType = None,
-        abs: bool = True,
-        additional_forward_args: Any = None,
-        class_chunk_size: int | None = None,
-        compare_classes: CompareClasses = None,
-        progress: bool | None = None,
+        self, inputs: TensorOrTuple, target: TargetType = None, abs: bool = True,
+        additional_forward_args: Any = None, class_chunk_size: int | None = None,
+        compare_classes: CompareClasses = None, progress: bool | None = None,
     ) -> TensorOrTuple:
         """Attribute ``inputs`` by comparing the target's gradient with the other classes'.
 
@@ -166,15 +155,11 @@ class _ClassComparisonSaliency(_SignedSaliency):
 
         Raises
         ------
+        TypeError, ValueError
+            For a bad argument (named in the message; ``abs`` must be a bool), non-finite
+            inputs, an output that is not ``(B, C >= 2)`` or a class out of range.
         RuntimeError
             Inside ``torch.inference_mode()``.
-        TypeError
-            Non-floating inputs; an ``abs`` that is not a bool (extra forward arguments
-            passed third); a ``class_chunk_size`` or ``compare_classes`` of the wrong type.
-        ValueError
-            Non-finite inputs, inputs without a shared batch size or on another device;
-            an output that is not ``(B, C >= 2)``; a target or compared class out of
-            range; a size that is not positive; an unknown ``backward_strategy``.
         """
         _check_abs(abs)
         check_strategy(self.backward_strategy, "backward_strategy")
@@ -248,13 +233,8 @@ class ActiveSaliency(_ClassComparisonSaliency):
     --------
     >>> from captum_regularized.models import SimpleCNN
     >>> model = SimpleCNN(num_classes=4, width=4).eval()
-    >>> x = torch.rand(2, 3, 16, 16)
-    >>> attr = ActiveSaliency(model).attribute(x, class_chunk_size=2)
-    >>> attr.shape
+    >>> ActiveSaliency(model).attribute(torch.rand(2, 3, 16, 16), class_chunk_size=2).shape
     torch.Size([2, 3, 16, 16])
-    >>> signed = ActiveSaliency(model, backward_strategy="loop").attribute(x, abs=False)
-    >>> torch.allclose(signed.abs(), attr)
-    True
     """
 
     _part = staticmethod(active_part)
@@ -279,44 +259,26 @@ class InactiveSaliency(_ClassComparisonSaliency):
     _part = staticmethod(inactive_part)
 
 
-# ------------------------------------------------------------------ all maps at once
-
-
 @overload
 def signed_saliency_maps(
-    forward_func: Callable[..., Any],
-    inputs: torch.Tensor,
-    target: TargetType = ...,
-    additional_forward_args: Any = ...,
-    abs: bool = ...,
-    class_chunk_size: int | None = ...,
-    compare_classes: CompareClasses = ...,
-    progress: bool | None = ...,
+    forward_func: Callable[..., Any], inputs: torch.Tensor, target: TargetType = ...,
+    additional_forward_args: Any = ..., abs: bool = ..., class_chunk_size: int | None = ...,
+    compare_classes: CompareClasses = ..., progress: bool | None = ...,
 ) -> dict[str, torch.Tensor]: ...
 
 
 @overload
 def signed_saliency_maps(
-    forward_func: Callable[..., Any],
-    inputs: tuple[torch.Tensor, ...],
-    target: TargetType = ...,
-    additional_forward_args: Any = ...,
-    abs: bool = ...,
-    class_chunk_size: int | None = ...,
-    compare_classes: CompareClasses = ...,
-    progress: bool | None = ...,
+    forward_func: Callable[..., Any], inputs: tuple[torch.Tensor, ...], target: TargetType = ...,
+    additional_forward_args: Any = ..., abs: bool = ..., class_chunk_size: int | None = ...,
+    compare_classes: CompareClasses = ..., progress: bool | None = ...,
 ) -> dict[str, tuple[torch.Tensor, ...]]: ...
 
 
 def signed_saliency_maps(
-    forward_func: Callable[..., Any],
-    inputs: TensorOrTuple,
-    target: TargetType = None,
-    additional_forward_args: Any = None,
-    abs: bool = True,
-    class_chunk_size: int | None = None,
-    compare_classes: CompareClasses = None,
-    progress: bool | None = None,
+    forward_func: Callable[..., Any], inputs: TensorOrTuple, target: TargetType = None,
+    additional_forward_args: Any = None, abs: bool = True, class_chunk_size: int | None = None,
+    compare_classes: CompareClasses = None, progress: bool | None = None,
 ) -> dict[str, Any]:  # precise per input form in the overloads above
     """All four signed maps and the plain gradient from one pass over the class gradients.
 
@@ -363,15 +325,9 @@ def _check_abs(abs: object) -> None:
 
 
 def _class_gradients_of(
-    who: str,
-    forward_func: Callable[..., Any],
-    inputs: TensorOrTuple,
-    target: TargetType,
-    additional_forward_args: Any,
-    class_chunk_size: int | None,
-    compare_classes: CompareClasses,
-    strategy: str = "auto",
-    progress: bool | None = None,
+    who: str, forward_func: Callable[..., Any], inputs: TensorOrTuple, target: TargetType,
+    additional_forward_args: Any, class_chunk_size: int | None, compare_classes: CompareClasses,
+    strategy: str = "auto", progress: bool | None = None,
 ) -> tuple[ClassGradients, AttributionCall]:
     """The engine on Captum's input forms, after a warning about a train-mode model."""
     call = attribution_call(who, inputs, additional_forward_args)

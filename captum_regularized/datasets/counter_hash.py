@@ -1,15 +1,17 @@
 """Counter-based random numbers: every value is a 32-bit hash of (seed, item, stream, counter).
 
-Values are pure functions of their address, computed with exact ``int64`` tensor ops, so
-the synthetic data are the same bytes on every device (see
-:doc:`/design_notes/data_and_study`).
+Exact ``int64`` ops make the synthetic data the same bytes on every device
+(:doc:`/design_notes/data_and_study`).
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import TypeVar
 
 import torch
+
+HashInput = TypeVar("HashInput", int, torch.Tensor)
 
 MASK32 = 0xFFFFFFFF
 _MULTIPLIER_A = 0x7FEB352D  # both odd and below 2**31: (2**32 - 1) * m < 2**63
@@ -33,23 +35,14 @@ class Stream(IntEnum):
     CLUTTER_BLUE = 10
 
 
-def _mix32_int(x: int) -> int:
-    """:func:`mix32` on a Python int."""
-    x &= MASK32
-    x ^= x >> 16
-    x = (x * _MULTIPLIER_A) & MASK32
-    x ^= x >> 15
-    x = (x * _MULTIPLIER_B) & MASK32
-    return x ^ (x >> 16)
-
-
-def mix32(x: torch.Tensor) -> torch.Tensor:
-    """Bijective 32-bit xor-shift-multiply finaliser, elementwise on ``int64`` in ``[0, 2**32)``.
+def mix32(x: HashInput) -> HashInput:
+    """Bijective 32-bit xor-shift-multiply finaliser of ints (or elementwise of ``int64``
+    tensors) in ``[0, 2**32)``.
 
     Examples
     --------
-    >>> mix32(torch.tensor([0, 1, 2])).tolist()
-    [0, 4293290225, 4291678691]
+    >>> mix32(torch.tensor([0, 1, 2])).tolist(), mix32(1)
+    ([0, 4293290225, 4291678691], 4293290225)
     """
     x = x ^ (x >> 16)
     x = (x * _MULTIPLIER_A) & MASK32
@@ -62,9 +55,9 @@ def fold_seed(seed: int) -> int:
     """Reduce a non-negative int of any size to a well-mixed 32-bit key."""
     if seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
-    key = _mix32_int(0x9E3779B9)
+    key = mix32(0x9E3779B9)
     while True:
-        key = _mix32_int(key ^ (seed & MASK32))
+        key = mix32(key ^ (seed & MASK32))
         seed >>= 32
         if seed == 0:
             return key
@@ -72,12 +65,12 @@ def fold_seed(seed: int) -> int:
 
 def stream_constant(stream: int, counter: int = 0) -> int:
     """A 32-bit constant naming one random stream and one position in it."""
-    return _mix32_int(_mix32_int(stream * 0x632BE5AB + 0x3C6EF372) ^ counter)
+    return mix32(mix32((stream * 0x632BE5AB + 0x3C6EF372) & MASK32) ^ counter)
 
 
 def item_keys(seed_key: int, indices: torch.Tensor) -> torch.Tensor:
     """Per-item 32-bit keys from a folded seed and ``int64`` item indices."""
-    return mix32(mix32(indices ^ seed_key) ^ _mix32_int(seed_key ^ 0x85EBCA6B))
+    return mix32(mix32(indices ^ seed_key) ^ mix32(seed_key ^ 0x85EBCA6B))
 
 
 def hashed_bits(keys: torch.Tensor, stream: int, count: int) -> torch.Tensor:
@@ -97,8 +90,3 @@ def bits_to_unit(bits: torch.Tensor) -> torch.Tensor:
     [0.0, 0.9999999403953552]
     """
     return (bits >> 8).to(torch.float32) * _UNIT_24
-
-
-def hashed_uniforms(keys: torch.Tensor, stream: int, count: int) -> torch.Tensor:
-    """``count`` uniforms in ``[0, 1)`` per key, a pure function of (key, stream, position)."""
-    return bits_to_unit(hashed_bits(keys, stream, count))

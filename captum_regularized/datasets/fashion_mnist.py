@@ -105,8 +105,7 @@ def _locate(root: Path) -> tuple[bool, dict[str, Path]]:
 
 
 def fashion_mnist_missing(root: Path) -> str:
-    """Why Fashion-MNIST cannot be read from ``root`` ("" when its four files are there).
-    """
+    """Why Fashion-MNIST cannot be read from ``root`` ("" when its four files are there)."""
     if not root.is_dir():
         return f"Fashion-MNIST not found: {root} is not a folder"
     try:
@@ -140,19 +139,15 @@ def _place(source: Path, target: Path) -> None:
             partial.unlink()
 
 
-def _fingerprint(files: dict[str, Path]) -> dict[str, list[str | int]]:
-    stats = {name: path.stat() for name, path in files.items()}
-    return {name: [str(path.resolve()), stats[name].st_size, stats[name].st_mtime_ns]
-            for name, path in files.items()}
-
-
 def _convert(root: Path, files: dict[str, Path], cache_dir: Path) -> Path:
     """Torchvision's layout for ``files`` in ``root``'s cache folder; that folder."""
     key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
     folder = cache_dir / "fashion_mnist" / key
     raw = folder / _RAW
     stamp = folder / _STAMP
-    fingerprint = _fingerprint(files)
+    stats = {name: path.stat() for name, path in files.items()}
+    fingerprint = {name: [str(path.resolve()), stats[name].st_size, stats[name].st_mtime_ns]
+                   for name, path in files.items()}
     try:
         fresh = json.loads(stamp.read_text()) == fingerprint
     except (OSError, ValueError):
@@ -182,14 +177,11 @@ class FashionMNISTWithMasks(RenderedItems):
     root : str or Path
         Torchvision's layout (``root/FashionMNIST/raw/...``) or a folder holding the four
         IDX files directly, gzipped or not. Never written to, except by ``download``.
-    train : bool
-        The 60 000 training images, or the 10 000 test images.
-    image_size : int
-        Side ``S``, 1 to 512 (28 keeps the native bytes).
-    channels : int
-        1, or 3 (the grey channel repeated).
-    download : bool
-        Let torchvision download missing files into ``root/FashionMNIST/raw``.
+    train, download : bool
+        The 60 000 training images (else the 10 000 test images); let torchvision
+        download missing files into ``root/FashionMNIST/raw``.
+    image_size, channels : int
+        Side ``S``, 1 to 512 (28 keeps the native bytes); 1, or 3 (grey repeated).
     mask_threshold : float
         Silhouette threshold in ``[0, 1)`` (default 0.02).
     cache_dir : str or Path, optional
@@ -207,18 +199,14 @@ class FashionMNISTWithMasks(RenderedItems):
     ------
     FileNotFoundError
         When ``root`` or some of the four files are missing (the message names them).
-    ValueError
-        When a file is damaged (the message names it) or an argument is out of range.
-    TypeError
-        When an argument has the wrong type.
+    ValueError, TypeError
+        When a file is damaged (the message names it); an argument out of range, of a type.
 
     Examples
     --------
-    Four tiny stand-in IDX files placed directly in a folder:
-
     >>> import gzip, struct, tempfile
     >>> root, cache = Path(tempfile.mkdtemp()), Path(tempfile.mkdtemp())
-    >>> def write_idx(name, values):
+    >>> def write_idx(name, values):  # tiny stand-ins for the four files, placed in root
     ...     header = struct.pack(f">{values.dim() + 1}I", 0x800 + values.dim(), *values.shape)
     ...     with gzip.open(root / name, "wb") as file:
     ...         _ = file.write(header + values.to(torch.uint8).numpy().tobytes())
@@ -227,13 +215,12 @@ class FashionMNISTWithMasks(RenderedItems):
     ...     write_idx(f"{split}-labels-idx1-ubyte.gz", torch.tensor([0, 9, 3, 1]))
     >>> data = FashionMNISTWithMasks(root, image_size=32, channels=3, cache_dir=cache)
     >>> image, label, mask = data[1]
-    >>> image.shape, image.dtype, mask.shape, mask.dtype
-    (torch.Size([3, 32, 32]), torch.float32, torch.Size([1, 32, 32]), torch.bool)
-    >>> data.classes[label], torch.equal(mask, image[:1] > data.mask_threshold)
-    ('Ankle boot', True)
-    >>> images, labels, masks = data.tensors()  # or data.render(indices), data.materialize()
-    >>> images.shape, labels.tolist()
-    (torch.Size([4, 3, 32, 32]), [0, 9, 3, 1])
+    >>> image.shape, mask.dtype, data.classes[label]
+    (torch.Size([3, 32, 32]), torch.bool, 'Ankle boot')
+    >>> torch.equal(mask, image[:1] > data.mask_threshold)
+    True
+    >>> data.tensors()[1].tolist()  # also data.render(indices), data.materialize()
+    [0, 9, 3, 1]
     """
 
     def __init__(
@@ -257,9 +244,7 @@ class FashionMNISTWithMasks(RenderedItems):
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
         if isinstance(mask_threshold, bool) or not isinstance(mask_threshold, (int, float)):
-            raise TypeError(
-                f"mask_threshold must be a float, got {type(mask_threshold).__name__}"
-            )
+            raise TypeError(f"mask_threshold must be a float, got {type(mask_threshold).__name__}")
         if not 0.0 <= mask_threshold < 1.0:
             raise ValueError(f"mask_threshold must be in [0, 1), got {mask_threshold}")
         self.mask_threshold = float(mask_threshold)
@@ -340,16 +325,13 @@ class FashionMNISTWithMasks(RenderedItems):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(images, labels, masks)`` of the item ``indices``, resized on ``device``."""
         index_tensor = as_index_tensor(indices, len(self))
-        pixels = self.source.data[index_tensor].to(device)
-        images = pixels[:, None].to(torch.float32) / 255.0
+        images = self.source.data[index_tensor].to(device)[:, None].to(torch.float32) / 255.0
         size = self.image_size
         if images.numel() == 0:
             images = images.new_zeros(len(index_tensor), 1, size, size)
         elif tuple(images.shape[-2:]) != (size, size):
-            images = F.interpolate(
-                images, size=(size, size), mode="bilinear", align_corners=False,
-                antialias=True,
-            ).clamp_(0.0, 1.0)
+            images = F.interpolate(images, size=(size, size), mode="bilinear",
+                                   align_corners=False, antialias=True).clamp_(0.0, 1.0)
         masks = images > self.mask_threshold
         if self.channels == 3:
             images = images.repeat(1, 3, 1, 1)

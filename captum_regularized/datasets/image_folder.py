@@ -17,26 +17,23 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 """PIL modes read as 16-bit data (full scale 65535); every other mode is read as 8-bit."""
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _checked_image_size(image_size: object) -> tuple[int, int] | None:
     """``image_size`` as ``(height, width)`` (or None)."""
     if image_size is None:
         return None
-    expected = "an int or a pair (height, width) of positive ints"
-    if isinstance(image_size, numbers.Integral) and not isinstance(image_size, bool):
-        size = (int(image_size), int(image_size))
-    elif isinstance(image_size, (tuple, list)):
-        if len(image_size) != 2:
-            raise ValueError(f"image_size must be {expected}, got {image_size!r}")
-        if not all(
-            isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in image_size
-        ):
-            raise TypeError(f"image_size must be {expected}, got {image_size!r}")
-        size = (int(image_size[0]), int(image_size[1]))
-    else:
-        raise TypeError(f"image_size must be {expected}, got {image_size!r}")
-    if min(size) < 1:
-        raise ValueError(f"image_size must be {expected}, got {image_size!r}")
-    return size
+    size = (image_size, image_size) if _is_int(image_size) else image_size
+    message = (
+        f"image_size must be an int or a pair (height, width) of positive ints, got {image_size!r}"
+    )
+    if not isinstance(size, (tuple, list)) or (len(size) == 2 and not all(map(_is_int, size))):
+        raise TypeError(message)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(message)
+    return int(size[0]), int(size[1])
 
 
 class ImageFolderWithMasks(Dataset):
@@ -50,10 +47,8 @@ class ImageFolderWithMasks(Dataset):
 
     Parameters
     ----------
-    root : str or Path
-        The image folder.
-    mask_root : str or Path, optional
-        Folder of PNG masks with the same relative paths.
+    root, mask_root : str or Path
+        The image folder; optionally a folder of PNG masks with the same relative paths.
     image_size : int or (int, int), optional
         Resize images (bilinear) and masks (nearest) to ``(height, width)``.
     transform : callable, optional
@@ -64,12 +59,10 @@ class ImageFolderWithMasks(Dataset):
     Raises
     ------
     ValueError
-        When a folder is missing or has no class folder with images, ``image_size`` is
-        not positive, or a mask's size differs from its image's.
-    TypeError
-        When ``image_size`` is not an int or a pair of ints.
-    OSError
-        When an image or mask file cannot be read (the message names the file).
+        A folder is missing or holds no class folder with images, ``image_size`` is not
+        positive, or a mask's size differs from its image's.
+    TypeError, OSError
+        ``image_size`` is not an int or a pair of ints; a file cannot be read (named).
 
     Examples
     --------
@@ -103,9 +96,7 @@ class ImageFolderWithMasks(Dataset):
         self.transform = transform
         try:
             self.classes, self.class_to_idx = find_classes(str(self.root))
-            self.samples = make_dataset(
-                str(self.root), self.class_to_idx, extensions=tuple(extensions)
-            )
+            self.samples = make_dataset(str(self.root), self.class_to_idx, tuple(extensions))
         except FileNotFoundError as error:
             raise ValueError(f"root {self.root}: {error}") from None
 

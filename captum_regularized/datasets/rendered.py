@@ -45,6 +45,16 @@ class RenderedItems(Dataset):
 
     A subclass implements ``render(indices, device) -> (images, labels, masks)`` and
     ``__len__``; indexing, :meth:`tensors` and :meth:`materialize` are built on it.
+
+    Examples
+    --------
+    >>> from captum_regularized.datasets import SyntheticShapes
+    >>> images, labels, masks = SyntheticShapes(num_samples=20).tensors(chunk_size=8)
+    >>> images.shape, labels.shape, masks.shape
+    (torch.Size([20, 3, 32, 32]), torch.Size([20]), torch.Size([20, 1, 32, 32]))
+    >>> fast = SyntheticShapes(num_samples=20).materialize()  # a TensorDataset
+    >>> len(fast), fast[3][2].shape
+    (20, torch.Size([1, 32, 32]))
     """
 
     image_size: int
@@ -66,37 +76,20 @@ class RenderedItems(Dataset):
         self, chunk_size: int | None = None, device: str | torch.device | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """All items as ``(images, labels, masks)``, rendered ``chunk_size`` items at a time
-        (default: :data:`CHUNK_PIXELS` pixels per chunk).
-
-        Examples
-        --------
-        >>> from captum_regularized.datasets import SyntheticShapes
-        >>> images, labels, masks = SyntheticShapes(num_samples=20).tensors(chunk_size=8)
-        >>> images.shape, labels.shape, masks.shape
-        (torch.Size([20, 3, 32, 32]), torch.Size([20]), torch.Size([20, 1, 32, 32]))
-        """
+        (default: :data:`CHUNK_PIXELS` pixels per chunk)."""
         if chunk_size is None:
             chunk_size = max(1, CHUNK_PIXELS // (self.image_size * self.image_size))
         check_int("chunk_size", chunk_size, 1)
+        starts = range(0, len(self), chunk_size) or [0]  # an empty data set: one empty chunk
         parts = [
             self.render(torch.arange(start, min(start + chunk_size, len(self))), device)
-            for start in range(0, len(self), chunk_size)
+            for start in starts
         ]
-        if not parts:
-            parts = [self.render([], device)]
         images, labels, masks = zip(*parts)
         return torch.cat(images), torch.cat(labels), torch.cat(masks)
 
     def materialize(
         self, chunk_size: int | None = None, device: str | torch.device | None = None
     ) -> TensorDataset:
-        """All items in a :class:`~torch.utils.data.TensorDataset` (the fast path for training).
-
-        Examples
-        --------
-        >>> from captum_regularized.datasets import SyntheticShapes
-        >>> fast = SyntheticShapes(num_samples=20).materialize()
-        >>> len(fast), fast[3][2].shape
-        (20, torch.Size([1, 32, 32]))
-        """
+        """All items in a :class:`~torch.utils.data.TensorDataset` (the fast path for training)."""
         return TensorDataset(*self.tensors(chunk_size, device))

@@ -15,19 +15,11 @@ MAX_TURN = 0.13165249758739583
 PLACEMENT_CANDIDATES = 6
 """Candidate centres tried per distractor (the first one that overlaps nothing wins)."""
 TARGET_COLOUR = (0.85, 0.12, 0.12)
-DISTRACTOR_COLOURS = (
-    (0.15, 0.72, 0.2),  # green
-    (0.15, 0.35, 0.9),  # blue
-    (0.9, 0.82, 0.12),  # yellow
-    (0.1, 0.78, 0.85),  # cyan
-    (0.78, 0.2, 0.85),  # magenta
+DISTRACTOR_COLOURS = (  # green, blue, yellow, cyan, magenta
+    (0.15, 0.72, 0.2), (0.15, 0.35, 0.9), (0.9, 0.82, 0.12), (0.1, 0.78, 0.85), (0.78, 0.2, 0.85)
 )
-WARM_DISTRACTOR_COLOURS = (
-    (0.92, 0.45, 0.1),  # orange
-    (0.85, 0.15, 0.5),  # pink
-    (0.6, 0.1, 0.08),  # dark red
-    (0.95, 0.5, 0.45),  # salmon
-    (0.8, 0.3, 0.25),  # brick
+WARM_DISTRACTOR_COLOURS = (  # orange, pink, dark red, salmon, brick
+    (0.92, 0.45, 0.1), (0.85, 0.15, 0.5), (0.6, 0.1, 0.08), (0.95, 0.5, 0.45), (0.8, 0.3, 0.25)
 )
 DISTRACTOR_PALETTES = {"distinct": DISTRACTOR_COLOURS, "warm": WARM_DISTRACTOR_COLOURS}
 """Distractor colours by name: ``"distinct"`` (green, blue, yellow, cyan, magenta: colour
@@ -49,8 +41,7 @@ class ShapesLayout:
     kinds, radii, turns : torch.Tensor
         ``(B, 1 + D)`` shape index, radius in pixels, rotation as ``tan(angle / 2)``.
     centers : torch.Tensor
-        ``(B, 1 + D, 2)`` centres ``(x, y)`` in pixels (pixel ``(row, col)`` is centred at
-        ``(col + 0.5, row + 0.5)``).
+        ``(B, 1 + D, 2)`` centres ``(x, y)`` in pixels (pixel centres at ``col + 0.5``).
     colours : torch.Tensor
         ``(B, 1 + D, 3)`` RGB fill colours in ``[0, 1]``.
 
@@ -80,9 +71,7 @@ def balanced_labels(seed_key: int, indices: torch.Tensor, num_classes: int) -> t
 
 
 def _first_free_candidate(
-    candidates: torch.Tensor,
-    radius: torch.Tensor,
-    placed_centers: torch.Tensor,
+    candidates: torch.Tensor, radius: torch.Tensor, placed_centers: torch.Tensor,
     placed_radii: torch.Tensor,
 ) -> torch.Tensor:
     """The first candidate whose disk misses every placed disk, else the least-overlapping."""
@@ -109,20 +98,14 @@ def _object_colours(keys: torch.Tensor, slots: int, palette_name: str) -> torch.
 
 
 def sample_layout(
-    seed_key: int,
-    indices: torch.Tensor,
-    image_size: int,
-    num_classes: int,
-    num_distractors: int,
-    radius_range: tuple[float, float] = RADIUS_RANGE,
+    seed_key: int, indices: torch.Tensor, image_size: int, num_classes: int,
+    num_distractors: int, radius_range: tuple[float, float] = RADIUS_RANGE,
     distractor_palette: str = "distinct",
 ) -> ShapesLayout:
     """Draw the objects of the given items (a pure function of ``(seed_key, index)``).
 
-    Radii are uniform in ``radius_range * image_size``, rotations within 15 degrees,
-    centres keep the object inside the image; distractor ``j`` takes the first of
-    :data:`PLACEMENT_CANDIDATES` centres whose disk misses the objects before it (else
-    the least overlapping one).
+    Radii are uniform in ``radius_range * image_size``, rotations within 15 degrees; each
+    distractor's centre is the first free one of :data:`PLACEMENT_CANDIDATES`.
     """
     keys = item_keys(seed_key, indices)
     count, size = len(indices), float(image_size)

@@ -1,8 +1,7 @@
 """Rasterising shape objects: inside-tests at pixel centres, in a square window per object.
 
-An object is a shape kind, a centre ``(x, y)`` and a radius in pixels, and a rotation
-``turn = tan(angle / 2)`` (``cos`` and ``sin`` from products and one division). Pixel
-``(row, col)`` is covered when its centre ``(col + 0.5, row + 0.5)`` is inside the shape.
+Objects are as in :class:`ShapesLayout`; pixel ``(row, col)`` is covered when its centre
+``(col + 0.5, row + 0.5)`` is inside the shape.
 """
 
 from __future__ import annotations
@@ -20,24 +19,20 @@ def window_size(max_radius: float, image_size: int) -> int:
 
 
 def object_windows(
-    kinds: torch.Tensor,
-    centers: torch.Tensor,
-    radii: torch.Tensor,
-    turns: torch.Tensor,
-    image_size: int,
-    window: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    kinds: torch.Tensor, centers: torch.Tensor, radii: torch.Tensor, turns: torch.Tensor,
+    image_size: int, window: int, per_image: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Inside-tests of objects ``(N,)`` on their own ``window x window`` patch.
 
-    Returns ``inside`` bool ``(N, window, window)`` and the patch origins ``rows``,
-    ``cols`` (int64 ``(N,)``): ``inside[n, i, j]`` is pixel ``(rows[n] + i, cols[n] + j)``.
+    Returns ``inside`` bool ``(N, W, W)`` and ``index`` int64 ``(N, W, W)``: the flat index
+    of each patch pixel in a stack of images holding ``per_image`` consecutive objects each.
 
     Examples
     --------
-    >>> inside, rows, cols = object_windows(torch.tensor([0]), torch.tensor([[10.0, 6.0]]),
-    ...                                     torch.tensor([2.0]), torch.tensor([0.0]), 16, 7)
-    >>> int(inside.sum()), rows.tolist(), cols.tolist()
-    (12, [3], [7])
+    >>> inside, index = object_windows(torch.tensor([0]), torch.tensor([[10.0, 6.0]]),
+    ...                                torch.tensor([2.0]), torch.tensor([0.0]), 16, 7)
+    >>> int(inside.sum()), divmod(int(index[0, 0, 0]), 16)  # the patch's first row, column
+    (12, (3, 7))
     """
     if not 1 <= window <= image_size:
         raise ValueError(f"window must be in [1, image_size={image_size}], got {window}")
@@ -45,32 +40,20 @@ def object_windows(
     denominator = (turn2 + 1.0) * radii  # cos and sin of the angle, divided by the radius
     cos_r = ((1.0 - turn2) / denominator)[:, None, None]
     sin_r = ((turns * 2.0) / denominator)[:, None, None]
-    origin = centers.floor().long() - window // 2
-    origin = origin.clamp(0, image_size - window)
+    origin = (centers.floor().long() - window // 2).clamp(0, image_size - window)
     offsets = torch.arange(window, device=centers.device)
-    cols = (origin[:, 0, None] + offsets).to(torch.float32) + 0.5  # pixel centres (N, W)
-    rows = (origin[:, 1, None] + offsets).to(torch.float32) + 0.5
-    dx = (cols - centers[:, 0, None])[:, None, :]  # (N, 1, W)
-    dy = (rows - centers[:, 1, None])[:, :, None]  # (N, W, 1)
+    cols, rows = origin[:, 0, None] + offsets, origin[:, 1, None] + offsets  # (N, W)
+    dx = (cols.to(torch.float32) + 0.5 - centers[:, 0, None])[:, None, :]  # from pixel centres
+    dy = (rows.to(torch.float32) + 0.5 - centers[:, 1, None])[:, :, None]
     u = dx * cos_r + dy * sin_r
     v = dx * sin_r - dy * cos_r  # "up" is towards row 0
-    return inside_shape(kinds, u, v), origin[:, 1], origin[:, 0]
-
-
-def window_pixel_indices(
-    rows: torch.Tensor, cols: torch.Tensor, image_size: int, window: int
-) -> torch.Tensor:
-    """Flat pixel index ``row * image_size + col`` of every window cell: ``(N, W, W)``."""
-    offsets = torch.arange(window, device=rows.device)
-    row_index = (rows[:, None] + offsets)[:, :, None] * image_size
-    return row_index + (cols[:, None] + offsets)[:, None, :]
+    image = torch.arange(len(kinds), device=centers.device) // per_image
+    index = image[:, None, None] * image_size**2 + rows[:, :, None] * image_size + cols[:, None, :]
+    return inside_shape(kinds, u, v), index
 
 
 def render_object_masks(
-    kinds: torch.Tensor,
-    centers: torch.Tensor,
-    radii: torch.Tensor,
-    turns: torch.Tensor,
+    kinds: torch.Tensor, centers: torch.Tensor, radii: torch.Tensor, turns: torch.Tensor,
     image_size: int,
 ) -> torch.Tensor:
     """Bool masks ``(N, image_size, image_size)`` of the pixels each object covers.
@@ -79,22 +62,13 @@ def render_object_masks(
     --------
     >>> mask = render_object_masks(torch.tensor([1]), torch.tensor([[4.0, 4.0]]),
     ...                            torch.tensor([2.0]), torch.tensor([0.0]), image_size=8)
-    >>> mask[0].int()  # a square of half-side 0.7 * 2 = 1.4 pixels around (4, 4)
-    tensor([[0, 0, 0, 0, 0, 0, 0, 0],
-            [0, 0, 0, 0, 0, 0, 0, 0],
-            [0, 0, 0, 0, 0, 0, 0, 0],
-            [0, 0, 0, 1, 1, 0, 0, 0],
-            [0, 0, 0, 1, 1, 0, 0, 0],
-            [0, 0, 0, 0, 0, 0, 0, 0],
-            [0, 0, 0, 0, 0, 0, 0, 0],
-            [0, 0, 0, 0, 0, 0, 0, 0]], dtype=torch.int32)
+    >>> mask[0].nonzero().tolist()  # a square of half-side 0.7 * 2 = 1.4 pixels at (4, 4)
+    [[3, 3], [3, 4], [4, 3], [4, 4]]
     """
     count = len(kinds)
     max_radius = float(radii.max()) if count else 0.0
     window = window_size(max_radius, image_size)
-    inside, rows, cols = object_windows(kinds, centers, radii, turns, image_size, window)
-    flat = window_pixel_indices(rows, cols, image_size, window)
-    flat = flat + (torch.arange(count, device=flat.device) * image_size**2)[:, None, None]
+    inside, index = object_windows(kinds, centers, radii, turns, image_size, window)
     masks = torch.zeros(count * image_size**2, dtype=torch.bool, device=centers.device)
-    masks[flat.reshape(-1)] = inside.reshape(-1)
+    masks[index.reshape(-1)] = inside.reshape(-1)
     return masks.view(count, image_size, image_size)

@@ -10,24 +10,19 @@ from collections.abc import Callable
 
 import torch
 
-Predicate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-_SQRT3 = 1.7320508075688772
-
-
-def _plus(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    au, av = u.abs(), v.abs()
-    return ((au <= 0.3) & (av <= 0.95)) | ((av <= 0.3) & (au <= 0.95))
+def _triangle(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Equilateral, pointing up, inscribed in the unit circle."""
+    return (v >= -0.5) & (u.abs() * 3**0.5 + v <= 1.0)
 
 
-def _ring(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    r2 = u * u + v * v
-    return (r2 <= 1.0) & (r2 >= 0.3)
+def _two_bars(a: torch.Tensor, b: torch.Tensor, width: float, length: float) -> torch.Tensor:
+    """Two crossed bars (half-width ``width``, half-length ``length``) on axes ``a, b >= 0``."""
+    return ((a <= width) & (b <= length)) | ((b <= width) & (a <= length))
 
 
-def _frame(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    m = torch.maximum(u.abs(), v.abs())
-    return (m <= 0.7) & (m >= 0.35)
+def _band(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    return (x <= high) & (x >= low)
 
 
 def _half_disk(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -35,29 +30,18 @@ def _half_disk(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (w >= 0.0) & (u * u + w * w <= 0.81)
 
 
-def _star(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    au = u.abs() * _SQRT3  # hexagram: an up and a down triangle
-    return ((v >= -0.5) & (au + v <= 1.0)) | ((v <= 0.5) & (au - v <= 1.0))
-
-
-def _cross(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    a, b = (u + v).abs(), (u - v).abs()  # the plus turned by 45 degrees
-    return ((a <= 0.42) & (b <= 1.34)) | ((b <= 0.42) & (a <= 1.34))
-
-
-_SHAPES: tuple[tuple[str, Predicate], ...] = (
+_SHAPES: tuple[tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]], ...] = (
     ("disk", lambda u, v: u * u + v * v <= 1.0),
     ("square", lambda u, v: torch.maximum(u.abs(), v.abs()) <= 0.7),
-    # equilateral, pointing up, inscribed in the unit circle
-    ("triangle", lambda u, v: (v >= -0.5) & (u.abs() * _SQRT3 + v <= 1.0)),
-    ("plus", _plus),
-    ("ring", _ring),
+    ("triangle", _triangle),
+    ("plus", lambda u, v: _two_bars(u.abs(), v.abs(), 0.3, 0.95)),
+    ("ring", lambda u, v: _band(u * u + v * v, 0.3, 1.0)),
     ("bar", lambda u, v: (u.abs() <= 0.95) & (v.abs() <= 0.3)),
     ("half_disk", _half_disk),
-    ("star", _star),
-    ("frame", _frame),
+    ("star", lambda u, v: _triangle(u, v) | _triangle(u, -v)),  # hexagram
+    ("frame", lambda u, v: _band(torch.maximum(u.abs(), v.abs()), 0.35, 0.7)),
     ("diamond", lambda u, v: u.abs() + v.abs() <= 1.0),
-    ("cross", _cross),
+    ("cross", lambda u, v: _two_bars((u + v).abs(), (u - v).abs(), 0.42, 1.34)),  # the plus, turned
     # two triangles meeting at their tips: a bow tie standing upright
     ("hourglass", lambda u, v: (u.abs() <= v.abs() * 0.8) & (v.abs() <= 0.78)),
 )
@@ -68,8 +52,7 @@ SHAPE_NAMES: tuple[str, ...] = tuple(name for name, _ in _SHAPES)
 
 def inside_shape(kinds: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Which points ``(u, v)`` of shape ``(N, ...)`` lie inside the shape ``kinds`` ``(N,)``
-    of their object.
-    """
+    of their object."""
     if kinds.dim() != 1 or u.shape != v.shape or u.shape[0] != kinds.shape[0]:
         raise ValueError(
             "kinds must have shape (N,) and u, v one shared shape (N, ...), got "

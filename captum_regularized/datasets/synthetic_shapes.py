@@ -7,29 +7,18 @@ from typing import Any
 import torch
 
 from captum_regularized.datasets.counter_hash import fold_seed, item_keys
-from captum_regularized.datasets.pixel_noise import triangular_noise
-from captum_regularized.datasets.rendered import (
-    CHUNK_PIXELS,
-    Indices,
-    RenderedItems,
-    as_index_tensor,
-    check_int,
-)
+from captum_regularized.datasets.rendered import Indices, RenderedItems, as_index_tensor, check_int
 from captum_regularized.datasets.shape_layout import (
     DISTRACTOR_PALETTES,
     RADIUS_RANGE,
     ShapesLayout,
     sample_layout,
 )
-from captum_regularized.datasets.shape_rendering import (
-    object_windows,
-    window_pixel_indices,
-    window_size,
-)
+from captum_regularized.datasets.shape_rendering import object_windows, window_size
 from captum_regularized.datasets.shapes import SHAPE_NAMES
-from captum_regularized.datasets.textures import textured_background
+from captum_regularized.datasets.textures import textured_background, triangular_noise
 
-__all__ = ["CHUNK_PIXELS", "CONFIGURATIONS", "Indices", "SyntheticShapes"]
+__all__ = ["CONFIGURATIONS", "SyntheticShapes"]
 
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 224
 MAX_DISTRACTORS = 6
@@ -46,6 +35,7 @@ CONFIGURATIONS: dict[str, dict[str, Any]] = {
 
 
 def _check_float(name: str, value: object, low: float, high: float) -> float:
+    """``value`` as a float when it is a number in ``[low, high]``; errors name it."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a float, got {type(value).__name__}")
     if not low <= value <= high:
@@ -67,31 +57,23 @@ class SyntheticShapes(RenderedItems):
     """Procedural shape images with a ground-truth mask of the object that decides the label.
 
     Each image has a textured, noisy background, one red *target* whose shape is the
-    label, and ``num_distractors`` objects of other shapes and colours, so a faithful
-    explanation puts its mass inside ``mask``, not on the distractors. Items are
-    ``(image, label, mask)``: float32 ``(3, S, S)`` in multiples of 1/255, an int64
-    scalar, and bool ``(1, S, S)`` (the target, drawn last, never occluded). Item ``i``
-    is a pure function of ``(seed, i)``: the same bytes on every device (see
-    :doc:`/design_notes/data_and_study`).
+    label, and ``num_distractors`` objects of other shapes and colours: a faithful
+    explanation puts its mass inside ``mask``. Items are ``(image, label, mask)``: float32
+    ``(3, S, S)`` in multiples of 1/255, int64, and bool ``(1, S, S)`` (the target, never
+    occluded). Item ``i`` depends on ``(seed, i)`` alone and is the same bytes on every
+    device (:doc:`/design_notes/data_and_study`).
 
     Parameters
     ----------
-    num_samples : int
-        Number of items.
-    image_size : int
-        Side ``S``, 32 to 224.
-    num_classes : int
-        Shape classes, 2 to ``len(SHAPE_NAMES)`` (12); the first ones are used.
-    num_distractors : int
-        Distractors per image, 0 to 6.
-    noise : float
-        Standard deviation of the per-pixel noise, 0 to 0.5.
-    seed : int
-        Any non-negative int.
+    num_samples, image_size, seed : int
+        Number of items; side ``S``, 32 to 224; any non-negative seed.
+    num_classes, num_distractors : int
+        The first 2 to 12 of :data:`SHAPE_NAMES` as classes; distractors per image, 0 to 6.
+    noise, clutter : float
+        Standard deviation of the per-pixel noise (0 to 0.5); amplitude of coloured
+        background clutter (0 to 1).
     radius_range : (float, float)
         Object radius as fractions of the side, within 0.08 to 0.3.
-    clutter : float
-        Amplitude of coloured background clutter, 0 to 1.
     distractor_palette : {"distinct", "warm"}
         Distractor colours far from (default) or near the target's red.
 
@@ -99,13 +81,14 @@ class SyntheticShapes(RenderedItems):
     --------
     >>> data = SyntheticShapes(num_samples=100, image_size=32, seed=0)
     >>> image, label, mask = data[0]
-    >>> image.shape, image.dtype, mask.shape, mask.dtype
-    (torch.Size([3, 32, 32]), torch.float32, torch.Size([1, 32, 32]), torch.bool)
-    >>> data.shape_names[label]
-    'triangle'
+    >>> image.shape, mask.shape, mask.dtype, data.shape_names[label]
+    (torch.Size([3, 32, 32]), torch.Size([1, 32, 32]), torch.bool, 'triangle')
     >>> images, labels, masks = data.render([0, 1])  # vectorised over items
     >>> torch.equal(images[0], image)
     True
+    >>> harder = SyntheticShapes.configured("harder", 8, image_size=48)
+    >>> harder.num_distractors, harder.radius_range, harder.distractor_palette, harder.image_size
+    (4, (0.14, 0.2), 'warm', 48)
     """
 
     def __init__(
@@ -124,11 +107,7 @@ class SyntheticShapes(RenderedItems):
         self.image_size = check_int("image_size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
         self.num_classes = check_int("num_classes", num_classes, 2, len(SHAPE_NAMES))
         self.num_distractors = check_int("num_distractors", num_distractors, 0, MAX_DISTRACTORS)
-        if isinstance(noise, bool) or not isinstance(noise, (int, float)):
-            raise TypeError(f"noise must be a float, got {type(noise).__name__}")
-        if not 0.0 <= noise <= 0.5:
-            raise ValueError(f"noise must be in [0, 0.5], got {noise}")
-        self.noise = float(noise)
+        self.noise = _check_float("noise", noise, 0, 0.5)
         self.seed = check_int("seed", seed, 0)
         self.radius_range = _check_radius_range(radius_range)
         self.clutter = _check_float("clutter", clutter, 0.0, 1.0)
@@ -149,28 +128,15 @@ class SyntheticShapes(RenderedItems):
         return self.num_samples
 
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(num_samples={self.num_samples}, "
-            f"image_size={self.image_size}, num_classes={self.num_classes}, "
-            f"num_distractors={self.num_distractors}, noise={self.noise}, seed={self.seed}, "
-            f"radius_range={self.radius_range}, clutter={self.clutter}, "
-            f"distractor_palette={self.distractor_palette!r})"
-        )
+        fields = ("num_samples", "image_size", "num_classes", "num_distractors", "noise", "seed",
+                  "radius_range", "clutter", "distractor_palette")
+        return f"{type(self).__name__}({', '.join(f'{f}={getattr(self, f)!r}' for f in fields)})"
 
     @classmethod
     def configured(
         cls, name: str, num_samples: int = 10_000, *, seed: int = 0, **options: Any
     ) -> SyntheticShapes:
-        """A data set with the named :data:`CONFIGURATIONS`, overridden by ``options``.
-
-        Examples
-        --------
-        >>> data = SyntheticShapes.configured("harder", 8, seed=1, image_size=48)
-        >>> data.num_distractors, data.radius_range, data.clutter, data.image_size
-        (4, (0.14, 0.2), 0.3, 48)
-        >>> data.distractor_palette
-        'warm'
-        """
+        """A data set with the named :data:`CONFIGURATIONS`, overridden by ``options``."""
         if name not in CONFIGURATIONS:
             raise ValueError(f"name must be one of {sorted(CONFIGURATIONS)}, got {name!r}")
         return cls(num_samples, seed=seed, **{**CONFIGURATIONS[name], **options})
@@ -189,28 +155,17 @@ class SyntheticShapes(RenderedItems):
     def render(
         self, indices: Indices, device: str | torch.device | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Render the items ``indices`` at once on ``device``: ``(images, labels, masks)``.
-
-        Examples
-        --------
-        >>> data = SyntheticShapes(num_samples=8)
-        >>> images, labels, masks = data.render(range(8))
-        >>> images.shape, labels.tolist() == [int(data[i][1]) for i in range(8)]
-        (torch.Size([8, 3, 32, 32]), True)
-        """
+        """Render the items ``indices`` at once on ``device``: ``(images, labels, masks)``."""
         index_tensor = as_index_tensor(indices, self.num_samples).to(device)
         layout = self._layout(index_tensor)
         keys = item_keys(self._seed_key, index_tensor)
         count, slots = layout.kinds.shape
         size = self.image_size
         visible = self._topmost_objects(layout)  # (B, S*S): 0 background, else priority
-        # work in 1/255 units with the rounding offset 0.5 folded into the fill colours
-        # (index 0, the background, only adds the offset)
         table = torch.full((count, 3, slots + 1), 0.5, device=keys.device)
         table[:, :, 1:] = layout.colours.flip(1).transpose(1, 2) * 255.0 + 0.5
         fill = table.gather(2, visible[:, None, :].expand(count, 3, size * size))
         background = (textured_background(keys, size, self.clutter) * 255.0).view(count, 3, -1)
-        # blending with a 0/1 mask is exact (x * 1 + 0 == x) and much faster than where
         pixels = background * (visible == 0).to(torch.float32)[:, None, :] + fill
         if self.noise > 0:
             pixels = pixels + triangular_noise(keys, size * size, self.noise * 255.0)
@@ -223,19 +178,12 @@ class SyntheticShapes(RenderedItems):
         count, slots = layout.kinds.shape
         size = self.image_size
         window = window_size(self.radius_range[1] * size, size)
-        inside, rows, cols = object_windows(
-            layout.kinds.reshape(-1),
-            layout.centers.reshape(-1, 2),
-            layout.radii.reshape(-1),
-            layout.turns.reshape(-1),
-            size,
-            window,
+        inside, index = object_windows(
+            layout.kinds.reshape(-1), layout.centers.reshape(-1, 2), layout.radii.reshape(-1),
+            layout.turns.reshape(-1), size, window, per_image=slots,
         )
-        device = inside.device
-        priority = torch.arange(slots, 0, -1, device=device)
+        priority = torch.arange(slots, 0, -1, device=inside.device)
         values = inside.view(count, slots, -1) * priority[None, :, None]
-        flat = window_pixel_indices(rows, cols, size, window).view(count, slots, -1)
-        flat = flat + (torch.arange(count, device=device) * size * size)[:, None, None]
-        topmost = torch.zeros(count * size * size, dtype=torch.int64, device=device)
-        topmost.scatter_reduce_(0, flat.reshape(-1), values.reshape(-1), reduce="amax")
+        topmost = torch.zeros(count * size * size, dtype=torch.int64, device=inside.device)
+        topmost.scatter_reduce_(0, index.reshape(-1), values.reshape(-1), reduce="amax")
         return topmost.view(count, size * size)

@@ -1,12 +1,8 @@
 """Evaluation of attribution maps: faithfulness, localisation, sparsity (torch, batched).
 
-Every metric takes a batch and returns per-example values (``.mean()`` gives the
-number papers report), computed on the inputs' device with a bounded number of
-images per forward pass (``internal_batch_size``). :func:`evaluate_dataset` runs
-them over a ``DataLoader``, also under ``torch.distributed`` (:func:`resolve_metrics`
-reads its ``metrics`` argument).
-:mod:`captum_regularized.metrics.torchmetrics` has every metric as a
-``torchmetrics.Metric`` (the ``lightning`` extra; not imported by this package).
+Every metric returns per-example values of a batch (``.mean()`` is the papers' number);
+:func:`evaluate_dataset` runs them over a ``DataLoader``, and
+:mod:`~captum_regularized.metrics.torchmetrics` has them as ``torchmetrics.Metric`` objects.
 
 =============================  ====================================================  ======
 metric                         what it measures                                      better

@@ -5,8 +5,7 @@ Llorente et al. (arXiv 2309.12913) delete, for every fraction ``p`` in
 ``round(p * H * W)`` with the highest map value (all channels; filled black or white),
 and measure the *allegiance* :math:`A(p)`, the fraction of examples still predicting
 the class predicted on the clean image. The score is :math:`\int A(p)\,dp` by the
-trapezoid rule, in ``[0, 0.9]``; lower is better. Zeros and negative values:
-:doc:`/design_notes/metrics`.
+trapezoid rule, in ``[0, 0.9]``; lower is better (:doc:`/design_notes/metrics`).
 """
 
 from __future__ import annotations
@@ -51,23 +50,8 @@ class AllegianceCurve(NamedTuple):
     per_example_auc: torch.Tensor
 
 
-def _fill_value(fill: Fill) -> float:
-    if isinstance(fill, str):
-        if fill == "black":
-            return 0.0
-        if fill == "white":
-            return 1.0
-        raise ValueError(f"fill must be 'black', 'white' or a number, got {fill!r}")
-    if isinstance(fill, bool) or not isinstance(fill, (int, float)):
-        raise TypeError(f"fill must be 'black', 'white' or a number, got {type(fill).__name__}")
-    return float(fill)
-
-
 def check_allegiance_settings(
-    fill: Fill,
-    fractions: Sequence[float],
-    channel_reduction: str,
-    internal_batch_size: int | None,
+    fill: Fill, fractions: Sequence[float], channel_reduction: str, internal_batch_size: int | None
 ) -> tuple[float, list[float]]:
     """The settings of :func:`allegiance_deletion_auc`, checked: ``(fill value, fractions)``."""
     values = [float(p) for p in fractions]
@@ -77,9 +61,13 @@ def check_allegiance_settings(
         raise ValueError(f"fractions must lie in [0, 1], got {values}")
     if any(b <= a for a, b in itertools.pairwise(values)):
         raise ValueError(f"fractions must be strictly increasing, got {values}")
-    fill_value = _fill_value(fill)
+    fills = {"black": 0.0, "white": 1.0}
+    if isinstance(fill, str) and fill not in fills:
+        raise ValueError(f"fill must be 'black', 'white' or a number, got {fill!r}")
+    if isinstance(fill, bool) or not isinstance(fill, (str, int, float)):
+        raise TypeError(f"fill must be 'black', 'white' or a number, got {type(fill).__name__}")
     check_map_settings(channel_reduction, internal_batch_size)
-    return fill_value, values
+    return fills[fill] if isinstance(fill, str) else float(fill), values
 
 
 def allegiance_deletion_auc(
@@ -97,25 +85,15 @@ def allegiance_deletion_auc(
 
     Parameters
     ----------
-    forward_func : callable
-        The model (eval mode, restored afterwards, no gradients); the prediction is
-        the argmax of its ``(B, classes)`` output.
-    inputs : Tensor
-        Images ``(B, C, H, W)`` with ``B >= 1``.
-    attributions : Tensor
-        Maps brought to ``(B, 1, H, W)`` as in
-        :func:`~captum_regularized.metrics.deletion_curve`; ranked by value, ties in
-        raster order.
+    forward_func, inputs, attributions
+        As in :func:`~captum_regularized.metrics.deletion_curve` (``B >= 1``); the
+        prediction is the argmax of the model's output.
+    channel_reduction, internal_batch_size, additional_forward_args
+        As in :func:`~captum_regularized.metrics.deletion_curve`.
     fill : {"black", "white"} or float
         Value written into every channel of a deleted pixel (0, 1 or the number).
     fractions : sequence of float
         Increasing deletion fractions in ``[0, 1]``; default the paper's.
-    channel_reduction : {"max", "sum", "mean"}
-        How channels are collapsed (the paper: max of ``|.|``).
-    internal_batch_size : int, optional
-        Images per forward pass (default 128).
-    additional_forward_args : Any
-        Extra forward arguments.
 
     Returns
     -------
@@ -123,9 +101,9 @@ def allegiance_deletion_auc(
 
     Raises
     ------
-    ValueError
-        For an empty batch (allegiance is a fraction of examples), bad fractions or
-        fill, and what :func:`~captum_regularized.metrics.deletion_curve` refuses.
+    TypeError, ValueError
+        For an empty batch, bad fractions or fill, and what
+        :func:`~captum_regularized.metrics.deletion_curve` refuses.
 
     Examples
     --------
@@ -147,9 +125,7 @@ def allegiance_deletion_auc(
     pixels = inputs.shape[2] * inputs.shape[3]
     wanted = [round(p * pixels) for p in values]
     active = [i for i, count in enumerate(wanted) if count > 0]
-    # Of the round(p * H * W) highest-valued pixels (natural order: positives, zeros,
-    # negatives), the non-zero ones are deleted. They are exactly the first ones of the
-    # ranking that puts zeros last, so only their number is needed per step and example.
+    # The non-zero pixels among the top round(p * H * W) lead the zeros-last ranking.
     ordered = torch.sort(prepared.maps.reshape(batch, -1), dim=1, descending=True).values
     nonzero_among_top = torch.cumsum(ordered != 0, dim=1)  # (B, H*W)
     last = torch.tensor([wanted[i] - 1 for i in active], device=device, dtype=torch.long)
@@ -159,7 +135,6 @@ def allegiance_deletion_auc(
     def still_original(output: torch.Tensor, example: torch.Tensor) -> torch.Tensor:
         return output.argmax(dim=1) == original[example]
 
-    # An image with nothing deleted is the clean image: kept by definition, no forward.
     kept = torch.ones(len(values), batch, dtype=torch.bool, device=device)
     if active:
         evaluated = prepared.ranked_scores(
@@ -171,7 +146,5 @@ def allegiance_deletion_auc(
     x = torch.tensor(values, device=device, dtype=torch.float64)
     per_example_auc = torch.trapezoid(kept.double(), x, dim=1)
     allegiance = kept.double().mean(dim=0)
-    auc = torch.trapezoid(allegiance, x)
-    return AllegianceCurve(
-        x.float(), kept, allegiance.float(), auc.float(), per_example_auc.float()
-    )
+    auc = torch.trapezoid(allegiance, x).float()
+    return AllegianceCurve(x.float(), kept, allegiance.float(), auc, per_example_auc.float())

@@ -9,9 +9,8 @@ on the image multiplied by its min-max normalised map (resized to the image):
     \mathrm{AG} = 100\,\mathrm{mean}\frac{(o - p)^+}{1 - p}, \qquad
     \mathrm{IC} = 100\,\mathrm{mean}\,\mathbb{1}[o > p].
 
-Lower AD, higher AG and IC are better. The functions return the per-example terms, so
-``values.mean()`` is the paper's number; ``p = 0`` gives a drop of 0 and ``p = 1`` a
-gain of 0, never NaN.
+Lower AD, higher AG and IC are better; the functions return the per-example terms
+(:doc:`/design_notes/metrics`).
 """
 
 from __future__ import annotations
@@ -68,25 +67,14 @@ def confidence_change(
 ) -> ConfidenceChange:
     """AD, AG and IC terms of every example from one pass over clean and masked images.
 
-    Parameters
-    ----------
-    forward_func, inputs, target, apply_softmax, internal_batch_size, additional_forward_args
-        As in :func:`~captum_regularized.metrics.deletion_curve`.
-    attributions : Tensor
-        Maps brought to ``(B, 1, H, W)`` as there, then min-max normalised per example.
-    channel_reduction : {"max", "sum", "mean"}
-        How channels are collapsed before normalising.
-
-    Returns
-    -------
-    ConfidenceChange
+    Arguments as in :func:`~captum_regularized.metrics.deletion_curve`; the maps,
+    brought to ``(B, 1, H, W)`` as there, are min-max normalised per example.
 
     Examples
     --------
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
-    >>> result = confidence_change(model, torch.rand(2, 1, 2, 2), torch.rand(2, 2, 2))
-    >>> result.drop.shape, bool(((result.drop >= 0) & (result.drop <= 100)).all())
-    (torch.Size([2]), True)
+    >>> confidence_change(model, torch.rand(2, 1, 2, 2), torch.rand(2, 2, 2)).drop.shape
+    torch.Size([2])
     """
     check_map_settings(channel_reduction, internal_batch_size)
     prepared = prepare_batch(
@@ -94,8 +82,7 @@ def confidence_change(
         internal_batch_size=internal_batch_size, additional_forward_args=additional_forward_args,
     )
     if prepared.size == 0:
-        empty = torch.zeros(0, device=prepared.inputs.device)
-        return ConfidenceChange(empty, empty, empty, empty, empty)
+        return ConfidenceChange(*[torch.zeros(0, device=prepared.inputs.device)] * 5)
     masked = prepared.inputs * normalize_per_example(prepared.maps).to(prepared.inputs.dtype)
     reduce, p = prepared.target_probability(target, apply_softmax=apply_softmax)
     o = prepared.evaluate(prepared.size, lambda index: (masked[index], index), reduce)
@@ -125,9 +112,8 @@ def average_gain(*args: Any, **kwargs: Any) -> torch.Tensor:
     Examples
     --------
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
-    >>> x, maps = torch.rand(5, 1, 2, 2), torch.rand(5, 2, 2)
-    >>> 0.0 <= float(average_gain(model, x, maps, target=0).mean()) <= 100.0
-    True
+    >>> average_gain(model, torch.rand(5, 1, 2, 2), torch.rand(5, 2, 2), target=0).shape
+    torch.Size([5])
     """
     return confidence_change(*args, **kwargs).gain
 
@@ -139,8 +125,7 @@ def increase_in_confidence(*args: Any, **kwargs: Any) -> torch.Tensor:
     Examples
     --------
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
-    >>> sorted(set(increase_in_confidence(model, torch.rand(5, 1, 2, 2),
-    ...                                   torch.rand(5, 2, 2)).tolist()) - {0.0, 100.0})
-    []
+    >>> increase_in_confidence(model, torch.rand(5, 1, 2, 2), torch.rand(5, 2, 2)).shape
+    torch.Size([5])
     """
     return confidence_change(*args, **kwargs).increase

@@ -72,8 +72,7 @@ def gaussian_blur(
 
     Examples
     --------
-    >>> blurred = gaussian_blur(torch.ones(1, 3, 4, 4))
-    >>> torch.allclose(blurred, torch.ones(1, 3, 4, 4))
+    >>> torch.allclose(gaussian_blur(torch.ones(1, 3, 4, 4)), torch.ones(1, 3, 4, 4))
     True
     """
     _check_blur(kernel_size, sigma)
@@ -98,10 +97,7 @@ def check_curve_settings(
     blur_kernel_size: int,
     blur_sigma: float,
 ) -> None:
-    """The settings of :func:`deletion_curve` and :func:`insertion_curve`, checked.
-
-    A substrate tensor is checked against the images when they come.
-    """
+    """The settings of :func:`deletion_curve` and :func:`insertion_curve`, checked."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     check_map_settings(channel_reduction, internal_batch_size)
@@ -115,10 +111,8 @@ def check_curve_settings(
     elif isinstance(substrate, bool):
         raise TypeError("substrate must be 'zeros', 'blur', a number or a tensor, not a bool")
     elif not isinstance(substrate, (int, float, torch.Tensor)):
-        raise TypeError(
-            "substrate must be 'zeros', 'blur', a number or a tensor, got "
-            f"{type(substrate).__name__}"
-        )
+        kind = type(substrate).__name__
+        raise TypeError(f"substrate must be 'zeros', 'blur', a number or a tensor, got {kind}")
 
 
 def _substrate_images(
@@ -178,16 +172,13 @@ def _curve(
         empty = torch.zeros(0, device=device)
         return PerturbationCurve(fractions, empty.view(0, steps + 1), empty)
     reduce, clean = prepared.target_probability(target, apply_softmax=apply_softmax)
-    # The clean image is the first point of a deletion curve and the last of an
-    # insertion curve; only the other ``steps`` points need a forward pass.
     inner = counts[:-1] if insert else counts[1:]
     step_counts = torch.tensor(inner, device=device)[:, None].expand(steps, batch)
     top, rest = (inputs, background) if insert else (background, inputs)
     perturbed = prepared.ranked_scores(step_counts, top, rest, reduce).T
     pieces = (perturbed, clean[:, None]) if insert else (clean[:, None], perturbed)
     scores = torch.cat(pieces, dim=1)
-    auc = torch.trapezoid(scores, fractions, dim=1)
-    return PerturbationCurve(fractions, scores, auc)
+    return PerturbationCurve(fractions, scores, torch.trapezoid(scores, fractions, dim=1))
 
 
 def deletion_curve(
@@ -243,14 +234,12 @@ def deletion_curve(
     Raises
     ------
     TypeError, ValueError
-        For bad settings (:func:`check_curve_settings`), inputs, maps or targets.
+        For bad settings, inputs, maps or targets.
 
     Examples
     --------
-    >>> from captum_regularized.models import SimpleCNN
-    >>> model = SimpleCNN(3, width=4)
-    >>> x = torch.rand(2, 3, 8, 8)
-    >>> curve = deletion_curve(model, x, torch.rand(2, 8, 8), steps=4)
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
+    >>> curve = deletion_curve(model, torch.rand(2, 1, 4, 4), torch.rand(2, 4, 4), steps=4)
     >>> curve.scores.shape, curve.fractions.tolist()
     (torch.Size([2, 5]), [0.0, 0.25, 0.5, 0.75, 1.0])
     """
@@ -285,10 +274,8 @@ def insertion_curve(
 
     Examples
     --------
-    >>> from captum_regularized.models import SimpleCNN
-    >>> model = SimpleCNN(3, width=4)
-    >>> x = torch.rand(2, 3, 8, 8)
-    >>> insertion_curve(model, x, torch.rand(2, 1, 4, 4), target=0, steps=4).auc.shape
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+    >>> insertion_curve(model, torch.rand(2, 3, 8, 8), torch.rand(2, 1, 4, 4), steps=4).auc.shape
     torch.Size([2])
     """
     return _curve(
@@ -319,8 +306,7 @@ def insertion_auc(*args: Any, **kwargs: Any) -> torch.Tensor:
     Examples
     --------
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
-    >>> areas = insertion_auc(model, torch.rand(3, 1, 4, 4), torch.rand(3, 4, 4), steps=8)
-    >>> bool(((areas >= 0) & (areas <= 1)).all())
-    True
+    >>> insertion_auc(model, torch.rand(3, 1, 4, 4), torch.rand(3, 4, 4), steps=8).shape
+    torch.Size([3])
     """
     return insertion_curve(*args, **kwargs).auc

@@ -1,15 +1,9 @@
 r"""Alignment of the plain input gradient with the guided-backprop gradient.
 
 Torres Figueroa et al. (arXiv 2404.15024) train models whose plain gradient looks like
-the guided one; this metric measures it, per example:
-
-.. math::
-
-    \cos\Big(\frac{\partial S_c}{\partial x},\;
-    \frac{\partial^{\text{guided}} S_c}{\partial x}\Big) \in [-1, 1],
-
-both flattened, from one forward pass, the guided rule that of
-:class:`~captum_regularized.attr.GuidedBackprop` (:doc:`/design_notes/metrics`).
+the guided one; this metric measures it, per example, as
+:math:`\cos(\partial S_c / \partial x, \partial^{\text{guided}} S_c / \partial x) \in [-1, 1]`,
+both flattened, from one forward pass (:doc:`/design_notes/metrics`).
 """
 
 from __future__ import annotations
@@ -20,10 +14,7 @@ from typing import Any
 import torch
 
 from captum_regularized._internal.captum_compat import TargetType
-from captum_regularized._internal.checks import (
-    check_attribution_inputs,
-    check_autograd_available,
-)
+from captum_regularized._internal.checks import check_attribution_inputs, check_autograd_available
 from captum_regularized._internal.guided_relu import (
     check_guided_model,
     check_guided_rule,
@@ -45,29 +36,15 @@ def gradient_alignment(
 ) -> torch.Tensor:
     """Cosine similarity of the plain and guided input gradients, shape ``(B,)``.
 
-    Parameters
-    ----------
-    forward_func : callable
-        A network with activations the guided rule knows; run in eval mode (restored).
-    inputs : Tensor
-        A batch ``(B, ...)``; not modified.
-    target : int, list, Tensor, tuple, callable or None
-        Any Captum target form (or score callables); ``None`` means the predicted class.
-    additional_forward_args : Any
-        Extra forward arguments.
-    rule : {"gated", "ungated"}
-        The guided rule (as in :class:`~captum_regularized.attr.GuidedBackprop`).
-
-    Returns
-    -------
-    Tensor
-        ``(B,)`` in ``[-1, 1]``; 0 where either gradient is exactly zero.
+    ``forward_func`` is a network with activations the guided rule ``rule`` of
+    :class:`~captum_regularized.attr.GuidedBackprop` knows (run in eval mode); ``inputs``
+    a batch ``(B, ...)``; ``target`` and ``additional_forward_args`` as in
+    :func:`~captum_regularized.metrics.deletion_curve`. 0 where either gradient is zero.
 
     Raises
     ------
     TypeError, ValueError
-        For inputs, a ``rule`` or a model without guided activations (the message
-        lists them).
+        For inputs, a ``rule`` or a model without guided activations.
     RuntimeError
         Inside ``torch.inference_mode()``.
 

@@ -13,7 +13,7 @@ import contextlib
 import copy
 import itertools
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -60,8 +60,7 @@ class MapSimilarity(NamedTuple):
     Examples
     --------
     >>> maps = torch.rand(3, 8, 8)
-    >>> same = map_similarity(maps, maps)
-    >>> [round(float(v.min()), 4) for v in same]
+    >>> [round(float(v.min()), 4) for v in map_similarity(maps, maps)]
     [1.0, 1.0, 1.0, 1.0]
     """
 
@@ -81,9 +80,8 @@ class ParameterRandomisation:
 
     Examples
     --------
-    >>> result = ParameterRandomisation(
-    ...     ("fc",), {"fc": MapSimilarity(*[torch.ones(2)] * 4)}, (0,), "cascading")
-    >>> result.curve("ssim").shape
+    >>> scores = {"fc": MapSimilarity(*[torch.ones(2)] * 4)}
+    >>> ParameterRandomisation(("fc",), scores, (0,), "cascading").curve("ssim").shape
     torch.Size([1, 2])
     """
 
@@ -146,22 +144,16 @@ def _ssim_window(
     return weights / weights.sum()
 
 
-class _SsimStatistics(NamedTuple):
-    """One batch of maps scaled to ``[0, 1]`` and its local Gaussian moments."""
-
-    images: torch.Tensor  # (B * C, 1, H, W)
-    window: torch.Tensor
-    mean: torch.Tensor
-    variance: torch.Tensor
-
-
 class _MapFeatures(NamedTuple):
-    """What the similarities need of one batch of maps, computed once per batch."""
+    """What the similarities need of one batch of maps: ranks, directions, SSIM moments."""
 
     abs_ranks: torch.Tensor
     signed_ranks: torch.Tensor
     direction: torch.Tensor
-    ssim: _SsimStatistics
+    images: torch.Tensor  # (B * C, 1, H, W), scaled to [0, 1]
+    window: torch.Tensor
+    mean: torch.Tensor
+    variance: torch.Tensor
 
 
 def _features(maps: torch.Tensor, window_size: int, sigma: float) -> _MapFeatures:
@@ -178,15 +170,11 @@ def _features(maps: torch.Tensor, window_size: int, sigma: float) -> _MapFeature
     window = _ssim_window(height, width, window_size, sigma, images)
     mean = _gaussian_filter(images, window)
     variance = _gaussian_filter(images * images, window) - mean * mean
-    return _MapFeatures(
-        _centred_unit_ranks(magnitude),
-        _centred_unit_ranks(flat),
-        _unit_rows(flat),
-        _SsimStatistics(images, window, mean, variance),
-    )
+    ranks = _centred_unit_ranks(magnitude), _centred_unit_ranks(flat)
+    return _MapFeatures(*ranks, _unit_rows(flat), images, window, mean, variance)
 
 
-def _ssim(a: _SsimStatistics, b: _SsimStatistics, batch: int) -> torch.Tensor:
+def _ssim(a: _MapFeatures, b: _MapFeatures, batch: int) -> torch.Tensor:
     """Mean SSIM over the valid windows (and channels) of every example, ``(B,)``."""
     covariance = _gaussian_filter(a.images * b.images, a.window) - a.mean * b.mean
     luminance = (2 * a.mean * b.mean + SSIM_C1) / (a.mean**2 + b.mean**2 + SSIM_C1)
@@ -199,19 +187,16 @@ def _compare(first: _MapFeatures, second: _MapFeatures) -> MapSimilarity:
     return MapSimilarity(
         (first.abs_ranks * second.abs_ranks).sum(dim=1),
         (first.signed_ranks * second.signed_ranks).sum(dim=1),
-        _ssim(first.ssim, second.ssim, first.direction.shape[0]),
+        _ssim(first, second, first.direction.shape[0]),
         (first.direction * second.direction).sum(dim=1),
     )
 
 
-@contextlib.contextmanager
-def _no_autocast(device: torch.device) -> Iterator[None]:
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """The similarities run in full precision, also inside ``torch.autocast``."""
     if device.type in ("cpu", "cuda"):
-        with torch.autocast(device.type, enabled=False):
-            yield
-    else:
-        yield
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _check_ssim_settings(window: int, sigma: float) -> None:
@@ -247,26 +232,16 @@ def map_similarity(
     :math:`\\rho = \\operatorname{cov}(R_a, R_b) / (\\sigma_{R_a} \\sigma_{R_b})` of the
     ranks :math:`R` of the flattened absolute / signed maps (ties share their average
     rank); ``cosine`` is :math:`\\langle a, b \\rangle / (\\lVert a \\rVert \\lVert b \\rVert)`;
-    ``ssim`` (Wang et al., 2004) compares the absolute maps min-max scaled to ``[0, 1]``,
-
-    .. math::
-
-       \\operatorname{SSIM}(a, b) = \\operatorname{mean}_{w}
-       \\frac{(2\\mu_a\\mu_b + C_1)(2\\sigma_{ab} + C_2)}
-            {(\\mu_a^2 + \\mu_b^2 + C_1)(\\sigma_a^2 + \\sigma_b^2 + C_2)},
-
-    with Gaussian-weighted local moments, :math:`C_1 = 0.01^2`, :math:`C_2 = 0.03^2`,
-    the mean over the valid window positions ``w`` and the channels. A constant or
-    zero map gives 0, never NaN.
+    ``ssim`` is Wang et al.'s (2004) SSIM of the absolute maps min-max scaled to
+    ``[0, 1]`` (Gaussian window, :math:`C_1 = 0.01^2`, :math:`C_2 = 0.03^2`), averaged
+    over the valid window positions and the channels. A constant or zero map gives 0.
 
     Parameters
     ----------
     maps, other : Tensor
         Maps of one shape, ``(B, H, W)`` or ``(B, C, H, W)``, finite, on one device.
-    ssim_window : int
-        Side of the Gaussian SSIM window (odd; shrunk to fit small maps).
-    ssim_sigma : float
-        Standard deviation of the Gaussian SSIM window.
+    ssim_window, ssim_sigma : int, float
+        Side (odd; shrunk to fit small maps) and standard deviation of the SSIM window.
 
     Returns
     -------
@@ -293,10 +268,12 @@ def map_similarity(
         raise ValueError(f"maps are on {maps.device} but other is on {other.device}")
     check_finite((maps,), "maps")
     check_finite((other,), "other")
-    with _no_autocast(maps.device):
-        return _compare(
-            _features(maps, ssim_window, ssim_sigma), _features(other, ssim_window, ssim_sigma)
-        )
+    return _similarity(maps, other, ssim_window, ssim_sigma)
+
+
+def _similarity(a: torch.Tensor, b: torch.Tensor, window: int, sigma: float) -> MapSimilarity:
+    with _no_autocast(a.device):
+        return _compare(_features(a, window, sigma), _features(b, window, sigma))
 
 
 ExplainCall = Callable[[nn.Module, torch.Tensor, torch.Tensor], Any]
@@ -305,11 +282,14 @@ ExplainCall = Callable[[nn.Module, torch.Tensor, torch.Tensor], Any]
 def _explainer(explain: object, explain_kwargs: Mapping[str, Any] | None) -> ExplainCall:
     """``explain`` as one call ``(model, inputs, target) -> maps``."""
     kwargs = dict(explain_kwargs or {})
+    usage = (
+        "explain must be an attribution class (e.g. captum.attr.Saliency) or a function "
+        "explain(model, inputs, target)"
+    )
     if isinstance(explain, Attribution):
         raise TypeError(
-            "explain must be an attribution class (e.g. captum.attr.Saliency) or a function "
-            f"explain(model, inputs, target), not a {type(explain).__name__} object bound to a "
-            "model: pass the class itself, it is built on every randomised model"
+            f"{usage}, not a {type(explain).__name__} object bound to a model: pass the class "
+            "itself, it is built on every randomised model"
         )
     if isinstance(explain, type):
         method: Any = explain
@@ -319,19 +299,12 @@ def _explainer(explain: object, explain_kwargs: Mapping[str, Any] | None) -> Exp
     if callable(explain):
         function = explain
         return lambda model, inputs, target: function(model, inputs, target, **kwargs)
-    raise TypeError(
-        "explain must be an attribution class (e.g. captum.attr.Saliency) or a function "
-        f"explain(model, inputs, target), got {type(explain).__name__}"
-    )
+    raise TypeError(f"{usage}, got {type(explain).__name__}")
 
 
 def _explained(
-    explain: ExplainCall,
-    model: nn.Module,
-    inputs: torch.Tensor,
-    target: torch.Tensor,
-    expected: torch.Size | None,
-    which: str,
+    explain: ExplainCall, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor,
+    expected: torch.Size | None, which: str,
 ) -> torch.Tensor:
     """The maps ``explain`` gives for ``model`` (checked), detached."""
     with torch.enable_grad():
@@ -355,15 +328,30 @@ def _explained(
     return maps.detach()
 
 
-def _check_inputs(inputs: object, model: nn.Module, name: str = "inputs") -> int:
-    """Check a batch of model inputs; returns its size."""
+def _checked_setup(
+    models: Mapping[str, Any], inputs: object, explain: object,
+    explain_kwargs: Mapping[str, Any] | None, ssim: tuple[int, float], who: str,
+    mode: str = "cascading",
+) -> tuple[ExplainCall, int]:
+    """The checks both tests share; returns the explain call and the batch size."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'cascading' or 'independent', got {mode!r}")
+    for name, value in models.items():
+        if not isinstance(value, nn.Module):
+            raise TypeError(f"{name} must be an nn.Module, got {type(value).__name__}")
+    check_autograd_available(who)
+    _check_ssim_settings(*ssim)
+    run = _explainer(explain, explain_kwargs)
     if not isinstance(inputs, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(inputs).__name__}")
-    check_floating((inputs,), name)
-    batch = check_batch_sizes((inputs,), name)
-    check_same_device((inputs,), model, name)
-    check_finite((inputs,), name)
-    return batch
+        raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
+    first, *others = models.values()
+    check_floating((inputs,), "inputs")
+    batch = check_batch_sizes((inputs,), "inputs")
+    check_same_device((inputs,), first, "inputs")
+    check_finite((inputs,), "inputs")
+    for model in others:
+        check_same_device((inputs,), model, "inputs")
+    return run, batch
 
 
 def _target_classes(model: nn.Module, inputs: torch.Tensor, target: TargetType) -> torch.Tensor:
@@ -373,22 +361,17 @@ def _target_classes(model: nn.Module, inputs: torch.Tensor, target: TargetType) 
     return class_indices(output, target)
 
 
-def _parameter_layers(model: nn.Module) -> list[str]:
-    """Names of the modules holding parameters of their own, from the output back."""
-    return [
-        name
-        for name, module in model.named_modules()
-        if next(module.parameters(recurse=False), None) is not None
-    ][::-1]
+def _has_own_parameters(module: nn.Module) -> bool:
+    return next(module.parameters(recurse=False), None) is not None
 
 
 def _layer_names(model: nn.Module, layers: Sequence[str | nn.Module] | None) -> list[str]:
     """The layers to randomise, as names, checked."""
     if layers is None:
-        found = _parameter_layers(model)
+        found = [name for name, module in model.named_modules() if _has_own_parameters(module)]
         if not found:
             raise ValueError("model has no parameters to randomise")
-        return found
+        return found[::-1]
     if isinstance(layers, (str, nn.Module)) or not isinstance(layers, Sequence):
         raise TypeError(
             "layers must be a sequence of module names or modules of the model, got "
@@ -401,20 +384,16 @@ def _layer_names(model: nn.Module, layers: Sequence[str | nn.Module] | None) -> 
     names: list[str] = []
     for entry in layers:
         if isinstance(entry, nn.Module):
-            if id(entry) not in names_of:
-                raise ValueError(
-                    f"layers entry {type(entry).__name__} is not a module of the model"
-                )
-            name = names_of[id(entry)]
+            name, label = names_of.get(id(entry)), type(entry).__name__
         elif isinstance(entry, str):
-            if entry not in modules:
-                raise ValueError(f"layers entry {entry!r} is not a module of the model")
-            name = entry
+            name, label = (entry if entry in modules else None), repr(entry)
         else:
             raise TypeError(
                 f"layers entries must be module names or modules, got {type(entry).__name__}"
             )
-        if next(modules[name].parameters(recurse=False), None) is None:
+        if name is None:
+            raise ValueError(f"layers entry {label} is not a module of the model")
+        if not _has_own_parameters(modules[name]):
             raise ValueError(
                 f"layers entry {name!r} ({type(modules[name]).__name__}) has no parameters "
                 "of its own to randomise"
@@ -427,11 +406,10 @@ def _layer_names(model: nn.Module, layers: Sequence[str | nn.Module] | None) -> 
 
 def _layer_seeds(seed: SeedType, count: int) -> list[int]:
     """One seed per layer: drawn from an int seed or a generator, or given one by one."""
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        seed = torch.Generator().manual_seed(seed)
     if isinstance(seed, torch.Generator):
         return torch.randint(0, 2**62, (count,), generator=seed, device=seed.device).tolist()
-    if isinstance(seed, int) and not isinstance(seed, bool):
-        generator = torch.Generator().manual_seed(seed)
-        return torch.randint(0, 2**62, (count,), generator=generator).tolist()
     if isinstance(seed, Sequence) and not isinstance(seed, str):
         seeds = list(seed)
         if len(seeds) != count or not all(
@@ -454,8 +432,7 @@ def _fan_in_std(parameter: torch.Tensor) -> float:
 
 
 def _reinitialise(module: nn.Module, seed: int) -> None:
-    """Re-initialise ``module`` from ``seed`` (its ``reset_parameters()``, else
-    ``N(0, 1 / fan_in)``) inside a fork of the CPU and CUDA generators."""
+    """``reset_parameters()`` (else ``N(0, 1 / fan_in)``) from ``seed``, generators forked."""
     tensors = itertools.chain(module.parameters(), module.buffers())
     cuda = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
     with torch.random.fork_rng(devices=cuda, device_type="cuda"), torch.no_grad():
@@ -471,9 +448,8 @@ def _reinitialise(module: nn.Module, seed: int) -> None:
 
 
 def _saved_state(module: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """A copy of every parameter and buffer of ``module`` (its children's included)."""
-    tensors = itertools.chain(module.parameters(), module.buffers())
-    return [(t, t.detach().clone()) for t in tensors]
+    """Every parameter and buffer of ``module`` (children included) and a copy of it."""
+    return [(t, t.detach().clone()) for t in itertools.chain(module.parameters(), module.buffers())]
 
 
 def _restore(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -495,8 +471,7 @@ def _working_copy(model: nn.Module) -> nn.Module:
 
 
 def _empty_scores(inputs: torch.Tensor) -> MapSimilarity:
-    empty = torch.zeros(0, device=inputs.device)
-    return MapSimilarity(empty, empty, empty, empty)
+    return MapSimilarity(*[torch.zeros(0, device=inputs.device)] * 4)
 
 
 def model_parameter_randomisation(
@@ -514,42 +489,23 @@ def model_parameter_randomisation(
 ) -> ParameterRandomisation:
     """Similarity of a method's maps before and after re-initialising the model's layers.
 
-    The model-parameter randomisation test of Adebayo et al. (NeurIPS 2018). With
-    :math:`\\ell_1, \\dots, \\ell_L` the layers, from the output back, an eval-mode
-    copy :math:`f_\\theta` of the model explains the inputs as trained and once per step
-    :math:`k`: cascading re-initialises :math:`\\ell_1, \\dots, \\ell_k`
-    (:math:`\\theta^{(k)}`), independent :math:`\\ell_k` alone. The score is
-
-    .. math::
-
-       s_k(x) = \\operatorname{sim}\\big(E(f_\\theta, x, y),\\; E(f_{\\theta^{(k)}}, x, y)\\big)
-
-    for each similarity of :func:`map_similarity`; a method that depends on what the
-    model learned falls towards 0 as layers are randomised.
+    Adebayo et al.'s test: step ``k`` re-initialises layers ``1..k`` (cascading, output
+    first) or layer ``k`` (independent) of an eval-mode copy, scored by :func:`map_similarity`.
 
     Parameters
     ----------
-    model : nn.Module
-        The trained classifier; left as found (only a deep copy is randomised).
-    inputs : Tensor
-        A floating, finite batch ``(B, ...)`` on the model's device.
-    target : int, list, Tensor, tuple, callable or None
-        The class every model explains; ``None``: the trained model's prediction.
+    model, inputs, target : nn.Module, Tensor, Captum target
+        The trained classifier (left as found), a floating finite batch on its device,
+        the class explained (any Captum form; ``None``: the trained model's prediction).
     explain : type or callable
-        An attribution class, called as ``explain(model).attribute(inputs,
-        target=target, **explain_kwargs)``, or ``explain(model, inputs, target,
-        **explain_kwargs)``; maps ``(B, H, W)`` or ``(B, C, H, W)``.
-    mode : {"cascading", "independent"}
-        Cumulative (top to bottom) or one layer at a time.
-    layers : sequence of str or nn.Module, optional
-        The layers, by name or as modules, in the order of randomisation, each with
-        parameters of its own. Default: every such module in reverse registration order.
-    seed : int, torch.Generator or sequence of int
-        An int or a generator draws one seed per layer; a sequence gives them.
-    explain_kwargs : mapping, optional
-        Extra keyword arguments of ``explain`` / ``attribute``.
-    ssim_window, ssim_sigma : int, float
-        The Gaussian SSIM window (Wang et al.: 11 and 1.5).
+        An attribution class (``explain(model).attribute(inputs, target=target, **kw)``)
+        or ``explain(model, inputs, target, **kw)``, with ``kw = explain_kwargs``.
+    mode, layers, seed
+        ``"cascading"`` or ``"independent"``; modules with parameters of their own, by
+        name or object, in order (default all, last registered first); an int or a
+        generator drawing one seed per layer, or the seeds.
+    explain_kwargs, ssim_window, ssim_sigma
+        Extra keyword arguments of ``explain``; as in :func:`map_similarity`.
 
     Returns
     -------
@@ -558,9 +514,7 @@ def model_parameter_randomisation(
     Raises
     ------
     TypeError, ValueError
-        For inputs, targets, ``explain``, ``layers``, seeds or maps that do not fit.
-    RuntimeError
-        Inside ``torch.inference_mode()``, where the maps cannot be computed.
+        Arguments or maps that do not fit (RuntimeError in ``torch.inference_mode()``).
 
     Examples
     --------
@@ -571,28 +525,31 @@ def model_parameter_randomisation(
     >>> result.layers[:2], result.curve("ssim").shape
     (('classifier', 'block3.1'), torch.Size([9, 2]))
     """
-    who = "model_parameter_randomisation"
-    if mode not in MODES:
-        raise ValueError(f"mode must be 'cascading' or 'independent', got {mode!r}")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    check_autograd_available(who)
-    _check_ssim_settings(ssim_window, ssim_sigma)
-    run = _explainer(explain, explain_kwargs)
-    batch = _check_inputs(inputs, model)
+    ssim = (ssim_window, ssim_sigma)
+    run, _ = _checked_setup(
+        {"model": model}, inputs, explain, explain_kwargs, ssim, "model_parameter_randomisation",
+        mode,
+    )
     names = _layer_names(model, layers)
     seeds = _layer_seeds(seed, len(names))
-    if batch == 0:
-        return ParameterRandomisation(
-            tuple(names), {name: _empty_scores(inputs) for name in names}, tuple(seeds), mode
-        )
+    scores = _randomised_scores(run, model, inputs, target, dict(zip(names, seeds)), mode, ssim)
+    return ParameterRandomisation(tuple(names), scores, tuple(seeds), mode)
+
+
+def _randomised_scores(
+    run: ExplainCall, model: nn.Module, inputs: torch.Tensor, target: TargetType,
+    seeds: dict[str, int], mode: str, ssim: tuple[int, float],
+) -> dict[str, MapSimilarity]:
+    """The similarities after each step, on a copy of ``model``."""
+    if inputs.shape[0] == 0:
+        return {name: _empty_scores(inputs) for name in seeds}
     working = _working_copy(model)
     classes = _target_classes(working, inputs, target)
     original = _explained(run, working, inputs, classes, None, "the original model")
     with _no_autocast(inputs.device):
-        reference = _features(original, ssim_window, ssim_sigma)
+        reference = _features(original, *ssim)
     scores: dict[str, MapSimilarity] = {}
-    for name, layer_seed in zip(names, seeds):
+    for name, layer_seed in seeds.items():
         module = working.get_submodule(name)
         saved = _saved_state(module) if mode == "independent" else []
         _reinitialise(module, layer_seed)
@@ -600,9 +557,9 @@ def model_parameter_randomisation(
             run, working, inputs, classes, original.shape, f"the model with {name!r} randomised"
         )
         with _no_autocast(inputs.device):
-            scores[name] = _compare(reference, _features(maps, ssim_window, ssim_sigma))
+            scores[name] = _compare(reference, _features(maps, *ssim))
         _restore(saved)
-    return ParameterRandomisation(tuple(names), scores, tuple(seeds), mode)
+    return scores
 
 
 def data_randomisation(
@@ -618,12 +575,10 @@ def data_randomisation(
 ) -> MapSimilarity:
     """Similarity of a method's maps on a model and on one trained on shuffled labels.
 
-    The data randomisation test of Adebayo et al. (2018): both models explain
-    ``inputs`` for the same classes and the maps are compared by
-    :func:`map_similarity` (low similarity passes). ``model`` and
-    ``randomised_model`` run in eval mode and are left as found; ``target=None`` means
-    the classes ``model`` predicts; the other arguments and the errors are those of
-    :func:`model_parameter_randomisation`.
+    Adebayo et al.'s data randomisation test: both models (run in eval mode, left as
+    found) explain ``inputs`` for the same classes (``target=None``: those ``model``
+    predicts) and :func:`map_similarity` compares the maps; low similarity passes. The
+    other arguments and the errors are those of :func:`model_parameter_randomisation`.
 
     Examples
     --------
@@ -634,23 +589,16 @@ def data_randomisation(
     >>> result.spearman_abs.shape
     torch.Size([2])
     """
-    who = "data_randomisation"
-    for name, value in (("model", model), ("randomised_model", randomised_model)):
-        if not isinstance(value, nn.Module):
-            raise TypeError(f"{name} must be an nn.Module, got {type(value).__name__}")
-    check_autograd_available(who)
-    _check_ssim_settings(ssim_window, ssim_sigma)
-    run = _explainer(explain, explain_kwargs)
-    batch = _check_inputs(inputs, model)
-    check_same_device((inputs,), randomised_model, "inputs")
+    run, batch = _checked_setup(
+        {"model": model, "randomised_model": randomised_model}, inputs, explain,
+        explain_kwargs, (ssim_window, ssim_sigma), "data_randomisation",
+    )
     if batch == 0:
         return _empty_scores(inputs)
     with preserved_model(model, eval_mode=True), preserved_model(randomised_model, eval_mode=True):
         classes = _target_classes(model, inputs, target)
         original = _explained(run, model, inputs, classes, None, "model")
-        other = _explained(run, randomised_model, inputs, classes, original.shape,
-                           "randomised_model")
-    with _no_autocast(inputs.device):
-        return _compare(
-            _features(original, ssim_window, ssim_sigma), _features(other, ssim_window, ssim_sigma)
+        other = _explained(
+            run, randomised_model, inputs, classes, original.shape, "randomised_model"
         )
+    return _similarity(original, other, ssim_window, ssim_sigma)

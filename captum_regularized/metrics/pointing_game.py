@@ -49,19 +49,9 @@ def pointing_game(
 ) -> torch.Tensor:
     """1.0 where the map's maximum falls inside the mask, else 0.0; shape ``(B,)``.
 
-    Parameters
-    ----------
-    attributions : Tensor
-        ``(B, C, h, w)``, ``(B, 1, h, w)``, ``(B, h, w)`` or ``(h, w)`` maps.
-    masks : Tensor
-        ``(B, H, W)`` or ``(B, 1, H, W)``; non-zero = object.
-    channel_reduction : {"max", "sum", "mean"}
-        How channels are collapsed (``"max"`` = max of absolute values).
-
-    Returns
-    -------
-    Tensor
-        ``(B,)`` float hits; its mean is the pointing-game accuracy.
+    ``attributions`` are ``(B, C, h, w)``, ``(B, 1, h, w)``, ``(B, h, w)`` or ``(h, w)``
+    maps (channels collapsed by ``channel_reduction``), ``masks`` ``(B, H, W)`` or
+    ``(B, 1, H, W)``, non-zero on the object.
 
     Examples
     --------
@@ -82,17 +72,8 @@ def energy_pointing_game(
 ) -> torch.Tensor:
     """Share of positive attribution inside the mask, shape ``(B,)``, in ``[0, 1]``.
 
-    Parameters
-    ----------
-    attributions, masks
-        As in :func:`pointing_game`.
-    channel_reduction : {"max", "sum", "mean"}
-        How channels are collapsed (``"sum"`` keeps the sign).
-
-    Returns
-    -------
-    Tensor
-        ``(B,)``; 0 for a map without positive values.
+    Arguments as in :func:`pointing_game` (``channel_reduction="sum"`` keeps the sign);
+    0 for a map without positive values.
 
     Examples
     --------
@@ -101,8 +82,6 @@ def energy_pointing_game(
     >>> energy_pointing_game(maps, masks).tolist()
     [0.75]
     """
-    maps, inside = _maps_and_masks(
-        attributions, masks, channel_reduction, "energy_pointing_game"
-    )
+    maps, inside = _maps_and_masks(attributions, masks, channel_reduction, "energy_pointing_game")
     positive = maps.clamp(min=0)
     return ratio_or_zero((positive * inside).sum(dim=1), positive.sum(dim=1))

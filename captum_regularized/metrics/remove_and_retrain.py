@@ -1,17 +1,16 @@
 """ROAR and DiffROAR: remove the most important pixels, retrain, measure the accuracy.
 
-ROAR (Hooker et al., NeurIPS 2019) replaces the top :math:`k\\,\\%` pixels of every
-training and test image, ranked by that image's map, by an uninformative value,
-retrains a fresh model with the same recipe and records its test accuracy
-:math:`a_{\\text{map}}(k)`; the same with a random ranking gives
-:math:`a_{\\text{rand}}(k)`. DiffROAR (Gong, Dou, Farnia, 2024) is the gap
+ROAR (Hooker et al., NeurIPS 2019) replaces the top :math:`k\\,\\%` pixels of each
+training and test image, ranked by its map, with an uninformative value, retrains a
+fresh model and records its test accuracy :math:`a_{\\text{map}}(k)`; a random
+ranking gives :math:`a_{\\text{rand}}(k)`. DiffROAR (Gong, Dou, Farnia, 2024) is the gap
 
 .. math::
 
     \\mathrm{DiffROAR}(k) = a_{\\text{rand}}(k) - a_{\\text{map}}(k),
 
-higher when the map finds the informative pixels better than chance. How the data
-sets are wrapped and ranked: :doc:`/design_notes/metrics`.
+higher when the map finds the informative pixels better than chance
+(:doc:`/design_notes/metrics`).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -43,6 +42,12 @@ ROAR_FRACTIONS = (10.0, 30.0, 50.0, 70.0, 90.0)
 Fill = str | float | Sequence[float] | torch.Tensor
 """``"mean"`` (per-channel training-set mean), one number, or one number per channel."""
 
+_FILL_FORMS = "fill must be 'mean', a number or one number per channel"
+_LOADER_SETTINGS = (
+    "num_workers", "collate_fn", "pin_memory", "timeout", "worker_init_fn",
+    "multiprocessing_context", "generator", "prefetch_factor", "persistent_workers",
+)
+
 
 @dataclass(frozen=True)
 class RemoveAndRetrain:
@@ -56,10 +61,7 @@ class RemoveAndRetrain:
 
     Examples
     --------
-    >>> result = RemoveAndRetrain(torch.tensor([10.0, 50.0]), torch.tensor([0.8, 0.4]),
-    ...                           torch.tensor([0.9, 0.8]), torch.tensor([0.1, 0.4]), 0.25,
-    ...                           torch.zeros(3))
-    >>> result.diff_roar_mean
+    >>> RemoveAndRetrain(*[torch.ones(2)] * 4, 0.25, torch.zeros(3)).diff_roar_mean
     0.25
     """
 
@@ -75,11 +77,7 @@ class RemoveAndRetrain:
 
 @dataclass(eq=False)
 class _PixelsRemoved(Dataset):
-    """The items of ``dataset`` with the pixels removed before step ``step`` replaced.
-
-    ``levels[i, p]`` is the step at which pixel ``p`` of item ``i`` goes (see
-    :func:`_removal_steps`); the image is the first element of the item.
-    """
+    """``dataset``'s items, pixel ``p`` of image ``i`` filled if ``levels[i, p] <= step``."""
 
     dataset: Dataset
     levels: torch.Tensor
@@ -92,11 +90,9 @@ class _PixelsRemoved(Dataset):
 
     def __getitem__(self, index: int) -> Any:
         item = self.dataset[index]
-        image = item[0]
         removed = (self.levels[index] <= self.step).view(1, *self.size)
-        image = torch.where(removed, self.fill.to(image.dtype).view(-1, 1, 1), image)
-        rest = list(item[1:])
-        return [image, *rest] if isinstance(item, list) else (image, *rest)
+        image = torch.where(removed, self.fill.to(item[0].dtype).view(-1, 1, 1), item[0])
+        return [image, *item[1:]] if isinstance(item, list) else (image, *item[1:])
 
 
 @dataclass
@@ -166,9 +162,7 @@ def _in_order(loader: DataLoader) -> DataLoader:
     """The loader's data set, item by item in index order (batched as the loader does)."""
     batched = loader.batch_size is not None
     return DataLoader(
-        loader.dataset,
-        batch_size=loader.batch_size if batched else 64,
-        shuffle=False,
+        loader.dataset, batch_size=loader.batch_size if batched else 64, shuffle=False,
         collate_fn=loader.collate_fn if batched else default_collate,
         num_workers=loader.num_workers,
     )
@@ -176,46 +170,21 @@ def _in_order(loader: DataLoader) -> DataLoader:
 
 def _like(loader: DataLoader, dataset: Dataset) -> DataLoader:
     """A loader over ``dataset`` (same length) with ``loader``'s sampling and settings."""
-    settings: dict[str, Any] = dict(
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        timeout=loader.timeout,
-        worker_init_fn=loader.worker_init_fn,
-        multiprocessing_context=loader.multiprocessing_context,
-        generator=loader.generator,
-        prefetch_factor=loader.prefetch_factor,
-        persistent_workers=loader.persistent_workers,
-    )
+    settings = {name: getattr(loader, name) for name in _LOADER_SETTINGS}
     if loader.batch_sampler is not None:
         return DataLoader(dataset, batch_sampler=loader.batch_sampler, **settings)
     return DataLoader(dataset, batch_size=None, sampler=loader.sampler, **settings)
 
 
 def _removal_steps(ranks: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """First step ``j`` with ``rank < counts[j]`` (``len(counts)`` for never), uint8.
-
-    Examples
-    --------
-    >>> _removal_steps(torch.tensor([[0, 1, 2, 3]]), torch.tensor([1, 3])).tolist()
-    [[0, 1, 1, 2]]
-    """
+    """First step ``j`` with ``rank < counts[j]`` (``len(counts)`` for never), uint8."""
     return torch.searchsorted(counts, ranks, right=True).to(torch.uint8)
 
 
 def _rank_data(
-    loader: DataLoader,
-    name: str,
-    explain: Method,
-    *,
-    counts: torch.Tensor,
-    target: str,
-    model: nn.Module | None,
-    device: torch.device,
-    channel_reduction: str,
-    attribute_kwargs: dict[str, Any],
-    generator: torch.Generator,
-    shape: tuple[int, ...],
+    loader: DataLoader, name: str, explain: Method, *, counts: torch.Tensor, target: str,
+    model: nn.Module | None, device: torch.device, channel_reduction: str,
+    attribute_kwargs: dict[str, Any], generator: torch.Generator, shape: tuple[int, ...],
     progress: bool,
 ) -> _Rankings:
     """One pass over ``loader``'s data set in index order: maps, random ranks, sums."""
@@ -237,9 +206,7 @@ def _rank_data(
             targets = check_class_scores(output, batch=len(images), who="model").argmax(1)
         else:
             targets = labels.to(device).long()
-        maps = method_maps(explain, images, targets, attribute_kwargs)
-        if maps is None:
-            raise TypeError("explain must be a Captum attribution object or a callable")
+        maps = cast(torch.Tensor, method_maps(explain, images, targets, attribute_kwargs))
         pixel = per_pixel_map(
             maps, len(images), (images.shape[2], images.shape[3]),
             channel_reduction=channel_reduction, device=images.device, name="the maps",
@@ -259,20 +226,17 @@ def _fill_values(fill: Fill, rankings: _Rankings) -> torch.Tensor:
     channels = rankings.channel_sum.numel()
     if isinstance(fill, str):
         if fill != "mean":
-            raise ValueError(f"fill must be 'mean', a number or one number per channel, "
-                             f"got {fill!r}")
+            raise ValueError(f"{_FILL_FORMS}, got {fill!r}")
         return rankings.channel_sum / rankings.pixel_count
     if isinstance(fill, bool):
-        raise TypeError("fill must be 'mean', a number or one number per channel, not a bool")
+        raise TypeError(f"{_FILL_FORMS}, not a bool")
     if isinstance(fill, (int, float)):
         values = torch.full((channels,), float(fill), dtype=torch.float64)
     else:
         try:
             values = torch.as_tensor(fill, dtype=torch.float64).detach().cpu().reshape(-1)
         except (TypeError, ValueError, RuntimeError) as error:
-            raise TypeError(
-                f"fill must be 'mean', a number or one number per channel, got {fill!r}"
-            ) from error
+            raise TypeError(f"{_FILL_FORMS}, got {fill!r}") from error
         if values.numel() == 1:
             values = values.expand(channels).clone()
         if values.numel() != channels:
@@ -285,8 +249,7 @@ def _fill_values(fill: Fill, rankings: _Rankings) -> torch.Tensor:
 
 
 def _first_image(loader: DataLoader, name: str) -> torch.Tensor:
-    """The first image of the data set, read twice: a data set whose image changes between
-    reads (a random transform) is refused."""
+    """The first image, read twice to refuse a data set with a random transform."""
     first, again = loader.dataset[0], loader.dataset[0]  # type: ignore[index]
     if not isinstance(first, (tuple, list)) or not isinstance(first[0], torch.Tensor):
         raise TypeError(f"{name}.dataset must yield (image tensor, label, ...) items")
@@ -305,15 +268,10 @@ def _first_image(loader: DataLoader, name: str) -> torch.Tensor:
 
 
 def _retrained_correct(
-    train: Callable[[DataLoader], nn.Module],
-    train_loader: DataLoader,
-    test_loader: DataLoader,
-    train_data: _PixelsRemoved,
-    test_data: _PixelsRemoved,
+    train: Callable[[DataLoader], nn.Module], train_loader: DataLoader,
+    test_loader: DataLoader, train_data: _PixelsRemoved, test_data: _PixelsRemoved,
 ) -> torch.Tensor:
-    """Retrain on ``train_data``; ``(N,)`` bool on the CPU: which items of ``test_data``,
-    in index order, the model classifies as their label (:func:`evaluate_correct`,
-    batched and collated as ``test_loader``)."""
+    """Retrain on ``train_data``; which items of ``test_data`` it then classifies right."""
     model = train(_like(train_loader, train_data))
     if not isinstance(model, nn.Module):
         raise TypeError(f"train must return the trained nn.Module, got {type(model).__name__}")
@@ -325,14 +283,8 @@ def _retrained_correct(
 
 
 def _check_arguments(
-    train: object,
-    train_loader: object,
-    test_loader: object,
-    explain: Method,
-    fractions: object,
-    target: str,
-    model: nn.Module | None,
-    channel_reduction: str,
+    train: object, train_loader: object, test_loader: object, explain: Method,
+    fractions: object, target: str, model: nn.Module | None, channel_reduction: str,
     seed: object,
 ) -> tuple[float, ...]:
     """The checks of :func:`remove_and_retrain`'s arguments; returns the fractions."""
@@ -360,6 +312,48 @@ def _check_arguments(
     return values
 
 
+def _image_shape(train_loader: DataLoader, test_loader: DataLoader) -> tuple[int, ...]:
+    first = _first_image(train_loader, "train_loader")
+    test_first = _first_image(test_loader, "test_loader")
+    if test_first.shape != first.shape:
+        raise ValueError(
+            "train_loader and test_loader images must have one shape, got "
+            f"{tuple(first.shape)} and {tuple(test_first.shape)}"
+        )
+    return tuple(first.shape)
+
+
+def _explained_model(
+    explain: Method, model: nn.Module | None, device: str | torch.device | None
+) -> tuple[nn.Module | None, torch.device]:
+    """The model behind the maps and the device its images are explained on."""
+    forward_func = getattr(explain, "forward_func", None)
+    explained = model if model is not None or forward_func is None else find_module(forward_func)
+    if device is not None:
+        return explained, torch.device(device)
+    return explained, model_device(explained) or torch.device("cpu")
+
+
+def _retrain_all(
+    train: Callable[[DataLoader], nn.Module], loaders: tuple[DataLoader, DataLoader],
+    ranks: tuple[_Rankings, _Rankings], fill: torch.Tensor, size: tuple[int, int],
+    steps: int, progress: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(K, N)`` correctness after retraining without the map's and the random top pixels."""
+    correct: list[torch.Tensor] = []
+    random_correct: list[torch.Tensor] = []
+    with tqdm(total=2 * steps, desc="retraining", disable=not progress, leave=False) as bar:
+        for step in range(steps):
+            for kind, results in (("levels", correct), ("random_levels", random_correct)):
+                train_data, test_data = (
+                    _PixelsRemoved(loader.dataset, getattr(rank, kind), step, fill, size)
+                    for loader, rank in zip(loaders, ranks)
+                )
+                results.append(_retrained_correct(train, *loaders, train_data, test_data))
+                bar.update(1)
+    return torch.stack(correct), torch.stack(random_correct)
+
+
 def remove_and_retrain(
     train: Callable[[DataLoader], nn.Module],
     train_loader: DataLoader,
@@ -378,38 +372,28 @@ def remove_and_retrain(
 ) -> RemoveAndRetrain:
     """ROAR accuracies for a map and for a random ranking, and DiffROAR, by fraction.
 
-    For each ``k`` the ``round(k / 100 * H * W)`` pixels of every training and test
-    image that rank highest in its map (all channels; ties in raster order) become
-    ``fill``; ``train`` retrains a fresh model on the modified training set and its
-    accuracy on the modified test set is recorded, and the same with one seeded random
-    ranking per image: ``2 * len(fractions)`` calls of ``train``.
+    ``train`` is called ``2 * len(fractions)`` times; the ``round(k / 100 * H * W)``
+    top pixels of each image (ties in raster order) become ``fill``.
 
     Parameters
     ----------
     train : callable
-        ``train(loader) -> model``: trains a *fresh* model on ``loader`` (the caller's
-        ``train_loader`` over the modified images) and returns it.
+        ``train(loader) -> model`` trains a *fresh* model on the modified images.
     train_loader, test_loader : DataLoader
-        Deterministic map-style data sets of ``(image, label, ...)`` items with
-        floating images of one shape ``(C, H, W)``.
+        Deterministic map-style data sets of ``(image, label, ...)`` items, floating
+        images of one shape ``(C, H, W)``.
     explain : Captum attribution object or callable
-        The original model's map, ``explain.attribute(images, target=targets,
-        **attribute_kwargs)`` or ``explain(images, targets, **attribute_kwargs)``.
-    fractions : sequence of float
-        Strictly increasing percentages in ``(0, 100)``.
-    fill : "mean", float or sequence of float
-        ``"mean"`` (the training images' per-channel mean), one number or one per channel.
-    target : {"label", "predicted"}
-        The class each map explains: the label, or ``model``'s prediction.
-    model : nn.Module, optional
-        The original model, needed for ``target="predicted"``.
+        The original model's map, ``explain.attribute(images, target=targets, **kw)``
+        or ``explain(images, targets, **kw)`` with ``kw = attribute_kwargs``.
+    fractions, fill
+        Strictly increasing percentages in ``(0, 100)``; see :data:`Fill`.
+    target, model : {"label", "predicted"}, nn.Module
+        The class explained: the label, or ``model``'s prediction (``model`` needed).
     channel_reduction : {"max", "sum", "mean"}
         How an input-shaped map becomes one value per pixel.
-    seed : int
-        Seeds the random rankings (a CPU generator).
-    device, attribute_kwargs, progress
-        Where images are explained (default the model's device), extra keyword
-        arguments of ``explain``, tqdm bars.
+    seed, device, progress
+        Seed of the random rankings; where images are explained (default the model's
+        device); tqdm bars.
 
     Returns
     -------
@@ -418,96 +402,43 @@ def remove_and_retrain(
     Raises
     ------
     TypeError, ValueError
-        For arguments, loaders, batches or a ``train`` result that do not fit.
+        Arguments, loaders, batches or a ``train`` result that do not fit.
 
     Examples
     --------
-    A nearest-class-mean "training" keeps the example fast; any ``train`` works.
-
     >>> from torch.utils.data import TensorDataset
-    >>> class NearestMean(nn.Module):
-    ...     def __init__(self, means):
-    ...         super().__init__()
-    ...         self.means = means
-    ...     def forward(self, x):
-    ...         return -torch.cdist(x.flatten(1), self.means)
-    >>> def train(loader):
-    ...     x, y = map(torch.cat, zip(*loader))
-    ...     return NearestMean(torch.stack([x[y == c].flatten(1).mean(0) for c in (0, 1)]))
-    >>> g = torch.Generator().manual_seed(0)
-    >>> labels = torch.arange(40) % 2
-    >>> images = torch.rand(40, 1, 4, 4, generator=g)
-    >>> images[:, 0, 0, 0] += 2.0 * labels  # the class is in the top-left pixel
-    >>> data = DataLoader(TensorDataset(images, labels), batch_size=8)
-    >>> def explain(x, t):  # a map that points at the informative pixel
-    ...     maps = torch.zeros_like(x)
-    ...     maps[:, :, 0, 0] = 1.0
-    ...     return maps
-    >>> result = remove_and_retrain(train, data, data, explain, fractions=(10, 50),
-    ...                             progress=False)
-    >>> result.fractions.tolist(), bool(result.diff_roar_mean > 0)
-    ([10.0, 50.0], True)
-    >>> bool((result.correct.double().mean(1) == result.accuracy).all())
-    True
+    >>> data = DataLoader(TensorDataset(torch.rand(8, 1, 4, 4), torch.arange(8) % 2))
+    >>> def train(loader):  # a real recipe trains; :doc:`/design_notes/metrics` has one
+    ...     return nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    >>> result = remove_and_retrain(train, data, data, lambda x, t: x, (10, 50), progress=False)
+    >>> result.accuracy.shape, result.correct.shape
+    (torch.Size([2]), torch.Size([2, 8]))
     """
     values = _check_arguments(
         train, train_loader, test_loader, explain, fractions, target, model, channel_reduction,
         seed,
     )
-    first = _first_image(train_loader, "train_loader")
-    test_first = _first_image(test_loader, "test_loader")
-    if test_first.shape != first.shape:
-        raise ValueError(
-            "train_loader and test_loader images must have one shape, got "
-            f"{tuple(first.shape)} and {tuple(test_first.shape)}"
-        )
-    size = (first.shape[1], first.shape[2])
-    pixels = size[0] * size[1]
+    shape = _image_shape(train_loader, test_loader)
+    pixels = shape[1] * shape[2]
     counts = torch.tensor([math.floor(value / 100 * pixels + 0.5) for value in values])
-    forward_func = getattr(explain, "forward_func", None)
-    explained = model if model is not None or forward_func is None else find_module(forward_func)
-    if device is not None:
-        where = torch.device(device)
-    else:
-        where = model_device(explained) or torch.device("cpu")
-    generator = torch.Generator().manual_seed(seed)
+    explained, where = _explained_model(explain, model, device)
     shared: dict[str, Any] = dict(
-        target=target, model=model, device=where, channel_reduction=channel_reduction,
-        attribute_kwargs=dict(attribute_kwargs or {}), generator=generator,
-        shape=tuple(first.shape), progress=progress,
+        counts=counts, target=target, model=model, device=where,
+        channel_reduction=channel_reduction, attribute_kwargs=dict(attribute_kwargs or {}),
+        generator=torch.Generator().manual_seed(seed), shape=shape, progress=progress,
     )
     with preserved_model(explained, eval_mode=True):
-        train_ranks = _rank_data(train_loader, "train_loader", explain, counts=counts, **shared)
-        test_ranks = _rank_data(test_loader, "test_loader", explain, counts=counts, **shared)
+        train_ranks = _rank_data(train_loader, "train_loader", explain, **shared)
+        test_ranks = _rank_data(test_loader, "test_loader", explain, **shared)
     fill_values = _fill_values(fill, train_ranks)
-    correct: list[torch.Tensor] = []
-    random_correct: list[torch.Tensor] = []
-    bar = tqdm(total=2 * len(values), desc="retraining", disable=not progress, leave=False)
-    with bar:
-        for step in range(len(values)):
-            for kind, results in (("levels", correct), ("random_levels", random_correct)):
-                train_data = _PixelsRemoved(
-                    train_loader.dataset, getattr(train_ranks, kind), step, fill_values, size
-                )
-                test_data = _PixelsRemoved(
-                    test_loader.dataset, getattr(test_ranks, kind), step, fill_values, size
-                )
-                results.append(_retrained_correct(
-                    train, train_loader, test_loader, train_data, test_data
-                ))
-                bar.update(1)
-    map_correct = torch.stack(correct)
-    chance_correct = torch.stack(random_correct)
+    map_correct, chance_correct = _retrain_all(
+        train, (train_loader, test_loader), (train_ranks, test_ranks), fill_values,
+        (shape[1], shape[2]), len(values), progress,
+    )
     map_accuracy = map_correct.double().mean(1)
     chance_accuracy = chance_correct.double().mean(1)
     diff = chance_accuracy - map_accuracy
     return RemoveAndRetrain(
-        fractions=torch.tensor(values, dtype=torch.float64),
-        accuracy=map_accuracy,
-        random_accuracy=chance_accuracy,
-        diff_roar=diff,
-        diff_roar_mean=float(diff.mean()),
-        fill=fill_values,
-        correct=map_correct,
-        random_correct=chance_correct,
+        torch.tensor(values, dtype=torch.float64), map_accuracy, chance_accuracy, diff,
+        float(diff.mean()), fill_values, map_correct, chance_correct,
     )

@@ -1,10 +1,9 @@
 r"""ROAD: remove and debias (Rong et al., "A consistent and efficient evaluation strategy
 for attribution methods", ICML 2022).
 
-At removal percentage ``q`` MoRF removes the most relevant and LeRF the least relevant
-pixels, replaces them by the *noisy linear imputation* of their neighbours (which hides
-the shape of the hole, so no class information leaks through it) and scores the
-target class. With ``s_q`` that score and ``s_0`` the clean one, per example,
+At removal percentage ``q`` MoRF (LeRF) replaces the most (least) relevant pixels by
+the *noisy linear imputation* of their neighbours, which hides the shape of the hole,
+and scores the target class. With ``s_q`` that score and ``s_0`` the clean one,
 
 .. math::
 
@@ -12,8 +11,7 @@ target class. With ``s_q`` that score and ``s_0`` the clean one, per example,
     \text{lerf\_mean} = \tfrac{1}{K} \textstyle\sum_q (s^{LeRF}_q - s_0), \quad
     \text{combined} = (\text{lerf\_mean} - \text{morf\_mean}) / 2,
 
-pytorch-grad-cam's averages; higher ``combined`` is better. The imputation and its
-solver: :func:`noisy_linear_imputation` and :doc:`/design_notes/metrics`.
+pytorch-grad-cam's averages; higher ``combined`` is better (:doc:`/design_notes/metrics`).
 """
 
 from __future__ import annotations
@@ -29,6 +27,8 @@ import torch.nn.functional as F
 
 from captum_regularized._internal.captum_compat import TargetType
 from captum_regularized.metrics._perturbation import (
+    PreparedBatch,
+    Reducer,
     check_map_settings,
     pixel_ranks,
     prepare_batch,
@@ -54,9 +54,8 @@ _DIRECT, _DIAGONAL = 1 / 6, 1 / 12
 class ROADResult(NamedTuple):
     """ROAD scores of every example; the order not asked for is ``None``.
 
-    ``percentiles`` ``(K,)``; ``clean`` ``(B,)``, the clean target score; ``morf`` and
-    ``lerf`` ``(B, K)``, the imputed scores; ``morf_mean``, ``lerf_mean`` and
-    ``combined`` ``(B,)``, the module's averages.
+    ``percentiles`` ``(K,)``; ``clean`` ``(B,)`` target scores; ``morf`` and ``lerf``
+    ``(B, K)`` imputed scores; ``morf_mean``, ``lerf_mean``, ``combined`` ``(B,)``.
 
     Examples
     --------
@@ -90,10 +89,7 @@ def road_removal_counts(pixels: int, percentiles: Sequence[float]) -> list[int]:
 
 
 def check_road_settings(
-    percentiles: Sequence[float],
-    order: str,
-    noise: float,
-    channel_reduction: str,
+    percentiles: Sequence[float], order: str, noise: float, channel_reduction: str,
     internal_batch_size: int | None,
 ) -> list[float]:
     """The settings of :func:`road`, checked; returns the percentages as floats."""
@@ -123,11 +119,7 @@ def check_road_settings(
 
 
 def _binomial_blur(padded: torch.Tensor) -> torch.Tensor:
-    """``[1 2 1]^T [1 2 1]`` filter of a zero-bordered ``(..., H+2, W+2)``, ``(..., H, W)``.
-
-    The neighbour sum is ``W u = (blur(u) - 4 u) / 12``; shifted slices, not a
-    ``conv2d`` (far slower on CPUs for one channel).
-    """
+    """``[1 2 1]^T [1 2 1]`` filter of a zero-bordered ``(..., H+2, W+2)``, ``(..., H, W)``."""
     rows = padded[..., :, :-2] + padded[..., :, 2:]
     rows.add_(padded[..., :, 1:-1], alpha=2)
     blurred = rows[..., :-2, :] + rows[..., 2:, :]
@@ -149,9 +141,8 @@ def _linear_imputation(
 ) -> torch.Tensor:
     """The noise-free imputation: conjugate gradients on every (image, channel) at once.
 
-    ``A z = U (d z - W z)``: ``U`` the removed pixels, ``d`` the sum of a pixel's
-    in-image neighbour weights, ``W`` the weighted neighbour sum. A system stops once
-    its residual is below ``tolerance * |b|``, so it does not depend on the others.
+    ``A z = U (d z - W z)``: ``U`` the removed pixels, ``d`` a pixel's in-image neighbour
+    weights' sum, ``W`` the weighted neighbour sum (:doc:`/design_notes/metrics`).
     """
     dtype = torch.promote_types(images.dtype, torch.float32)
     if tolerance is None:
@@ -214,21 +205,16 @@ def noisy_linear_imputation(
         \\qquad v_j = z_j \\text{ if } j \\text{ is removed, else } x_j,
 
     with ``N(i)`` the up to 8 in-image neighbours, ``w = 1/6`` direct and ``1/12``
-    diagonal; then ``noise * N(0, 1)`` is added to each imputed value. Solved by
-    matrix-free conjugate gradients, all images and channels at once on the images'
-    device, in float32 (float64 for float64 images).
+    diagonal; then ``noise * N(0, 1)`` is added to each imputed value. Computed in
+    float32 (float64 for float64 images) on the images' device.
 
     Parameters
     ----------
-    images : Tensor
-        ``(M, C, H, W)`` floating point; never modified.
-    removed : Tensor
-        ``(M, 1, H, W)``, ``(M, H, W)`` or ``(H, W)`` booleans, True where a pixel is
-        removed.
-    noise : float
-        Standard deviation of the noise (the paper's 0.01).
-    generator : torch.Generator, optional
-        Source of the noise (on the images' device).
+    images, removed : Tensor
+        ``(M, C, H, W)`` floating point, never modified; booleans ``(M, 1, H, W)``,
+        ``(M, H, W)`` or ``(H, W)``, True where a pixel is removed.
+    noise, generator
+        Standard deviation of the noise (the paper's 0.01) and its source.
 
     Returns
     -------
@@ -243,31 +229,10 @@ def noisy_linear_imputation(
     >>> noisy_linear_imputation(image, removed, noise=0.0)[0, 0, 1].tolist()
     [1.0, 1.0, 1.0]
     """
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
-    if images.dim() != 4:
-        raise ValueError(f"images must have shape (M, C, H, W), got {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise TypeError(f"images must be a floating-point tensor, got {images.dtype}")
-    if not isinstance(removed, torch.Tensor) or removed.dtype != torch.bool:
-        raise TypeError("removed must be a boolean tensor (True where a pixel is removed)")
-    mask = removed
-    if mask.dim() == 2:
-        mask = mask[None, None]
-    elif mask.dim() == 3:
-        mask = mask[:, None]
-    size = images.shape[2:]
-    if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[2:] != size \
-            or mask.shape[0] not in (1, images.shape[0]):
-        raise ValueError(
-            f"removed must have shape (M, 1, H, W), (M, H, W) or (H, W) for images of shape "
-            f"{tuple(images.shape)}, got {tuple(removed.shape)}"
-        )
-    if mask.device != images.device:
-        raise ValueError(f"removed is on {mask.device} but images are on {images.device}")
+    mask = _checked_mask(images, removed)
     if not (isinstance(noise, numbers.Real) and math.isfinite(noise) and noise >= 0):
         raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
-    mask = mask.expand(images.shape[0], 1, *size)
+    mask = mask.expand(images.shape[0], 1, *images.shape[2:])
     with torch.no_grad():
         filled = _linear_imputation(images.detach(), mask)
         if noise > 0:
@@ -278,14 +243,38 @@ def noisy_linear_imputation(
     return filled.to(images.dtype)
 
 
-def _empty_result(fractions: torch.Tensor, orders: list[str]) -> ROADResult:
-    """The result of an empty batch: ``(0, K)`` curves and ``(0,)`` means."""
-    empty = torch.zeros(0, len(fractions), device=fractions.device)
-    curves = {name: empty if name in orders else None for name in ("morf", "lerf")}
-    means = {name: empty[:, 0] if name in orders else None for name in ("morf", "lerf")}
+def _checked_mask(images: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    """``removed`` as ``(M or 1, 1, H, W)``, after checking it and the images."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape (M, C, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be a floating-point tensor, got {images.dtype}")
+    if not isinstance(removed, torch.Tensor) or removed.dtype != torch.bool:
+        raise TypeError("removed must be a boolean tensor (True where a pixel is removed)")
+    mask = removed[None, None] if removed.dim() == 2 else removed
+    mask = mask[:, None] if mask.dim() == 3 else mask
+    if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[2:] != images.shape[2:] \
+            or mask.shape[0] not in (1, images.shape[0]):
+        raise ValueError(
+            f"removed must have shape (M, 1, H, W), (M, H, W) or (H, W) for images of shape "
+            f"{tuple(images.shape)}, got {tuple(removed.shape)}"
+        )
+    if mask.device != images.device:
+        raise ValueError(f"removed is on {mask.device} but images are on {images.device}")
+    return mask
+
+
+def _result(
+    fractions: torch.Tensor, clean: torch.Tensor, curve: dict[str, torch.Tensor]
+) -> ROADResult:
+    """The curves of the orders computed, their means and, with both, ``combined``."""
+    mean = {name: (values - clean[:, None]).mean(dim=1) for name, values in curve.items()}
+    combined = (mean["lerf"] - mean["morf"]) / 2 if len(curve) == 2 else None
     return ROADResult(
-        fractions, empty[:, 0], curves["morf"], curves["lerf"], means["morf"],
-        means["lerf"], empty[:, 0] if len(orders) == 2 else None,
+        fractions, clean, curve.get("morf"), curve.get("lerf"), mean.get("morf"),
+        mean.get("lerf"), combined,
     )
 
 
@@ -306,24 +295,18 @@ def road(
 ) -> ROADResult:
     """ROAD curves of every example: imputed MoRF / LeRF scores at each percentage.
 
-    For each percentage ``q`` the :func:`road_removal_counts` most (MoRF) or least
-    (LeRF) relevant pixels of each example are replaced by
-    :func:`noisy_linear_imputation` and the target class scored.
+    For each ``q`` the :func:`road_removal_counts` most (MoRF) or least (LeRF) relevant
+    pixels are replaced by :func:`noisy_linear_imputation` and the target class scored.
 
     Parameters
     ----------
     forward_func, inputs, attributions, target, channel_reduction, apply_softmax
-        As in :func:`~captum_regularized.metrics.deletion_curve`.
-    internal_batch_size, additional_forward_args
-        The same (images imputed and scored at once; extra forward arguments).
-    percentiles : sequence of float
-        Percent of pixels removed, each strictly between 0 and 100.
-    order : {"both", "morf", "lerf"}
-        Which orders to compute.
-    noise : float
-        Standard deviation of the imputation noise (the paper's 0.01).
-    generator : torch.Generator, optional
-        Source of the imputation noise.
+        As in :func:`~captum_regularized.metrics.deletion_curve`, and so are
+        ``internal_batch_size`` and ``additional_forward_args``.
+    percentiles, order
+        Percent of pixels removed, each in ``(0, 100)``; ``"both"``, ``"morf"`` or ``"lerf"``.
+    noise, generator
+        As in :func:`noisy_linear_imputation`.
 
     Returns
     -------
@@ -332,13 +315,12 @@ def road(
     Raises
     ------
     TypeError, ValueError
-        For bad settings (:func:`check_road_settings`), inputs, maps or targets.
+        Settings (:func:`check_road_settings`), inputs, maps or targets that do not fit.
 
     Examples
     --------
     >>> from captum_regularized.models import SimpleCNN
-    >>> model = SimpleCNN(3, width=4)
-    >>> x, maps = torch.rand(2, 3, 8, 8), torch.rand(2, 8, 8)
+    >>> model, x, maps = SimpleCNN(3, width=4), torch.rand(2, 3, 8, 8), torch.rand(2, 8, 8)
     >>> result = road(model, x, maps, target=1, percentiles=(20, 50, 80))
     >>> result.morf.shape, result.lerf.shape, result.combined.shape
     (torch.Size([2, 3]), torch.Size([2, 3]), torch.Size([2]))
@@ -348,38 +330,37 @@ def road(
         forward_func, inputs, attributions, channel_reduction=channel_reduction,
         internal_batch_size=internal_batch_size, additional_forward_args=additional_forward_args,
     )
-    images, batch = prepared.inputs, prepared.size
-    device, (height, width) = images.device, images.shape[2:]
-    pixels = height * width
     orders = ["morf", "lerf"] if order == "both" else [order]
-    steps = len(levels)
-    fractions = torch.tensor(levels, device=device, dtype=torch.float32)
-    if batch == 0:
-        return _empty_result(fractions, orders)
+    fractions = torch.tensor(levels, device=prepared.inputs.device, dtype=torch.float32)
+    if prepared.size == 0:
+        empty = torch.zeros(0, len(levels), device=fractions.device)
+        return _result(fractions, empty[:, 0], {name: empty for name in orders})
     reduce, clean = prepared.target_probability(target, apply_softmax=apply_softmax)
+    scores = _imputed_scores(prepared, reduce, levels, orders, noise, generator)
+    return _result(fractions, clean, dict(zip(orders, scores)))
+
+
+def _imputed_scores(
+    prepared: PreparedBatch, reduce: Reducer, levels: list[float], orders: list[str],
+    noise: float, generator: torch.Generator | None,
+) -> torch.Tensor:
+    """``(len(orders), B, K)`` target scores with each step's pixels imputed."""
+    images, batch = prepared.inputs, prepared.size
+    height, width = images.shape[2:]
+    pixels, steps = height * width, len(levels)
     ranks = pixel_ranks(prepared.maps)  # (B, H*W), 0 = most relevant
-    counts = torch.tensor(road_removal_counts(pixels, levels), device=device)
-    least_first = torch.tensor([name == "lerf" for name in orders], device=device)
+    counts = torch.tensor(road_removal_counts(pixels, levels), device=images.device)
+    least_first = torch.tensor([name == "lerf" for name in orders], device=images.device)
 
     def build(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # index = (order * K + step) * B + example
-        which, example = index // batch, index % batch
+        which, example = index // batch, index % batch  # index = (order * K + step) * B + b
         count = counts[which % steps][:, None]
         rank = ranks[example]
-        removed = torch.where(
+        mask = torch.where(
             least_first[which // steps][:, None], rank >= pixels - count, rank < count
-        )
-        removed = removed.view(-1, 1, height, width)
-        return noisy_linear_imputation(
-            images[example], removed, noise=noise, generator=generator
-        ), example
+        ).view(-1, 1, height, width)
+        imputed = noisy_linear_imputation(images[example], mask, noise=noise, generator=generator)
+        return imputed, example
 
     scores = prepared.evaluate(len(orders) * steps * batch, build, reduce)
-    scores = scores.view(len(orders), steps, batch).transpose(1, 2)
-    curve = dict(zip(orders, scores))
-    mean = {name: (values - clean[:, None]).mean(dim=1) for name, values in curve.items()}
-    combined = (mean["lerf"] - mean["morf"]) / 2 if order == "both" else None
-    return ROADResult(
-        fractions, clean, curve.get("morf"), curve.get("lerf"), mean.get("morf"),
-        mean.get("lerf"), combined,
-    )
+    return scores.view(len(orders), steps, batch).transpose(1, 2)

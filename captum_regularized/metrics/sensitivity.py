@@ -1,5 +1,4 @@
-r"""Max-sensitivity of an explanation (Yeh et al., "On the (in)fidelity and sensitivity
-of explanations", NeurIPS 2019), as Captum's ``captum.metrics.sensitivity_max``.
+r"""Max-sensitivity of an explanation (Yeh et al., NeurIPS 2019), as Captum's ``sensitivity_max``.
 
 For an explanation :math:`\Phi`, an example :math:`x` and ``n_samples`` perturbations
 :math:`\delta_s` drawn uniformly from the :math:`L_\infty` ball of radius ``radius``,
@@ -10,7 +9,7 @@ For an explanation :math:`\Phi`, an example :math:`x` and ``n_samples`` perturba
     \frac{\lVert \Phi(x + \delta_s) - \Phi(x) \rVert}{\lVert \Phi(x) \rVert},
 
 with the norm of the flattened maps and :math:`\lVert \Phi(x) \rVert = 0` replaced by
-1, as Captum does. Lower is better. Parity with Captum: :doc:`/design_notes/metrics`.
+1, as Captum does (:doc:`/design_notes/metrics`). Lower is better.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -82,11 +81,10 @@ def _per_example_target(target: TargetType, batch: int) -> bool:
 def _rows_of(value: Any, example: torch.Tensor, rows: list[int], batch: int) -> Any:
     """The rows of a per-example target (tensor, list, tuple of callables); else as is."""
     if isinstance(value, torch.Tensor):
-        return value[example.to(value.device)] if is_per_example(value, batch) else value
-    if isinstance(value, list):
-        return [value[row] for row in rows]
-    if isinstance(value, tuple):
-        return tuple(value[row] for row in rows)
+        return _tensor_rows(value, example, batch)
+    if isinstance(value, (list, tuple)):
+        chosen = [value[row] for row in rows]
+        return chosen if isinstance(value, list) else tuple(chosen)
     return value
 
 
@@ -131,16 +129,10 @@ def _forward_func_of(explain: Any) -> Callable[..., Any] | None:
 
 
 def _predicted_classes(
-    forward_func: Callable[..., Any] | None,
-    inputs: tuple[torch.Tensor, ...],
-    args: tuple[Any, ...] | None,
-    chunk: int,
+    forward_func: Callable[..., Any] | None, inputs: tuple[torch.Tensor, ...],
+    args: tuple[Any, ...] | None, chunk: int,
 ) -> TargetType:
-    """``target=None``: the class the model predicts on the clean inputs (eval mode).
-
-    ``None`` is kept without a model, or when it does not return one row of several
-    class scores per example.
-    """
+    """The class the model predicts (eval mode); ``None`` without a classifier."""
     if forward_func is None:
         return None
     batch = inputs[0].shape[0]
@@ -156,6 +148,39 @@ def _predicted_classes(
                 return None
             classes.append(output.argmax(dim=1))
     return torch.cat(classes)
+
+
+def _check_sampling(radius: float, n_samples: int) -> None:
+    if isinstance(radius, bool) or not isinstance(radius, numbers.Real) \
+            or not math.isfinite(radius) or radius < 0:
+        raise ValueError(f"radius must be a finite number >= 0, got {radius!r}")
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+
+
+def _perturbed_copies(
+    inputs: tuple[torch.Tensor, ...], n_samples: int, chunk: int, radius: float,
+    perturb_func: PerturbFunc | None, generator: torch.Generator | None,
+) -> Iterator[tuple[list[int], torch.Tensor, tuple[torch.Tensor, ...]]]:
+    """Chunks ``(rows, example, perturbed)`` of the copies; copy ``i`` is of example ``i // n``."""
+    takes_radius = perturb_func is not None and len(
+        inspect.signature(perturb_func).parameters
+    ) > 1
+    batch, device = inputs[0].shape[0], inputs[0].device
+    total = batch * n_samples
+    for start in range(0, total, chunk):
+        rows = [i // n_samples for i in range(start, min(start + chunk, total))]
+        example = torch.arange(start, start + len(rows), device=device) // n_samples
+        repeated = tuple(x[example] for x in inputs)
+        if perturb_func is None:
+            yield rows, example, tuple(
+                x + torch.empty_like(x).uniform_(-radius, radius, generator=generator)
+                for x in repeated
+            )
+        else:
+            form = repeated[0] if len(repeated) == 1 else repeated
+            result = perturb_func(form, radius) if takes_radius else perturb_func(form)
+            yield rows, example, format_inputs(result)[0]
 
 
 def max_sensitivity(
@@ -177,27 +202,20 @@ def max_sensitivity(
     Parameters
     ----------
     explain : attribution object or callable
-        An object with Captum's ``attribute`` method, or
-        ``explain(inputs, target=..., **attribute_kwargs)``.
-    inputs : Tensor or tuple of Tensor
-        The examples (batch in dim 0); never modified.
-    target : int, list, Tensor, tuple, callable or None
-        Any Captum target form; ``None``: the class ``explain.forward_func`` predicts.
-    radius : float
-        Half-width of the uniform noise (Captum's ``perturb_radius``).
-    n_samples : int
-        Perturbations per example (Captum's ``n_perturb_samples``).
+        Has Captum's ``attribute``, or is ``explain(inputs, target=..., **attribute_kwargs)``.
+    inputs, target
+        The examples (batch in dim 0; never modified) and any Captum target (``None``:
+        the class ``explain.forward_func`` predicts).
+    radius, n_samples
+        Half-width of the uniform noise and perturbations per example (Captum's
+        ``perturb_radius`` and ``n_perturb_samples``).
     norm_ord : "fro" or float
-        The norm of the flattened maps: ``"fro"`` (= 2) or an order of
-        :func:`torch.linalg.vector_norm`.
+        The norm of the flattened maps (``"fro"`` = 2, else :func:`torch.linalg.vector_norm`).
     perturb_func : callable, optional
         Replaces the noise: ``perturb_func(inputs, radius)`` or ``perturb_func(inputs)``.
-    internal_batch_size : int, optional
-        Perturbed copies explained per call (default 128); bounds memory.
-    additional_forward_args, attribute_kwargs
-        Passed to ``explain``; per-example tensors follow their copies.
-    generator : torch.Generator, optional
-        Source of the noise (on the inputs' device).
+    internal_batch_size, additional_forward_args, attribute_kwargs, generator
+        Copies explained per call (default 128); passed to ``explain`` (per-example tensors
+        follow their copies); the noise's source (on the inputs' device).
 
     Returns
     -------
@@ -207,27 +225,20 @@ def max_sensitivity(
     Raises
     ------
     TypeError, ValueError
-        For an ``explain``, inputs, settings, targets or maps that do not fit.
+        An ``explain``, inputs, settings, targets or maps that do not fit.
 
     Examples
     --------
     >>> from captum_regularized.attr import PositiveSaliency
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
-    >>> x = torch.rand(4, 3, 2, 2)
-    >>> max_sensitivity(PositiveSaliency(model), x, target=0).shape
+    >>> max_sensitivity(PositiveSaliency(model), torch.rand(4, 3, 2, 2), target=0).shape
     torch.Size([4])
-    >>> float(max_sensitivity(lambda x, target: 2 * x, x, radius=0.0).max())
-    0.0
     """
     explain_fn = _explanation_function(explain)
     formatted, _ = format_inputs(inputs)
     forward_func = _forward_func_of(explain)
     batch = check_attribution_inputs(formatted, find_module(forward_func or explain))
-    if isinstance(radius, bool) or not isinstance(radius, numbers.Real) \
-            or not math.isfinite(radius) or radius < 0:
-        raise ValueError(f"radius must be a finite number >= 0, got {radius!r}")
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+    _check_sampling(radius, n_samples)
     order = _norm_order(norm_ord)
     chunk = _chunk_size(internal_batch_size)
     device = formatted[0].device
@@ -242,8 +253,7 @@ def max_sensitivity(
     def explain_rows(
         images: tuple[torch.Tensor, ...], example: torch.Tensor, rows: list[int]
     ) -> torch.Tensor:
-        """Flat maps of ``images``, whose row ``i`` is a copy of example ``rows[i]``
-        (``example`` holds the same indices on the inputs' device)."""
+        """Flat maps of ``images``, copies of the examples ``rows`` (``example`` on device)."""
         kwargs = {key: _tensor_rows(value, example, batch) for key, value in extra_kwargs.items()}
         if args is not None:
             kwargs["additional_forward_args"] = tuple(
@@ -263,25 +273,10 @@ def max_sensitivity(
     ])
     reference = torch.linalg.vector_norm(clean, ord=order, dim=1)
     reference = torch.where(reference == 0, torch.ones_like(reference), reference)
-
-    takes_radius = perturb_func is not None and len(
-        inspect.signature(perturb_func).parameters
-    ) > 1
     pieces = []
-    total = batch * n_samples  # copy i is sample i % n of example i // n (Captum's order)
-    for start in range(0, total, chunk):
-        rows = [i // n_samples for i in range(start, min(start + chunk, total))]
-        example = torch.arange(start, start + len(rows), device=device) // n_samples
-        repeated = tuple(x[example] for x in formatted)
-        if perturb_func is None:
-            perturbed = tuple(
-                x + torch.empty_like(x).uniform_(-radius, radius, generator=generator)
-                for x in repeated
-            )
-        else:
-            form = repeated[0] if len(repeated) == 1 else repeated
-            result = perturb_func(form, radius) if takes_radius else perturb_func(form)
-            perturbed, _ = format_inputs(result)
+    for rows, example, perturbed in _perturbed_copies(
+        formatted, n_samples, chunk, radius, perturb_func, generator
+    ):
         change = explain_rows(perturbed, example, rows) - clean[example]
         pieces.append(torch.linalg.vector_norm(change, ord=order, dim=1) / reference[example])
     return torch.cat(pieces).view(batch, n_samples).amax(dim=1)

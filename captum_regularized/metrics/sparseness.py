@@ -1,13 +1,8 @@
 r"""Sparseness of a map: the Gini index of its absolute values (Chalasani et al., 2020).
 
 With the flattened ``|map|`` of an example sorted ascending, :math:`a_1 \le \dots \le a_n`,
-
-.. math::
-
-    G = \frac{\sum_i (2i - n - 1)\, a_i}{n \sum_i a_i},
-
-0 when all values are equal, ``1 - 1/n`` when one carries everything; higher is
-sparser. Difference from Quantus: :doc:`/design_notes/metrics`.
+:math:`G = \sum_i (2i - n - 1)\, a_i / (n \sum_i a_i)`: 0 when all values are equal,
+``1 - 1/n`` when one carries everything; higher is sparser (:doc:`/design_notes/metrics`).
 """
 
 from __future__ import annotations
@@ -24,22 +19,13 @@ __all__ = ["gini_sparseness"]
 def gini_sparseness(attributions: torch.Tensor) -> torch.Tensor:
     """Gini index of each example's flattened absolute attribution, shape ``(B,)``.
 
-    Parameters
-    ----------
-    attributions : Tensor
-        ``(B, ...)`` with at least one value per example, in any shape (channels are
-        not reduced: every value counts).
-
-    Returns
-    -------
-    Tensor
-        ``(B,)`` in ``[0, 1 - 1/n]``; constant and all-zero maps give 0.
+    ``attributions`` ``(B, ...)`` has at least one value per example (channels are not
+    reduced: every value counts). Constant and all-zero maps give 0.
 
     Raises
     ------
-    ValueError
-        For a tensor without a batch dimension, with no values per example, or with
-        NaN/infinite values.
+    TypeError, ValueError
+        For a non-tensor, no batch dimension, no values per example, NaN or infinity.
 
     Examples
     --------

@@ -8,35 +8,17 @@ and their number (``dist_reduce_fx="sum"``), and ``compute`` returns
 
     \\bar v = \\frac{\\sum_{\\text{batches}} \\sum_b v_b}{\\sum_{\\text{batches}} B},
 
-the function's ``.mean()`` over all the examples seen, on every process. The metrics
-that run the model take it (``forward_func``, held but not registered as a submodule)
-and the function's settings at construction, where the settings are checked by the
-function's own checks: a bad setting raises the function's ``TypeError`` or
-``ValueError`` there, and the model is not run. ``compute`` before any example is a
-``ValueError``. Needs torchmetrics (the ``lightning`` extra). State names, compute
-groups and devices: :doc:`/design_notes/metrics`.
-
-Examples
---------
->>> from captum.attr import Saliency
->>> from captum_regularized.metrics import deletion_auc
->>> from captum_regularized.models import SimpleCNN
->>> model = SimpleCNN(3, width=4).eval()
->>> metric = DeletionAUC(model, steps=8)
->>> batches = [torch.rand(3, 3, 8, 8), torch.rand(2, 3, 8, 8)]
->>> maps = [Saliency(model).attribute(x, target=0) for x in batches]
->>> for x, m in zip(batches, maps):
-...     metric.update(x, m, target=0)
->>> reference = deletion_auc(model, torch.cat(batches), torch.cat(maps), 0, steps=8).mean()
->>> bool(torch.isclose(metric.compute(), reference))
-True
+the function's ``.mean()`` over all the examples seen, on every process. The model
+(held, not registered) and the function's settings, checked as the function checks
+them, are given at construction. Needs torchmetrics (the ``lightning`` extra). State
+names, compute groups and devices: :doc:`/design_notes/metrics`.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 
@@ -93,16 +75,8 @@ class _SharedReference:
         return self
 
 
-_STATE_NAMES = ("total", "count")  # the sum of the per-example values and their number
-
-
 class _PerExampleMean(Metric):
-    """Mean of per-example values over every example seen, on every process.
-
-    The states are named ``total_<key>`` and ``count_<key>`` (:attr:`state_names`, a
-    key per instance kept by ``clone()``) and read, save, load and merge under the
-    plain names ``total`` and ``count``.
-    """
+    """Mean of per-example values; states ``total`` and ``count`` (names: :attr:`state_names`)."""
 
     is_differentiable: bool | None = False
     full_state_update: bool | None = False
@@ -110,7 +84,7 @@ class _PerExampleMean(Metric):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         key = uuid.uuid4().hex[:12]  # not from the random generators: their state is left as is
-        self.state_names: dict[str, str] = {name: f"{name}_{key}" for name in _STATE_NAMES}
+        self.state_names: dict[str, str] = {name: f"{name}_{key}" for name in ("total", "count")}
         self.add_state(self.state_names["total"], default=torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state(self.state_names["count"], default=torch.tensor(0), dist_reduce_fx="sum")
 
@@ -235,11 +209,7 @@ class _CurveAUC(_ModelMetric):
 
 
 class DeletionAUC(_CurveAUC):
-    """Mean area under the deletion curve (RISE) over every example seen; lower is better.
-
-    Takes the model, the settings of :func:`~captum_regularized.metrics.deletion_curve`
-    (``substrate=None``: its default) and ``torchmetrics.Metric`` options (``**kwargs``);
-    ``update(inputs, attributions, target=None, additional_forward_args=None)``.
+    """Mean of :func:`~captum_regularized.metrics.deletion_auc`; lower is better.
 
     Examples
     --------
@@ -256,7 +226,7 @@ class DeletionAUC(_CurveAUC):
 
 
 class InsertionAUC(_CurveAUC):
-    """Mean area under the insertion curve (RISE); higher is better. As :class:`DeletionAUC`.
+    """Mean of :func:`~captum_regularized.metrics.insertion_auc`; higher is better.
 
     Examples
     --------
@@ -273,7 +243,7 @@ class InsertionAUC(_CurveAUC):
 
 
 class _ConfidenceMetric(_ModelMetric):
-    """Average drop, average gain or increase in confidence: one term of the ratio."""
+    """Settings of :func:`~captum_regularized.metrics.confidence_change`."""
 
     def __init__(
         self,
@@ -293,11 +263,7 @@ class _ConfidenceMetric(_ModelMetric):
 
 
 class AverageDrop(_ConfidenceMetric):
-    """Average drop ``100 * mean((p - o)+ / p)`` over every example seen; lower is better.
-
-    Takes the model, the settings of
-    :func:`~captum_regularized.metrics.confidence_change` and ``torchmetrics.Metric``
-    options; ``update(inputs, attributions, target=None, additional_forward_args=None)``.
+    """Mean of :func:`~captum_regularized.metrics.average_drop`; lower is better.
 
     Examples
     --------
@@ -313,7 +279,7 @@ class AverageDrop(_ConfidenceMetric):
 
 
 class AverageGain(_ConfidenceMetric):
-    """Average gain ``100 * mean((o - p)+ / (1 - p))``; higher is better. As :class:`AverageDrop`.
+    """Mean of :func:`~captum_regularized.metrics.average_gain`; higher is better.
 
     Examples
     --------
@@ -331,7 +297,7 @@ class AverageGain(_ConfidenceMetric):
 
 
 class IncreaseInConfidence(_ConfidenceMetric):
-    """Increase in confidence ``100 * mean(1[o > p])``; higher is better. As :class:`AverageDrop`.
+    """Mean of :func:`~captum_regularized.metrics.increase_in_confidence`; higher is better.
 
     Examples
     --------
@@ -347,12 +313,7 @@ class IncreaseInConfidence(_ConfidenceMetric):
 
 
 class AllegianceDeletionAUC(_ModelMetric):
-    """Area under the allegiance curve of the signed-saliency paper; lower is better.
-
-    Takes the model, the settings of
-    :func:`~captum_regularized.metrics.allegiance_deletion_auc` and
-    ``torchmetrics.Metric`` options; ``update(inputs, attributions,
-    additional_forward_args=None)`` adds the ``per_example_auc``.
+    """Mean ``per_example_auc`` of :func:`~captum_regularized.metrics.allegiance_deletion_auc`.
 
     Examples
     --------
@@ -384,10 +345,7 @@ class AllegianceDeletionAUC(_ModelMetric):
         super().__init__(forward_func, settings, **kwargs)
 
     def update(  # type: ignore[override]
-        self,
-        inputs: torch.Tensor,
-        attributions: torch.Tensor,
-        additional_forward_args: Any = None,
+        self, inputs: torch.Tensor, attributions: torch.Tensor, additional_forward_args: Any = None
     ) -> None:
         """Add the per-example allegiance areas of a batch (``B >= 1``)."""
         curve = allegiance_deletion_auc(
@@ -397,26 +355,13 @@ class AllegianceDeletionAUC(_ModelMetric):
         self._add(curve.per_example_auc)
 
 
-def _road_combined(
-    forward_func: Callable[..., Any],
-    inputs: torch.Tensor,
-    attributions: torch.Tensor,
-    target: TargetType = None,
-    **settings: Any,
-) -> torch.Tensor:
+def _road_combined(*args: Any, **settings: Any) -> torch.Tensor:
     """The per-example ``combined`` score of :func:`~captum_regularized.metrics.road`."""
-    combined = road(forward_func, inputs, attributions, target, order="both", **settings).combined
-    if combined is None:  # order="both" always gives it
-        raise RuntimeError("road returned no combined score")
-    return combined
+    return cast(torch.Tensor, road(*args, order="both", **settings).combined)
 
 
 class ROADCombined(_ModelMetric):
-    """Mean ROAD score ``(LeRF mean - MoRF mean) / 2`` over every example; higher is better.
-
-    Takes the model, the settings of :func:`~captum_regularized.metrics.road` and
-    ``torchmetrics.Metric`` options; ``update(inputs, attributions, target=None,
-    additional_forward_args=None)``, each update with its own imputation noise.
+    """Mean ``combined`` score of :func:`~captum_regularized.metrics.road`; higher is better.
 
     Examples
     --------
@@ -451,11 +396,7 @@ class ROADCombined(_ModelMetric):
 
 
 class GradientAlignment(_ModelMetric):
-    """Mean cosine of the plain and guided-backprop input gradients; higher is better.
-
-    Takes a network the guided rule knows, ``rule`` (as
-    :func:`~captum_regularized.metrics.gradient_alignment`) and ``torchmetrics.Metric``
-    options; ``update(inputs, target=None, additional_forward_args=None)``, no maps.
+    """Mean of :func:`~captum_regularized.metrics.gradient_alignment`; higher is better.
 
     Examples
     --------
@@ -476,10 +417,7 @@ class GradientAlignment(_ModelMetric):
         super().__init__(forward_func, {"rule": rule}, **kwargs)
 
     def update(  # type: ignore[override]
-        self,
-        inputs: torch.Tensor,
-        target: TargetType = None,
-        additional_forward_args: Any = None,
+        self, inputs: torch.Tensor, target: TargetType = None, additional_forward_args: Any = None
     ) -> None:
         """Add the per-example cosines of a batch ``(B, ...)`` (no maps)."""
         self._add(gradient_alignment(
@@ -489,7 +427,7 @@ class GradientAlignment(_ModelMetric):
 
 
 class _MaskMetric(_PerExampleMean):
-    """Pointing game or its energy version: maps against ground-truth masks."""
+    """Maps against ground-truth masks: ``update(attributions, masks)``, no model."""
 
     _function: ClassVar[Callable[..., torch.Tensor]]
     higher_is_better: bool | None = True
@@ -506,10 +444,7 @@ class _MaskMetric(_PerExampleMean):
 
 
 class PointingGame(_MaskMetric):
-    """Pointing-game accuracy: the share of maps whose maximum lies inside the mask.
-
-    Takes ``channel_reduction`` (as :func:`~captum_regularized.metrics.pointing_game`)
-    and ``torchmetrics.Metric`` options; ``update(attributions, masks)``, no model.
+    """Mean of :func:`~captum_regularized.metrics.pointing_game`: the accuracy.
 
     Examples
     --------
@@ -524,7 +459,7 @@ class PointingGame(_MaskMetric):
 
 
 class EnergyPointingGame(_MaskMetric):
-    """Mean share of positive attribution inside the mask. As :class:`PointingGame`.
+    """Mean of :func:`~captum_regularized.metrics.energy_pointing_game`.
 
     Examples
     --------
@@ -538,7 +473,7 @@ class EnergyPointingGame(_MaskMetric):
 
 
 class GiniSparseness(_PerExampleMean):
-    """Mean Gini index of the absolute maps (higher is sparser); ``update(attributions)``.
+    """Mean of :func:`~captum_regularized.metrics.gini_sparseness`; ``update(attributions)``.
 
     Examples
     --------

@@ -41,9 +41,8 @@ class LossHook(Protocol):
     :mod:`~captum_regularized.regularizers` return, so they are hooks as they are), whose
     ``.loss`` is back-propagated and whose ``logits`` give the training accuracy.
 
-    A hook that returns a tensor may keep the batch's logits ``(B, classes)`` in an
-    attribute ``last_logits``, set on every call; :func:`train_classifier` then reports
-    the training accuracy (otherwise NaN). :func:`with_cross_entropy`'s hooks do.
+    A hook that returns a tensor may keep the batch's ``(B, classes)`` logits in
+    ``last_logits`` on every call, for the training accuracy (otherwise NaN).
 
     Examples
     --------
@@ -64,13 +63,9 @@ class LossHook(Protocol):
 
 
 class PenaltyHook(Protocol):
-    """A regularizer that returns ``(logits, penalty)`` for a batch, with its graph.
-
-    The form of :class:`~captum_regularized.regularizers.GuidedGradientRegularizer` and
-    :class:`~captum_regularized.regularizers.GradientNormPenalty`: the model's logits
-    ``(B, classes)`` and a 0-d penalty to add to the task loss.
-    :func:`with_cross_entropy` turns one into a :class:`LossHook`.
-    """
+    """A hook of one's own returning ``(logits, penalty)`` for a batch, with its graph:
+    the model's ``(B, classes)`` logits and a 0-d penalty to add to the task loss.
+    :func:`with_cross_entropy` turns one into a :class:`LossHook`."""
 
     def __call__(
         self, images: torch.Tensor, labels: torch.Tensor, /

@@ -61,20 +61,17 @@ def _command_line(args: argparse.Namespace) -> str:
     """The run's options as a ``captum-regularized reproduce ...`` line (for the record)."""
     words = ["captum-regularized", "reproduce"] + (["--quick"] if args.quick else [])
     words += ["--device", args.device, "--seed", str(args.seed)]
-    if args.seeds is not None:
-        words += ["--seeds", str(args.seeds)]
-    if args.data is not None:
-        words += ["--data", str(args.data)]
-    if getattr(args, "data_root", None) is not None:
-        words += ["--data-root", str(args.data_root)]
+    for flag, value in (("--seeds", args.seeds), ("--data", args.data),
+                        ("--data-root", getattr(args, "data_root", None))):
+        if value is not None:
+            words += [flag, str(value)]
     if getattr(args, "no_cache", False):
         words.append("--no-cache")
     return " ".join(words)
 
 
 def data_argument(value: str | None) -> str | Path | None:
-    """``--data`` as ``run_study`` takes it: a data set name, or an image folder (else a
-    ``UsageError`` listing the choices).
+    """``--data`` as ``run_study`` takes it: a data set name or an image folder.
 
     Examples
     --------

@@ -1,7 +1,4 @@
-"""Paper 3 (Torres Figueroa et al., arXiv 2404.15024): guided-gradient alignment fine-tuning.
-
-The claim and protocol are the section's own texts (:func:`_new_section`).
-"""
+"""Paper 3 (Torres Figueroa et al., arXiv 2404.15024): guided-gradient alignment fine-tuning."""
 
 from __future__ import annotations
 

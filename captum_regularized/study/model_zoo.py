@@ -128,32 +128,25 @@ def _adversarial_loss(norm: str) -> Callable[[nn.Module, StudySettings], Any]:
         from captum_regularized.regularizers import NormRegularizedAdversarialLoss
 
         epsilon = s.adv_group_epsilon if norm == "group" else s.adv_epsilon
-        options: dict[str, Any] = {"epsilon": epsilon}
-        if norm == "elastic_net":
-            options["epsilon2"] = s.adv_epsilon2
-        if norm == "group":
-            options["group_size"] = s.adv_group_size
+        options: dict[str, dict[str, Any]] = {"elastic_net": {"epsilon2": s.adv_epsilon2},
+                                              "group": {"group_size": s.adv_group_size}}
         return NormRegularizedAdversarialLoss(
-            model, norm=norm, input_range=(0.0, 1.0), steps=s.adv_steps, start="zero",
-            select_iterate="last", update_batchnorm=True,
-            step_size=s.adv_step_fraction * epsilon, **options,
+            model, norm=norm, epsilon=epsilon, input_range=(0.0, 1.0), steps=s.adv_steps,
+            start="zero", select_iterate="last", update_batchnorm=True,
+            step_size=s.adv_step_fraction * epsilon, **options.get(norm, {}),
         )
 
     return factory
 
 
-class _GazeLoss:
+def _gaze_loss(model: nn.Module, s: StudySettings) -> Callable[..., RegularizerOutput]:
     """AdvGrad's gaze loss on images stacked with their masks as a last channel."""
+    from captum_regularized.regularizers import NormRegularizedAdversarialLoss
 
-    def __init__(self, model: nn.Module, s: StudySettings) -> None:
-        from captum_regularized.regularizers import NormRegularizedAdversarialLoss
-
-        self.loss = NormRegularizedAdversarialLoss(
-            model, norm="gaze", epsilon=s.gaze_epsilon, input_range=(0.0, 1.0)
-        )
-
-    def __call__(self, stacked: torch.Tensor, labels: torch.Tensor) -> RegularizerOutput:
-        return self.loss(stacked[:, :-1], labels, mask=stacked[:, -1:])
+    loss = NormRegularizedAdversarialLoss(
+        model, norm="gaze", epsilon=s.gaze_epsilon, input_range=(0.0, 1.0)
+    )
+    return lambda stacked, labels: loss(stacked[:, :-1], labels, mask=stacked[:, -1:])
 
 
 @dataclass(frozen=True)
@@ -183,8 +176,7 @@ RECIPES: dict[str, Recipe] = {
                               _adversarial_loss(norm), uses=ADVERSARIAL_SETTINGS)
         for norm in ADVERSARIAL_NORMS
     },
-    "adv_gaze": Recipe("SimpleCNN + gaze AdvGrad", "simple_cnn",
-                       lambda model, s: _GazeLoss(model, s), with_masks=True,
+    "adv_gaze": Recipe("SimpleCNN + gaze AdvGrad", "simple_cnn", _gaze_loss, with_masks=True,
                        uses=("gaze_epsilon",)),
 }
 
@@ -250,19 +242,15 @@ class ModelZoo:
 
     Parameters
     ----------
-    settings : StudySettings
-        Training sizes.
-    data : StudyData
-        Per-seed training and held-out sets.
+    settings, data : StudySettings, StudyData
+        Training sizes; per-seed training and held-out sets.
     device : str
         Where to train and evaluate.
-    log : callable
-        ``log(line)`` for one line per trained model.
-    progress : bool
-        Show the training bars.
+    log, progress : callable, bool
+        ``log(line)`` for one line per trained model; show the training bars.
     cache : Path or None
-        Folder of checkpoints, keyed by recipe, seed, data, training settings and
-        package version (``None``: nothing is kept).
+        Folder of checkpoints (``None``: nothing is kept); their key:
+        :doc:`/design_notes/data_and_study`.
 
     Examples
     --------
@@ -296,8 +284,7 @@ class ModelZoo:
         return self._trained[key]
 
     def fresh(self, recipe: str, seed: int) -> nn.Module:
-        """A new network of ``simple_cnn`` or ``resnet`` initialised from ``seed`` (the global
-        random state is left as it was)."""
+        """A new ``simple_cnn`` or ``resnet`` initialised from ``seed`` (global RNG kept)."""
         s, classes = self.settings, self.data.num_classes
         if recipe not in ("simple_cnn", "resnet"):
             raise ValueError(f"fresh networks are 'simple_cnn' or 'resnet', got {recipe!r}")
@@ -325,10 +312,9 @@ class ModelZoo:
             return self._saturated(seed, seed_data)
         file = self._cache_file(name, seed)
         if recipe.parent is None:
-            model = self.fresh(name, seed)
+            model = self.fresh(name, seed).to(self.device)
         else:
-            model = copy.deepcopy(self.get(recipe.parent, seed).model)
-        model.to(self.device)
+            model = copy.deepcopy(self.get(recipe.parent, seed).model).to(self.device)
         saved = _load_checkpoint(file)
         if saved is not None:
             model.load_state_dict(saved["state"])
@@ -348,9 +334,8 @@ class ModelZoo:
         self, name: str, seed: int, model: nn.Module, seed_data: SeedData
     ) -> tuple[float, list[dict[str, float]]]:
         recipe, s = RECIPES[name], self.settings
-        train_set = seed_data.train_set
+        train_set, lr = seed_data.train_set, s.lr
         epochs = s.resnet_epochs if name == "resnet" else s.epochs
-        lr = s.lr
         if recipe.parent is not None:
             train_set = _subset(train_set, s.finetune_samples, seed, recipe.with_masks)
             epochs, lr = s.finetune_epochs, s.finetune_lr

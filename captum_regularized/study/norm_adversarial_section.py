@@ -1,7 +1,4 @@
-"""Paper 4 (Gong, Dou & Farnia, arXiv 2404.04647): norm-regularized adversarial training.
-
-The claim and protocol are the section's own texts (:func:`_new_section`).
-"""
+"""Paper 4 (Gong, Dou & Farnia, arXiv 2404.04647): norm-regularized adversarial training."""
 
 from __future__ import annotations
 
@@ -100,10 +97,6 @@ def _new_section(group_size: int, roar_percent: float) -> Section:
     return section
 
 
-def _gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return Saliency(model).attribute(images, target=labels, abs=True).detach()
-
-
 class _DiffRoar:
     """Per-image DiffROAR of one seed's models; the random removal, the same for every
     model of a seed, is retrained once."""
@@ -149,8 +142,7 @@ class _DiffRoar:
 
 
 def _topk_kept(context: StudyContext, trained: TrainedModel, batch: EvalBatch) -> torch.Tensor:
-    s = context.settings
-    count = s.attack_examples
+    s, count = context.settings, context.settings.attack_examples
     result = interpretation_attack(
         trained.model, batch.images[:count], batch.labels[:count],
         epsilon=s.attack_epsilon, steps=s.attack_steps, input_range=(0.0, 1.0),
@@ -183,7 +175,7 @@ def run_norm_adversarial_section(context: StudyContext) -> Section:
             trained = context.zoo.get(recipe, batch.seed)
             context.log(f"AdvGrad: scoring {row} (seed {batch.seed})")
             section.uses(TABLE, row, trained)
-            gradient = _gradient(trained.model, images, labels)
+            gradient = Saliency(trained.model).attribute(images, target=labels, abs=True).detach()
             scores = {
                 "correct": trained.correct.double(),
                 "gini": gini_sparseness(gradient).double(),

@@ -1,7 +1,4 @@
-"""Paper 2 (Lucas et al., arXiv 2205.10900): RSI-Grad-CAM against Grad-CAM, saturated softmax.
-
-The claim and protocol are the section's own texts (:func:`_new_section`).
-"""
+"""Paper 2 (Lucas et al., arXiv 2205.10900): RSI-Grad-CAM against Grad-CAM, saturated softmax."""
 
 from __future__ import annotations
 

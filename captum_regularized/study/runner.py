@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
@@ -11,7 +10,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -94,14 +93,7 @@ def _summary(claims: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def environment(command: str | None = None) -> dict[str, Any]:
-    """Where and with what a run happened (recorded in the results).
-
-    Examples
-    --------
-    >>> sorted(environment("reproduce --quick"))  # doctest: +NORMALIZE_WHITESPACE
-    ['captum', 'captum_regularized', 'command', 'cpu_count', 'date_utc', 'machine',
-     'python', 'torch', 'torch_threads']
-    """
+    """Where and with what a run happened (recorded in the results)."""
     return {
         "command": command,
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
@@ -130,8 +122,6 @@ def study_sources(
     --------
     >>> study_sources(None, Path("/nonexistent"), log=lambda line: None)[0]
     ['synthetic']
-    >>> study_sources("fashion-mnist", None)[0]
-    ['fashion-mnist']
     >>> study_sources(None, None, quick=True)
     (['synthetic'], [])
     """
@@ -174,14 +164,10 @@ def run_study(
         Sizes (:data:`FULL`, :data:`QUICK`, :data:`TINY` or your own).
     quick : bool
         Recorded (the report then warns that verdicts are not evidence).
-    device : str
-        ``"cpu"`` or ``"cuda"``.
-    seed : int
-        First of ``settings.seeds`` consecutive seeds.
-    data : {"synthetic", "fashion-mnist"} or Path, optional
-        One data set (an image folder has no masks); ``None``: see :func:`study_sources`.
-    data_root : Path, optional
-        The Fashion-MNIST folder.
+    device, seed : str, int
+        ``"cpu"`` or ``"cuda"``; the first of ``settings.seeds`` consecutive seeds.
+    data, data_root : str or Path, Path, optional
+        One data set (``None``: see :func:`study_sources`); the Fashion-MNIST folder.
     progress, stages : bool
         Show the training bars; print one line per stage.
     sections : sequence of str, optional
@@ -189,14 +175,12 @@ def run_study(
     command : str, optional
         The command line, recorded with the environment.
     cache : Path or None
-        Folder of trained checkpoints shared between runs (see
-        :class:`~captum_regularized.study.model_zoo.ModelZoo`); ``None``: keep nothing.
+        Checkpoints shared between runs (as in :class:`.model_zoo.ModelZoo`).
 
     Returns
     -------
     dict
-        The ``results.json`` record: settings, environment, claims with verdicts,
-        per-section tables, models, summary counts and more (see the report).
+        The ``results.json`` record (its fields: :doc:`/design_notes/data_and_study`).
 
     Examples
     --------
@@ -222,7 +206,7 @@ def run_study(
     results = _new_results(settings, command, quick, seeds, device, notes)
     log(f"reproduction study: {len(keys)} sections, seeds {seeds}, data sets "
         f"{[d.key for d in all_data]}")
-    with _staged(out) as stage:
+    with _Stage(out) as stage:
         for study_data in all_data:
             zoo = ModelZoo(settings, study_data, device=device, log=log, progress=progress,
                            cache=cache)
@@ -245,18 +229,9 @@ def _new_results(settings: StudySettings, command: str | None, quick: bool, seed
                  device: str, notes: list[str]) -> dict[str, Any]:
     """The ``results.json`` record before any section has run."""
     return {
-        "settings": asdict(settings),
-        "environment": environment(command),
-        "quick": quick,
-        "seeds": seeds,
-        "device": device,
-        "rule": RULE_TEXT,
-        "departures": list(DEPARTURES),
-        "notes": notes,
-        "data_sets": {},
-        "papers": {},
-        "models": [],
-        "claims": [],
+        "settings": asdict(settings), "environment": environment(command), "quick": quick,
+        "seeds": seeds, "device": device, "rule": RULE_TEXT, "departures": list(DEPARTURES),
+        "notes": notes, "data_sets": {}, "papers": {}, "models": [], "claims": [],
         "sections": {},
     }
 
@@ -283,7 +258,8 @@ def _run_section(key: str, context: StudyContext, results: dict[str, Any]) -> No
 
 
 class _Stage:
-    """A hidden folder in ``out`` that a run writes into, and the files it has finished."""
+    """A hidden folder in ``out`` that a run writes into. On leaving, the files it finished
+    move into ``out``: all at the end, those finished before Ctrl-C, none after a failure."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
@@ -294,26 +270,18 @@ class _Stage:
         """Take every file written so far as finished."""
         self.finished = sorted(path for path in self.folder.iterdir() if path.is_file())
 
-    def publish(self) -> None:
-        """Move the finished files into ``out`` (replacing files of the same name)."""
-        for path in self.finished:
-            os.replace(path, self.out / path.name)
+    def __enter__(self) -> _Stage:
+        return self
 
-
-@contextlib.contextmanager
-def _staged(out: Path) -> Iterator[_Stage]:
-    """Stage a run's files; publish all at the end, the finished ones after Ctrl-C, none
-    after a failure."""
-    stage = _Stage(out)
-    try:
-        yield stage
-        stage.checkpoint()
-        stage.publish()
-    except KeyboardInterrupt:
-        stage.publish()
-        raise
-    finally:
-        shutil.rmtree(stage.folder, ignore_errors=True)
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        try:
+            if kind is None:
+                self.checkpoint()
+            if kind is None or issubclass(kind, KeyboardInterrupt):
+                for path in self.finished:  # replacing files of the same name
+                    os.replace(path, self.out / path.name)
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _write(stage: _Stage, results: dict[str, Any], started: float, complete: bool) -> None:

@@ -59,13 +59,10 @@ class StudyContext:
         for seed in self.seeds:
             seed_data = self.data.for_seed(seed)
             masks = seed_data.test_masks
-            yield EvalBatch(
-                seed=seed,
-                images=seed_data.test_images[:count].to(self.device),
-                labels=seed_data.test_labels[:count].to(self.device),
-                masks=None if masks is None else masks[:count].to(self.device),
-                first=seed == self.seeds[0],
-            )
+            yield EvalBatch(seed=seed, images=seed_data.test_images[:count].to(self.device),
+                            labels=seed_data.test_labels[:count].to(self.device),
+                            masks=None if masks is None else masks[:count].to(self.device),
+                            first=seed == self.seeds[0])
 
     def note_missing_masks(self, section: Section) -> None:
         """Say in ``section`` that the mask metrics are skipped, when there are no masks."""
@@ -138,13 +135,9 @@ class Section:
     ) -> None:
         """Append one seed's per-example ``values`` of ``metric`` for ``row`` of ``table``."""
         if isinstance(values, torch.Tensor):
-            listed = values.detach().double().flatten().cpu().tolist()
-        elif isinstance(values, (int, float)):
-            listed = [float(values)]
-        else:
-            listed = [float(v) for v in values]
+            values = values.detach()
         column = self.tables.setdefault(table, {}).setdefault(row, {}).setdefault(metric, [])
-        column.append(listed)
+        column.append(torch.as_tensor(values, dtype=torch.float64).flatten().cpu().tolist())
 
     def uses(self, table: str, row: str, trained: TrainedModel, *, cam: bool = False) -> None:
         """Say that ``row`` of ``table`` was measured on ``trained`` (``cam``: at its CAM layer)."""
@@ -193,9 +186,7 @@ class Section:
     def as_dict(self) -> dict[str, object]:
         """JSON-ready record: tables as per-seed means, pooled mean and spread."""
         return {
-            "title": self.title,
-            "paper": self.paper,
-            "metrics": self.metric_notes,
+            "title": self.title, "paper": self.paper, "metrics": self.metric_notes,
             "tables": {
                 table: {
                     row: {metric: summarize(values) for metric, values in metrics.items()}

@@ -9,17 +9,9 @@ __all__ = ["DEPARTURES", "FULL", "QUICK", "TINY", "StudySettings"]
 
 @dataclass(frozen=True)
 class StudySettings:
-    """Every size and hyper-parameter of one study run.
-
-    The fields are grouped by use: data (``seeds``, ``image_size``,
-    ``fashion_mnist_size``, ``num_classes``, ``*_samples``, ``eval_examples``: the
-    paired held-out images scored per model and seed), training from scratch
-    (``width``, ``epochs``, ``batch_size``, ``lr``, ``resnet_*``), accuracy ``floors`` per
-    data set, ``saturation_target`` (the saturated model's mean max-softmax),
-    fine-tuning (``finetune_*``), the regularizers (``paper_guided_weight``,
-    ``guided_fraction``, ``adv_*``, ``gaze_epsilon``), the scores (``rsi_steps``,
-    ``ig_steps``, ``stability_*``, ``perturbation_steps``, ``roar_*``, ``attack_*``),
-    ``figure_rows`` and the ``synthetic_configuration``. The report lists the values.
+    """Every size and hyper-parameter of one study run, grouped by use: data, training from
+    scratch, accuracy ``floors`` per data set, fine-tuning, the regularizers, the scores and
+    the figures (``eval_examples``: the held-out images scored per model and seed).
 
     Examples
     --------

@@ -42,17 +42,15 @@ class StudyData:
     settings : StudySettings
         Sizes; images have 3 channels.
     source : {"synthetic", "fashion-mnist"} or Path, optional
-        ``"synthetic"`` (also ``None``): new :class:`SyntheticShapes` per seed;
-        ``"fashion-mnist"``: per seed, a random draw of its training and test images; a
-        ``Path``: an ``ImageFolder`` layout, split at random per seed, without masks.
+        ``"synthetic"`` (also ``None``), ``"fashion-mnist"`` or an ``ImageFolder`` layout
+        (no masks); how each is drawn per seed: :doc:`/design_notes/data_and_study`.
     root : Path, optional
         The Fashion-MNIST folder (default :data:`DEFAULT_FASHION_MNIST_ROOT`).
 
     Raises
     ------
     ValueError
-        Starting with ``--data``: an unreadable or too small folder, missing or damaged
-        Fashion-MNIST files, or an unknown source name.
+        Starting with ``--data``: a bad folder, bad Fashion-MNIST files or source name.
 
     Examples
     --------
@@ -64,10 +62,7 @@ class StudyData:
     """
 
     def __init__(
-        self,
-        settings: StudySettings,
-        source: str | Path | None = None,
-        *,
+        self, settings: StudySettings, source: str | Path | None = None, *,
         root: Path | None = None,
     ) -> None:
         self.settings = settings
@@ -100,9 +95,8 @@ class StudyData:
             raise ValueError(f"--data fashion-mnist: {missing} (pass --data-root DIR)")
         try:
             return tuple(  # type: ignore[return-value]
-                FashionMNISTWithMasks(
-                    self.root, train=train, image_size=self.image_size, channels=3
-                )
+                FashionMNISTWithMasks(self.root, train=train, image_size=self.image_size,
+                                      channels=3)
                 for train in (True, False)
             )
         except (ValueError, OSError) as error:  # damaged files: the loader names the file
@@ -121,9 +115,8 @@ class StudyData:
     @property
     def label(self) -> str:
         """The data set's name in the report's columns."""
-        return {"synthetic": "SyntheticShapes", "fashion-mnist": "Fashion-MNIST"}.get(
-            self.key, "image folder"
-        )
+        names = {"synthetic": "SyntheticShapes", "fashion-mnist": "Fashion-MNIST"}
+        return names.get(self.key, "image folder")
 
     @property
     def source(self) -> str:
@@ -131,17 +124,13 @@ class StudyData:
         s = self.settings
         if self.key == "synthetic":
             config = SyntheticShapes.configured(s.synthetic_configuration, 1)
-            return (
-                f"SyntheticShapes, {s.synthetic_configuration} configuration ({s.image_size} "
-                f"px, {s.num_classes} classes, {config.num_distractors} distractors, radius "
-                f"{config.radius_range[0]:g}-{config.radius_range[1]:g} of the side, clutter "
-                f"{config.clutter:g}, noise {config.noise:g})"
-            )
+            return (f"SyntheticShapes, {s.synthetic_configuration} configuration ({s.image_size} "
+                    f"px, {s.num_classes} classes, {config.num_distractors} distractors, radius "
+                    f"{config.radius_range[0]:g}-{config.radius_range[1]:g} of the side, "
+                    f"clutter {config.clutter:g}, noise {config.noise:g})")
         if self.key == "fashion-mnist":
-            return (
-                f"Fashion-MNIST from {self.root} ({self.num_classes} classes, resized to "
-                f"{self.image_size} px, 3 channels; masks: garment silhouettes)"
-            )
+            return (f"Fashion-MNIST from {self.root} ({self.num_classes} classes, resized to "
+                    f"{self.image_size} px, 3 channels; masks: garment silhouettes)")
         return f"image folder {self.folder} ({self.num_classes} classes, {self.image_size} px)"
 
     def for_seed(self, seed: int) -> SeedData:
@@ -183,8 +172,8 @@ class StudyData:
         test, train = order[:test_count], order[test_count:]
         if len(train) == 0:
             raise ValueError(f"--data {self.folder}: too few images for a train/test split")
-        return SeedData(TensorDataset(images[train], labels[train]), images[test], labels[test],
-                        None)
+        train_set = TensorDataset(images[train], labels[train])
+        return SeedData(train_set, images[test], labels[test], None)
 
 
 def _load_folder(

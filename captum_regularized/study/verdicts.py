@@ -67,9 +67,8 @@ def spread(values: Sequence[float]) -> float:
 
 def _vector(values: Sequence[float] | torch.Tensor, what: str) -> torch.Tensor:
     if isinstance(values, torch.Tensor):
-        t = values.detach().to("cpu", torch.float64)
-    else:
-        t = torch.as_tensor(values, dtype=torch.float64)
+        values = values.detach().cpu()
+    t = torch.as_tensor(values, dtype=torch.float64)
     if t.dim() != 1 or t.numel() == 0:
         raise ValueError(f"{what}: expected a non-empty 1-D sequence of per-example values, "
                          f"got shape {tuple(t.shape)}")
@@ -165,17 +164,16 @@ class ClaimVerdict:
             return None if x is None or not math.isfinite(x) else float(x)
 
         c = asdict(self.claim)
-        record: dict[str, object] = {"paper": c["paper"], "claim": c["text"]}
-        for key in ("paper_value", "paper_note", "extra", "table", "baseline", "method",
-                    "metric", "better", "margin"):
-            record[key] = num(c[key]) if key == "paper_value" else c[key]
-        record.update(
-            effect=num(self.effect), ci_low=num(self.ci_low), ci_high=num(self.ci_high),
-            seed_signs=[int(s) for s in self.seed_signs], verdict=self.verdict,
-            reason=self.reason, baseline_mean=num(self.baseline_mean),
-            method_mean=num(self.method_mean), examples=int(self.examples),
-            map_size=None if self.map_size is None else [int(x) for x in self.map_size])
-        return record
+        return {
+            "paper": c["paper"], "claim": c["text"], "paper_value": num(c["paper_value"]),
+            **{key: c[key] for key in ("paper_note", "extra", "table", "baseline", "method",
+                                       "metric", "better", "margin")},
+            "effect": num(self.effect), "ci_low": num(self.ci_low), "ci_high": num(self.ci_high),
+            "seed_signs": [int(s) for s in self.seed_signs], "verdict": self.verdict,
+            "reason": self.reason, "baseline_mean": num(self.baseline_mean),
+            "method_mean": num(self.method_mean), "examples": int(self.examples),
+            "map_size": _size(self.map_size),
+        }
 
 
 def not_measured(claim: Claim, reason: str,
@@ -247,7 +245,12 @@ def judge(claim: Claim, baseline: Sequence[torch.Tensor | Sequence[float]],
                          f"got {len(baseline)} and {len(method)}")
     if not 0 < level < 1 or resamples < 1:
         raise ValueError(f"need 0 < level < 1 and resamples >= 1, got {level}, {resamples}")
-    base, meth = _paired(baseline, method)
+    base = [_vector(b, f"seed {s} baseline") for s, b in enumerate(baseline, start=1)]
+    meth = [_vector(m, f"seed {s} method") for s, m in enumerate(method, start=1)]
+    for s, (b, m) in enumerate(zip(base, meth), start=1):
+        if b.numel() != m.numel():
+            raise ValueError(f"seed {s}: baseline has {b.numel()} values, method "
+                             f"{m.numel()}; they must be paired example by example")
     sign = 1.0 if claim.better == "higher" else -1.0
     diffs = [sign * (m - b) for b, m in zip(base, meth)]
     total = sum(d.numel() for d in diffs)
@@ -271,20 +274,6 @@ def judge(claim: Claim, baseline: Sequence[torch.Tensor | Sequence[float]],
     verdict, reason = _decide(claim, low, high, means)
     return ClaimVerdict(claim, verdict, reason, effect, low, high, signs, b_mean, m_mean,
                         total, size)
-
-
-def _paired(
-    baseline: Sequence[torch.Tensor | Sequence[float]],
-    method: Sequence[torch.Tensor | Sequence[float]],
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """The per-seed values as float64 vectors, checked to be paired."""
-    base = [_vector(b, f"seed {s} baseline") for s, b in enumerate(baseline, start=1)]
-    meth = [_vector(m, f"seed {s} method") for s, m in enumerate(method, start=1)]
-    for s, (b, m) in enumerate(zip(base, meth), start=1):
-        if b.numel() != m.numel():
-            raise ValueError(f"seed {s}: baseline has {b.numel()} values, method "
-                             f"{m.numel()}; they must be paired example by example")
-    return base, meth
 
 
 def _decide(claim: Claim, low: float, high: float, means: list[float]) -> tuple[str, str]:
@@ -314,8 +303,8 @@ def _decide(claim: Claim, low: float, high: float, means: list[float]) -> tuple[
 
 def count_verdicts(verdicts: Iterable[ClaimVerdict | dict], *,
                    extra: bool = False) -> dict[str, int]:
-    """How many paper claims (with ``extra=True``: extra observations) got each verdict,
-    plus ``"measured"``.
+    """How many paper claims (``extra=True``: extra observations) got each verdict, and
+    ``"measured"``.
 
     Examples
     --------

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from captum_regularized._internal.pixel_maps import per_pixel_map
 from captum_regularized.attr import reduce_channels
-from captum_regularized.metrics._perturbation import forward_in_chunks, pixel_ranks, prepare_batch
+from captum_regularized.metrics._perturbation import PreparedBatch, pixel_ranks, prepare_batch
 from captum_regularized.metrics._ratio import ratio_or_zero
 
 
@@ -52,11 +52,11 @@ def test_pixel_ranks_is_a_stable_descending_order():
 
 def test_forward_in_chunks_passes_other_args_unchanged():
     x = torch.arange(4.0)[:, None]
-    out = forward_in_chunks(
+    prepared = PreparedBatch(
         lambda t, per_example, shared: t + per_example[:, None] + shared,
-        4, lambda i: (x[i], i), lambda o, i: o[:, 0], batch=4, device=x.device,
-        internal_batch_size=3, additional_forward_args=(10 * x[:, 0], 100.0),
+        x, x, 3, (10 * x[:, 0], 100.0),
     )
+    out = prepared.evaluate(4, lambda i: (x[i], i), lambda o, i: o[:, 0])
     assert out.tolist() == [100.0, 111.0, 122.0, 133.0]
 
 

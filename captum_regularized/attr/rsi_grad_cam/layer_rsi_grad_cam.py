@@ -106,15 +106,6 @@ class LayerRSIGradCam(WithoutFutures, LayerAttribution, GradientAttribution):
     torch.Size([2, 1, 4, 4])
     >>> LayerAttribution.interpolate(maps, (16, 16)).shape
     torch.Size([2, 1, 16, 16])
-
-    Adaptive step counts, with the completeness gap each example reached:
-
-    >>> maps, gaps = cam.attribute(
-    ...     torch.rand(2, 3, 16, 16), target=1, n_steps="auto", tolerance=1e-2,
-    ...     return_convergence_delta=True,
-    ... )
-    >>> cam.last_n_steps.dtype, cam.last_n_steps.shape, gaps.shape
-    (torch.int64, torch.Size([2]), torch.Size([2]))
     """
 
     def __init__(

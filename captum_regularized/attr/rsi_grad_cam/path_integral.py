@@ -267,9 +267,7 @@ class PathRunner:
         end_scores: list[torch.Tensor] = []  # [at the input, at the baseline]
         classes: torch.Tensor | None = None
         for steps in self.settings.plan.step_chunks:
-            activations, gradients, scores, classes = self._run_pass(
-                group, steps, n_steps, classes
-            )
+            activations, gradients, scores, classes = self._run_pass(group, steps, n_steps, classes)
             integral.add(activations, gradients, ends_at_baseline=steps[-1] == 0)
             if not end_scores:
                 end_scores.append(scores[0])
@@ -301,11 +299,8 @@ class PathRunner:
             if stopping:
                 chosen = torch.tensor(stopping, dtype=torch.long, device=device)
                 acts, grads = level.activations[:, chosen], level.gradients[:, chosen]
-                rsi = (
-                    trapezoid_sum(acts, grads, relu_gradients=True)
-                    if settings.variant == "relu_gradients"
-                    else plain[chosen]
-                )
+                relu = settings.variant == "relu_gradients"
+                rsi = trapezoid_sum(acts, grads, relu_gradients=True) if relu else plain[chosen]
                 where = torch.tensor(
                     [level.active[i] for i in stopping], dtype=torch.long, device=device
                 )
