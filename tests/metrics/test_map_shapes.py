@@ -50,7 +50,7 @@ def test_pixel_ranks_is_a_stable_descending_order():
         assert [ranks[b, i].item() for i in order] == list(range(25))
 
 
-def test_forward_in_chunks_passes_other_args_unchanged():
+def test_the_chunked_forward_passes_other_args_unchanged():
     x = torch.arange(4.0)[:, None]
     prepared = PreparedBatch(
         lambda t, per_example, shared: t + per_example[:, None] + shared,
