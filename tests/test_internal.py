@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from captum_regularized._internal.batch_args import rows_of_args
 from captum_regularized._internal.captum_compat import format_baselines, format_inputs
 from captum_regularized._internal.checks import check_attribution_inputs
 from captum_regularized._internal.model_state import preserved_model
@@ -127,3 +128,13 @@ def test_target_gradients_runs_the_given_forward_and_backward_rule():
     assert torch.equal(g_unused, torch.zeros(4, 5))
     with pytest.raises(ValueError, match="NaN"):
         target_gradients(model, (torch.full((1, 3), float("nan")),), 0)
+
+
+def test_rows_of_args_indexes_the_per_example_tensors_only():
+    per_example, shared, scalar = torch.arange(4.0), torch.ones(3), torch.tensor(2.0)
+    rows = torch.tensor([3, 0])
+    got = rows_of_args((per_example, shared, scalar, "mode"), rows, 4)
+    assert got[0].tolist() == [3.0, 0.0]
+    assert got[1] is shared and got[2] is scalar and got[3] == "mode"
+    assert rows_of_args((per_example,), slice(1, 3), 4)[0].tolist() == [1.0, 2.0]
+    assert rows_of_args(None, rows, 4) is None

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from captum_regularized._internal.batch_args import is_per_example
+from captum_regularized._internal.batch_args import rows_of_args
 from captum_regularized._internal.captum_compat import (
     BaselineType,
     TargetType,
@@ -221,7 +221,8 @@ class _MaskedPasses:
                 examples = torch.arange(start, stop, device=flat_maps.device) // channels
                 masked = _masked_inputs(self.inputs, self.baselines, flat_maps[start:stop],
                                         examples, self.mode, self.align_corners)
-                out = run_forward(self.forward_func, masked, _rows_of(self.args, batch, examples))
+                args = rows_of_args(self.args, examples, batch)
+                out = run_forward(self.forward_func, masked, args)
                 check_output_batch(out, stop - start)
                 scores[start:stop] = self.score.for_rows(self.transform(out), start)
                 bar.update(stop - start)  # host-only
@@ -381,10 +382,3 @@ def _rows_per_pass(inputs: tuple[torch.Tensor, ...], internal_batch_size: int | 
     return max(1, budget // max(per_row, 1))
 
 
-def _rows_of(
-    args: tuple[Any, ...] | None, batch: int, examples: torch.Tensor
-) -> tuple[Any, ...] | None:
-    """The additional forward args of a pass: per-example tensors follow their examples."""
-    if args is None:
-        return None
-    return tuple(arg[examples] if is_per_example(arg, batch) else arg for arg in args)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from captum_regularized._internal.batch_args import is_per_example
+from captum_regularized._internal.batch_args import rows_of_args
 from captum_regularized._internal.captum_compat import (
     TargetType,
     format_additional_args,
@@ -126,9 +126,7 @@ class PreparedBatch:
             for start in range(0, count, chunk):
                 index = torch.arange(start, min(start + chunk, count), device=self.inputs.device)
                 images, example_index = build(index)
-                selected = None if args is None else tuple(
-                    arg[example_index] if is_per_example(arg, self.size) else arg for arg in args
-                )
+                selected = rows_of_args(args, example_index, self.size)
                 output = run_forward(self.forward_func, (images,), selected)
                 pieces.append(reduce(output, example_index))
         if not pieces:

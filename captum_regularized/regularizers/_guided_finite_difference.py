@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from captum_regularized._internal.batch_args import is_per_example
+from captum_regularized._internal.batch_args import rows_of_args
 from captum_regularized._internal.input_gradients import check_class_logits
 from captum_regularized._internal.model_outputs import logits_of
 from captum_regularized._internal.model_state import unwrap_parallel
@@ -45,7 +45,7 @@ from captum_regularized.regularizers._finite_difference import (
 
 __all__ = [
     "FiniteDifferenceStep", "RecordStatistics", "held_statistics", "independent_examples",
-    "logits_at", "subset_args", "subset_beside_reference", "within",
+    "logits_at", "subset_beside_reference", "within",
 ]
 
 
@@ -56,13 +56,6 @@ LogitsAndPenalty = tuple[torch.Tensor, torch.Tensor]
 def logits_at(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """The logit of ``classes[i]`` for each example ``i``."""
     return logits.gather(1, classes.to(logits.device, torch.long)[:, None])[:, 0]
-
-
-def subset_args(args: tuple[Any, ...] | None, rows: torch.Tensor, batch: int) -> Any:
-    """Per-example additional forward arguments restricted to ``rows``."""
-    if args is None:
-        return None
-    return tuple(arg[rows] if is_per_example(arg, batch) else arg for arg in args)
 
 
 def within(
@@ -275,7 +268,7 @@ def subset_beside_reference(fd: FiniteDifferenceStep, step: torch.Tensor) -> Log
     count = fd.sub_inputs.shape[0]
     pair = torch.cat([fd.sub_inputs, fd.sub_inputs])
     twice = torch.arange(count, device=fd.inputs.device).repeat(2)
-    pair_args = subset_args(tuple(fd.sub_args or ()), twice, count)
+    pair_args = rows_of_args(tuple(fd.sub_args or ()), twice, count)
 
     def difference(x: torch.Tensor) -> torch.Tensor:
         with ReferenceHalfStatistics():

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from captum_regularized._internal.batch_args import rows_of_args
 from captum_regularized._internal.captum_compat import format_additional_args
 from captum_regularized._internal.guided_relu import (
     check_guided_rule,
@@ -36,7 +37,6 @@ from captum_regularized.regularizers._guided_finite_difference import (
     held_statistics,
     independent_examples,
     logits_at,
-    subset_args,
     subset_beside_reference,
     within,
 )
@@ -294,7 +294,7 @@ class GuidedGradientRegularizer(InputGradientPenalty):
         batch = inputs.shape[0]
         rows = torch.randperm(batch, device=inputs.device)[:count]
         chosen = labels if self.target == "label" else logits.detach().argmax(1)
-        sub_args = subset_args(args, rows, batch)
+        sub_args = rows_of_args(args, rows, batch)
         with kept_batchnorm_statistics(self.model), double_backward_pass(type(self).__name__):
             _, plain, guided = guided_and_plain_gradients(
                 self.model,
@@ -334,7 +334,7 @@ class GuidedGradientRegularizer(InputGradientPenalty):
         rows = None if count == batch else torch.randperm(batch, device=inputs.device)[:count]
         sub_inputs = inputs if rows is None else inputs[rows]
         sub_labels = labels if rows is None else labels[rows]
-        sub_args = args if rows is None else subset_args(args, rows, batch)
+        sub_args = args if rows is None else rows_of_args(args, rows, batch)
         record = RecordStatistics()
         with gradient_pass(self.model, inputs.device):
             sub_logits, plain, guided = guided_and_plain_gradients(

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from captum_regularized._internal.batch_args import is_per_example
+from captum_regularized._internal.batch_args import is_per_example, rows_of_args
 from captum_regularized._internal.captum_compat import TargetType, expand_target
 
 __all__ = [
@@ -185,11 +185,7 @@ def take_examples(
                 f"got shape {tuple(target.shape)}"
             )
         target = target[rows]
-    if additional_args is not None:
-        additional_args = tuple(
-            arg[rows] if is_per_example(arg, batch) else arg for arg in additional_args
-        )
-    return target, additional_args
+    return target, rows_of_args(additional_args, rows, batch)
 
 
 def path_points(
